@@ -1,0 +1,1 @@
+"""Neural networks of VGGT-S: the VGGT backbone and the Union Segmentation Head."""
