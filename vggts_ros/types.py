@@ -1,0 +1,53 @@
+"""Plain data types exchanged between the segmentation backends, the CLI and the node.
+
+Conventions: images are ``HxWx3`` ``uint8`` RGB NumPy arrays, masks ``HxW`` (nonzero =
+object), points are ``(x, y)`` in pixels of the image they belong to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Protocol, Sequence
+
+import numpy as np
+
+ROLES = ("ego", "exo", "aerial", "ground")
+# Targets whose view is wide and far away get the square crop around the projected
+# points before decoding; close views are resized whole (SPEC pipeline step 3).
+CROPPED_ROLES = ("exo", "aerial", "ground")
+
+
+@dataclass
+class TargetView:
+    image: np.ndarray
+    role: str = "exo"
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"unknown camera role {self.role!r}; expected one of {ROLES}")
+
+
+@dataclass
+class SegmentationResult:
+    """What one (source, target) decode produces, in target-frame pixels."""
+
+    mask: np.ndarray  # HxW bool, the target frame's size
+    source_points: np.ndarray  # Nx2 float32, source pixels
+    target_points: np.ndarray  # Nx2 float32, target pixels
+    visibility: np.ndarray  # N float32 in [0, 1]
+    confidence: np.ndarray  # N float32 in [0, 1]
+    score: float = 0.0  # mean foreground probability inside the mask (0 when empty)
+    logits: Optional[np.ndarray] = None  # HxW float32 when the backend has them
+    timings: dict = field(default_factory=dict)  # stage -> seconds
+
+
+class Segmentor(Protocol):
+    """Any backend that finds the source object in other views."""
+
+    name: str
+
+    def segment(
+        self, source_image: np.ndarray, source_mask: np.ndarray, targets: Sequence[TargetView]
+    ) -> List[SegmentationResult]:
+        ...
