@@ -154,3 +154,222 @@ _DATACLASSES = {
     c.__name__: c
     for c in (AggregatorConfig, TrackHeadConfig, BackboneConfig, HeadConfig, PipelineConfig, ModelConfig)
 }
+
+
+# ---------------------------------------------------------------------------------------
+# Node configuration: the `ros__parameters` of config/*.yaml, usable without ROS.
+# ---------------------------------------------------------------------------------------
+
+SOURCE_MODES = ("keyframe", "track")
+DEVICES = ("auto", "cuda", "cpu")
+DTYPES = ("float32", "bfloat16")
+BACKENDS = ("vggts", "geometric")
+
+
+@dataclass
+class CameraConfig:
+    name: str
+    topic: str = ""
+    role: str = "exo"
+    compressed: bool = False
+
+    def resolved_topic(self) -> str:
+        return self.topic or f"/{self.name}/image_raw" + ("/compressed" if self.compressed else "")
+
+
+@dataclass
+class SyncConfig:
+    slop: float = 0.05  # seconds between the stamps of one synchronised set
+    queue_size: int = 10  # messages kept per camera while waiting for partners
+    stale_after: float = 1.0  # a camera silent this long is left out of sets
+
+
+@dataclass
+class InferenceConfig:
+    refine_iterations: int = 1
+    source_mode: str = "keyframe"
+    max_rate: float = 0.0  # sets per second processed at most; 0 = as fast as possible
+    keyframe_history: int = 30  # recent frames per camera kept for masks drawn on older stamps
+
+
+@dataclass
+class PublishConfig:
+    overlay: bool = False
+    diagnostics_period: float = 1.0
+
+
+@dataclass
+class NodeConfig:
+    cameras: List[CameraConfig] = field(default_factory=list)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+
+    def camera(self, name: str) -> CameraConfig:
+        for cam in self.cameras:
+            if cam.name == name:
+                return cam
+        raise KeyError(name)
+
+    def validate(self) -> "NodeConfig":
+        errors = []
+        names = [c.name for c in self.cameras]
+        if len(names) < 2:
+            errors.append(f"cameras: need at least two cameras, got {names}")
+        if len(set(names)) != len(names):
+            errors.append(f"cameras: duplicate names in {names}")
+        from vggts_ros.types import ROLES
+
+        for cam in self.cameras:
+            if not cam.name or not cam.name.replace("_", "").isalnum():
+                errors.append(f"camera {cam.name!r}: names must be non-empty letters, digits or '_'")
+            if cam.role not in ROLES:
+                errors.append(f"camera.{cam.name}.role: {cam.role!r} is not one of {ROLES}")
+        topics = [c.resolved_topic() for c in self.cameras]
+        if len(set(topics)) != len(topics):
+            errors.append(f"camera topics must differ, got {topics}")
+        if self.sync.slop <= 0:
+            errors.append(f"sync.slop must be > 0, got {self.sync.slop}")
+        if self.sync.queue_size < 1:
+            errors.append(f"sync.queue_size must be >= 1, got {self.sync.queue_size}")
+        if self.sync.stale_after <= 0:
+            errors.append(f"sync.stale_after must be > 0, got {self.sync.stale_after}")
+        if self.model.backend not in BACKENDS:
+            errors.append(f"model.backend: {self.model.backend!r} is not one of {BACKENDS}")
+        if self.model.config not in MODEL_PRESETS:
+            errors.append(f"model.config: {self.model.config!r} is not one of {MODEL_PRESETS}")
+        if self.model.device not in DEVICES:
+            errors.append(f"model.device: {self.model.device!r} is not one of {DEVICES}")
+        if self.model.dtype not in DTYPES:
+            errors.append(f"model.dtype: {self.model.dtype!r} is not one of {DTYPES}")
+        if self.inference.refine_iterations < 0:
+            errors.append(f"inference.refine_iterations must be >= 0, got {self.inference.refine_iterations}")
+        if self.inference.source_mode not in SOURCE_MODES:
+            errors.append(f"inference.source_mode: {self.inference.source_mode!r} is not one of {SOURCE_MODES}")
+        if self.inference.max_rate < 0:
+            errors.append(f"inference.max_rate must be >= 0, got {self.inference.max_rate}")
+        if errors:
+            raise ValueError("invalid vggts configuration:\n  " + "\n  ".join(errors))
+        return self
+
+    # -- flat ROS parameters ------------------------------------------------------------
+
+    def to_parameters(self) -> Dict[str, Any]:
+        """Flatten to ROS parameter names (``sync.slop``, ``camera.ego.topic``, ...)."""
+        params: Dict[str, Any] = {"cameras": [c.name for c in self.cameras]}
+        for cam in self.cameras:
+            params[f"camera.{cam.name}.topic"] = cam.resolved_topic()
+            params[f"camera.{cam.name}.role"] = cam.role
+            params[f"camera.{cam.name}.compressed"] = cam.compressed
+        for section in ("sync", "model", "inference", "publish"):
+            for key, value in dataclasses.asdict(getattr(self, section)).items():
+                params[f"{section}.{key}"] = value
+        return params
+
+    @classmethod
+    def from_parameters(cls, params: Dict[str, Any]) -> "NodeConfig":
+        """Build from flat ROS parameter names; unknown names are an error."""
+        params = dict(params)
+        names = list(params.pop("cameras", []) or [])
+        cameras = []
+        for name in names:
+            cam = CameraConfig(name=name)
+            for key in ("topic", "role", "compressed"):
+                full = f"camera.{name}.{key}"
+                if full in params:
+                    setattr(cam, key, params.pop(full))
+            cameras.append(cam)
+        sections: Dict[str, Dict[str, Any]] = {"sync": {}, "model": {}, "inference": {}, "publish": {}}
+        unknown = []
+        for key, value in params.items():
+            head, _, rest = key.partition(".")
+            if head in sections and rest and "." not in rest:
+                sections[head][rest] = value
+            elif head == "camera":
+                unknown.append(f"{key} (camera not listed in 'cameras')")
+            elif head in ("use_sim_time",) or key.startswith("qos_overrides."):
+                continue
+            else:
+                unknown.append(key)
+        if unknown:
+            raise ValueError(f"unknown vggts parameter(s): {sorted(unknown)}")
+        typed = {
+            "sync": SyncConfig, "model": ModelConfig, "inference": InferenceConfig, "publish": PublishConfig,
+        }
+        built = {}
+        for section, values in sections.items():
+            dc = typed[section]
+            fields_ = {f.name: f for f in dataclasses.fields(dc)}
+            bad = sorted(set(values) - set(fields_))
+            if bad:
+                raise ValueError(f"unknown vggts parameter(s): {[f'{section}.{b}' for b in bad]}")
+            default = dc()
+            coerced = {k: _coerce(v, getattr(default, k), f"{section}.{k}") for k, v in values.items()}
+            built[section] = dc(**coerced)
+        for cam in cameras:
+            cam.compressed = _coerce(cam.compressed, False, f"camera.{cam.name}.compressed")
+        return cls(cameras=cameras, **built)
+
+
+def _coerce(value: Any, default: Any, name: str) -> Any:
+    """Accept YAML's loose typing (1 for 1.0, 'true') but refuse nonsense by name."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ValueError(f"{name}: expected true/false, got {value!r}")
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ValueError(f"{name}: expected an integer, got {value!r}")
+        return int(value)
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name}: expected a number, got {value!r}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ValueError(f"{name}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def flatten_parameters(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """Nested YAML mapping -> ROS parameter names joined with '.'."""
+    flat: Dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_parameters(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def load_params_file(path: str, node_name: str = "vggts") -> Dict[str, Any]:
+    """Read a ROS 2 parameters file (``--params-file`` semantics) without ROS.
+
+    Sections for ``/**``, ``**``, the node name and ``/<node name>`` are merged in that
+    order, so a node-specific entry overrides a wildcard one.
+    """
+    import yaml
+
+    with open(path, "r", encoding="utf-8") as handle:
+        data = yaml.safe_load(handle) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of node names to ros__parameters")
+    merged: Dict[str, Any] = {}
+    matched = False
+    for key in ("/**", "**", node_name, f"/{node_name}"):
+        section = data.get(key)
+        if isinstance(section, dict) and "ros__parameters" in section:
+            merged.update(flatten_parameters(section["ros__parameters"] or {}))
+            matched = True
+    if not matched:
+        raise ValueError(f"{path}: no ros__parameters for node {node_name!r} (keys: {sorted(data)})")
+    return merged
+
+
+def load_node_config(path: str, node_name: str = "vggts") -> NodeConfig:
+    return NodeConfig.from_parameters(load_params_file(path, node_name)).validate()

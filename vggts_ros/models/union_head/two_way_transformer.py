@@ -1,0 +1,132 @@
+"""Two-way transformer of the Union Segmentation Head.
+
+The image side is a source and a target feature map laid side by side (``[B, C, g, 2g]``,
+flattened to tokens). Each block first runs a coarse self-attention over both views (each
+view is patchified by a strided conv to ``sa_tokens x sa_tokens`` cells, attended jointly,
+and un-patchified by a transposed conv), then the SAM-style token self-attention,
+token->image and image->token cross-attentions.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .common import MLP, Attention
+
+
+def _to_tokens(x: Tensor) -> Tensor:
+    return x.flatten(2).transpose(1, 2)
+
+
+def _to_map(tokens: Tensor, h: int, w: int) -> Tensor:
+    b, _, c = tokens.shape
+    return tokens.transpose(1, 2).reshape(b, c, h, w)
+
+
+class TwoWayBlock(nn.Module):
+    """One block; ``first`` drops the residual and PE of the token self-attention."""
+
+    def __init__(self, dim: int, num_heads: int, sa_ratio: int, first: bool) -> None:
+        super().__init__()
+        sa_dim = dim * sa_ratio
+        self.first = first
+        self.downsampling = nn.Conv2d(dim, sa_dim, kernel_size=sa_ratio, stride=sa_ratio)
+        self.upsampling = nn.ConvTranspose2d(sa_dim, dim, kernel_size=sa_ratio, stride=sa_ratio)
+        # The coarse attention projects to sa_dim / (sa_ratio / 2) channels (256 for 128 x 7).
+        self.self_attn_img = Attention(sa_dim, num_heads, internal_dim=int(sa_dim // (sa_ratio / 2)))
+        self.norm0 = nn.LayerNorm(sa_dim)
+        self.img_mlp = MLP(sa_dim, 4 * sa_dim, sa_dim, num_layers=2)
+        self.norm_ffn = nn.LayerNorm(sa_dim)
+        self.norm_nf = nn.LayerNorm(dim)
+
+        self.self_attn_token = Attention(dim, num_heads)
+        self.norm1 = nn.LayerNorm(dim)
+        self.cross_attn_token_to_image = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.token_mlp = MLP(dim, 4 * dim, dim, num_layers=2)
+        self.norm3 = nn.LayerNorm(dim)
+        self.cross_attn_image_to_token = Attention(dim, num_heads)
+        self.norm4 = nn.LayerNorm(dim)
+
+    def coarse_image_attention(
+        self, keys: Tensor, sa_pe: Tensor, grid_hw: Tuple[int, int], src_down: Optional[Tensor]
+    ) -> Tensor:
+        h, w = grid_hw
+        maps = _to_map(keys, h, 2 * w)
+        if src_down is None:
+            src_down = self.downsampling(maps[..., :w])
+        coarse = torch.cat([src_down, self.downsampling(maps[..., w:])], dim=-1)
+        _, c, hs, ws2 = coarse.shape
+        t = _to_tokens(coarse)
+        qk = t + sa_pe
+        t = self.norm0(t + self.self_attn_img(qk, qk, t))
+        t = self.norm_ffn(t + self.img_mlp(t))
+        coarse = _to_map(t, hs, ws2)
+        half = ws2 // 2
+        fine = torch.cat([self.upsampling(coarse[..., :half]), self.upsampling(coarse[..., half:])], dim=-1)
+        return self.norm_nf(keys + _to_tokens(fine))
+
+    def forward(
+        self,
+        queries: Tensor,
+        keys: Tensor,
+        query_pe: Tensor,
+        ca_pe: Tensor,
+        sa_pe: Tensor,
+        grid_hw: Tuple[int, int],
+        src_down: Optional[Tensor] = None,
+    ) -> Tuple[Tensor, Tensor]:
+        keys = self.coarse_image_attention(keys, sa_pe, grid_hw, src_down)
+
+        if self.first:
+            queries = self.self_attn_token(queries, queries, queries)
+        else:
+            q = queries + query_pe
+            queries = queries + self.self_attn_token(q, q, queries)
+        queries = self.norm1(queries)
+
+        q = queries + query_pe
+        k = keys + ca_pe
+        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
+        queries = self.norm3(queries + self.token_mlp(queries))
+
+        q = queries + query_pe
+        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
+        return queries, keys
+
+
+class TwoWayTransformer(nn.Module):
+    def __init__(self, depth: int, dim: int, num_heads: int, sa_ratio: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(TwoWayBlock(dim, num_heads, sa_ratio, first=(i == 0)) for i in range(depth))
+        self.final_attn_token_to_image = Attention(dim, num_heads)
+        self.norm_final_attn = nn.LayerNorm(dim)
+
+    def first_source_downsample(self, src_map: Tensor) -> Tensor:
+        """The first block's coarse source map; it does not depend on the target side."""
+        return self.layers[0].downsampling(src_map)
+
+    def forward(
+        self,
+        tokens: Tensor,
+        src_map: Tensor,
+        tar_map: Tensor,
+        ca_pe: Tensor,
+        sa_pe: Tensor,
+        src_down0: Optional[Tensor] = None,
+    ) -> Tuple[Tensor, Tensor]:
+        """``src_map``/``tar_map``: ``[B, C, g, g]`` with the mask priors already added.
+        ``ca_pe``/``sa_pe`` are token-shaped (``[1, L, C]``). Returns (tokens, image tokens)."""
+        h, w = src_map.shape[-2:]
+        keys = _to_tokens(torch.cat([src_map, tar_map], dim=-1))
+        queries = tokens
+        for i, layer in enumerate(self.layers):
+            queries, keys = layer(
+                queries, keys, tokens, ca_pe, sa_pe, (h, w), src_down=src_down0 if i == 0 else None
+            )
+        q = queries + tokens
+        queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, keys + ca_pe, keys))
+        return queries, keys
