@@ -160,6 +160,20 @@ class UnionSegmentationHead(nn.Module):
         full = F.interpolate(low, size=ctx.out_hw, mode="bilinear", align_corners=False)
         return full, low.clamp(-LOW_RES_CLAMP, LOW_RES_CLAMP)
 
+    def add_point_feature_identity(self, ctx: HeadContext) -> HeadContext:
+        """A context whose source-point feature tokens carry the source-point identity
+        embedding once more.
+
+        The reference ``PromptEncoder`` adds that embedding to the caller's feature tensor
+        in place, so its evaluation loop, which passes the same tensor to every refinement
+        pass, sees it accumulate (pass k carries it k + 1 times). Call this between passes
+        only to reproduce that behaviour; the default path adds it exactly once.
+        """
+        n = (ctx.tokens.shape[1] - 1) // 3
+        extra = torch.zeros_like(ctx.tokens)
+        extra[:, 1 + 2 * n :, :] = self.prompt_encoder.src_point_pe.weight.view(1, 1, -1)
+        return replace(ctx, tokens=ctx.tokens + extra)
+
     def forward(
         self,
         feat_map: Tensor,
