@@ -41,6 +41,8 @@ setup_env() {
 
   log "creating the environment in $VENV"
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  # The wheels put ROS package manifests under the venv: keep colcon from building them.
+  touch "$VENV/COLCON_IGNORE"
   pip_install() {
     # This machine's local package mirrors print one warning per missing project; hide them.
     "$VENV/bin/python" -m pip --disable-pip-version-check -q install "$@" \
@@ -54,6 +56,7 @@ setup_env() {
   log "generating the ROS interfaces (msg/, srv/) with CMake"
   local build="$ROOT/build/pip"
   rm -rf "$build"
+  mkdir -p "$ROOT/build" && touch "$ROOT/build/COLCON_IGNORE"
   (
     export CMAKE_PREFIX_PATH="$VENV" AMENT_PREFIX_PATH="$VENV"
     cmake -S "$ROOT" -B "$build" -DVGGTS_INTERFACES_ONLY=ON -DBUILD_TESTING=OFF \

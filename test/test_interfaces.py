@@ -18,6 +18,19 @@ PACKAGE_FILES = ["CMakeLists.txt", "package.xml", "setup.py", "README.md", "msg"
 pytest.importorskip("rclpy", reason="rclpy (ros-kilted-rclpy) is not installed")
 
 
+def _copy_package(dest: Path) -> Path:
+    """A copy of the package sources, as a user would clone them (no .venv, no build/):
+    CMake refuses exported include directories that live inside the source tree."""
+    dest.mkdir(parents=True)
+    for name in PACKAGE_FILES:
+        path = REPO / name
+        if path.is_dir():
+            shutil.copytree(path, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(path, dest / name)
+    return dest
+
+
 def _ros_build_env():
     env = dict(os.environ)
     env["CMAKE_PREFIX_PATH"] = sys.prefix
@@ -38,9 +51,10 @@ def interface_prefix(tmp_path_factory):
     cmake = _require_tool("cmake")
     root = tmp_path_factory.mktemp("interfaces")
     build, prefix = root / "build", root / "prefix"
+    src = _copy_package(root / "src")
     env = _ros_build_env()
     steps = [
-        [cmake, "-S", str(REPO), "-B", str(build), "-DVGGTS_INTERFACES_ONLY=ON", "-DBUILD_TESTING=OFF",
+        [cmake, "-S", str(src), "-B", str(build), "-DVGGTS_INTERFACES_ONLY=ON", "-DBUILD_TESTING=OFF",
          f"-DCMAKE_INSTALL_PREFIX={prefix}", f"-DPython3_EXECUTABLE={sys.executable}"],
         [cmake, "--build", str(build), "-j", "2"],
         [cmake, "--install", str(build)],
@@ -119,14 +133,7 @@ def test_service_and_message_round_trip_over_dds(interface_prefix):
 
 def test_colcon_workspace_build_installs_interfaces_and_python(tmp_path):
     colcon = _require_tool("colcon")
-    src = tmp_path / "ws" / "src" / "vggts_ros"
-    src.mkdir(parents=True)
-    for name in PACKAGE_FILES:
-        path = REPO / name
-        if path.is_dir():
-            shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(path, src / name)
+    _copy_package(tmp_path / "ws" / "src" / "vggts_ros")
     ws = tmp_path / "ws"
     proc = subprocess.run(
         [colcon, "build", "--cmake-args", "-DBUILD_TESTING=OFF", f"-DPython3_EXECUTABLE={sys.executable}"],

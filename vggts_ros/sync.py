@@ -1,0 +1,323 @@
+"""Approximate-time synchronisation of N camera streams, without ROS.
+
+``ApproximateTimeSync`` groups messages from several cameras by their stamps, in the
+spirit of message_filters' ApproximateTime policy, with the robustness the node needs
+(a silent camera never stalls the others).
+
+Semantics (deterministic; all times in seconds, stamps are the header stamps):
+
+* Each camera has a queue of at most ``queue_size`` messages, kept sorted by stamp.
+  When it overflows, the oldest message is dropped (reason ``"overflow"``).
+* A camera is *live* while its last accepted message arrived at most ``stale_after``
+  seconds ago on the ``now`` clock (``time.monotonic`` unless ``now`` is passed). A
+  camera that never published counts from the first ``add``/``poll`` call.
+  ``required`` cameras are always waited for; the other cameras are waited for only
+  while live. Stale cameras may still contribute a queued message that fits.
+* Pivot: among the waited-for cameras (all of which must have a queued message), the
+  pivot is the camera whose oldest queued message is the newest; its stamp is ``T``.
+  Every queued message older than ``T - slop`` can never be grouped with the pivot
+  (nor with anything later) and is dropped (reason ``"unmatched"``).
+* Tightest set: the set always contains the pivot message; every other waited-for
+  camera contributes either its newest message at or before ``T`` or its oldest one
+  after ``T`` (the only useful choices), picked so that the spread (newest minus
+  oldest stamp) is smallest, ties going to the earlier messages. The spread never
+  exceeds ``slop``.
+* When to emit: a camera whose chosen message is before ``T`` and that has nothing
+  queued after ``T`` could still send a closer message; the set waits for it unless
+  its next stamp is known to be too late to help, i.e. ``newest + bound >= T + spread``
+  where ``bound`` is the inter-message lower bound (given per camera, or learned as
+  half the smallest of its recent stamp gaps; unknown means wait), or it goes stale.
+  ``inter_message_lower_bound=0`` gives the C++ policy's default (always wait for the
+  next message).
+* On emission the used messages and every older queued message of the same cameras
+  are removed (older ones count as ``"unmatched"`` drops). Sets come out with strictly
+  increasing ``stamp`` (the newest stamp in the set); a message whose stamp is not newer
+  than the last emitted set is dropped on arrival (``"late"``), as are non-finite
+  stamps (``"invalid"``) and a second message with a stamp already queued
+  (``"duplicate"``). Only accepted messages refresh a camera's liveness.
+* A set needs at least ``min_cameras`` messages (default: 2, or 1 for a single
+  camera); a pivot that cannot reach that is dropped (``"unmatched"``).
+
+Time passing alone can complete a set (a camera going stale): call ``poll(now)``
+periodically, e.g. from a timer. All public methods are thread-safe.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+DROP_REASONS = ("overflow", "unmatched", "late", "duplicate", "invalid")
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class SyncSet:
+    """One synchronised group: the newest stamp, one message per present camera."""
+
+    stamp: float
+    messages: Dict[str, Any]
+    stamps: Dict[str, float]
+    missing: Tuple[str, ...] = ()
+
+    @property
+    def spread(self) -> float:
+        return max(self.stamps.values()) - min(self.stamps.values()) if self.stamps else 0.0
+
+
+@dataclass
+class _Camera:
+    name: str
+    queue: List[Tuple[float, int, Any]] = field(default_factory=list)  # (stamp, seq, msg)
+    last_arrival: Optional[float] = None
+    newest: Optional[float] = None
+    gaps: deque = field(default_factory=lambda: deque(maxlen=8))
+    received: int = 0
+    dropped: Dict[str, int] = field(default_factory=lambda: {r: 0 for r in DROP_REASONS})
+
+    def stamps(self) -> List[float]:
+        return [item[0] for item in self.queue]
+
+
+class ApproximateTimeSync:
+    """Approximate-time synchroniser over named cameras (see the module docstring)."""
+
+    def __init__(
+        self,
+        cameras: Sequence[str],
+        slop: float = 0.05,
+        queue_size: int = 10,
+        stale_after: Optional[float] = 1.0,
+        required: Iterable[str] = (),
+        min_cameras: Optional[int] = None,
+        inter_message_lower_bound: Union[None, float, Mapping[str, float]] = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        names = list(cameras)
+        if not names:
+            raise ValueError("at least one camera is needed")
+        if len(set(names)) != len(names):
+            raise ValueError(f"camera names must be unique: {names}")
+        if not (slop >= 0 and math.isfinite(slop)):
+            raise ValueError(f"slop must be a finite number >= 0, got {slop!r}")
+        if int(queue_size) < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size!r}")
+        if stale_after is not None and not stale_after > 0:
+            raise ValueError(f"stale_after must be > 0 (or None to disable), got {stale_after!r}")
+        required = tuple(required)
+        unknown = [r for r in required if r not in names]
+        if unknown:
+            raise ValueError(f"required camera(s) {unknown} are not among {names}")
+        if min_cameras is None:
+            min_cameras = min(2, len(names))
+        if not 1 <= int(min_cameras) <= len(names):
+            raise ValueError(f"min_cameras must be in [1, {len(names)}], got {min_cameras!r}")
+        bounds: Dict[str, Optional[float]] = {n: None for n in names}
+        if isinstance(inter_message_lower_bound, Mapping):
+            for key, value in inter_message_lower_bound.items():
+                if key not in bounds:
+                    raise ValueError(f"inter_message_lower_bound names unknown camera {key!r}")
+                bounds[key] = float(value)
+        elif inter_message_lower_bound is not None:
+            bounds = {n: float(inter_message_lower_bound) for n in names}
+        if any(b is not None and b < 0 for b in bounds.values()):
+            raise ValueError("inter_message_lower_bound must be >= 0")
+
+        self.cameras: Tuple[str, ...] = tuple(names)
+        self.slop = float(slop)
+        self.queue_size = int(queue_size)
+        self.stale_after = None if stale_after is None else float(stale_after)
+        self.required = required
+        self.min_cameras = int(min_cameras)
+        self._bounds = bounds
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._seq = 0
+        self.reset()
+
+    # ------------------------------------------------------------------ public API
+    def reset(self) -> None:
+        """Forget every queued message, liveness and counter."""
+        with self._lock:
+            self._cams = {n: _Camera(n) for n in self.cameras}
+            self._start: Optional[float] = None
+            self._watermark = -math.inf
+            self.emitted = 0
+
+    def add(self, camera: str, stamp: float, msg: Any, now: Optional[float] = None) -> List[SyncSet]:
+        """Queue one message and return the sets it completes (possibly none)."""
+        with self._lock:
+            cam = self._cams.get(camera)
+            if cam is None:
+                raise ValueError(f"unknown camera {camera!r}; expected one of {list(self.cameras)}")
+            now = self._now(now)
+            cam.received += 1
+            try:
+                stamp = float(stamp)
+            except (TypeError, ValueError):
+                stamp = math.nan
+            if not math.isfinite(stamp):
+                cam.dropped["invalid"] += 1
+                return self._drain(now)
+            if stamp <= self._watermark:
+                cam.dropped["late"] += 1
+                return self._drain(now)
+            stamps = cam.stamps()
+            pos = bisect.bisect_left(stamps, stamp)
+            if pos < len(stamps) and stamps[pos] == stamp:
+                cam.dropped["duplicate"] += 1
+                return self._drain(now)
+            self._seq += 1
+            cam.queue.insert(pos, (stamp, self._seq, msg))
+            if cam.newest is not None and stamp > cam.newest:
+                cam.gaps.append(stamp - cam.newest)
+            cam.newest = stamp if cam.newest is None else max(cam.newest, stamp)
+            cam.last_arrival = now
+            while len(cam.queue) > self.queue_size:
+                cam.queue.pop(0)
+                cam.dropped["overflow"] += 1
+            return self._drain(now)
+
+    def poll(self, now: Optional[float] = None) -> List[SyncSet]:
+        """Return sets completed by time passing (cameras that went stale)."""
+        with self._lock:
+            return self._drain(self._now(now))
+
+    def stale_cameras(self, now: Optional[float] = None) -> Tuple[str, ...]:
+        """Cameras with no accepted message for more than ``stale_after`` seconds."""
+        with self._lock:
+            now = self._now(now)
+            return tuple(n for n in self.cameras if self._is_stale(self._cams[n], now))
+
+    @property
+    def dropped(self) -> Dict[str, int]:
+        """Dropped messages per camera (all reasons)."""
+        with self._lock:
+            return {n: sum(c.dropped.values()) for n, c in self._cams.items()}
+
+    def stats(self) -> Dict[str, Any]:
+        """Counters for diagnostics: emitted sets, per-camera received/dropped/queued."""
+        with self._lock:
+            return {
+                "emitted": self.emitted,
+                "received": {n: c.received for n, c in self._cams.items()},
+                "queued": {n: len(c.queue) for n, c in self._cams.items()},
+                "dropped": {n: sum(c.dropped.values()) for n, c in self._cams.items()},
+                "dropped_by_reason": {n: dict(c.dropped) for n, c in self._cams.items()},
+                "last_stamp": None if self._watermark == -math.inf else self._watermark,
+            }
+
+    # ------------------------------------------------------------------ internals
+    def _now(self, now: Optional[float]) -> float:
+        now = self._clock() if now is None else float(now)
+        if self._start is None:
+            self._start = now
+        return now
+
+    def _is_stale(self, cam: _Camera, now: float) -> bool:
+        if self.stale_after is None:
+            return False
+        seen = cam.last_arrival if cam.last_arrival is not None else self._start
+        return seen is not None and now - seen > self.stale_after
+
+    def _bound(self, cam: _Camera) -> Optional[float]:
+        given = self._bounds[cam.name]
+        if given is not None:
+            return given
+        return 0.5 * min(cam.gaps) if cam.gaps else None
+
+    def _drop_front(self, cam: _Camera, limit: float, inclusive: bool) -> None:
+        while cam.queue and (cam.queue[0][0] <= limit if inclusive else cam.queue[0][0] < limit):
+            cam.queue.pop(0)
+            cam.dropped["unmatched"] += 1
+
+    def _drain(self, now: float) -> List[SyncSet]:
+        out: List[SyncSet] = []
+        while True:
+            result = self._step(now)
+            if result is None:
+                return out
+            if isinstance(result, SyncSet):
+                out.append(result)
+
+    def _step(self, now: float):
+        """One decision: a SyncSet, True (state changed, look again) or None (wait)."""
+        waited = [n for n in self.cameras if n in self.required or not self._is_stale(self._cams[n], now)]
+        optional = [n for n in self.cameras if n not in waited and self._cams[n].queue]
+        if not waited or len(waited) + len(optional) < self.min_cameras:
+            return None
+        if any(not self._cams[n].queue for n in waited):
+            return None
+        heads = {n: self._cams[n].queue[0][0] for n in waited}
+        pivot = max(waited, key=lambda n: (heads[n], -self.cameras.index(n)))
+        t = heads[pivot]
+        # Nothing older than T - slop can join this or any later set.
+        changed = False
+        for n in waited + optional:
+            before = len(self._cams[n].queue)
+            self._drop_front(self._cams[n], t - self.slop - _EPS, inclusive=False)
+            changed |= len(self._cams[n].queue) != before
+        if changed:
+            return True
+
+        # Candidates per waited-for camera: newest <= T and oldest > T.
+        pred: Dict[str, float] = {}
+        succ: Dict[str, Optional[float]] = {}
+        for n in waited:
+            stamps = self._cams[n].stamps()
+            i = bisect.bisect_right(stamps, t)
+            pred[n] = stamps[i - 1]
+            succ[n] = stamps[i] if i < len(stamps) and n != pivot else None
+        best = None  # (spread, b)
+        for b in [0.0] + sorted(s - t for s in succ.values() if s is not None):
+            if b > self.slop + _EPS:
+                break
+            a = max([t - pred[n] for n in waited if not (succ[n] is not None and succ[n] - t <= b)] + [0.0])
+            if best is None or a + b < best[0] - _EPS:
+                best = (a + b, b)
+        spread, b = best
+        chosen = {
+            n: (succ[n] if succ[n] is not None and succ[n] - t <= b else pred[n]) for n in waited
+        }
+        # Could a message still to come make the set tighter?
+        for n in waited:
+            if n == pivot or chosen[n] >= t or succ[n] is not None or spread <= _EPS:
+                continue
+            if self._is_stale(self._cams[n], now):
+                continue  # a stale required camera: keep its message, do not wait for more
+            bound = self._bound(self._cams[n])
+            if bound is None or self._cams[n].newest + bound < t + spread - _EPS:
+                return None
+        lo, hi = min(chosen.values()), max(chosen.values())
+        # Stale cameras join with their message nearest to T if it keeps the spread.
+        for n in optional:
+            stamps = self._cams[n].stamps()
+            fits = [s for s in stamps if s >= hi - self.slop - _EPS and s <= lo + self.slop + _EPS]
+            if fits:
+                s = min(fits, key=lambda s: (abs(s - t), s))
+                chosen[n] = s
+                lo, hi = min(lo, s), max(hi, s)
+        if len(chosen) < self.min_cameras:
+            self._cams[pivot].queue.pop(0)
+            self._cams[pivot].dropped["unmatched"] += 1
+            return True
+        messages, stamps = {}, {}
+        for n in self.cameras:
+            if n not in chosen:
+                continue
+            cam = self._cams[n]
+            idx = cam.stamps().index(chosen[n])
+            stamp, _, msg = cam.queue.pop(idx)
+            messages[n], stamps[n] = msg, stamp
+            self._drop_front(cam, stamp, inclusive=True)
+        self._watermark = max(stamps.values())
+        for cam in self._cams.values():
+            self._drop_front(cam, self._watermark, inclusive=True)
+        self.emitted += 1
+        missing = tuple(n for n in self.cameras if n not in messages)
+        return SyncSet(stamp=self._watermark, messages=messages, stamps=stamps, missing=missing)
