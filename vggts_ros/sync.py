@@ -12,7 +12,8 @@ Semantics (deterministic; all times in seconds, stamps are the header stamps):
   seconds ago on the ``now`` clock (``time.monotonic`` unless ``now`` is passed). A
   camera that never published counts from the first ``add``/``poll`` call.
   ``required`` cameras are always waited for; the other cameras are waited for only
-  while live. Stale cameras may still contribute a queued message that fits.
+  while live. Stale cameras may still contribute a queued message that fits (and when
+  no camera is waited for, the stale ones' queues are grouped as if they were).
 * Pivot: among the waited-for cameras (all of which must have a queued message), the
   pivot is the camera whose oldest queued message is the newest; its stamp is ``T``.
   Every queued message older than ``T - slop`` can never be grouped with the pivot
@@ -34,7 +35,10 @@ Semantics (deterministic; all times in seconds, stamps are the header stamps):
   increasing ``stamp`` (the newest stamp in the set); a message whose stamp is not newer
   than the last emitted set is dropped on arrival (``"late"``), as are non-finite
   stamps (``"invalid"``) and a second message with a stamp already queued
-  (``"duplicate"``). Only accepted messages refresh a camera's liveness.
+  (``"duplicate"``). Accepted messages refresh a camera's liveness, and so do late ones
+  less than ``stale_after`` older than the last set (a camera that rejoins with the
+  stamp of a set just emitted without it is live again for the next one); invalid or
+  far-too-old stamps do not, so a camera with a broken clock cannot stall the others.
 * A set needs at least ``min_cameras`` messages (default: 2, or 1 for a single
   camera); a pivot that cannot reach that is dropped (``"unmatched"``).
 
@@ -166,11 +170,15 @@ class ApproximateTimeSync:
                 return self._drain(now)
             if stamp <= self._watermark:
                 cam.dropped["late"] += 1
+                # Lost this round but still in step with the others: it counts as live.
+                if self.stale_after is None or stamp > self._watermark - self.stale_after:
+                    cam.last_arrival = now
                 return self._drain(now)
             stamps = cam.stamps()
             pos = bisect.bisect_left(stamps, stamp)
             if pos < len(stamps) and stamps[pos] == stamp:
                 cam.dropped["duplicate"] += 1
+                cam.last_arrival = now
                 return self._drain(now)
             self._seq += 1
             cam.queue.insert(pos, (stamp, self._seq, msg))
@@ -249,6 +257,8 @@ class ApproximateTimeSync:
         """One decision: a SyncSet, True (state changed, look again) or None (wait)."""
         waited = [n for n in self.cameras if n in self.required or not self._is_stale(self._cams[n], now)]
         optional = [n for n in self.cameras if n not in waited and self._cams[n].queue]
+        if not waited:  # everyone is silent: group what is left, nothing more will come
+            waited, optional = optional, []
         if not waited or len(waited) + len(optional) < self.min_cameras:
             return None
         if any(not self._cams[n].queue for n in waited):
