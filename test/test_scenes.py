@@ -1,0 +1,116 @@
+"""Bundled scenes: determinism, exact masks, and the Middlebury pair's ground truth."""
+
+import cv2
+import numpy as np
+import pytest
+
+from vggts_ros.scenes import Scene, motorcycle_scene, synthetic_scene
+from vggts_ros.types import TargetView
+
+
+@pytest.fixture(scope="module")
+def scene0():
+    return synthetic_scene(0)
+
+
+@pytest.fixture(scope="module")
+def moto():
+    return motorcycle_scene()
+
+
+def test_synthetic_is_deterministic_and_seeded(scene0):
+    again = synthetic_scene(0)
+    other = synthetic_scene(1)
+    for cam in scene0.views:
+        assert np.array_equal(scene0.image(cam), again.image(cam))
+        for oid in scene0.object_ids:
+            assert np.array_equal(scene0.mask(cam, oid), again.mask(cam, oid))
+    assert not np.array_equal(scene0.image("ego"), other.image("ego"))
+
+
+def test_synthetic_layout_and_sizes(scene0):
+    assert isinstance(scene0, Scene)
+    assert scene0.source == "ego" and scene0.targets == ["exo1", "exo2"]
+    assert scene0.role("ego") == "ego" and scene0.role("exo1") == scene0.role("exo2") == "exo"
+    assert scene0.image("ego").shape == (480, 480, 3) and scene0.image("ego").dtype == np.uint8
+    assert scene0.image("exo1").shape == (360, 640, 3)
+    tv = scene0.target_views()
+    assert [v.name for v in tv] == ["exo1", "exo2"] and all(isinstance(v, TargetView) for v in tv)
+    small = synthetic_scene(4, n_objects=2, n_exo=3, ego_size=(320, 240), exo_size=(400, 300))
+    assert small.image("ego").shape == (240, 320, 3)
+    assert [small.image(n).shape for n in small.targets] == [(300, 400, 3)] * 3
+    assert small.object_ids == [1, 2]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_synthetic_masks_are_exact_projections(seed):
+    scene = synthetic_scene(seed)
+    for cam_name, cam in scene.cameras.items():
+        masks = scene.masks[cam_name]
+        assert sorted(masks) == scene.object_ids  # every object is seen in every view
+        total = np.zeros(cam.size[::-1], int)
+        for oid, mask in masks.items():
+            assert mask.dtype == bool and mask.shape == cam.size[::-1]
+            total += mask
+            # The mask lies inside the projected box outline and fills most of it
+            # (less only where another box hides part of it).
+            uv, depth = cam.project(scene.meta["boxes"][oid])
+            assert depth.min() > 0
+            hull = np.zeros(mask.shape, np.uint8)
+            cv2.fillConvexPoly(hull, cv2.convexHull(np.round(uv).astype(np.int32)), 1)
+            grown = cv2.dilate(hull, np.ones((5, 5), np.uint8)).astype(bool)
+            assert not (mask & ~grown).any(), (cam_name, oid)
+            assert mask.sum() >= 0.6 * hull.sum(), (cam_name, oid)
+            assert mask.sum() > 1000
+        assert total.max() == 1  # one owner per pixel
+
+
+def test_synthetic_images_show_the_objects(scene0):
+    # The boxes' textures are saturated, the floor mostly grey: the masks pick out
+    # the colourful pixels in every view.
+    for cam in scene0.views:
+        hsv = cv2.cvtColor(scene0.image(cam), cv2.COLOR_RGB2HSV)
+        sat = hsv[..., 1].astype(float)
+        objects = np.zeros(sat.shape, bool)
+        for oid in scene0.object_ids:
+            objects |= scene0.mask(cam, oid)
+        assert sat[objects].mean() > sat[~objects].mean() + 40, cam
+
+
+def test_motorcycle_ships_offline_and_has_one_object(moto):
+    left, right = moto.image("left"), moto.image("right")
+    assert left.shape == right.shape == (500, 741, 3)
+    assert moto.source == "left" and moto.targets == ["right"]
+    m = moto.mask("left", 1)
+    frac = m.mean()
+    assert 0.15 < frac < 0.4
+    n, _ = cv2.connectedComponents(m.astype(np.uint8), connectivity=8)
+    assert n == 2  # background + one object
+    # a near object: the mask's disparities are well above the frame's median
+    disp = moto.meta["disparity"]
+    assert np.nanmedian(np.where(np.isfinite(disp) & m, disp, np.nan)) > np.nanmedian(
+        np.where(np.isfinite(disp) & ~m, disp, np.nan)) + 10
+
+
+def test_motorcycle_right_mask_is_the_disparity_warp(moto):
+    ml, mr = moto.mask("left", 1), moto.mask("right", 1)
+    disp = moto.meta["disparity"]
+    left = moto.image("left").astype(np.float32)
+    right = moto.image("right").astype(np.float32)
+    assert 0.9 < mr.sum() / ml.sum() < 1.05
+    ys, xs = np.nonzero(ml & np.isfinite(disp))
+    xr = np.round(xs - disp[ys, xs]).astype(int)
+    ok = (xr >= 0) & mr[ys, np.clip(xr, 0, ml.shape[1] - 1)]
+    # almost every object pixel lands inside the right mask (the rest is occluded)
+    assert ok.mean() > 0.95
+    # and it lands on the same colour: photometric error far below a 10 px mistake
+    err = np.abs(left[ys[ok], xs[ok]] - right[ys[ok], xr[ok]]).mean()
+    wrong = np.clip(xr[ok] + 10, 0, ml.shape[1] - 1)
+    err_wrong = np.abs(left[ys[ok], xs[ok]] - right[ys[ok], wrong]).mean()
+    assert err < 12 and err_wrong > 2 * err
+    # the right mask is the left one moved left by the disparity, not a copy
+    d_med = int(round(np.median(disp[ys, xs])))
+    shifted = np.zeros_like(ml)
+    shifted[:, :-d_med] = ml[:, d_med:]
+    inter = lambda a, b: (a & b).sum() / (a | b).sum()  # noqa: E731
+    assert inter(mr, shifted) > 0.75 and inter(mr, shifted) > inter(mr, ml) + 0.2
