@@ -1,0 +1,265 @@
+"""Drive a running ``vggts`` node from outside: publish camera images, call its services,
+collect what it publishes. Used by ``vggts demo``, the node tests and the node benchmark,
+all over real DDS.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import yaml
+
+import rclpy
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray
+from sensor_msgs.msg import CompressedImage, Image
+
+from vggts_ros.config import NodeConfig
+from vggts_ros.msg import ProjectedPoints
+from vggts_ros.ros.conversions import fill_image
+from vggts_ros.srv import ClearObjects, SetSourceMask
+
+
+def to_time(seconds: float) -> Time:
+    sec = int(np.floor(seconds))
+    return Time(sec=sec, nanosec=int(round((seconds - sec) * 1e9)) % 1_000_000_000)
+
+
+@dataclass
+class PlayedCamera:
+    name: str
+    topic: str
+    image: np.ndarray
+    compressed: bool = False
+    paused: bool = False
+    frame_id: str = ""
+
+
+class CameraPlayer(Node):
+    """Publishes one still image per camera at ``rate_hz``, all frames of a tick sharing
+    one stamp (a hardware-synchronised rig). Cameras can be paused to simulate a failure,
+    and an image can be swapped at any time."""
+
+    def __init__(self, cameras: Sequence[PlayedCamera], rate_hz: float = 5.0, name: str = "vggts_player") -> None:
+        super().__init__(name)
+        self._cams = {c.name: c for c in cameras}
+        self._lock = threading.Lock()
+        self._pubs = {}
+        for cam in cameras:
+            msg_type = CompressedImage if cam.compressed else Image
+            self._pubs[cam.name] = self.create_publisher(msg_type, cam.topic, qos_profile_sensor_data)
+        self.stamps: List[float] = []
+        self.publish_times: Dict[float, float] = {}
+        self.create_timer(1.0 / rate_hz, self.tick)
+
+    def pause(self, camera: str, paused: bool = True) -> None:
+        with self._lock:
+            self._cams[camera].paused = paused
+
+    def set_image(self, camera: str, image: np.ndarray) -> None:
+        with self._lock:
+            self._cams[camera].image = image
+
+    def tick(self) -> None:
+        stamp_sec = time.time()
+        stamp = to_time(stamp_sec)
+        with self._lock:
+            cams = [c for c in self._cams.values() if not c.paused]
+        for cam in cams:
+            if cam.compressed:
+                import cv2
+
+                ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(cam.image[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 95])
+                msg = CompressedImage(format="jpeg", data=buf.tobytes())
+            else:
+                msg = Image()
+                fill_image(msg, cam.image, "rgb8")
+            msg.header.stamp = stamp
+            msg.header.frame_id = cam.frame_id or f"{cam.name}_optical_frame"
+            self._pubs[cam.name].publish(msg)
+        self.stamps.append(stamp_sec)
+        self.publish_times[round(stamp_sec, 6)] = time.monotonic()
+
+
+@dataclass
+class Received:
+    stamp: float
+    arrival: float
+    msg: object
+
+
+class OutputCollector(Node):
+    """Subscribes to the node's per-camera outputs and ``/diagnostics``; calls its services."""
+
+    def __init__(self, node_name: str, cameras: Sequence[str], name: str = "vggts_collector") -> None:
+        super().__init__(name)
+        self._lock = threading.Lock()
+        self.masks: Dict[str, List[Received]] = {c: [] for c in cameras}
+        self.points: Dict[str, List[Received]] = {c: [] for c in cameras}
+        self.overlays: Dict[str, List[Received]] = {c: [] for c in cameras}
+        self.diagnostics: List[DiagnosticArray] = []
+        base = f"/{node_name}"
+        for cam in cameras:
+            self.create_subscription(Image, f"{base}/{cam}/mask", self._store(self.masks, cam), 10)
+            self.create_subscription(ProjectedPoints, f"{base}/{cam}/points", self._store(self.points, cam), 10)
+            self.create_subscription(Image, f"{base}/{cam}/overlay", self._store(self.overlays, cam), 10)
+        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+        self._set = self.create_client(SetSourceMask, f"{base}/set_source_mask")
+        self._clear = self.create_client(ClearObjects, f"{base}/clear_objects")
+
+    def _store(self, table, camera):
+        def callback(msg):
+            stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+            with self._lock:
+                table[camera].append(Received(stamp, time.monotonic(), msg))
+        return callback
+
+    def _on_diag(self, msg):
+        with self._lock:
+            self.diagnostics.append(msg)
+
+    def count(self, table: str, camera: str) -> int:
+        with self._lock:
+            return len(getattr(self, table)[camera])
+
+    def latest(self, table: str, camera: str) -> Optional[Received]:
+        with self._lock:
+            items = getattr(self, table)[camera]
+            return items[-1] if items else None
+
+    def clear_received(self) -> None:
+        with self._lock:
+            for table in (self.masks, self.points, self.overlays):
+                for items in table.values():
+                    items.clear()
+            self.diagnostics.clear()
+
+    def pipeline_status(self) -> Optional[Dict[str, str]]:
+        """Key/values of the node's latest pipeline diagnostic status."""
+        with self._lock:
+            arrays = list(self.diagnostics)
+        for array in reversed(arrays):
+            for status in array.status:
+                if status.name.endswith(": pipeline"):
+                    return {kv.key: kv.value for kv in status.values}
+        return None
+
+    def _call(self, client, request, timeout: float):
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError(f"service {client.srv_name} is not available")
+        future = client.call_async(request)
+        done = threading.Event()
+        future.add_done_callback(lambda _: done.set())
+        if not done.wait(timeout):
+            raise TimeoutError(f"service {client.srv_name} did not answer within {timeout} s")
+        return future.result()
+
+    def set_source_mask(self, camera: str, mask: np.ndarray, object_id: int = 0, stamp: float = 0.0,
+                        label: str = "", encoding: str = "mono8", timeout: float = 30.0):
+        req = SetSourceMask.Request()
+        req.camera = camera
+        fill_image(req.mask, (np.asarray(mask) != 0).astype(np.uint8) * 255 if mask.dtype == bool else np.asarray(mask), encoding)
+        req.object_id = object_id
+        req.stamp = to_time(stamp) if stamp else Time()
+        req.label = label
+        return self._call(self._set, req, timeout)
+
+    def clear_objects(self, object_id: int = 0, timeout: float = 30.0):
+        return self._call(self._clear, ClearObjects.Request(object_id=object_id), timeout)
+
+
+class Spinner:
+    """Spins some nodes on a background executor until closed."""
+
+    def __init__(self, *nodes: Node) -> None:
+        self.executor = MultiThreadedExecutor(num_threads=4)
+        for node in nodes:
+            self.executor.add_node(node)
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=2)
+        self._thread.join(timeout=5)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, period: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(period)
+    return predicate()
+
+
+def write_params_file(cfg: NodeConfig, path: str, node_name: str = "vggts") -> str:
+    """Write ``cfg`` as a ROS 2 parameters file (nested ``ros__parameters``)."""
+    tree: Dict = {}
+    for key, value in cfg.to_parameters().items():
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    with open(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump({node_name: {"ros__parameters": tree}}, handle, sort_keys=False)
+    return path
+
+
+@dataclass
+class NodeProcess:
+    """The real node executable in a child process, with its output captured to a file."""
+
+    cfg: NodeConfig
+    node_name: str = "vggts"
+    extra_args: Sequence[str] = ()
+    env: Optional[Dict[str, str]] = None
+    workdir: Optional[str] = None
+    proc: Optional[subprocess.Popen] = field(default=None, init=False)
+    log_path: str = field(default="", init=False)
+
+    def start(self) -> "NodeProcess":
+        workdir = self.workdir or tempfile.mkdtemp(prefix="vggts_node_")
+        params = write_params_file(self.cfg, os.path.join(workdir, "params.yaml"), self.node_name)
+        self.log_path = os.path.join(workdir, "node.log")
+        cmd = [sys.executable, "-m", "vggts_ros.ros.node", "--ros-args", "--params-file", params,
+               "-r", f"__node:={self.node_name}", *self.extra_args]
+        env = dict(os.environ if self.env is None else self.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self._log = open(self.log_path, "w", encoding="utf-8")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8") as handle:
+                return handle.read()
+        except OSError:
+            return ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> Optional[int]:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(2)  # SIGINT: the node shuts down cleanly
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
