@@ -1,0 +1,169 @@
+"""``vggts``: the command line.
+
+    vggts segment --source S.png --source-mask M.png --target T.png --out DIR
+    vggts demo                       # the whole ROS graph on the bundled scenes
+    vggts train ... / vggts evaluate ...   # see --help of each
+
+Errors a user can cause (unreadable files, sizes that do not match, empty masks, bad
+checkpoints) end with a one-line message and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from vggts_ros.config import BACKENDS, MODEL_PRESETS, ModelConfig, PipelineConfig
+from vggts_ros.types import ROLES
+
+
+class UsageError(Exception):
+    """A problem with the user's input, reported without a traceback."""
+
+
+def read_rgb(path: str) -> np.ndarray:
+    import cv2
+
+    if not Path(path).is_file():
+        raise UsageError(f"image file not found: {path}")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise UsageError(f"cannot read {path} as an image (is it a PNG/JPEG?)")
+    return np.ascontiguousarray(image[..., ::-1])
+
+
+def read_mask(path: str) -> np.ndarray:
+    import cv2
+
+    if not Path(path).is_file():
+        raise UsageError(f"mask file not found: {path}")
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise UsageError(f"cannot read {path} as an image (is it a PNG?)")
+    if mask.ndim == 3:
+        mask = mask[..., :3].max(axis=2) if mask.shape[2] >= 3 else mask[..., 0]
+    return mask != 0
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    import cv2
+
+    data = image if image.ndim == 2 else image[..., ::-1]
+    if not cv2.imwrite(str(path), np.ascontiguousarray(data)):
+        raise UsageError(f"cannot write {path}")
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from vggts_ros.backends import create_segmentor
+    from vggts_ros.types import TargetView
+    from vggts_ros.visualize import overlay_masks
+
+    source = read_rgb(args.source)
+    mask = read_mask(args.source_mask)
+    if mask.shape != source.shape[:2]:
+        raise UsageError(
+            f"source mask is {mask.shape[1]}x{mask.shape[0]} but the source image is "
+            f"{source.shape[1]}x{source.shape[0]} (width x height)"
+        )
+    if not mask.any():
+        raise UsageError(f"source mask {args.source_mask} is empty: no nonzero pixel marks the object")
+    roles = args.target_role or ["exo"]
+    if len(roles) not in (1, len(args.target)):
+        raise UsageError(f"give one --target-role for all targets or one per target ({len(args.target)})")
+    roles = roles * len(args.target) if len(roles) == 1 else roles
+    targets = [TargetView(read_rgb(p), role=r, name=Path(p).stem) for p, r in zip(args.target, roles)]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    model = ModelConfig(backend=args.backend, config=args.config, device=args.device)
+    if args.vggt_checkpoint:
+        model.vggt_checkpoint = args.vggt_checkpoint
+    if args.head_checkpoint:
+        model.head_checkpoint = args.head_checkpoint
+    pipeline = PipelineConfig(refine_iterations=args.refine)
+    t0 = time.monotonic()
+    segmentor = _build(model, pipeline)
+    t_load = time.monotonic() - t0
+    t0 = time.monotonic()
+    results = segmentor.segment(source, mask, targets)
+    t_run = time.monotonic() - t0
+    summary = []
+    for view, path, result in zip(targets, args.target, results):
+        stem = Path(path).stem
+        write_png(out / f"{stem}_mask.png", result.mask.astype(np.uint8) * 255)
+        labels = result.mask.astype(np.uint8)
+        write_png(out / f"{stem}_overlay.png", overlay_masks(view.image, labels, [result.target_points]))
+        summary.append(dict(target=str(path), role=view.role, mask=str(out / f"{stem}_mask.png"),
+                            area=int(result.mask.sum()), score=round(float(result.score), 4),
+                            points=np.round(np.asarray(result.target_points, dtype=float), 2).tolist()))
+    print(json.dumps(dict(backend=getattr(segmentor, "name", args.backend), config=args.config,
+                          load_seconds=round(t_load, 3), segment_seconds=round(t_run, 3), targets=summary), indent=2))
+    if args.config == "test-tiny" and args.backend == "vggts":
+        print("note: test-tiny has deterministic test weights; its masks are meaningless on real images",
+              file=sys.stderr)
+    return 0
+
+
+def _build(model: ModelConfig, pipeline: PipelineConfig):
+    from vggts_ros.backends import create_segmentor
+    from vggts_ros.checkpoint import CheckpointError
+
+    try:
+        return create_segmentor(model, pipeline)
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from exc
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vggts", description="VGGT-Segmentor: cross-view object segmentation")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    seg = sub.add_parser("segment", help="segment, in target images, the object masked in a source image")
+    seg.add_argument("--source", required=True, help="source image (PNG/JPEG)")
+    seg.add_argument("--source-mask", required=True, help="source mask image, nonzero = object")
+    seg.add_argument("--target", required=True, action="append", help="target image; repeat for several")
+    seg.add_argument("--target-role", action="append", choices=ROLES,
+                     help="role of the target camera (default exo); once for all or once per --target")
+    seg.add_argument("--out", required=True, help="output directory")
+    seg.add_argument("--backend", default="vggts", choices=BACKENDS)
+    seg.add_argument("--config", default="vggt-1b", choices=MODEL_PRESETS,
+                     help="vggt-1b (published weights) or test-tiny (deterministic weights, for tests only)")
+    seg.add_argument("--vggt-checkpoint", help="VGGT-1B model.pt: a path, a directory or a Hugging Face repo id")
+    seg.add_argument("--head-checkpoint", help="VGGT-S main_exp.pth: a path, a directory or a repo id")
+    seg.add_argument("--refine", type=int, default=1, help="refinement iterations (default 1)")
+    seg.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    seg.set_defaults(func=cmd_segment)
+
+    from vggts_ros import demo
+
+    demo.add_arguments(sub.add_parser("demo", help="run the node on the bundled scenes and report IoU"))
+
+    try:
+        from vggts_ros.training import cli as train_cli
+    except ImportError:  # training extras are optional
+        train_cli = None
+    if train_cli is not None:
+        train_cli.add_commands(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"vggts {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
