@@ -106,12 +106,17 @@ def letterbox(image: np.ndarray, size: int = 518, is_mask: bool = False) -> Tupl
 
 
 def letterbox_points_to_frame(points: np.ndarray, meta: LetterboxMeta, clip: bool = True) -> np.ndarray:
-    """Network pixels -> frame pixels, as the reference does it: optionally clip to
-    ``[0, size - 1]``, then scale both axes by the long-side ratio."""
+    """Network pixels -> frame pixels, as the reference does it: scale both axes by the
+    long-side ratio; with ``clip``, clip to ``[0, size - 1]`` before and to the frame after."""
     pts = np.asarray(points, dtype=np.float32)
     if clip:
         pts = np.clip(pts, 0, meta.size - 1)
-    return pts * (max(meta.ori_h, meta.ori_w) / meta.size)
+    pts = pts * (max(meta.ori_h, meta.ori_w) / meta.size)
+    if clip:
+        pts = pts.copy()
+        pts[:, 0] = np.clip(pts[:, 0], 0, meta.ori_w - 1)
+        pts[:, 1] = np.clip(pts[:, 1], 0, meta.ori_h - 1)
+    return pts
 
 
 # --------------------------------------------------------------------------- square crop

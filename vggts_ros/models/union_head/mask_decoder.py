@@ -6,10 +6,11 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .common import MLP, LayerNorm2d
-from .two_way_transformer import TwoWayTransformer
+from .two_way_transformer import TwoWayTransformer, unpatchify
 
 
 class MaskDecoder(nn.Module):
@@ -43,8 +44,16 @@ class MaskDecoder(nn.Module):
         """``tokens`` already start with the mask token. Returns ``[B, 1, 4g, 4g]`` logits."""
         hs, keys = self.transformer(tokens, src_map, tar_map, ca_pe, sa_pe, src_down0)
         b, c, h, w = tar_map.shape
-        tar_keys = keys.transpose(1, 2).reshape(b, c, h, 2 * w)[..., w:]
-        up = self.output_upscaling(tar_keys)
+        tar = keys.reshape(b, h, 2 * w, c)[:, :, w:]
+        up = self.upscale(tar)  # [B, 4h, 4w, C/8]
         weights = self.output_hypernetworks_mlps[0](hs[:, 0, :])  # [B, C/8]
-        _, cu, hu, wu = up.shape
-        return torch.bmm(weights.unsqueeze(1), up.reshape(b, cu, hu * wu)).view(b, 1, hu, wu)
+        _, hu, wu, cu = up.shape
+        logits = torch.bmm(up.reshape(b, hu * wu, cu), weights.unsqueeze(-1))
+        return logits.view(b, 1, hu, wu)
+
+    def upscale(self, grid: Tensor) -> Tensor:
+        """``output_upscaling`` on a channels-last map ``[B, h, w, C]`` -> ``[B, 4h, 4w, C/8]``."""
+        deconv1, norm, act1, deconv2, act2 = self.output_upscaling
+        x = unpatchify(deconv1, grid)
+        x = act1(F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps))
+        return act2(unpatchify(deconv2, x))

@@ -12,18 +12,35 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .common import MLP, Attention
 
 
-def _to_tokens(x: Tensor) -> Tensor:
-    return x.flatten(2).transpose(1, 2)
+def patchify(conv: nn.Conv2d, grid: Tensor) -> Tensor:
+    """``conv`` (kernel == stride == r, no padding) applied to ``grid`` ``[B, h, w, C]``
+    (channels last), returned as coarse cells ``[B, h/r, w/r, C_out]``.
+
+    Non-overlapping patches make the convolution one matrix product."""
+    b, h, w, c = grid.shape
+    r = conv.stride[0]
+    s_h, s_w = h // r, w // r
+    patches = grid.reshape(b, s_h, r, s_w, r, c).permute(0, 1, 3, 2, 4, 5).reshape(b * s_h * s_w, r * r * c)
+    weight = conv.weight.permute(2, 3, 1, 0).reshape(r * r * c, conv.out_channels)
+    return torch.addmm(conv.bias, patches, weight).view(b, s_h, s_w, conv.out_channels)
 
 
-def _to_map(tokens: Tensor, h: int, w: int) -> Tensor:
-    b, _, c = tokens.shape
-    return tokens.transpose(1, 2).reshape(b, c, h, w)
+def unpatchify(deconv: nn.ConvTranspose2d, cells: Tensor) -> Tensor:
+    """``deconv`` (kernel == stride == r) applied to ``cells`` ``[B, s_h, s_w, C_in]``,
+    returned channels last ``[B, s_h * r, s_w * r, C_out]``."""
+    b, s_h, s_w, c_in = cells.shape
+    r = deconv.stride[0]
+    c_out = deconv.out_channels
+    weight = deconv.weight.permute(0, 2, 3, 1).reshape(c_in, r * r * c_out)
+    out = torch.addmm(deconv.bias.repeat(r * r), cells.reshape(-1, c_in), weight)
+    out = out.view(b, s_h, s_w, r, r, c_out).permute(0, 1, 3, 2, 4, 5)
+    return out.reshape(b, s_h * r, s_w * r, c_out)
 
 
 class TwoWayBlock(nn.Module):
@@ -54,20 +71,28 @@ class TwoWayBlock(nn.Module):
     def coarse_image_attention(
         self, keys: Tensor, sa_pe: Tensor, grid_hw: Tuple[int, int], src_down: Optional[Tensor]
     ) -> Tensor:
+        """Self-attention of both views at the coarse scale, added back to ``keys``.
+
+        ``keys``: ``[B, h * 2w, C]`` (row-major over the side-by-side map). ``src_down``:
+        the source half's coarse cells ``[B, s, s, C']`` when already known."""
+        b, _, c = keys.shape
         h, w = grid_hw
-        maps = _to_map(keys, h, 2 * w)
+        grid = keys.reshape(b, h, 2 * w, c)
         if src_down is None:
-            src_down = self.downsampling(maps[..., :w])
-        coarse = torch.cat([src_down, self.downsampling(maps[..., w:])], dim=-1)
-        _, c, hs, ws2 = coarse.shape
-        t = _to_tokens(coarse)
+            src_down = patchify(self.downsampling, grid[:, :, :w])
+        coarse = torch.cat([src_down, patchify(self.downsampling, grid[:, :, w:])], dim=2)
+        _, s_h, s_w2, c2 = coarse.shape
+        t = coarse.reshape(b, s_h * s_w2, c2)
         qk = t + sa_pe
         t = self.norm0(t + self.self_attn_img(qk, qk, t))
         t = self.norm_ffn(t + self.img_mlp(t))
-        coarse = _to_map(t, hs, ws2)
-        half = ws2 // 2
-        fine = torch.cat([self.upsampling(coarse[..., :half]), self.upsampling(coarse[..., half:])], dim=-1)
-        return self.norm_nf(keys + _to_tokens(fine))
+        coarse = t.view(b, s_h, s_w2, c2)
+        half = s_w2 // 2
+        fine = torch.cat(
+            [unpatchify(self.upsampling, coarse[:, :, :half]), unpatchify(self.upsampling, coarse[:, :, half:])],
+            dim=2,
+        )
+        return self.norm_nf(keys + fine.view(b, h * 2 * w, c))
 
     def forward(
         self,
@@ -106,8 +131,9 @@ class TwoWayTransformer(nn.Module):
         self.norm_final_attn = nn.LayerNorm(dim)
 
     def first_source_downsample(self, src_map: Tensor) -> Tensor:
-        """The first block's coarse source map; it does not depend on the target side."""
-        return self.layers[0].downsampling(src_map)
+        """The first block's coarse source cells (channels last); they do not depend on
+        the target side, so refinement passes can reuse them."""
+        return patchify(self.layers[0].downsampling, src_map.permute(0, 2, 3, 1))
 
     def forward(
         self,
@@ -120,8 +146,8 @@ class TwoWayTransformer(nn.Module):
     ) -> Tuple[Tensor, Tensor]:
         """``src_map``/``tar_map``: ``[B, C, g, g]`` with the mask priors already added.
         ``ca_pe``/``sa_pe`` are token-shaped (``[1, L, C]``). Returns (tokens, image tokens)."""
-        h, w = src_map.shape[-2:]
-        keys = _to_tokens(torch.cat([src_map, tar_map], dim=-1))
+        b, c, h, w = src_map.shape
+        keys = torch.cat([src_map, tar_map], dim=-1).permute(0, 2, 3, 1).reshape(b, h * 2 * w, c)
         queries = tokens
         for i, layer in enumerate(self.layers):
             queries, keys = layer(

@@ -1,0 +1,107 @@
+"""The Union Segmentation Head computes the reference function (fixture ``vggts_head.pt``)."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from conftest import assert_close_ref, load_fixture, reference_dir
+from vggts_ros.config import HeadConfig
+from vggts_ros.models.deterministic import fill_deterministic, weight_sums
+from vggts_ros.models.union_head import UnionSegmentationHead, sample_point_features
+
+
+def head_config(fx) -> HeadConfig:
+    known = {f.name for f in dataclasses.fields(HeadConfig)}
+    return HeadConfig(**{k: v for k, v in fx["config"].items() if k in known})
+
+
+def fixture_features(fx) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(int(fx["feat_seed"]))
+    return torch.randn(tuple(fx["feat_shape"]), generator=gen, dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def fx():
+    return load_fixture("vggts_head.pt")
+
+
+@pytest.fixture(scope="module")
+def head(fx):
+    model = UnionSegmentationHead(head_config(fx)).eval()
+    return fill_deterministic(model, fx["weight_seed"])
+
+
+@pytest.fixture(scope="module")
+def passes(fx, head):
+    feat = fixture_features(fx)
+    with torch.no_grad():
+        ctx = head.encode(feat, fx["src_points"], fx["tar_points"], fx["src_masks"])
+        full0, low0 = head.decode(ctx)
+        full1, low1 = head.decode(ctx, low0)
+    return full0, low0, full1, low1
+
+
+def test_weight_sums(fx, head):
+    ours = weight_sums(head)
+    assert sorted(ours) == sorted(fx["weight_sums"])
+    for key, ref in fx["weight_sums"].items():
+        assert ours[key] == pytest.approx(ref, rel=1e-9, abs=1e-9), key
+
+
+def test_src_points_feat(fx):
+    feat = fixture_features(fx)
+    size = fx["config"]["img_size"]
+    out = sample_point_features(feat[:, 0], fx["src_points"], (size, size))
+    assert_close_ref(out, fx["src_points_feat"], "src_points_feat")
+
+
+def test_pass0(fx, passes):
+    full0, low0, _, _ = passes
+    assert_close_ref(full0, fx["pass0_pred"], "pass0_pred")
+    assert_close_ref(low0, fx["pass0_low_res"], "pass0_low_res")
+
+
+def test_pass1_refinement(fx, passes):
+    _, _, full1, low1 = passes
+    assert_close_ref(full1, fx["pass1_pred"], "pass1_pred")
+    assert_close_ref(low1, fx["pass1_low_res"], "pass1_low_res")
+
+
+def test_forward_and_predict(fx, head, passes):
+    """The one-shot forward (stored point features, refinement from the stored pass-0
+    logits, NumPy mask) and ``predict`` agree with the cached encode/decode path; inputs
+    are left untouched."""
+    feat = fixture_features(fx)
+    spf = fx["src_points_feat"].clone()
+    with torch.no_grad():
+        full1, low1 = head(
+            feat,
+            fx["src_points"],
+            fx["tar_points"],
+            fx["src_masks"].numpy(),
+            prev_low_res=fx["pass0_low_res"],
+            src_points_feat=spf,
+        )
+        full_p, low_p = head.predict(feat, fx["src_points"], fx["tar_points"], fx["src_masks"], refine_iterations=1)
+    assert torch.equal(spf, fx["src_points_feat"])
+    assert_close_ref(full1, fx["pass1_pred"], "forward pass1")
+    assert_close_ref(low1, fx["pass1_low_res"], "forward pass1 low")
+    assert torch.equal(full_p, passes[2]) and torch.equal(low_p, passes[3])
+
+
+def test_full_size_keys_and_shapes():
+    ref = json.loads((reference_dir() / "vggts_head_state_dict.json").read_text())
+    with torch.device("meta"):
+        model = UnionSegmentationHead(HeadConfig())
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert sorted(ours) == sorted(ref)
+    bad = [k for k in ref if ours[k] != list(ref[k])]
+    assert not bad, f"shape mismatch: {bad}"
+
+
+def test_rejects_wrong_feature_size(fx, head):
+    feat = fixture_features(fx)[..., :-1, :-1]
+    with pytest.raises(ValueError, match="feat_map"):
+        head(feat, fx["src_points"], fx["tar_points"], fx["src_masks"])
