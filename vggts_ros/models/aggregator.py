@@ -81,9 +81,6 @@ class Aggregator(nn.Module):
         nn.init.normal_(self.register_token, std=1e-6)
         self.patch_start_idx = 1 + cfg.num_register_tokens
 
-        self.register_buffer("_mean", torch.tensor(IMAGENET_MEAN).view(1, 1, 3, 1, 1), persistent=False)
-        self.register_buffer("_std", torch.tensor(IMAGENET_STD).view(1, 1, 3, 1, 1), persistent=False)
-
     def _positions(self, n: int, h: int, w: int, device) -> Optional[torch.Tensor]:
         """RoPE positions: patches at (row+1, col+1), special tokens all at (0, 0)."""
         if self.rope is None:
@@ -106,7 +103,11 @@ class Aggregator(nn.Module):
         b, s, _, h, w = images.shape
         keep = None if keep_layers is None else {int(i) % self.depth for i in keep_layers}
 
-        x = (images - self._mean) / self._std
+        # Constants are made on the fly (not buffers) so a model built on the meta device and
+        # materialised with ``to_empty`` needs nothing beyond its checkpoint.
+        mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=images.dtype).view(1, 1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=images.device, dtype=images.dtype).view(1, 1, 3, 1, 1)
+        x = (images - mean) / std
         patches = self.patch_embed(x.reshape(b * s, 3, h, w))
         c = patches.shape[-1]
         cam = _per_frame_tokens(self.camera_token, b, s).to(patches.dtype)

@@ -9,7 +9,7 @@ from torch import nn
 
 from ...layers.mlp import Mlp
 from .blocks import CorrBlock, EfficientUpdateFormer
-from .utils import flow_embedding, grid_pos_embed_at, sample_points
+from .utils import flow_embedding, grid_pos_embed, sample_points
 
 
 class BaseTrackerPredictor(nn.Module):
@@ -40,6 +40,8 @@ class BaseTrackerPredictor(nn.Module):
         self.corr_radius = corr_radius
         self.max_scale = max_scale
         self.predict_conf = predict_conf
+        # "volume" (reference order) or "window" (low memory); see CorrBlock.
+        self.corr_mode = "volume"
         self.flows_emb_dim = latent_dim // 2
         self.transformer_dim = 3 * latent_dim + 4
 
@@ -83,10 +85,12 @@ class BaseTrackerPredictor(nn.Module):
         coords = query[:, None].repeat(1, s, 1, 1)  # [B, S, N, 2] in feature-map pixels
         query_feat = sample_points(fmaps[:, 0], query)  # [B, N, C]
         track_feats = query_feat[:, None].repeat(1, s, 1, 1)  # [B, S, N, C]
-        corr = CorrBlock(fmaps, num_levels=self.corr_levels, radius=self.corr_radius)
+        corr = CorrBlock(fmaps, num_levels=self.corr_levels, radius=self.corr_radius, mode=self.corr_mode)
 
-        # Constant over iterations: the query positions never move.
-        pos_emb = grid_pos_embed_at(query, self.transformer_dim, hh, ww).reshape(b * n, 1, -1)
+        # The query positions never move, so their position embedding is computed once.
+        grid = grid_pos_embed(self.transformer_dim, hh, ww, device=fmaps.device).to(fmaps.dtype)
+        pos_emb = sample_points(grid.expand(b, -1, -1, -1), query).reshape(b * n, 1, -1)
+        del grid
         ref = self.query_ref_token
         ref = torch.cat((ref[:, :1], ref[:, 1:2].expand(-1, s - 1, -1)), dim=1).to(fmaps.dtype)
 

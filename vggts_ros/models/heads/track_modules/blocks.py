@@ -86,35 +86,52 @@ class EfficientUpdateFormer(nn.Module):
 class CorrBlock:
     """Multi-scale correlation lookup around each track's current position.
 
-    Level ``l`` is the (L2-unnormalised) feature map average-pooled ``l`` times by 2. For
-    every track and frame the correlation ``<target, feature> / sqrt(C)`` is read at a
-    ``(2r+1)^2`` window of bilinear positions with zero padding. Because bilinear sampling
-    is linear, sampling the features and then taking the dot product equals sampling a
-    precomputed correlation volume, without ever building the ``N x H x W`` volume.
-    The window is ordered with the x offset varying slowest, as in the published model.
+    Level ``l`` is the feature map average-pooled ``l`` times by 2. For every track and
+    frame the correlation ``<target, feature> / sqrt(C)`` is read on a ``(2r+1)^2`` window
+    of bilinear positions with zero padding; the window is ordered with the x offset
+    varying slowest, as in the published model.
+
+    ``mode="volume"`` (default) builds each level's full ``N x H x W`` correlation volume
+    and samples it, the reference order of operations. ``mode="window"`` samples the
+    features on the window and takes the dot products afterwards: mathematically the same
+    (bilinear sampling is linear) but ``O(N * window)`` instead of ``O(N * H * W)`` memory;
+    it differs only by float rounding, which the iterative updates can amplify.
     """
 
-    def __init__(self, fmaps: torch.Tensor, num_levels: int = 4, radius: int = 4) -> None:
+    MODES = ("volume", "window")
+
+    def __init__(self, fmaps: torch.Tensor, num_levels: int = 4, radius: int = 4, mode: str = "volume") -> None:
+        if mode not in self.MODES:
+            raise ValueError(f"unknown correlation mode {mode!r}; expected one of {self.MODES}")
         b, s, c, h, w = fmaps.shape
+        self.mode = mode
         self.radius = radius
-        self.channels = c
         self.pyramid: List[torch.Tensor] = [fmaps.reshape(b * s, c, h, w)]
         for _ in range(num_levels - 1):
             self.pyramid.append(F.avg_pool2d(self.pyramid[-1], kernel_size=2, stride=2))
         steps = torch.linspace(-radius, radius, 2 * radius + 1, device=fmaps.device, dtype=fmaps.dtype)
-        self.offsets = torch.stack(torch.meshgrid(steps, steps, indexing="ij"), dim=-1).reshape(-1, 2)
+        self.offsets = torch.stack(torch.meshgrid(steps, steps, indexing="ij"), dim=-1)  # [K1, K1, 2]
 
     def corr_sample(self, targets: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """``targets [B, S, N, C]``, ``coords [B, S, N, 2]`` (level-0 pixels) -> ``[B, S, N, levels*(2r+1)^2]``."""
         b, s, n, c = targets.shape
-        tgt = targets.reshape(b * s, n, c)
+        k1 = 2 * self.radius + 1
         offsets = self.offsets.to(coords.dtype)
         scale = c**0.5
         out = []
         for level, fmap in enumerate(self.pyramid):
             h, w = fmap.shape[-2:]
-            window = coords.reshape(b * s, n, 1, 2) / (2**level) + offsets  # [BS, N, K, 2]
-            grid = to_grid_coords(window.detach().to(fmap.dtype), h, w)
-            feats = F.grid_sample(fmap, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-            out.append(torch.einsum("bcnk,bnc->bnk", feats, tgt) / scale)
-        return torch.cat(out, dim=-1).reshape(b, s, n, -1)
+            centre = coords.reshape(b * s * n, 1, 1, 2) / (2**level)
+            window = to_grid_coords((centre + offsets[None]).detach().to(fmap.dtype), h, w)  # [BSN, K1, K1, 2]
+            if self.mode == "volume":
+                volume = torch.matmul(targets, fmap.view(b, s, c, h * w)) / scale  # [B, S, N, HW]
+                picked = F.grid_sample(
+                    volume.reshape(b * s * n, 1, h, w), window, padding_mode="zeros", align_corners=True
+                )
+                out.append(picked.reshape(b, s, n, k1 * k1))
+            else:
+                grid = window.reshape(b * s, n, k1 * k1, 2)
+                feats = F.grid_sample(fmap, grid, padding_mode="zeros", align_corners=True)  # [BS, C, N, K]
+                corr = torch.einsum("bcnk,bnc->bnk", feats, targets.reshape(b * s, n, c)) / scale
+                out.append(corr.reshape(b, s, n, k1 * k1))
+        return torch.cat(out, dim=-1)

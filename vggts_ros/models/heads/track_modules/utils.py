@@ -13,28 +13,18 @@ def sincos_table(positions: torch.Tensor, dim: int, base: float = 10000.0) -> to
     return torch.cat((angles.sin(), angles.cos()), dim=1).float()
 
 
-def _lerp_rows(table: torch.Tensor, coord: torch.Tensor) -> torch.Tensor:
-    """Linear interpolation of ``table`` rows at fractional indices, clamped to the valid range."""
-    n = table.shape[0]
-    c = coord.clamp(0, n - 1)
-    i0 = c.floor().long().clamp(max=n - 1)
-    i1 = (i0 + 1).clamp(max=n - 1)
-    t = (c - i0.to(c.dtype)).unsqueeze(-1)
-    return table[i0] * (1 - t) + table[i1] * t
+def grid_pos_embed(dim: int, height: int, width: int, device=None) -> torch.Tensor:
+    """2D sin-cos embedding of every feature-map pixel, ``[1, dim, height, width]``.
 
-
-def grid_pos_embed_at(points: torch.Tensor, dim: int, height: int, width: int) -> torch.Tensor:
-    """Bilinear sample (border padding) of the 2D sin-cos grid embedding at ``points`` ``[..., 2]``.
-
-    The grid embedding spends its first ``dim/2`` channels on the column index and the rest
-    on the row index, so its bilinear sample separates into two 1D interpolations; this
-    avoids materialising the ``dim x height x width`` grid.
+    The first ``dim/2`` channels encode the column (x) and the rest the row (y). Each
+    half depends on one coordinate only, so the 1D tables are evaluated once and
+    broadcast; the values equal a direct per-pixel evaluation.
     """
-    dev = points.device
-    table_x = sincos_table(torch.arange(width, dtype=torch.float32, device=dev), dim // 2)
-    table_y = sincos_table(torch.arange(height, dtype=torch.float32, device=dev), dim // 2)
-    pts = points.float()
-    return torch.cat((_lerp_rows(table_x, pts[..., 0]), _lerp_rows(table_y, pts[..., 1])), dim=-1)
+    table_x = sincos_table(torch.arange(width, dtype=torch.float32, device=device), dim // 2)  # [W, D/2]
+    table_y = sincos_table(torch.arange(height, dtype=torch.float32, device=device), dim // 2)  # [H, D/2]
+    half_x = table_x.t()[:, None, :].expand(-1, height, -1)
+    half_y = table_y.t()[:, :, None].expand(-1, -1, width)
+    return torch.cat((half_x, half_y), dim=0)[None]
 
 
 def flow_embedding(xy: torch.Tensor, channels: int) -> torch.Tensor:

@@ -1,0 +1,159 @@
+"""Parity of the VGGT backbone with the reference implementation (fixtures in ``reference_dir()``).
+
+Models are built from the config stored in each fixture, filled with the documented
+deterministic weight rule, checked key by key against the fixture's ``weight_sums``, and
+only then compared output by output.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import assert_close_ref, load_fixture
+from vggts_ros.config import AggregatorConfig, from_dict
+from vggts_ros.models.aggregator import Aggregator
+from vggts_ros.models.backbone import VGGTBackbone, backbone_config_from_dict
+from vggts_ros.models.deterministic import fill_deterministic, weight_sums
+from vggts_ros.models.heads.track_modules.blocks import CorrBlock
+
+COORD_TOL_PX = 1e-2
+
+
+def _images(seed: int, frames: int, height: int, width: int) -> torch.Tensor:
+    return torch.rand((1, frames, 3, height, width), generator=torch.Generator().manual_seed(int(seed)))
+
+
+def check_weight_sums(model: torch.nn.Module, expected: dict, what: str) -> None:
+    """Same key set, then the same per-tensor sums (a shape or order mismatch changes them)."""
+    got = weight_sums(model)
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    if missing or extra:
+        pytest.fail(f"{what}: state-dict keys differ from the reference; missing {missing[:10]}, extra {extra[:10]}")
+    bad = [
+        f"{k}: {got[k]!r} != {expected[k]!r}"
+        for k in sorted(expected)
+        if abs(got[k] - expected[k]) > 1e-6 * max(1.0, abs(expected[k]))
+    ]
+    if bad:
+        pytest.fail(f"{what}: deterministic weights differ for {len(bad)} key(s): {bad[:5]}")
+
+
+# ----------------------------------------------------------------------------- aggregator
+
+
+@pytest.fixture(scope="module")
+def dinov2_fixture():
+    return load_fixture("aggregator_dinov2.pt")
+
+
+@pytest.fixture(scope="module")
+def dinov2_aggregator(dinov2_fixture):
+    model = Aggregator(from_dict(AggregatorConfig, dinov2_fixture["config"])).eval()
+    fill_deterministic(model, dinov2_fixture["weight_seed"])
+    return model
+
+
+def test_aggregator_weight_sums(dinov2_fixture, dinov2_aggregator):
+    check_weight_sums(dinov2_aggregator, dinov2_fixture["weight_sums"], "aggregator_dinov2")
+
+
+def test_aggregator_tokens_all_layers(dinov2_fixture, dinov2_aggregator):
+    check_weight_sums(dinov2_aggregator, dinov2_fixture["weight_sums"], "aggregator_dinov2")
+    cases = dinov2_fixture["cases"]
+    assert cases, "fixture has no cases"
+    for n, case in enumerate(cases):
+        images = _images(case["image_seed"], case["S"], case["H"], case["W"])
+        with torch.no_grad():
+            tokens, start = dinov2_aggregator(images)
+        what = f"case {n} ({case['S']} frames {case['H']}x{case['W']})"
+        assert start == case["patch_start_idx"], f"{what}: patch_start_idx"
+        assert len(tokens) == len(case["tokens"]), f"{what}: number of layers"
+        for layer, (ours, ref) in enumerate(zip(tokens, case["tokens"])):
+            assert_close_ref(ours, ref, f"{what} layer {layer}")
+
+
+# ----------------------------------------------------------------------------- tiny track model
+
+
+@pytest.fixture(scope="module")
+def track_fixture():
+    return load_fixture("vggt_track_tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def track_run(track_fixture):
+    """Build, fill, verify the weights, and run the tiny backbone once for all tests below."""
+    fx = track_fixture
+    cfg = backbone_config_from_dict(fx["config"])
+    model = VGGTBackbone(cfg).eval()
+    fill_deterministic(model, fx["weight_seed"])
+    check_weight_sums(model, fx["weight_sums"], "vggt_track_tiny")
+    _, frames, _, fh, fw = fx["feature_shape"]
+    stride = model.track_head.feature_extractor.down_ratio
+    images = _images(fx["image_seed"], frames, fh * stride, fw * stride)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model(images, fx["query_points"], return_tokens=True)
+    return {"model": model, "out": out}
+
+
+def test_track_weight_sums(track_run):
+    assert track_run["model"].aggregator.depth > 0
+
+
+def test_track_features(track_fixture, track_run):
+    fx, feats = track_fixture, track_run["out"].features
+    assert list(feats.shape) == list(fx["feature_shape"])
+    flat = feats.flatten()
+    assert_close_ref(flat[fx["feature_sample_index"]], fx["feature_sample"], "feature sample")
+    ref_sum, ref_abs = float(fx["feature_sum"]), float(fx["feature_abs_sum"])
+    got_sum, got_abs = float(flat.double().sum()), float(flat.double().abs().sum())
+    assert abs(got_abs - ref_abs) <= 1e-4 * max(1.0, ref_abs), f"feature abs-sum {got_abs} != {ref_abs}"
+    # Signed sums cancel, so bound them relative to the magnitude of the summed values.
+    assert abs(got_sum - ref_sum) <= 1e-4 * max(1.0, ref_abs), f"feature sum {got_sum} != {ref_sum}"
+
+
+def test_track_last_layer_tokens(track_fixture, track_run):
+    """The sample uses the fixture's feature sample indices, wrapped to the token tensor's size."""
+    sample = track_fixture["last_layer_tokens_sample"]
+    last = track_run["out"].tokens[-1].flatten()
+    index = track_fixture["feature_sample_index"][: sample.numel()] % last.numel()
+    assert_close_ref(last[index], sample, "last-layer token sample")
+
+
+def test_track_coords_vis_conf(track_fixture, track_run):
+    out = track_run["out"]
+    ref_iters = track_fixture["coord_preds"]
+    assert len(out.coord_iters) == len(ref_iters)
+    for i, (ours, ref) in enumerate(zip(out.coord_iters, ref_iters)):
+        assert ours.shape == ref.shape, f"iteration {i}: shape {tuple(ours.shape)} != {tuple(ref.shape)}"
+        err = (ours.double() - ref.double()).abs().max().item()
+        assert err <= COORD_TOL_PX, f"iteration {i}: coordinates differ by {err:.3g} px"
+    assert torch.equal(out.coords, out.coord_iters[-1])
+    assert_close_ref(out.vis, track_fixture["vis"], "visibility")
+    assert_close_ref(out.conf, track_fixture["conf"], "confidence")
+
+
+# ----------------------------------------------------------------------------- correlation modes
+
+
+def test_window_correlation_matches_volume():
+    """The low-memory correlation lookup computes the same values as the reference volume."""
+    gen = torch.Generator().manual_seed(3)
+    fmaps = torch.randn(1, 2, 16, 37, 29, generator=gen)
+    targets = torch.randn(1, 2, 5, 16, generator=gen)
+    coords = torch.rand(1, 2, 5, 2, generator=gen) * torch.tensor([28.0, 36.0]) - 1.0  # some near/over borders
+    volume = CorrBlock(fmaps, num_levels=4, radius=3, mode="volume").corr_sample(targets, coords)
+    window = CorrBlock(fmaps, num_levels=4, radius=3, mode="window").corr_sample(targets, coords)
+    assert volume.shape == (1, 2, 5, 4 * 49)
+    assert_close_ref(window, volume, "window vs volume correlation", rel=1e-5)
+    # Spot-check one tap against a direct evaluation: integer position, level 0, zero offset.
+    c = torch.tensor([[[[7.0, 11.0]]]]).expand(1, 2, 1, 2)
+    corr = CorrBlock(fmaps, num_levels=1, radius=3).corr_sample(targets[:, :, :1], c)
+    centre = corr[0, 0, 0, 24]  # middle of the 7x7 window
+    direct = (targets[0, 0, 0] * fmaps[0, 0, :, 11, 7]).sum() / math.sqrt(16)
+    assert torch.allclose(centre, direct, atol=1e-5)
