@@ -84,11 +84,15 @@ def test_forward_and_predict(fx, head, passes):
             prev_low_res=fx["pass0_low_res"],
             src_points_feat=spf,
         )
-        full_p, low_p = head.predict(feat, fx["src_points"], fx["tar_points"], fx["src_masks"], refine_iterations=1)
+        one = slice(0, 1)  # predict() on the first pair only, to keep the test short
+        full_p, low_p = head.predict(
+            feat[one], fx["src_points"][one], fx["tar_points"][one], fx["src_masks"][one], refine_iterations=1
+        )
     assert torch.equal(spf, fx["src_points_feat"])
     assert_close_ref(full1, fx["pass1_pred"], "forward pass1")
     assert_close_ref(low1, fx["pass1_low_res"], "forward pass1 low")
-    assert torch.equal(full_p, passes[2]) and torch.equal(low_p, passes[3])
+    assert_close_ref(full_p, fx["pass1_pred"][one], "predict pass1")
+    assert_close_ref(low_p, fx["pass1_low_res"][one], "predict pass1 low")
 
 
 def test_full_size_keys_and_shapes():

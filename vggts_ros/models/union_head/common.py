@@ -72,12 +72,12 @@ class RandomFourierPE(nn.Module):
         return torch.cat([proj.sin(), proj.cos()], dim=-1)
 
     def grid(self, h: int, w: int) -> Tensor:
-        """Encoding of the cell centres of an ``h x w`` grid, as ``[C, h, w]``."""
+        """Encoding of the cell centres of an ``h x w`` grid, channels last ``[h, w, C]``."""
         mat = self.positional_encoding_gaussian_matrix
         ys = (torch.arange(h, device=mat.device, dtype=torch.float32) + 0.5) / h
         xs = (torch.arange(w, device=mat.device, dtype=torch.float32) + 0.5) / w
         yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-        return self.encode_unit(torch.stack([xx, yy], dim=-1)).permute(2, 0, 1)
+        return self.encode_unit(torch.stack([xx, yy], dim=-1))
 
     def points(self, xy: Tensor, size_hw: Tuple[int, int]) -> Tensor:
         """Encode pixel coordinates ``[B, N, 2]`` (x, y) of an image of ``size_hw``."""

@@ -58,17 +58,17 @@ class PromptEncoder(nn.Module):
 
     @staticmethod
     def _pair_pe(layer: RandomFourierPE, side: int, src_id: nn.Embedding, tar_id: nn.Embedding) -> Tensor:
-        base = layer.grid(side, side).unsqueeze(0)
-        return torch.cat(
-            [base + src_id.weight.view(1, -1, 1, 1), base + tar_id.weight.view(1, -1, 1, 1)], dim=-1
-        )
+        base = layer.grid(side, side)  # [side, side, C]
+        pair = torch.cat([base + src_id.weight.view(1, 1, -1), base + tar_id.weight.view(1, 1, -1)], dim=1)
+        return pair.reshape(1, side * 2 * side, -1)
 
     def cross_attn_pe(self) -> Tensor:
-        """``[1, C, grid, 2 * grid]``: source half then target half."""
+        """Dense PE of the side-by-side (source | target) feature map as tokens
+        ``[1, grid * 2 grid, C]`` (row-major)."""
         return self._pair_pe(self.ca_pe_layer, self.grid, self.ca_src_img_pe, self.ca_tar_img_pe)
 
     def self_attn_pe(self) -> Tensor:
-        """``[1, C * ratio, sa_tokens, 2 * sa_tokens]``."""
+        """The same for the coarse maps: ``[1, sa_tokens * 2 sa_tokens, C * ratio]``."""
         return self._pair_pe(self.sa_pe_layer, self.sa_tokens, self.sa_src_img_pe, self.sa_tar_img_pe)
 
     def point_tokens(self, src_points: Tensor, tar_points: Tensor, src_points_feat: Tensor) -> Tensor:

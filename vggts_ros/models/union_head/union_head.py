@@ -45,12 +45,8 @@ class HeadContext:
     tar_feat: Tensor  # [B, C, g, g] target features
     ca_pe: Tensor  # [1, 2 g^2, C]
     sa_pe: Tensor  # [1, 2 s^2, C * ratio]
-    src_down0: Tensor  # first block's coarse source map
+    src_down0: Tensor  # [B, s, s, C * ratio] first block's coarse source cells
     out_hw: Tuple[int, int]  # size of the full-resolution logits
-
-
-def _tokens(x: Tensor) -> Tensor:
-    return x.flatten(2).transpose(1, 2)
 
 
 class UnionSegmentationHead(nn.Module):
@@ -143,8 +139,8 @@ class UnionSegmentationHead(nn.Module):
             tokens=tokens,
             src_map=src_map,
             tar_feat=feat_map[:, 1],
-            ca_pe=_tokens(pe.cross_attn_pe()),
-            sa_pe=_tokens(pe.self_attn_pe()),
+            ca_pe=pe.cross_attn_pe(),
+            sa_pe=pe.self_attn_pe(),
             src_down0=self.mask_decoder.transformer.first_source_downsample(src_map),
             out_hw=(int(mask_logits.shape[-2]), int(mask_logits.shape[-1])),
         )
