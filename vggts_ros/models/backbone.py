@@ -7,6 +7,7 @@ aggregator can optionally run under bfloat16/float16 autocast.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
@@ -43,6 +44,18 @@ def parse_dtype(dtype: Union[str, torch.dtype, None]) -> torch.dtype:
     if value not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"unsupported backbone dtype {dtype!r}; use float32, bfloat16 or float16")
     return value
+
+
+def autocast_context(device: torch.device, dtype: Optional[torch.dtype]):
+    """Autocast to ``dtype`` on ``device``; ``None``/float32 explicitly disables any outer
+    autocast. Devices without autocast support (e.g. ``meta``) get a no-op context."""
+    kind = torch.device(device).type
+    try:
+        if dtype is None or dtype == torch.float32:
+            return torch.autocast(device_type=kind, enabled=False)
+        return torch.autocast(device_type=kind, dtype=dtype)
+    except RuntimeError:
+        return contextlib.nullcontext()
 
 
 def backbone_config_from_dict(data: Mapping[str, Any]) -> BackboneConfig:
@@ -156,11 +169,6 @@ class VGGTBackbone(nn.Module):
             raise ValueError(f"images must be [B, S, 3, H, W] or [S, 3, H, W], got {tuple(images.shape)}")
         return images
 
-    def _autocast(self, device: torch.device):
-        if self._dtype == torch.float32:
-            return torch.autocast(device_type=device.type, enabled=False)
-        return torch.autocast(device_type=device.type, dtype=self._dtype)
-
     def encode(
         self, images: torch.Tensor, keep_layers: Optional[List[int]] = None
     ) -> Tuple[List[Optional[torch.Tensor]], int]:
@@ -168,14 +176,14 @@ class VGGTBackbone(nn.Module):
         per-layer token list and the index where patch tokens start. Tokens are float32
         even when the aggregator runs in reduced precision."""
         images = self._as_batch(images).float()
-        with self._autocast(images.device):
+        with autocast_context(images.device, self._dtype):
             tokens, start = self.aggregator(images, keep_layers=keep_layers)
         return [t.float() if t is not None else None for t in tokens], start
 
     def features(self, tokens_list: List[torch.Tensor], images: torch.Tensor, patch_start_idx: int) -> torch.Tensor:
         """DPT track features ``[B, S, C, H/2, W/2]`` (always float32)."""
         images = self._as_batch(images)
-        with torch.autocast(device_type=images.device.type, enabled=False):
+        with autocast_context(images.device, None):
             tokens = [t.float() if t is not None else None for t in tokens_list]
             return self.track_head.features(tokens, images, patch_start_idx)
 
@@ -186,7 +194,7 @@ class VGGTBackbone(nn.Module):
         all frames. Returns (coords per iteration ``[B,S,N,2]``, vis ``[B,S,N]``, conf ``[B,S,N]``)."""
         if query_points.dim() == 2:
             query_points = query_points.unsqueeze(0)
-        with torch.autocast(device_type=features.device.type, enabled=False):
+        with autocast_context(features.device, None):
             return self.track_head.track(features.float(), query_points.float(), iters)
 
     def needed_layers(self) -> List[int]:

@@ -70,7 +70,7 @@ class DinoVisionTransformer(nn.Module):
         # Only used for masked pre-training; kept so checkpoints load with strict key matching.
         self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))
 
-    def position_table(self, rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
+    def position_table(self, rows: int, cols: int) -> torch.Tensor:
         """Position embedding (class entry first) for a ``rows x cols`` patch grid.
 
         The stored table is square; for any other grid (or a non-square image with the same
@@ -98,7 +98,7 @@ class DinoVisionTransformer(nn.Module):
         n, _, h, w = images.shape
         x = self.patch_embed(images)
         x = torch.cat((self.cls_token.expand(n, -1, -1).to(x.dtype), x), dim=1)
-        x = x + self.position_table(h // self.patch_size, w // self.patch_size, x.dtype)
+        x = x + self.position_table(h // self.patch_size, w // self.patch_size)
         if self.register_tokens is not None:
             regs = self.register_tokens.expand(n, -1, -1).to(x.dtype)
             x = torch.cat((x[:, :1], regs, x[:, 1:]), dim=1)
