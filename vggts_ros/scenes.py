@@ -86,17 +86,20 @@ class Scene:
 
 
 # ----------------------------------------------------------------------------- textures
-def random_texture(rng: np.random.Generator, size: Tuple[int, int] = (256, 256), shapes: int = 60) -> np.ndarray:
-    """Colourful multi-scale pattern (rectangles, discs, strokes, polygons) on a noisy base."""
+def random_texture(rng: np.random.Generator, size: Tuple[int, int] = (256, 256), shapes: int = 60,
+                   text: int = 12) -> np.ndarray:
+    """Sharp multi-scale pattern like printed packaging: rectangles, discs, strokes,
+    polygons from large to small, and random letters, on a plain base with mild grain."""
     w, h = size
-    base = rng.integers(40, 215, size=3)
     img = np.empty((h, w, 3), np.uint8)
-    img[:] = base
+    img[:] = rng.integers(40, 215, size=3)
     scale = min(w, h)
-    for _ in range(shapes):
+    for i in range(shapes):
         colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
         kind = rng.integers(0, 4)
-        r = int(scale * rng.uniform(0.03, 0.18))
+        # a quarter large shapes, the rest small ones drawn on top
+        r = int(scale * (rng.uniform(0.08, 0.22) if i < shapes // 4 else rng.uniform(0.015, 0.07)))
+        r = max(r, 2)
         cx, cy = int(rng.integers(0, w)), int(rng.integers(0, h))
         if kind == 0:
             cv2.rectangle(img, (cx - r, cy - r // 2), (cx + r, cy + r // 2), colour, -1)
@@ -104,13 +107,20 @@ def random_texture(rng: np.random.Generator, size: Tuple[int, int] = (256, 256),
             cv2.circle(img, (cx, cy), r, colour, -1, lineType=cv2.LINE_AA)
         elif kind == 2:
             x2, y2 = cx + int(rng.integers(-2 * r, 2 * r + 1)), cy + int(rng.integers(-2 * r, 2 * r + 1))
-            cv2.line(img, (cx, cy), (x2, y2), colour, max(2, r // 5), lineType=cv2.LINE_AA)
+            cv2.line(img, (cx, cy), (x2, y2), colour, max(2, r // 4), lineType=cv2.LINE_AA)
         else:
             pts = np.stack([cx + rng.integers(-r, r + 1, 5), cy + rng.integers(-r, r + 1, 5)], 1)
             cv2.fillPoly(img, [pts.astype(np.int32)], colour, lineType=cv2.LINE_AA)
-    noise = rng.normal(0.0, 12.0, size=(h // 4 + 1, w // 4 + 1, 3)).astype(np.float32)
-    noise = cv2.resize(noise, (w, h), interpolation=cv2.INTER_CUBIC)
-    return np.clip(img.astype(np.float32) + noise, 0, 255).astype(np.uint8)
+    letters = "ABCDEFGHJKLMNPQRSTUVWXYZ0123456789#&%@"
+    for _ in range(text):
+        word = "".join(letters[int(i)] for i in rng.integers(0, len(letters), rng.integers(2, 6)))
+        colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
+        fs = scale * rng.uniform(0.002, 0.006)
+        org = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+        cv2.putText(img, word, org, cv2.FONT_HERSHEY_SIMPLEX, fs, colour, max(1, int(fs * 2.5)), cv2.LINE_AA)
+    grain = rng.normal(0.0, 6.0, size=(h // 2 + 1, w // 2 + 1, 3)).astype(np.float32)
+    grain = cv2.resize(grain, (w, h), interpolation=cv2.INTER_LINEAR)
+    return np.clip(img.astype(np.float32) + grain, 0, 255).astype(np.uint8)
 
 
 def floor_texture(rng: np.random.Generator, size: int = 1024) -> np.ndarray:
@@ -123,7 +133,7 @@ def floor_texture(rng: np.random.Generator, size: int = 1024) -> np.ndarray:
             img[i * tile : (i + 1) * tile, j * tile : (j + 1) * tile] += rng.normal(0, 10, size=3)
     grain = rng.normal(0, 18, size=(size // 8, size // 8, 3)).astype(np.float32)
     img += cv2.resize(grain, (size, size), interpolation=cv2.INTER_CUBIC)
-    marks = random_texture(rng, (size, size), shapes=160).astype(np.float32)
+    marks = random_texture(rng, (size, size), shapes=160, text=0).astype(np.float32)
     marks = marks.mean(axis=2, keepdims=True) * 0.7 + marks * 0.3  # mostly grey marks
     img = 0.7 * img + 0.3 * marks
     for k in range(1, 8):
@@ -202,7 +212,7 @@ def _box_faces(center_xy, size_xyz, yaw, texture, object_id, light) -> List[_Fac
     out = []
     for o, u, v, tex in faces:
         f = _Face(o, u, v, tex, object_id, 1.0)
-        f.shade = 0.55 + 0.45 * max(0.0, float(f.normal @ light))
+        f.shade = 0.7 + 0.3 * max(0.0, float(f.normal @ light))
         out.append(f)
     return out
 
@@ -290,7 +300,7 @@ def synthetic_scene(
     boxes: Dict[int, np.ndarray] = {}  # object id -> 8x3 world corners
     placed: List[Tuple[np.ndarray, float]] = []
     for oid in range(1, n_objects + 1):
-        size = (rng.uniform(0.38, 0.55), rng.uniform(0.3, 0.45), rng.uniform(0.15, 0.32))
+        size = (rng.uniform(0.4, 0.58), rng.uniform(0.3, 0.45), rng.uniform(0.05, 0.16))
         radius = 0.5 * math.hypot(size[0], size[1])
         for _ in range(200):
             xy = rng.uniform(-0.6, 0.6, size=2)
@@ -299,7 +309,7 @@ def synthetic_scene(
         else:
             raise ValueError(f"could not place {n_objects} objects without overlap")
         placed.append((xy, radius))
-        tex = random_texture(rng, (384, 384), shapes=90)
+        tex = random_texture(rng, (384, 384), shapes=120, text=16)
         box = _box_faces(xy, size, rng.uniform(0, math.pi), tex, oid, light)
         faces += box
         top = box[0].corners()
@@ -313,7 +323,7 @@ def synthetic_scene(
     spread = np.linspace(-1.0, 1.0, n_exo) if n_exo > 1 else np.array([1.0])
     for k, sgn in enumerate(spread, start=1):
         az = az0 + sgn * rng.uniform(35, 50)
-        cams[f"exo{k}"] = orbit_camera(az, rng.uniform(32, 42), rng.uniform(3.8, 4.3), 55.0, exo_size)
+        cams[f"exo{k}"] = orbit_camera(az, rng.uniform(38, 48), rng.uniform(3.8, 4.3), 55.0, exo_size)
         roles[f"exo{k}"] = "exo"
 
     views, masks = {}, {}
