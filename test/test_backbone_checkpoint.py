@@ -139,3 +139,38 @@ def test_api_shapes_and_reduced_precision(small_model, small_inputs):
     assert torch.isfinite(low.features).all() and torch.isfinite(low.coords).all()
     rel = (low.features - feats).norm() / feats.norm()
     assert rel < 0.1, f"bfloat16 aggregator drifts too far from float32 ({rel:.3f})"
+
+
+@pytest.mark.parametrize(
+    "name,width,depth,heads",
+    [
+        ("dinov2_vits14_reg", 384, 12, 6),
+        ("dinov2_vitb14_reg", 768, 12, 12),
+        ("dinov2_vitl14_reg", 1024, 24, 16),
+        ("dinov2_vitg2_reg", 1536, 40, 24),
+    ],
+)
+def test_dinov2_variant_key_layout(name, width, depth, heads):
+    """Every DINOv2-register variant builds with the checkpoint's key layout, and
+    ``patch_embed_depth`` keeps only the first blocks."""
+    from vggts_ros.models.aggregator import Aggregator
+
+    with torch.device("meta"):
+        full = Aggregator(AggregatorConfig(embed_dim=width, num_heads=heads, depth=1, patch_embed=name))
+        cut = Aggregator(
+            AggregatorConfig(embed_dim=width, num_heads=heads, depth=1, patch_embed=name, patch_embed_depth=2)
+        )
+    keys = {k: tuple(v.shape) for k, v in full.state_dict().items() if k.startswith("patch_embed.")}
+    last = depth - 1
+    assert keys["patch_embed.pos_embed"] == (1, 1 + 37 * 37, width)
+    assert keys["patch_embed.register_tokens"] == (1, 4, width)
+    assert keys["patch_embed.mask_token"] == (1, width)
+    assert keys["patch_embed.patch_embed.proj.weight"] == (width, 3, 14, 14)
+    assert keys[f"patch_embed.blocks.{last}.mlp.fc1.weight"] == (4 * width, width)
+    assert keys[f"patch_embed.blocks.{last}.ls2.gamma"] == (width,)
+    assert f"patch_embed.blocks.{depth}.norm1.weight" not in keys
+    assert not any(".q_norm." in k for k in keys)
+    cut_blocks = {k.split(".")[2] for k in cut.state_dict() if k.startswith("patch_embed.blocks.")}
+    assert cut_blocks == {"0", "1"}
+    with pytest.raises(ValueError, match="width"):
+        Aggregator(AggregatorConfig(embed_dim=width + 8, num_heads=heads, depth=1, patch_embed=name))
