@@ -25,7 +25,10 @@ Visibility of a prompt point: its projection is inside the target image and supp
 matches exist near it in the source; confidence grows with that support and with the
 number of RANSAC inliers. Too little evidence (few matches or inliers, a degenerate
 homography) gives an empty mask with zero visibility and confidence, never an
-exception. Points without a model are reported at (-1, -1).
+exception. Projected points are clipped to the image, as in the learned pipeline
+(visibility tells which fell outside); points without a model are reported at (-1, -1).
+Features of recently seen images are cached (keyed by content), so several objects
+on one synchronised set pay for the target features once.
 """
 
 from __future__ import annotations
@@ -43,10 +46,7 @@ import numpy as np
 
 from .types import SegmentationResult, TargetView
 
-try:  # the reference sampler, shared with the learned backend
-    from .prompts import kmeans_sample_points as _sample_points
-except ImportError:  # pragma: no cover - only while prompts.py is absent
-    _sample_points = None
+from .prompts import kmeans_sample_points  # the reference sampler, shared with VGGT-S
 
 
 @dataclass
@@ -108,18 +108,6 @@ def _bbox(mask: np.ndarray) -> Optional[Tuple[int, int, int, int]]:
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
-def _sample_points_local(mask: np.ndarray, n: int) -> np.ndarray:  # pragma: no cover
-    from sklearn.cluster import KMeans
-
-    fg = np.argwhere(mask)[:, ::-1].astype(np.float32)
-    if len(fg) == 0:
-        return np.zeros((n, 2), np.float32)
-    if len(fg) < n:
-        return np.concatenate([fg, np.repeat(fg[:1], n - len(fg), 0)])
-    centers = KMeans(n_clusters=n, random_state=42, n_init=1).fit(fg).cluster_centers_
-    return np.stack([fg[np.argmin(np.linalg.norm(fg - c, axis=1))] for c in centers]).astype(np.float32)
-
-
 class GeometricSegmentor:
     """Finds the source object in each target with SIFT, RANSAC and GrabCut (no weights)."""
 
@@ -166,8 +154,7 @@ class GeometricSegmentor:
         timings: Dict[str, float] = {}
 
         t0 = time.perf_counter()
-        sample = _sample_points if _sample_points is not None else _sample_points_local
-        src_pts = np.asarray(sample(mask.astype(np.uint8), cfg.n_points), np.float32).reshape(-1, 2)
+        src_pts = np.asarray(kmeans_sample_points(mask.astype(np.uint8), cfg.n_points), np.float32).reshape(-1, 2)
         timings["prompts"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
