@@ -1,6 +1,7 @@
 """The vggts node over real DDS: the node runs as its own process (the installed entry
 point with a parameters file), cameras and a client are rclpy nodes in this process."""
 
+import os
 import time
 
 import numpy as np
@@ -39,7 +40,7 @@ def node_config(**inference):
     return NodeConfig(
         cameras=[CameraConfig(name, f"/test_cams/{name}/image_raw", "ego" if name == "ego" else "exo") for name in SIZES],
         sync=SyncConfig(slop=0.02, queue_size=5, stale_after=1.0),
-        model=ModelConfig(backend="vggts", config="test-tiny", device="cpu"),
+        model=ModelConfig(backend=os.environ.get("VGGTS_NODE_TEST_BACKEND", "vggts"), config="test-tiny", device="cpu"),
         inference=InferenceConfig(refine_iterations=1, **inference),
         publish=PublishConfig(overlay=True, diagnostics_period=0.5),
     )

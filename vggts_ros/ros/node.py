@@ -216,7 +216,10 @@ class VGGTSNode(Node):
             self.get_logger().error(f"set_source_mask failed: {type(exc).__name__}: {exc}")
             ok, message, object_id = False, f"internal error: {type(exc).__name__}: {exc}", 0
         response.success, response.message, response.object_id = ok, message, object_id
-        (self.get_logger().info if ok else self.get_logger().warning)(f"set_source_mask: {message}")
+        if ok:
+            self.get_logger().info(f"set_source_mask: {message}")
+        else:
+            self.get_logger().warning(f"set_source_mask refused: {message}")
         return response
 
     def _set_source_mask(self, req) -> Tuple[bool, str, int]:
@@ -518,15 +521,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     rclpy.init(args=argv)
     node = None
     try:
-        node = VGGTSNode()
+        try:
+            node = VGGTSNode()
+        except ValueError as exc:  # configuration problems: one clear line, no traceback
+            print(f"vggts_node: {exc}", file=sys.stderr)
+            return 2
         executor = MultiThreadedExecutor(num_threads=4)
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except ValueError as exc:
-        print(f"vggts_node: {exc}", file=sys.stderr)
-        return 2
     finally:
         if node is not None:
             node.destroy_node()
