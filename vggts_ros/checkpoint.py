@@ -67,7 +67,13 @@ def read_state_dict(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
     DDP's ``module.`` prefix.
     """
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            # Memory-mapped: VGGT-1B's model.pt is ~5 GB, most of it heads we skip.
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc) and "zip" not in str(exc):
+                raise
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)  # legacy format
     except Exception as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
     if isinstance(obj, Mapping) and not _is_tensor_dict(obj):

@@ -100,6 +100,8 @@ class ModelConfig:
 class ModelPreset:
     backbone: BackboneConfig
     head: HeadConfig
+    # Network input resolution (letterbox/crop size); the head's img_size must equal it.
+    image_size: int = 518
     # Seeds of the deterministic weight rule; None means weights come from checkpoints.
     backbone_seed: Optional[int] = None
     head_seed: Optional[int] = None
@@ -110,7 +112,7 @@ def vggt_1b_backbone() -> BackboneConfig:
 
 
 def tiny_backbone() -> BackboneConfig:
-    """The small backbone of the ``vggt_track_tiny`` reference fixture."""
+    """The small backbone of the ``vggt_track_tiny`` reference fixture (518 px)."""
     return BackboneConfig(
         AggregatorConfig(img_size=518, embed_dim=64, depth=24, num_heads=4, patch_embed="conv"),
         TrackHeadConfig(),
@@ -118,12 +120,23 @@ def tiny_backbone() -> BackboneConfig:
 
 
 def model_preset(name: str) -> ModelPreset:
-    """Return the named network. ``test-tiny`` carries deterministic weights and is
-    meaningless on real images: it exists so that tests and demos run without downloads."""
+    """Return the named network.
+
+    ``vggt-1b`` is the published model (weights from checkpoints). ``test-tiny`` is a
+    small network at 126 px with deterministic weights, for tests, demos of the plumbing
+    and CPU smoke runs: its masks are meaningless on real images. (Depth stays 24
+    because the track head reads aggregator layers 4/11/17/23; 4 correlation levels fit
+    the 63 px feature map.)
+    """
     if name == "vggt-1b":
-        return ModelPreset(vggt_1b_backbone(), HeadConfig())
+        return ModelPreset(vggt_1b_backbone(), HeadConfig(img_size=518, sa_tokens=37), image_size=518)
     if name == "test-tiny":
-        return ModelPreset(tiny_backbone(), HeadConfig(), backbone_seed=0, head_seed=1)
+        backbone = BackboneConfig(
+            AggregatorConfig(img_size=126, embed_dim=64, depth=24, num_heads=4, patch_embed="conv"),
+            TrackHeadConfig(corr_levels=4),
+        )
+        return ModelPreset(backbone, HeadConfig(img_size=126, sa_tokens=9), image_size=126,
+                           backbone_seed=0, head_seed=1)
     raise ValueError(f"unknown model config {name!r}; expected one of: vggt-1b, test-tiny")
 
 
