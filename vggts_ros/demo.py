@@ -96,6 +96,8 @@ def run_scene(scene, model: ModelConfig, out_dir: Path, timeout: float) -> Dict:
     try:
         if not wait_until(lambda: collector._set.service_is_ready() or not node.alive(), 120) or not node.alive():
             raise RuntimeError(f"the node did not start:\n{node.log()[-3000:]}")
+        if not collector.wait_for_frames(list(scene.views), 30):
+            raise RuntimeError(f"the node reports no frames from the cameras:\n{node.log()[-3000:]}")
         startup = time.monotonic() - t0
         ids = scene.object_ids
         for oid in ids:

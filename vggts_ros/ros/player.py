@@ -155,6 +155,21 @@ class OutputCollector(Node):
                     return {kv.key: kv.value for kv in status.values}
         return None
 
+    def camera_status(self, camera: str) -> Optional[Dict[str, str]]:
+        """Key/values of the node's latest diagnostic status for ``camera``."""
+        with self._lock:
+            arrays = list(self.diagnostics)
+        for array in reversed(arrays):
+            for status in array.status:
+                if status.name.endswith(f": camera {camera}"):
+                    return {kv.key: kv.value for kv in status.values}
+        return None
+
+    def wait_for_frames(self, cameras: Sequence[str], timeout: float) -> bool:
+        """Wait until the node reports frames received from every camera in ``cameras``."""
+        return wait_until(
+            lambda: all(int((self.camera_status(c) or {}).get("received", 0)) > 0 for c in cameras), timeout)
+
     def _call(self, client, request, timeout: float):
         if not client.wait_for_service(timeout_sec=timeout):
             raise TimeoutError(f"service {client.srv_name} is not available")
