@@ -175,15 +175,22 @@ def _group_means(values: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
 
 
 def source_crop_to_letterbox(points: np.ndarray, box: Tuple[int, int, int, int], size: int) -> np.ndarray:
-    """Pixels of the resized source crop -> letterbox pixels."""
+    """Pixels of the resized source crop -> letterbox pixels (pixel centres kept)."""
     x1, y1, x2, y2 = box
     pts = np.asarray(points, dtype=np.float64)
-    return np.stack([x1 + pts[:, 0] * (x2 - x1) / size, y1 + pts[:, 1] * (y2 - y1) / size], axis=1)
+    return np.stack(
+        [x1 + (pts[:, 0] + 0.5) * (x2 - x1) / size - 0.5, y1 + (pts[:, 1] + 0.5) * (y2 - y1) / size - 0.5], axis=1
+    )
 
 
 def letterbox_to_frame(points: np.ndarray, meta: crops.LetterboxMeta) -> np.ndarray:
-    """Letterbox pixels -> frame pixels, clipped to the frame."""
-    pts = np.asarray(points, dtype=np.float64) / meta.scale
+    """Letterbox pixels -> frame pixels (per-axis scale of the resized content, pixel
+    centres kept), clipped to the frame. Used for the reported source points; the target
+    projections keep the reference's long-side scaling (``crops.letterbox_points_to_frame``)
+    because the crop placement depends on it."""
+    pts = np.asarray(points, dtype=np.float64).copy()
+    pts[:, 0] = (pts[:, 0] + 0.5) * (meta.ori_w / meta.new_w) - 0.5
+    pts[:, 1] = (pts[:, 1] + 0.5) * (meta.ori_h / meta.new_h) - 0.5
     pts[:, 0] = np.clip(pts[:, 0], 0, meta.ori_w - 1)
     pts[:, 1] = np.clip(pts[:, 1], 0, meta.ori_h - 1)
     return pts

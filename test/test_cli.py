@@ -1,0 +1,116 @@
+"""``vggts segment`` end to end as a user runs it (a subprocess), with the test-tiny preset."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return subprocess.run(
+        [sys.executable, "-m", "vggts_ros.cli", *args], cwd=str(cwd), env=env, capture_output=True, text=True,
+        timeout=600,
+    )
+
+
+def write_rgb(path: Path, image: np.ndarray) -> Path:
+    assert cv2.imwrite(str(path), np.ascontiguousarray(image[..., ::-1]))
+    return path
+
+
+def scene(h: int, w: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = np.full((h, w, 3), 90, np.uint8) + rng.integers(0, 40, (h, w, 3), dtype=np.uint8)
+    cv2.rectangle(img, (w // 4, h // 3), (w // 2, 2 * h // 3), (200, 40, 40), -1)
+    return img
+
+
+@pytest.fixture()
+def files(tmp_path: Path):
+    src = write_rgb(tmp_path / "source.png", scene(120, 160, 0))
+    mask = np.zeros((120, 160), np.uint8)
+    mask[40:80, 40:80] = 255
+    assert cv2.imwrite(str(tmp_path / "source_mask.png"), mask)
+    exo = write_rgb(tmp_path / "exo_cam.png", scene(150, 210, 1))
+    ego = write_rgb(tmp_path / "ego_cam.png", scene(100, 100, 2))
+    return dict(source=src, mask=tmp_path / "source_mask.png", exo=exo, ego=ego, dir=tmp_path)
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, f"exit {proc.returncode}; stderr: {proc.stderr}"
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, f"expected a one-line message, got: {proc.stderr!r}"
+    assert "Traceback" not in proc.stderr and lines[0].startswith("vggts segment: error:")
+    return lines[0]
+
+
+def test_segment_writes_masks_and_overlays(files):
+    out = files["dir"] / "out"
+    proc = run_cli(
+        "segment", "--source", str(files["source"]), "--source-mask", str(files["mask"]),
+        "--target", str(files["exo"]), "--target", str(files["ego"]),
+        "--target-role", "exo", "--target-role", "ego",
+        "--out", str(out), "--config", "test-tiny", "--device", "cpu", cwd=files["dir"],
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["backend"] == "vggts" and summary["config"] == "test-tiny"
+    assert [t["role"] for t in summary["targets"]] == ["exo", "ego"]
+    for stem, (h, w) in (("exo_cam", (150, 210)), ("ego_cam", (100, 100))):
+        mask = cv2.imread(str(out / f"{stem}_mask.png"), cv2.IMREAD_UNCHANGED)
+        assert mask is not None and mask.shape == (h, w) and mask.dtype == np.uint8
+        assert set(np.unique(mask)) <= {0, 255}
+        overlay = cv2.imread(str(out / f"{stem}_overlay.png"), cv2.IMREAD_COLOR)
+        assert overlay is not None and overlay.shape == (h, w, 3)
+        entry = next(t for t in summary["targets"] if Path(t["target"]).stem == stem)
+        assert entry["area"] == int((mask > 0).sum())
+        assert len(entry["points"]) == 5
+
+
+def test_unreadable_file(files):
+    bad = files["dir"] / "broken.png"
+    bad.write_bytes(b"this is not a PNG")
+    proc = run_cli("segment", "--source", str(bad), "--source-mask", str(files["mask"]), "--target",
+                   str(files["exo"]), "--out", str(files["dir"] / "o"), "--config", "test-tiny", "--device", "cpu",
+                   cwd=files["dir"])
+    line = one_line_error(proc)
+    assert "broken.png" in line and "cannot read" in line
+
+    proc = run_cli("segment", "--source", str(files["source"]), "--source-mask", str(files["mask"]), "--target",
+                   str(files["dir"] / "missing.png"), "--out", str(files["dir"] / "o"), "--config", "test-tiny",
+                   "--device", "cpu", cwd=files["dir"])
+    line = one_line_error(proc)
+    assert "missing.png" in line and "not found" in line
+
+
+def test_mask_size_mismatch(files):
+    small = np.zeros((60, 80), np.uint8)
+    small[10:30, 10:30] = 255
+    assert cv2.imwrite(str(files["dir"] / "small_mask.png"), small)
+    proc = run_cli("segment", "--source", str(files["source"]), "--source-mask", str(files["dir"] / "small_mask.png"),
+                   "--target", str(files["exo"]), "--out", str(files["dir"] / "o"), "--config", "test-tiny",
+                   "--device", "cpu", cwd=files["dir"])
+    line = one_line_error(proc)
+    assert "80x60" in line and "160x120" in line
+
+
+def test_empty_mask(files):
+    assert cv2.imwrite(str(files["dir"] / "empty_mask.png"), np.zeros((120, 160), np.uint8))
+    proc = run_cli("segment", "--source", str(files["source"]), "--source-mask", str(files["dir"] / "empty_mask.png"),
+                   "--target", str(files["exo"]), "--out", str(files["dir"] / "o"), "--config", "test-tiny",
+                   "--device", "cpu", cwd=files["dir"])
+    line = one_line_error(proc)
+    assert "empty" in line and "empty_mask.png" in line
+    assert not (files["dir"] / "o" / "exo_cam_mask.png").exists()
