@@ -1,0 +1,250 @@
+"""``vggts train`` and ``vggts evaluate`` (also ``python -m vggts_ros.training.cli ...``).
+
+Examples::
+
+    # paired fine-tuning on Ego-Exo4D from the published head, 4 GPUs
+    torchrun --nproc_per_node 4 -m vggts_ros.training.cli train --data egoexo \\
+        --data-root /data/egoexo --split train --init-head zbbhhh/VGGT-S --out runs/ft
+
+    # single-image self-training on a COCO-style folder
+    vggts train --data self --coco /data/coco/annotations/instances_train2017.json \\
+        --images-dir /data/coco/train2017 --out runs/self
+
+    # evaluation, both directions, table + JSON + worst-case overlays
+    vggts evaluate --data egoexo --data-root /data/egoexo --split val \\
+        --head-checkpoint runs/ft/ckpts/epoch_12.pth --out runs/ft/eval
+
+Every option maps onto :class:`~vggts_ros.training.config.TrainConfig`; ``--set
+section.key=value`` reaches the rest, ``--config FILE`` (YAML/JSON) gives a starting point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from .config import DATA_KINDS, DIRECTIONS, MODEL_PRESETS, TrainConfig
+
+
+def _usage_error():
+    from vggts_ros.cli import UsageError
+
+    return UsageError
+
+
+def _base_config(args: argparse.Namespace) -> TrainConfig:
+    UsageError = _usage_error()
+    if args.config:
+        if not Path(args.config).is_file():
+            raise UsageError(f"config file not found: {args.config}")
+        try:
+            return TrainConfig.load(args.config)
+        except ValueError as exc:
+            raise UsageError(f"{args.config}: {exc}") from exc
+    return TrainConfig()
+
+
+def _apply(cfg: TrainConfig, args: argparse.Namespace, pairs, extra: List[str]) -> TrainConfig:
+    UsageError = _usage_error()
+    sets = []
+    for attr, key in pairs:
+        value = getattr(args, attr, None)
+        if value is None:
+            continue
+        if key == "model.vggt_checkpoint" and str(value).lower() == "none":
+            value = None
+        sets.append(f"{key}={json.dumps(value)}")
+    try:
+        return cfg.override(sets + list(extra or []))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML/JSON training configuration to start from")
+    p.add_argument("--preset", choices=MODEL_PRESETS, help="network architecture (default vggt-1b)")
+    p.add_argument("--img-size", type=int, help="network input side (default: the preset's)")
+    p.add_argument("--vggt-checkpoint", help="VGGT model.pt: path, directory, HF repo id, or 'none' for "
+                                             "deterministic test weights")
+    p.add_argument("--data", choices=DATA_KINDS, help="self (single-image self-training) or egoexo")
+    p.add_argument("--data-root", help="image/mask folder (self) or Ego-Exo4D SegSwap root (egoexo)")
+    p.add_argument("--coco", help="self: COCO instances JSON (RLE or polygons) instead of PNG pairs")
+    p.add_argument("--images-dir", help="self: folder of the COCO images")
+    p.add_argument("--split", help="egoexo: split name (train, val, ...)")
+    p.add_argument("--directions", nargs="+", choices=DIRECTIONS, help="egoexo: directions to use")
+    p.add_argument("--projections", help="egoexo: cached first-pass projections JSON (computed when missing)")
+    p.add_argument("--limit", type=int, help="use at most this many samples")
+    p.add_argument("--step", type=int, help="use every n-th sample")
+    p.add_argument("--out", help="output directory")
+    p.add_argument("--device", help="auto, cpu, cuda")
+    p.add_argument("--batch-size", type=int, help="batch size per process")
+    p.add_argument("--workers", type=int, help="data loader workers per process")
+    p.add_argument("--feature-cache", help="directory caching backbone features between epochs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="any configuration value, e.g. optim.lr_drops=[8,11] (repeatable)")
+
+
+def _data_pairs(section: str):
+    return [("data", f"{section}.kind"), ("data_root", f"{section}.root"), ("coco", f"{section}.coco"),
+            ("images_dir", f"{section}.images_dir"), ("split", f"{section}.split"),
+            ("directions", f"{section}.directions"), ("projections", f"{section}.projections"),
+            ("limit", f"{section}.limit"), ("step", f"{section}.step")]
+
+
+MODEL_PAIRS = [("preset", "model.preset"), ("img_size", "model.img_size"), ("vggt_checkpoint", "model.vggt_checkpoint")]
+RUN_PAIRS = [("out", "run.out_dir"), ("device", "run.device"), ("batch_size", "optim.batch_size"),
+             ("workers", "run.num_workers"), ("feature_cache", "run.feature_cache")]
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    UsageError = _usage_error()
+    from ..checkpoint import CheckpointError
+    from .trainer import train
+
+    import dataclasses
+
+    pairs = MODEL_PAIRS + RUN_PAIRS + _data_pairs("data") + [
+        ("init_head", "model.init_head"), ("epochs", "optim.epochs"), ("lr", "optim.lr"), ("resume", "run.resume"),
+    ]
+    cfg = _apply(_base_config(args), args, pairs, [])
+    if args.eval_root:
+        # evaluate on data prepared like the training data, from another root/split
+        cfg.eval_data = dataclasses.replace(cfg.data, root=args.eval_root, split=args.eval_split or "val",
+                                            fixed_pairs=True, coco=None)
+    cfg = _apply(cfg, args, [], args.sets)
+    if args.no_progress:
+        cfg.run.progress = False
+    _check_data(cfg.data)
+    if cfg.eval_data is not None:
+        _check_data(cfg.eval_data)
+    try:
+        summary = train(cfg)
+    except (FileNotFoundError, CheckpointError, ValueError, KeyError) as exc:
+        raise UsageError(str(exc)) from exc
+    if summary is not None and int(__import__("os").environ.get("RANK", "0")) == 0:
+        last = summary["epochs"][-1] if summary["epochs"] else None
+        out = {"out_dir": cfg.run.out_dir, "world_size": summary["world_size"], "start_epoch": summary["start_epoch"],
+               "epochs_trained": len(summary["epochs"]),
+               "last_epoch": last}
+        print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+def _check_data(data) -> None:
+    UsageError = _usage_error()
+    if data.kind == "self" and not data.coco and not data.root:
+        raise UsageError("self-training needs --data-root (image/mask PNG pairs) or --coco")
+    if data.kind == "egoexo" and not data.root:
+        raise UsageError("--data egoexo needs --data-root (the SegSwap-layout Ego-Exo4D folder)")
+    if data.root and not Path(data.root).is_dir():
+        raise UsageError(f"data root {data.root} is not a directory")
+    if data.coco and not Path(data.coco).is_file():
+        raise UsageError(f"COCO file {data.coco} not found")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    UsageError = _usage_error()
+    import dataclasses
+
+    import torch
+
+    from ..checkpoint import CheckpointError
+    from .evaluate import evaluate
+    from .runtime import (FeatureExtractor, build_backbone, build_dataset, build_head, check_sizes,
+                          ensure_projections, load_head_weights, setup_distributed)
+
+    pairs = MODEL_PAIRS + RUN_PAIRS + _data_pairs("eval_data") + [
+        ("refine", "run.refine_iterations"), ("worst", "run.worst_overlays")]
+    cfg = _base_config(args)
+    if cfg.eval_data is None:  # evaluate what the configuration trained on unless told otherwise
+        cfg.eval_data = dataclasses.replace(cfg.data, split=args.split or "val")
+    cfg = _apply(cfg, args, pairs, args.sets)
+    if args.no_progress:
+        cfg.run.progress = False
+    data = cfg.eval_data
+    _check_data(data)
+    head_ckpt = args.head_checkpoint
+    if head_ckpt is None and cfg.model.preset == "vggt-1b":
+        head_ckpt = "zbbhhh/VGGT-S"
+    env = setup_distributed(cfg.run.device)
+    try:
+        if cfg.run.threads:
+            torch.set_num_threads(int(cfg.run.threads))
+        backbone = build_backbone(cfg.model, env.device)
+        head = build_head(cfg.model, env.device, seed=cfg.run.seed)
+        if head_ckpt:
+            load_head_weights(head, head_ckpt)
+        elif env.is_main:
+            print("warning: no --head-checkpoint: evaluating an untrained head", file=sys.stderr)
+        check_sizes(backbone, head)
+        dataset = build_dataset(data, head.cfg.img_size, train=False, keep_frames=cfg.run.worst_overlays > 0)
+        ensure_projections(dataset, backbone, env, cfg.optim.batch_size, progress=cfg.run.progress)
+        extractor = FeatureExtractor(backbone, env.device, cfg.run.feature_cache, cfg.run.feature_cache_dtype)
+        report = evaluate(head, extractor, dataset, data, batch_size=cfg.optim.batch_size,
+                          refine_iterations=cfg.run.refine_iterations, worst_k=cfg.run.worst_overlays, env=env,
+                          progress=cfg.run.progress, num_workers=cfg.run.num_workers)
+    except (FileNotFoundError, CheckpointError, ValueError, KeyError) as exc:
+        raise UsageError(str(exc)) from exc
+    finally:
+        env.close()
+    if env.is_main:
+        out = args.out or str(Path(cfg.run.out_dir) / "eval")
+        paths = report.write(out, name=args.name)
+        if args.json:
+            Path(args.json).write_text(json.dumps(report.to_json(), indent=2), encoding="utf-8")
+        print(report.table())
+        print(json.dumps({"written": paths, "seconds": round(report.seconds, 2)}, indent=2))
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    """Register ``train`` and ``evaluate`` on an argparse sub-parser set (used by ``vggts``)."""
+    tr = subparsers.add_parser("train", help="train the segmentation head (self-training or Ego-Exo4D pairs)",
+                               description="Train the Union Segmentation Head on a frozen VGGT backbone. "
+                                           "Runs under torchrun for DDP.")
+    _common(tr)
+    tr.add_argument("--epochs", type=int, help="last epoch (default 12)")
+    tr.add_argument("--lr", type=float, help="AdamW learning rate (default 5e-5)")
+    tr.add_argument("--init-head", help="start from this head checkpoint (main_exp.pth) instead of scratch")
+    tr.add_argument("--resume", help="auto (newest checkpoint in --out), none, or a checkpoint path")
+    tr.add_argument("--eval-root", help="also evaluate after every epoch on this data root")
+    tr.add_argument("--eval-split", help="split of the evaluation data (egoexo)")
+    tr.set_defaults(func=cmd_train)
+
+    ev = subparsers.add_parser("evaluate", help="correspondence metrics of a head on paired data",
+                               description="IoU, location error, contour accuracy and visibility balanced "
+                                           "accuracy per direction; table, JSON and worst-case overlays.")
+    _common(ev)
+    ev.add_argument("--head-checkpoint", help="head weights (main_exp.pth or a training checkpoint); "
+                                              "default zbbhhh/VGGT-S for vggt-1b")
+    ev.add_argument("--refine", type=int, help="refinement passes (default 1)")
+    ev.add_argument("--worst", type=int, help="overlays of the k worst pairs (default 8)")
+    ev.add_argument("--name", default="eval", help="base name of the output files")
+    ev.add_argument("--json", help="also write the JSON report here")
+    ev.set_defaults(func=cmd_evaluate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m vggts_ros.training.cli",
+                                     description="VGGT-S training and evaluation")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_commands(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    UsageError = _usage_error()
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"vggts {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
