@@ -133,7 +133,7 @@ def model_preset(name: str) -> ModelPreset:
     if name == "test-tiny":
         backbone = BackboneConfig(
             AggregatorConfig(img_size=126, embed_dim=64, depth=24, num_heads=4, patch_embed="conv"),
-            TrackHeadConfig(corr_levels=4),
+            TrackHeadConfig(corr_levels=4, hidden_size=96),
         )
         return ModelPreset(backbone, HeadConfig(img_size=126, sa_tokens=9), image_size=126,
                            backbone_seed=0, head_seed=1)

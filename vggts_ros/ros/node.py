@@ -69,6 +69,22 @@ class TrackedObject:
     version: int = 0
 
 
+@dataclass(frozen=True)
+class SetTiming:
+    """Where the time of one processed set went (seconds)."""
+
+    stamp: float
+    latency: float  # last image of the set received -> its outputs published
+    pipeline: float  # inside the backend
+    queued: float  # waiting for the inference thread to finish the previous set
+    stages: Dict[str, float]
+
+    @property
+    def overhead(self) -> float:
+        """What the node itself adds: synchronising, decoding, composing, publishing."""
+        return self.latency - self.pipeline - self.queued
+
+
 @dataclass
 class Stats:
     sets_received: int = 0
@@ -77,10 +93,7 @@ class Stats:
     sets_failed: int = 0
     frames_rejected: Dict[str, int] = field(default_factory=dict)
     last_reject: Dict[str, str] = field(default_factory=dict)
-    stage_seconds: Dict[str, float] = field(default_factory=dict)
-    pipeline_seconds: float = 0.0
-    latency_seconds: float = 0.0
-    overhead_seconds: float = 0.0
+    last: Optional["SetTiming"] = None  # replaced whole, so readers see one consistent set
     processed_times: Deque[float] = field(default_factory=lambda: deque(maxlen=50))
     last_error: str = ""
 
@@ -152,7 +165,7 @@ class VGGTSNode(Node):
         self.create_timer(max(0.05, self.cfg.publish.diagnostics_period), self._publish_diagnostics,
                           callback_group=self._timer_group)
 
-        self._pending: Optional[SyncSet] = None
+        self._pending: Optional[Tuple[SyncSet, float]] = None
         self._wake = threading.Condition()
         self._running = True
         self._worker = threading.Thread(target=self._worker_loop, name="vggts-inference", daemon=True)
@@ -205,7 +218,7 @@ class VGGTSNode(Node):
                     continue
                 if self._pending is not None:
                     self.stats.sets_replaced += 1
-                self._pending = item
+                self._pending = (item, time.monotonic())
             self._wake.notify()
 
     # ------------------------------------------------------------------ services
@@ -312,13 +325,13 @@ class VGGTSNode(Node):
                     self._wake.wait(timeout=0.5)
                 if not self._running:
                     return
-                item, self._pending = self._pending, None
+                (item, queued_at), self._pending = self._pending, None
             wait = last_start + min_period - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
             last_start = time.monotonic()
             try:
-                self._process(item)
+                self._process(item, last_start - queued_at)
             except Exception as exc:  # a failed set is skipped, the node keeps serving
                 self.stats.sets_failed += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
@@ -358,7 +371,7 @@ class VGGTSNode(Node):
             usable[name] = (frame, image)
         return usable
 
-    def _process(self, item: SyncSet) -> None:
+    def _process(self, item: SyncSet, queued: float = 0.0) -> None:
         t_start = time.monotonic()
         frames = self._usable_frames(item)
         with self._lock:
@@ -392,13 +405,11 @@ class VGGTSNode(Node):
             self._publish(name, frames[name], pairs)
         done = time.monotonic()
         stage_totals["decode"] = t_publish - t_start - pipeline_seconds
+        stage_totals["queued"] = queued
         stage_totals["publish"] = done - t_publish
         self.stats.sets_processed += 1
         self.stats.processed_times.append(done)
-        self.stats.stage_seconds = stage_totals
-        self.stats.pipeline_seconds = pipeline_seconds
-        self.stats.latency_seconds = done - last_arrival
-        self.stats.overhead_seconds = self.stats.latency_seconds - pipeline_seconds
+        self.stats.last = SetTiming(item.stamp, done - last_arrival, pipeline_seconds, queued, stage_totals)
 
     def _advance_source(self, obj: TrackedObject, frame_image: Tuple[Frame, np.ndarray], result) -> None:
         """Track mode: the source mask follows the object into the newest source frame."""
@@ -466,14 +477,20 @@ class VGGTSNode(Node):
             "sets_processed": s.sets_processed,
             "sets_dropped": s.sets_replaced,
             "sets_failed": s.sets_failed,
-            "latency_ms": f"{1000 * s.latency_seconds:.1f}",
-            "pipeline_ms": f"{1000 * s.pipeline_seconds:.1f}",
-            "node_overhead_ms": f"{1000 * s.overhead_seconds:.1f}",
             "stale_cameras": ",".join(stale),
             "last_error": s.last_error,
         }
-        for stage, seconds in sorted(s.stage_seconds.items()):
-            values[f"stage_{stage}_ms"] = f"{1000 * seconds:.1f}"
+        last = s.last
+        if last is not None:
+            values.update({
+                "last_set_stamp": f"{last.stamp:.6f}",
+                "latency_ms": f"{1000 * last.latency:.1f}",
+                "pipeline_ms": f"{1000 * last.pipeline:.1f}",
+                "queued_ms": f"{1000 * last.queued:.1f}",
+                "node_overhead_ms": f"{1000 * last.overhead:.1f}",
+            })
+            for stage, seconds in sorted(last.stages.items()):
+                values[f"stage_{stage}_ms"] = f"{1000 * seconds:.1f}"
         level = DiagnosticStatus.OK
         message = "ok"
         if stale:
