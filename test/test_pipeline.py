@@ -249,9 +249,15 @@ def test_from_config_bad_checkpoint_is_reported(tmp_path):
     from vggts_ros.checkpoint import CheckpointError
 
     save_state_dict({"aggregator.nonsense": torch.zeros(3)}, tmp_path / "model.pt")
-    model = ModelConfig(config="test-tiny", device="cpu", vggt_checkpoint=str(tmp_path / "model.pt"))
+    model = ModelConfig(config="test-tiny", device="cpu", vggt_checkpoint=str(tmp_path / "model.pt"),
+                        head_checkpoint=str(tmp_path / "main_exp.pth"))
     with pytest.raises(CheckpointError, match="aggregator.nonsense"):
         VGGTSegmentor.from_config(model, PipelineConfig())
+
+
+def test_from_config_half_given_checkpoints_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="both the VGGT and the head checkpoint"):
+        VGGTSegmentor.from_config(ModelConfig(config="test-tiny", device="cpu", vggt_checkpoint=str(tmp_path)))
 
 
 def test_network_size_must_match(seg):

@@ -121,10 +121,10 @@ def _check_mask(mask, image_hw: Tuple[int, int], what: str) -> np.ndarray:
             f"{what} is {mask.shape[1]}x{mask.shape[0]} but the source image is "
             f"{image_hw[1]}x{image_hw[0]} (width x height)"
         )
-    if mask.dtype.kind == "f" and not np.isfinite(mask).all():
-        raise ValueError(f"{what} contains NaN or infinite values")
     if mask.dtype.kind not in "biuf":
         raise ValueError(f"{what} must be boolean or numeric, got dtype {mask.dtype}")
+    if mask.dtype.kind == "f" and not np.isfinite(mask).all():
+        raise ValueError(f"{what} contains NaN or infinite values")
     binary = mask > 0
     if not binary.any():
         raise ValueError(f"{what} is empty: no nonzero pixel marks the object")
@@ -252,8 +252,10 @@ class VGGTSegmentor:
 
         ``vggt-1b`` loads ``model.vggt_checkpoint`` / ``model.head_checkpoint`` (paths,
         directories or Hugging Face repo ids). Presets with weight seeds (``test-tiny``)
-        use the deterministic weights, unless checkpoints other than the published
-        defaults are named, which are then loaded into the preset's networks.
+        use the deterministic weights while both checkpoints are left at the published
+        defaults (which cannot fit them); naming both loads them into the preset's
+        networks instead (e.g. checkpoints of a trained small model). ``model.dtype`` (or
+        ``pipeline.backbone_dtype``) ``bfloat16`` applies to the backbone's aggregator only.
         """
         from vggts_ros.backends import resolve_device
 
@@ -261,10 +263,15 @@ class VGGTSegmentor:
         device = resolve_device(model.device)
         dtype = model.dtype if model.dtype != "float32" else (pipeline or PipelineConfig()).backbone_dtype
         defaults = ModelConfig()
-        if preset.backbone_seed is not None and (
-            model.vggt_checkpoint == defaults.vggt_checkpoint and model.head_checkpoint == defaults.head_checkpoint
-        ):
-            return cls.deterministic(model.config, pipeline, device=device, dtype=dtype)
+        if preset.backbone_seed is not None:
+            given = [model.vggt_checkpoint != defaults.vggt_checkpoint, model.head_checkpoint != defaults.head_checkpoint]
+            if not any(given):
+                return cls.deterministic(model.config, pipeline, device=device, dtype=dtype)
+            if not all(given):
+                raise ValueError(
+                    f"model config {model.config!r} uses deterministic weights unless both the VGGT and "
+                    f"the head checkpoint are given; got only the {'VGGT' if given[0] else 'head'} checkpoint"
+                )
         return cls.from_checkpoints(
             model.vggt_checkpoint, model.head_checkpoint, preset=model.config, pipeline=pipeline, device=device, dtype=dtype
         )
