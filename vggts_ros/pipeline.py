@@ -15,25 +15,34 @@
 6. the Union Segmentation Head, encoded once and decoded ``1 + refine_iterations`` times;
 7. recovery into each target frame (outside the crop = -32), threshold at 0.
 
-Design decisions (all deliberate, see the report of issue #4):
+Design decisions:
 
 * The tracker's space attention mixes query points, so tracking several objects' points in
   one call would make each object's mask depend on the others. The backbone (aggregator +
-  DPT features, the expensive part) runs once per synchronised set; the tracker, which is
-  cheap, runs once per object on those shared features. Hence ``segment_objects`` returns
-  exactly what ``segment`` returns for each object alone. ``joint_tracking=True`` tracks
-  all objects in one call instead.
-* Refinement reproduces the reference *evaluation loop* (the published numbers): its
-  prompt encoder adds the source-point identity embedding to the point features in place,
-  and the loop passes the same tensor to every pass, so refinement pass k carries that
-  embedding k + 1 times. ``pipeline_ego2exo.pt``'s ``final_low_res`` was produced that way
-  (``test_pipeline_parity.py`` checks it). ``accumulate_point_identity=False`` gives the
-  "clean" behaviour (once per pass).
+  DPT features, the expensive part) runs once per synchronised set; the tracker runs once
+  per object (and once more for the 5 ego-target points, as the reference tracks those
+  alone) on those shared features. Hence ``segment_objects`` returns exactly what
+  ``segment`` returns for each object alone. ``joint_tracking=True`` tracks all query
+  sets in one call instead.
+* Refinement reproduces the reference *evaluation loop*, which produced the published
+  numbers: its prompt encoder adds the source-point identity embedding to the point
+  features in place and the loop passes the same tensor to every pass, so pass k carries
+  that embedding k + 1 times (the head was trained the same way).
+  ``accumulate_point_identity=False`` adds it once per pass; that is what
+  ``pipeline_ego2exo.pt``'s ``final_low_res`` holds (its generator gave each pass fresh
+  point features), so the stage parity test uses it, while the end-to-end parity test runs
+  the default (IoU 0.9994 against the stored mask).
 * Several targets of one object share one features pass (SPEC multi-view rule); with a
   single target this is exactly the reference pair. ``multi_view_features=False`` runs one
   pass per (source crop, target) pair instead.
+* ``PipelineConfig.second_pass`` re-tracks K-means points of the source crop into each
+  target input with the features pass (no extra backbone pass) and re-clusters the prompts.
 * The network size comes from the model (the head's ``img_size``); the pipeline config's
-  ``image_size`` is overridden by it.
+  ``image_size`` is overridden by it. The reference constants (518, 259, the crop schedule
+  in 960x540 pixels) follow the network size and the frame's short side.
+* Reported source points are true correspondences of the target prompts: for a cropped
+  target, the mean source point of the first-pass points clustered into each prompt; for
+  an ego target, the tracked source point itself.
 """
 
 from __future__ import annotations
@@ -231,7 +240,9 @@ class VGGTSegmentor:
         if cfg.first_pass_points < 1 or cfg.prompt_points < 1:
             raise ValueError("first_pass_points and prompt_points must be >= 1")
         if cfg.crop_schedule not in crops.CROP_SCHEDULES:
-            raise ValueError(f"unknown crop_schedule {cfg.crop_schedule!r}; expected one of {list(crops.CROP_SCHEDULES)}")
+            raise ValueError(
+                f"unknown crop_schedule {cfg.crop_schedule!r}; expected one of {list(crops.CROP_SCHEDULES)}"
+            )
         if cfg.source_crop_ratio <= 0:
             raise ValueError(f"source_crop_ratio must be > 0, got {cfg.source_crop_ratio}")
         self.device = torch.device(device)
@@ -264,7 +275,10 @@ class VGGTSegmentor:
         dtype = model.dtype if model.dtype != "float32" else (pipeline or PipelineConfig()).backbone_dtype
         defaults = ModelConfig()
         if preset.backbone_seed is not None:
-            given = [model.vggt_checkpoint != defaults.vggt_checkpoint, model.head_checkpoint != defaults.head_checkpoint]
+            given = [
+                model.vggt_checkpoint != defaults.vggt_checkpoint,
+                model.head_checkpoint != defaults.head_checkpoint,
+            ]
             if not any(given):
                 return cls.deterministic(model.config, pipeline, device=device, dtype=dtype)
             if not all(given):
@@ -273,7 +287,8 @@ class VGGTSegmentor:
                     f"the head checkpoint are given; got only the {'VGGT' if given[0] else 'head'} checkpoint"
                 )
         return cls.from_checkpoints(
-            model.vggt_checkpoint, model.head_checkpoint, preset=model.config, pipeline=pipeline, device=device, dtype=dtype
+            model.vggt_checkpoint, model.head_checkpoint, preset=model.config, pipeline=pipeline,
+            device=device, dtype=dtype,
         )
 
     @classmethod
@@ -515,7 +530,12 @@ class VGGTSegmentor:
         return frame, back.astype(np.float32)
 
     def second_pass(
-        self, features: torch.Tensor, src: SourceInput, view_index: int, lb_src: crops.LetterboxMeta, target: TargetInput
+        self,
+        features: torch.Tensor,
+        src: SourceInput,
+        view_index: int,
+        lb_src: crops.LetterboxMeta,
+        target: TargetInput,
     ) -> TargetInput:
         """Re-project K-means points of the source crop into the target input with the
         features pass (no extra backbone pass) and re-cluster them into the prompts."""
