@@ -57,6 +57,7 @@ def graph():
     try:
         ok = wait_until(lambda: collector._set.service_is_ready() or not node.alive(), 120)
         assert ok and node.alive(), f"node did not come up:\n{node.log()[-4000:]}"
+        assert collector.wait_for_frames(list(SIZES), 30), f"node received no frames:\n{node.log()[-4000:]}"
         yield node, player, collector
     finally:
         spinner.close()
@@ -167,3 +168,35 @@ def test_a_silent_camera_does_not_stop_the_others_and_is_reported(fresh):
     assert wait_until(lambda: (collector.pipeline_status() or {}).get("stale_cameras") == "exo2", 10)
     player.pause("exo2", False)
     assert wait_until(lambda: (collector.pipeline_status() or {}).get("stale_cameras") == "", 10)
+
+
+def test_several_objects_from_different_source_cameras(fresh):
+    node, player, collector = fresh
+    h, w = SIZES["exo1"]
+    exo_mask = np.zeros((h, w), np.uint8)
+    exo_mask[h // 3:h // 3 + h // 4, w // 3:w // 3 + w // 4] = 255
+    a = collector.set_source_mask("ego", ego_mask(), object_id=0, label="a")
+    # Same source frame as object a (named by the stamp the node answered), so both share
+    # the first backbone pass; any nonzero value marks the object.
+    stamp = a.frame_stamp.sec + a.frame_stamp.nanosec * 1e-9
+    b = collector.set_source_mask("ego", ego_mask() // 255 * 7, object_id=0, stamp=stamp, label="b")
+    c = collector.set_source_mask("exo1", exo_mask, object_id=200, label="c")
+    assert a.success and b.success and c.success, (a.message, b.message, c.message)
+    assert len({a.object_id, b.object_id, 200}) == 3 and c.object_id == 200
+
+    def has(camera, ids):
+        latest = collector.latest("points", camera)
+        return latest is not None and {o.object_id for o in latest.msg.objects} == ids
+
+    ego_ids = {a.object_id, b.object_id}
+    assert wait_until(lambda: has("exo2", ego_ids | {200}) and has("exo1", ego_ids) and has("ego", {200}), 120), \
+        node.log()[-3000:]
+    assert collector.latest("points", "exo2").msg.source_camera == "ego,exo1"
+    labels = {o.object_id: o.label for o in collector.latest("points", "exo2").msg.objects}
+    assert labels == {a.object_id: "a", b.object_id: "b", 200: "c"}
+    mask = collector.latest("masks", "exo2").msg
+    values = set(np.unique(np.frombuffer(bytes(mask.data), np.uint8)).tolist())
+    assert values <= {0, a.object_id, b.object_id, 200}
+    one = collector.clear_objects(200)
+    assert one.success
+    assert wait_until(lambda: has("exo2", ego_ids), 60)

@@ -91,7 +91,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     segmentor = _build(model, pipeline)
     t_load = time.monotonic() - t0
     t0 = time.monotonic()
-    results = segmentor.segment(source, mask, targets)
+    try:
+        results = segmentor.segment(source, mask, targets)
+    except ValueError as exc:  # inputs the pipeline cannot use, named by the pipeline
+        raise UsageError(str(exc)) from exc
     t_run = time.monotonic() - t0
     summary = []
     for view, path, result in zip(targets, args.target, results):

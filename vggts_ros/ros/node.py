@@ -224,50 +224,52 @@ class VGGTSNode(Node):
     # ------------------------------------------------------------------ services
     def _on_set_source_mask(self, request, response):
         try:
-            ok, message, object_id = self._set_source_mask(request)
+            ok, message, object_id, frame_stamp = self._set_source_mask(request)
         except Exception as exc:  # the node must answer, whatever went wrong
             self.get_logger().error(f"set_source_mask failed: {type(exc).__name__}: {exc}")
-            ok, message, object_id = False, f"internal error: {type(exc).__name__}: {exc}", 0
+            ok, message, object_id, frame_stamp = False, f"internal error: {type(exc).__name__}: {exc}", 0, None
         response.success, response.message, response.object_id = ok, message, object_id
+        if frame_stamp is not None:
+            response.frame_stamp = frame_stamp
         if ok:
             self.get_logger().info(f"set_source_mask: {message}")
         else:
             self.get_logger().warning(f"set_source_mask refused: {message}")
         return response
 
-    def _set_source_mask(self, req) -> Tuple[bool, str, int]:
+    def _set_source_mask(self, req) -> Tuple[bool, str, int, Any]:
         names = [c.name for c in self.cfg.cameras]
         if req.camera not in names:
-            return False, f"unknown camera {req.camera!r}; this node's cameras are {names}", 0
+            return False, f"unknown camera {req.camera!r}; this node's cameras are {names}", 0, None
         try:
             mask = mask_from_image(req.mask)
         except ImageError as exc:
-            return False, f"bad mask image: {exc}", 0
+            return False, f"bad mask image: {exc}", 0, None
         want = stamp_to_sec(req.stamp)
         frame, why = self._find_frame(req.camera, want)
         if frame is None:
-            return False, why, 0
+            return False, why, 0, None
         try:
             image = frame.rgb()
         except ImageError as exc:
-            return False, f"the frame of camera {req.camera!r} at {frame.stamp:.3f} s cannot be decoded: {exc}", 0
+            return False, f"the frame of camera {req.camera!r} at {frame.stamp:.3f} s cannot be decoded: {exc}", 0, None
         if mask.shape != image.shape[:2]:
             return False, (
                 f"mask is {mask.shape[1]}x{mask.shape[0]} but camera {req.camera!r} frames are "
                 f"{image.shape[1]}x{image.shape[0]} (width x height)"
-            ), 0
+            ), 0, None
         area = int(mask.sum())
         if area == 0:
-            return False, "mask is empty: no nonzero pixel marks the object", 0
+            return False, "mask is empty: no nonzero pixel marks the object", 0, None
         problem = check_pixels(image)
         if problem:
-            return False, f"the frame of camera {req.camera!r} at {frame.stamp:.3f} s is unusable: {problem}", 0
+            return False, f"the frame of camera {req.camera!r} at {frame.stamp:.3f} s is unusable: {problem}", 0, None
         with self._lock:
             object_id = int(req.object_id)
             if object_id == 0:
                 free = [i for i in range(1, 256) if i not in self._objects]
                 if not free:
-                    return False, "all object ids 1..255 are in use; clear one first", 0
+                    return False, "all object ids 1..255 are in use; clear one first", 0, None
                 object_id = free[0]
             replaced = object_id in self._objects
             version = self._objects[object_id].version + 1 if replaced else 0
@@ -277,7 +279,7 @@ class VGGTSNode(Node):
         verb = "replaced" if replaced else "set"
         return True, (
             f"object {object_id} {verb} on camera {req.camera!r}: {area} px on the frame at {frame.stamp:.3f} s"
-        ), object_id
+        ), object_id, frame.msg.header.stamp
 
     def _find_frame(self, camera: str, stamp: float) -> Tuple[Optional[Frame], str]:
         with self._lock:
@@ -383,22 +385,35 @@ class VGGTSNode(Node):
         per_target: Dict[str, List[Tuple[TrackedObject, SegmentationResult]]] = {}
         stage_totals: Dict[str, float] = {}
         pipeline_seconds = 0.0
+        # Objects drawn on the same source frame share one call (one first backbone pass).
+        groups: Dict[Tuple[str, float], List[TrackedObject]] = {}
         for obj in objects:
-            targets = [name for name in frames if name != obj.camera]
-            if track and obj.camera in frames and frames[obj.camera][0].stamp > obj.stamp:
-                targets.append(obj.camera)
+            groups.setdefault((obj.camera, obj.stamp), []).append(obj)
+        for (camera, stamp), members in groups.items():
+            targets = [name for name in frames if name != camera]
+            if track and camera in frames and frames[camera][0].stamp > stamp:
+                targets.append(camera)
             if not targets:
                 continue
             views = [TargetView(frames[n][1], role=roles[n], name=n) for n in targets]
             t0 = time.monotonic()
-            results = self.segmentor.segment(obj.image, obj.mask, views)
+            if len(members) > 1 and hasattr(self.segmentor, "segment_objects"):
+                per_object = self.segmentor.segment_objects(members[0].image, [m.mask for m in members], views)
+            else:
+                per_object = [self.segmentor.segment(m.image, m.mask, views) for m in members]
             pipeline_seconds += time.monotonic() - t0
-            for name, result in zip(targets, results):
-                for stage, seconds in (result.timings or {}).items():
-                    stage_totals[stage] = stage_totals.get(stage, 0.0) + seconds
-                if name == obj.camera:
-                    self._advance_source(obj, frames[name], result)
-                per_target.setdefault(name, []).append((obj, result))
+            call_stages: Dict[str, float] = {}
+            for obj, results in zip(members, per_object):
+                for stage, seconds in (results[0].timings or {}).items() if results else ():
+                    shared = stage in ("first_pass", "total")
+                    call_stages[stage] = max(call_stages.get(stage, 0.0), seconds) if shared \
+                        else call_stages.get(stage, 0.0) + seconds
+                for name, result in zip(targets, results):
+                    if name == camera:
+                        self._advance_source(obj, frames[name], result)
+                    per_target.setdefault(name, []).append((obj, result))
+            for stage, seconds in call_stages.items():
+                stage_totals[stage] = stage_totals.get(stage, 0.0) + seconds
         t_publish = time.monotonic()
         last_arrival = max(f.arrival for f, _ in frames.values())
         for name, pairs in per_target.items():
