@@ -54,6 +54,8 @@ def pytest_configure(config):
     # Keep this run's DDS traffic to itself: a domain of its own, discovery on loopback.
     os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    # Tests never download weights; a repo id must fail fast with the offline message.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # On a 2-core machine shared by the test process and the node processes it starts,
     # multi-threaded OpenMP turns small ops into spin-wait contests (seen: 100x slower).
     os.environ.setdefault("OMP_NUM_THREADS", "1")
