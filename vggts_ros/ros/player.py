@@ -199,12 +199,17 @@ class Spinner:
 
     def __init__(self, *nodes: Node) -> None:
         self.executor = MultiThreadedExecutor(num_threads=4)
+        self.nodes = list(nodes)
         for node in nodes:
             self.executor.add_node(node)
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)
         self._thread.start()
 
     def close(self) -> None:
+        # Detach the nodes before stopping, so that no callback is still scheduled on a
+        # node its owner is about to destroy.
+        for node in self.nodes:
+            self.executor.remove_node(node)
         self.executor.shutdown(timeout_sec=2)
         self._thread.join(timeout=5)
 
