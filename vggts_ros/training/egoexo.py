@@ -266,7 +266,11 @@ class EgoExoPairs(Dataset):
         rng = np.random.default_rng([int(self.data.seed), self.epoch, int(index)])
         return self.data.directions[int(rng.integers(0, len(self.data.directions)))]
 
-    def __getitem__(self, index: int) -> Dict[str, Any]:
+    def __getitem__(self, index) -> Dict[str, Any]:
+        if isinstance(index, tuple):  # (epoch, index) from EpochTaggedSampler
+            self.set_epoch(index[0])
+            index = index[1]
+        index = int(index)
         if not self.train:
             return self.build(self.samples[index][0], self.direction_of(index))
         n = len(self.samples)

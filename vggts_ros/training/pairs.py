@@ -120,6 +120,27 @@ def ensure_points(points: Optional[np.ndarray], n: int) -> np.ndarray:
     return np.asarray(points, dtype=np.float32).reshape(n, 2)
 
 
+class EpochTaggedSampler(torch.utils.data.Sampler):
+    """Wraps a sampler (with ``set_epoch``) and yields ``(epoch, index)``: data sets draw
+    their per-epoch randomness from it, which also reaches persistent loader workers
+    (a ``set_epoch`` on the main process's copy of the data set would not)."""
+
+    def __init__(self, sampler) -> None:
+        self.sampler = sampler
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return ((self.epoch, int(i)) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
 def single_threaded():
     """Run scikit-learn's K-means on one OpenMP thread. Per-sample K-means on a few
     thousand pixels is tiny; with the default thread pool on a busy machine its threads

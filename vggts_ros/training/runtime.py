@@ -87,9 +87,61 @@ def build_backbone(model: ModelSection, device: torch.device) -> VGGTBackbone:
         backbone = VGGTBackbone.from_pretrained(model.vggt_checkpoint, bcfg)
     else:
         backbone = fill_deterministic(VGGTBackbone(bcfg), model.backbone_seed)
+        if model.backbone_init == "content":
+            content_preserving_dpt_init(backbone.track_head.feature_extractor, model.backbone_seed)
     backbone.dtype = model.backbone_dtype
     backbone.requires_grad_(False)
     return backbone.eval().to(device)
+
+
+@torch.no_grad()
+def content_preserving_dpt_init(dpt: nn.Module, seed: int = 0) -> None:
+    """Weights for a *random* backbone's DPT feature extractor that carry the token content
+    through to the feature maps (test backbones only; published weights never use this).
+
+    Projections and the ``layer*_rn`` convolutions are seeded random projections (centre
+    tap only); transposed-conv resizes become nearest-neighbour upsampling, the stride-2
+    conv, fusion 1x1 convs and the output conv identities, and residual branches are
+    zeroed, so each map is a sum of rectified random projections of the tokens."""
+    import math
+
+    from ..models.heads.dpt_head import ResidualConvUnit
+
+    g = torch.Generator().manual_seed(int(seed) + 1)
+
+    def rand(shape, fan_in):
+        return torch.randn(shape, generator=g) / math.sqrt(fan_in)
+
+    for m in dpt.modules():
+        if isinstance(m, ResidualConvUnit):
+            nn.init.dirac_(m.conv1.weight)
+            m.conv1.bias.zero_()
+            m.conv2.weight.zero_()
+            m.conv2.bias.zero_()
+    for proj in dpt.projects:
+        proj.weight.copy_(rand(proj.weight.shape, proj.weight.shape[1]))
+        proj.bias.zero_()
+    for layer in dpt.resize_layers:
+        if isinstance(layer, nn.ConvTranspose2d):
+            layer.weight.zero_()
+            layer.bias.zero_()
+            for c in range(min(layer.weight.shape[0], layer.weight.shape[1])):
+                layer.weight[c, c] = 1.0
+        elif isinstance(layer, nn.Conv2d):
+            nn.init.dirac_(layer.weight)
+            layer.bias.zero_()
+    sc = dpt.scratch
+    for j in range(1, 5):
+        conv = getattr(sc, f"layer{j}_rn")
+        conv.weight.zero_()
+        k = conv.weight.shape[-1] // 2
+        conv.weight[:, :, k, k] = rand(conv.weight.shape[:2], conv.weight.shape[1])
+    for j in range(1, 5):
+        out = getattr(sc, f"refinenet{j}").out_conv
+        nn.init.dirac_(out.weight)
+        out.bias.zero_()
+    nn.init.dirac_(sc.output_conv1.weight)
+    sc.output_conv1.bias.zero_()
 
 
 def build_head(model: ModelSection, device: torch.device, seed: int = 0) -> UnionSegmentationHead:

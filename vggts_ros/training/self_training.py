@@ -160,6 +160,7 @@ class SelfTrainingPairs(Dataset):
     """
 
     MAX_TRIES = 10
+    MEMO_LIMIT = 4096  # fixed pairs kept in memory (per process / loader worker)
 
     def __init__(self, data: DataSection, img_size: int) -> None:
         self.data = data
@@ -174,6 +175,7 @@ class SelfTrainingPairs(Dataset):
         self.epoch = 0
         self._family_epoch: Optional[int] = None
         self._family = np.zeros(0, dtype=bool)
+        self._memo: Dict[int, Dict[str, Any]] = {}
         self.max_short = int(data.max_short_side or 2 * self.size)
 
     def __len__(self) -> int:
@@ -186,7 +188,19 @@ class SelfTrainingPairs(Dataset):
         epoch = 0 if self.data.fixed_pairs else self.epoch
         return np.random.default_rng([int(self.data.seed), int(epoch), int(index)])
 
-    def __getitem__(self, index: int) -> Dict[str, Any]:
+    def __getitem__(self, index) -> Dict[str, Any]:
+        if isinstance(index, tuple):  # (epoch, index) from EpochTaggedSampler
+            self.set_epoch(index[0])
+            index = index[1]
+        index = int(index)
+        if self.data.fixed_pairs and index in self._memo:
+            return dict(self._memo[index])
+        sample = self._build(index)
+        if self.data.fixed_pairs and len(self._memo) < self.MEMO_LIMIT:
+            self._memo[index] = sample
+        return dict(sample)
+
+    def _build(self, index: int) -> Dict[str, Any]:
         n = len(self.instances)
         for shift in range(n):
             idx = (index + shift) % n

@@ -40,17 +40,29 @@ def _shape_mask(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return m
 
 
-def make_image(rng: np.random.Generator, size: Tuple[int, int], n_objects: int) -> Tuple[np.ndarray, np.ndarray]:
-    """One RGB image ``(w, h)`` and its instance label map (ids 1..n, later ones on top)."""
+def make_image(rng: np.random.Generator, size: Tuple[int, int], n_objects: int,
+               background: str = "muted") -> Tuple[np.ndarray, np.ndarray]:
+    """One RGB image ``(w, h)`` and its instance label map (ids 1..n, later ones on top).
+
+    Objects are sharply textured in a saturated colour of their own. ``background``:
+    "muted" (a blurred, desaturated texture) or "plain" (grey with faint noise: objects
+    stand out even in the features of a random-weight backbone)."""
     w, h = size
-    image = random_texture(rng, (w, h), shapes=25, text=0)
-    image = cv2.GaussianBlur(image, (0, 0), 2.0)  # a calmer background than the objects
+    if background == "plain":
+        level = float(rng.uniform(90, 150))
+        image = np.clip(level + rng.normal(0, 4, size=(h, w, 1)), 0, 255).repeat(3, axis=2).astype(np.uint8)
+    else:
+        bg = cv2.GaussianBlur(random_texture(rng, (w, h), shapes=25, text=0), (0, 0), 2.0).astype(np.float32)
+        grey = bg.mean(axis=2, keepdims=True)
+        image = (0.35 * bg + 0.65 * grey).astype(np.uint8)
     labels = np.zeros((h, w), np.int32)
+    hues = rng.permutation(np.linspace(0, 179, 7, endpoint=False).astype(int))
     for oid in range(1, n_objects + 1):
         m = _shape_mask(rng, h, w).astype(bool)
-        tex = random_texture(rng, (w, h), shapes=40, text=4)
-        tint = rng.integers(0, 256, size=3).astype(np.float32)
-        tex = (0.6 * tex + 0.4 * tint).astype(np.uint8)
+        tex = random_texture(rng, (w, h), shapes=40, text=4).astype(np.float32)
+        hsv = np.array([[[hues[(oid - 1) % len(hues)], 230, 220]]], np.uint8)
+        tint = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).astype(np.float32)[0, 0]
+        tex = (0.45 * tex + 0.55 * tint).clip(0, 255).astype(np.uint8)
         image[m] = tex[m]
         labels[m] = oid
     return image, labels
@@ -58,7 +70,7 @@ def make_image(rng: np.random.Generator, size: Tuple[int, int], n_objects: int) 
 
 def write_shapes_dataset(
     root: str, n_images: int = 8, size: Tuple[int, int] = (224, 168), n_objects: int = 2, seed: int = 0,
-    png_pairs: bool = True, coco: bool = False, coco_format: str = "rle",
+    png_pairs: bool = True, coco: bool = False, coco_format: str = "rle", background: str = "muted",
 ) -> Dict[str, str]:
     """Write ``root/images/*.png`` (+ ``root/masks/*.png`` label maps) and optionally
     ``root/annotations.json`` (COCO; ``coco_format`` "rle", "rle_raw" or "polygon").
@@ -71,7 +83,7 @@ def write_shapes_dataset(
     images: List[dict] = []
     anns: List[dict] = []
     for i in range(n_images):
-        image, labels = make_image(rng, size, n_objects)
+        image, labels = make_image(rng, size, n_objects, background)
         name = f"img_{seed}_{i:03d}.png"
         cv2.imwrite(str(base / "images" / name), image[..., ::-1])
         if png_pairs:

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..models.union_head.union_head import HeadContext, UnionSegmentationHead
 from .config import TrainConfig
 from .losses import batch_iou, segmentation_loss
-from .pairs import collate
+from .pairs import EpochTaggedSampler, collate
 from .runtime import (DistEnv, FeatureExtractor, build_backbone, build_dataset, build_head, check_sizes,
                       ensure_projections, head_inputs, setup_distributed, state_digest)
 
@@ -120,11 +120,12 @@ class Trainer:
         if len(self.dataset) < cfg.optim.batch_size * env.world:
             raise ValueError(f"{len(self.dataset)} training samples cannot fill one batch of "
                              f"{cfg.optim.batch_size} on each of {env.world} process(es)")
-        self.sampler = DistributedSampler(self.dataset, num_replicas=env.world, rank=env.rank, shuffle=True,
-                                          seed=cfg.run.seed, drop_last=False)
+        self.sampler = EpochTaggedSampler(DistributedSampler(
+            self.dataset, num_replicas=env.world, rank=env.rank, shuffle=True, seed=cfg.run.seed, drop_last=False))
+        workers = int(cfg.run.num_workers)
         self.loader = DataLoader(self.dataset, batch_size=cfg.optim.batch_size, sampler=self.sampler,
-                                 collate_fn=collate, num_workers=cfg.run.num_workers, drop_last=True,
-                                 persistent_workers=False)
+                                 collate_fn=collate, num_workers=workers, drop_last=True,
+                                 persistent_workers=workers > 0)
         self.steps_per_epoch = len(self.loader)
         if cfg.optim.steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, int(cfg.optim.steps_per_epoch))
