@@ -261,12 +261,44 @@ def _section(cls, data: Optional[Dict[str, Any]], name: str):
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise ValueError(f"{name}: unknown key(s) {unknown}; known: {sorted(known)}")
-    values = dict(data)
+    values = {k: _coerce(v, str(known[k].type), f"{name}.{k}") for k, v in data.items()}
     if "target_crop" in values and values["target_crop"] is not None:
         values["target_crop"] = tuple(float(v) for v in values["target_crop"])
     if "directions" in values and isinstance(values["directions"], str):
         values["directions"] = [values["directions"]]
     return cls(**values)
+
+
+def _coerce(value: Any, annotation: str, name: str) -> Any:
+    """YAML reads ``5e-5`` as a string and ``1`` where a float is meant: convert by the
+    field's annotation, refusing what does not fit."""
+    if value is None:
+        if annotation.startswith("Optional"):
+            return None
+        raise ValueError(f"{name}: a value is required")
+    base = annotation[len("Optional["):-1] if annotation.startswith("Optional[") else annotation
+    try:
+        if base == "float":
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if base == "int":
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise TypeError
+            return int(float(value))
+        if base == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "false", "yes", "no", "1", "0"):
+                return str(value).lower() in ("true", "yes", "1")
+            raise TypeError
+        if base == "List[int]":
+            return [int(float(v)) for v in (value if isinstance(value, (list, tuple)) else [value])]
+        if base == "str" and not isinstance(value, str):
+            raise TypeError
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: {value!r} is not a valid {base}") from None
+    return value
 
 
 # ---------------------------------------------------------------------------------------
