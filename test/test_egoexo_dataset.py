@@ -250,3 +250,21 @@ def test_per_direction_metrics_match_hand_values(segswap, tmp_path):
     # worst first: the false positive on the invisible object, then a half-box pair
     assert len(overlays) == 2 and "000030" in overlays[0].name
     assert Path(paths["table"]).read_text().startswith("| direction |")
+
+
+def test_cli_trains_on_egoexo_pairs(segswap, tmp_path):
+    """`vggts train --data egoexo`: projections of the train split computed online and
+    written in the reference format, both directions drawn, validation after the epoch."""
+    from vggts_ros.cli import main as vggts_main
+
+    out = tmp_path / "run"
+    rc = vggts_main(["train", "--preset", "smoke", "--img-size", "112", "--vggt-checkpoint", "none",
+                     "--data", "egoexo", "--data-root", str(segswap), "--split", "train", "--eval-root", str(segswap),
+                     "--eval-split", "val", "--out", str(out), "--epochs", "1", "--batch-size", "1", "--workers", "0",
+                     "--device", "cpu", "--no-progress"])
+    assert rc == 0
+    assert (segswap / "train_obj_wp.json").is_file()
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["epochs"][0]["steps"] == 1
+    assert {"eval_ego2exo_iou", "eval_exo2ego_iou", "eval_overall_iou"} <= set(summary["epochs"][0])
+    assert (out / "ckpts" / "epoch_1.pth").is_file()
