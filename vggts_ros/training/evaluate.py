@@ -19,7 +19,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -68,7 +68,7 @@ class EvalReport:
             ov.mkdir(exist_ok=True)
             paths["overlays"] = str(ov)
             for rank, item in enumerate(self.worst):
-                write_overlay(ov / f"{name}_worst_{rank:02d}_{_safe(item['key'])}.png", item)
+                write_overlay(ov / f"{name}_worst_{rank:02d}_{item['direction']}_{_safe(item['key'])}.png", item)
         return paths
 
 
@@ -105,7 +105,7 @@ def write_overlay(path: Path, item: Dict[str, Any]) -> None:
     if item.get("frame") is not None and item.get("frame_pred") is not None:
         tiles.append(overlay_masks(item["frame"], item["frame_pred"].astype(np.uint8) * 2
                                    + item["frame_gt"].astype(np.uint8) * (item["frame_pred"] == 0)))
-        titles.append("frame: prediction (green), missed GT (red)")
+        titles.append("frame: pred green, missed red")
     img = mosaic(tiles, titles, height=256)
     cv2.imwrite(str(path), np.ascontiguousarray(img[..., ::-1]))
 

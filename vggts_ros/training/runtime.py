@@ -12,11 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import CheckpointError, load_exact, read_state_dict, resolve_checkpoint
+from ..checkpoint import load_exact, read_state_dict, resolve_checkpoint
 from ..models.backbone import VGGTBackbone
 from ..models.deterministic import fill_deterministic
 from ..models.union_head import UnionSegmentationHead
-from .config import DataSection, ModelSection, TrainConfig, network_configs
+from .config import DataSection, ModelSection, network_configs
 from .features_cache import FeatureCache, backbone_fingerprint
 from .pairs import condense_projections, pair_images, single_threaded
 

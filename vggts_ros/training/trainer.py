@@ -18,6 +18,7 @@ after the epoch's scheduler step, so resuming continues the schedule. Rank 0 als
 from __future__ import annotations
 
 import bisect
+import collections
 import json
 import math
 import re
@@ -109,7 +110,12 @@ class Trainer:
         check_sizes(self.backbone, self.head)
         self.head.train()
         self.size = self.head.cfg.img_size
-        self.extractor = FeatureExtractor(self.backbone, env.device, cfg.run.feature_cache, cfg.run.feature_cache_dtype)
+        cache_dir = cfg.run.feature_cache
+        if cache_dir and cfg.data.kind == "self" and not cfg.data.fixed_pairs:
+            warnings.warn("run.feature_cache is ignored: self-training pairs change every epoch "
+                          "(set data.fixed_pairs=true to reuse them and their features)")
+            cache_dir = None
+        self.extractor = FeatureExtractor(self.backbone, env.device, cache_dir, cfg.run.feature_cache_dtype)
 
         self.dataset = build_dataset(cfg.data, self.size, train=True)
         ensure_projections(self.dataset, self.backbone, env, cfg.optim.batch_size, progress=cfg.run.progress)
@@ -182,7 +188,7 @@ class Trainer:
         o = self.cfg.optim
         # The configured schedule wins; reference checkpoints are saved before the epoch's
         # scheduler step, ours after it: either way the next epoch is epoch + 1.
-        self.scheduler.milestones = __import__("collections").Counter(o.lr_drops)
+        self.scheduler.milestones = collections.Counter(o.lr_drops)
         self.scheduler.gamma = o.lr_gamma
         self.scheduler.base_lrs = [o.lr for _ in self.optimizer.param_groups]
         self.scheduler.last_epoch = epoch
