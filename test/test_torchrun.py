@@ -3,7 +3,6 @@ only rank 0 writes, and resuming continues the epoch and learning-rate schedule.
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
