@@ -1,25 +1,14 @@
 """``UnionSegmentationHead.from_pretrained`` reads files in the ``main_exp.pth`` layout."""
 
-import dataclasses
 
 import pytest
 import torch
 
 from conftest import load_fixture
 from vggts_ros.checkpoint import CheckpointError
-from vggts_ros.config import HeadConfig
+from head_fixture import fixture_features, head_config
 from vggts_ros.models.deterministic import fill_deterministic
 from vggts_ros.models.union_head import CHECKPOINT_FILENAME, UnionSegmentationHead
-
-
-def head_config(fx) -> HeadConfig:
-    known = {f.name for f in dataclasses.fields(HeadConfig)}
-    return HeadConfig(**{k: v for k, v in fx["config"].items() if k in known})
-
-
-def fixture_features(fx) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(int(fx["feat_seed"]))
-    return torch.randn(tuple(fx["feat_shape"]), generator=gen, dtype=torch.float32)
 
 
 @pytest.fixture(scope="module")

@@ -1,25 +1,15 @@
 """The Union Segmentation Head computes the reference function (fixture ``vggts_head.pt``)."""
 
-import dataclasses
 import json
 
 import pytest
 import torch
 
 from conftest import assert_close_ref, load_fixture, reference_dir
+from head_fixture import fixture_features, head_config
 from vggts_ros.config import HeadConfig
 from vggts_ros.models.deterministic import fill_deterministic, weight_sums
 from vggts_ros.models.union_head import UnionSegmentationHead, sample_point_features
-
-
-def head_config(fx) -> HeadConfig:
-    known = {f.name for f in dataclasses.fields(HeadConfig)}
-    return HeadConfig(**{k: v for k, v in fx["config"].items() if k in known})
-
-
-def fixture_features(fx) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(int(fx["feat_seed"]))
-    return torch.randn(tuple(fx["feat_shape"]), generator=gen, dtype=torch.float32)
 
 
 @pytest.fixture(scope="module")

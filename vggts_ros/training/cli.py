@@ -27,16 +27,10 @@ from pathlib import Path
 from typing import List, Optional
 
 from .config import DATA_KINDS, DIRECTIONS, MODEL_PRESETS, TrainConfig
-
-
-def _usage_error():
-    from vggts_ros.cli import UsageError
-
-    return UsageError
+from vggts_ros.cli import UsageError
 
 
 def _base_config(args: argparse.Namespace) -> TrainConfig:
-    UsageError = _usage_error()
     if args.config:
         if not Path(args.config).is_file():
             raise UsageError(f"config file not found: {args.config}")
@@ -48,7 +42,6 @@ def _base_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def _apply(cfg: TrainConfig, args: argparse.Namespace, pairs, extra: List[str]) -> TrainConfig:
-    UsageError = _usage_error()
     sets = []
     for attr, key in pairs:
         value = getattr(args, attr, None)
@@ -101,7 +94,6 @@ RUN_PAIRS = [("out", "run.out_dir"), ("device", "run.device"), ("batch_size", "o
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    UsageError = _usage_error()
     from ..checkpoint import CheckpointError
     from .trainer import train
 
@@ -135,7 +127,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _check_data(data) -> None:
-    UsageError = _usage_error()
     if data.kind == "self" and not data.coco and not data.root:
         raise UsageError("self-training needs --data-root (image/mask PNG pairs) or --coco")
     if data.kind == "egoexo" and not data.root:
@@ -147,7 +138,6 @@ def _check_data(data) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    UsageError = _usage_error()
     import dataclasses
 
     import torch
@@ -228,22 +218,12 @@ def add_commands(subparsers) -> None:
     ev.set_defaults(func=cmd_evaluate)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m vggts_ros.training.cli",
-                                     description="VGGT-S training and evaluation")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_commands(sub)
-    return parser
-
-
 def main(argv: Optional[List[str]] = None) -> int:
-    UsageError = _usage_error()
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except UsageError as exc:
-        print(f"vggts {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    """``python -m vggts_ros.training.cli train|evaluate ...`` (what torchrun starts): the
+    same commands, options and error handling as ``vggts train|evaluate``."""
+    from vggts_ros.cli import main as vggts_main
+
+    return vggts_main(argv)
 
 
 if __name__ == "__main__":
