@@ -80,6 +80,6 @@ cd "$ROOT"
 case "$cmd" in
   setup) ;;
   demo) exec "$VENV/bin/python" -m vggts_ros.cli demo "$@" ;;
-  test) exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@" test ;;
+  test) exec "$VENV/bin/python" -m pytest -q -rs -p no:cacheprovider "$@" test ;;
   *) exec "$cmd" "$@" ;;
 esac

@@ -102,6 +102,18 @@ def test_console_script_reads_a_params_file_and_refuses_bad_ones(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_missing_checkpoints_stop_the_node_with_a_clear_message(tmp_path):
+    tree = yaml.safe_load((REPO / "config" / "multicam.yaml").read_text())
+    tree["vggts"]["ros__parameters"]["model"]["vggt_checkpoint"] = str(tmp_path / "nowhere" / "model.pt")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tree))
+    proc = subprocess.run([sys.executable, "-m", "vggts_ros.ros.node", "--ros-args", "--params-file", str(params)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "checkpoint file not found" in proc.stderr and "nowhere" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_launch_description_builds_where_launch_ros_exists():
     try:
         import launch  # noqa: F401

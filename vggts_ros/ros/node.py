@@ -28,6 +28,7 @@ from rclpy.qos import qos_profile_sensor_data
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from sensor_msgs.msg import CompressedImage, Image
 
+from vggts_ros.checkpoint import CheckpointError
 from vggts_ros.config import NodeConfig, PipelineConfig
 from vggts_ros.msg import ObjectPoints, ProjectedPoints
 from vggts_ros.ros.conversions import ImageError, check_pixels, compressed_to_rgb, fill_image, image_to_rgb, mask_from_image
@@ -555,7 +556,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         try:
             node = VGGTSNode()
-        except ValueError as exc:  # configuration problems: one clear line, no traceback
+        except (ValueError, CheckpointError) as exc:  # configuration or weights: one clear message
             print(f"vggts_node: {exc}", file=sys.stderr)
             return 2
         executor = MultiThreadedExecutor(num_threads=4)
