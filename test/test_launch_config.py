@@ -90,25 +90,25 @@ def test_node_declares_exactly_the_config_parameters():
         rclpy.shutdown()
 
 
-def test_console_script_reads_a_params_file_and_refuses_bad_ones(tmp_path):
+def _run_node_with(tmp_path, section, key, value):
+    """Start the node executable on multicam.yaml with one parameter changed."""
     tree = yaml.safe_load((REPO / "config" / "multicam.yaml").read_text())
-    tree["vggts"]["ros__parameters"]["inference"]["source_mode"] = "teleport"
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(tree))
-    proc = subprocess.run([sys.executable, "-m", "vggts_ros.ros.node", "--ros-args", "--params-file", str(bad)],
+    tree["vggts"]["ros__parameters"][section][key] = value
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tree))
+    return subprocess.run([sys.executable, "-m", "vggts_ros.ros.node", "--ros-args", "--params-file", str(params)],
                           capture_output=True, text=True, timeout=120)
+
+
+def test_console_script_reads_a_params_file_and_refuses_bad_ones(tmp_path):
+    proc = _run_node_with(tmp_path, "inference", "source_mode", "teleport")
     assert proc.returncode == 2
     assert "inference.source_mode" in proc.stderr and "teleport" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 def test_missing_checkpoints_stop_the_node_with_a_clear_message(tmp_path):
-    tree = yaml.safe_load((REPO / "config" / "multicam.yaml").read_text())
-    tree["vggts"]["ros__parameters"]["model"]["vggt_checkpoint"] = str(tmp_path / "nowhere" / "model.pt")
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(tree))
-    proc = subprocess.run([sys.executable, "-m", "vggts_ros.ros.node", "--ros-args", "--params-file", str(params)],
-                          capture_output=True, text=True, timeout=120)
+    proc = _run_node_with(tmp_path, "model", "vggt_checkpoint", str(tmp_path / "nowhere" / "model.pt"))
     assert proc.returncode == 2
     assert "checkpoint file not found" in proc.stderr and "nowhere" in proc.stderr
     assert "Traceback" not in proc.stderr
