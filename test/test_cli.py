@@ -114,3 +114,18 @@ def test_empty_mask(files):
     line = one_line_error(proc)
     assert "empty" in line and "empty_mask.png" in line
     assert not (files["dir"] / "o" / "exo_cam_mask.png").exists()
+
+
+def test_colour_image_given_as_mask_is_refused(files):
+    proc = run_cli("segment", "--source", str(files["source"]), "--source-mask", str(files["source"]),
+                   "--target", str(files["exo"]), "--out", str(files["dir"] / "o"), "--config", "test-tiny",
+                   "--device", "cpu", cwd=files["dir"])
+    line = one_line_error(proc)
+    assert "source.png is a colour image, not a mask" in line
+    # A grey mask saved with three equal channels is a mask, not a colour image.
+    grey3 = np.dstack([cv2.imread(str(files["mask"]), cv2.IMREAD_GRAYSCALE)] * 3)
+    assert cv2.imwrite(str(files["dir"] / "mask3.png"), grey3)
+    proc = run_cli("segment", "--source", str(files["source"]), "--source-mask", str(files["dir"] / "mask3.png"),
+                   "--target", str(files["exo"]), "--out", str(files["dir"] / "o"), "--backend", "geometric",
+                   cwd=files["dir"])
+    assert proc.returncode == 0, proc.stderr

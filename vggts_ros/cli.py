@@ -47,7 +47,12 @@ def read_mask(path: str) -> np.ndarray:
     if mask is None:
         raise UsageError(f"cannot read {path} as an image (is it a PNG?)")
     if mask.ndim == 3:
-        mask = mask[..., :3].max(axis=2) if mask.shape[2] >= 3 else mask[..., 0]
+        colour = mask[..., :3]
+        if colour.shape[2] == 3 and not (
+            (colour[..., 0] == colour[..., 1]).all() and (colour[..., 1] == colour[..., 2]).all()
+        ):
+            raise UsageError(f"{path} is a colour image, not a mask; give a single-channel (grey) mask, nonzero = object")
+        mask = colour[..., 0]
     return mask != 0
 
 
