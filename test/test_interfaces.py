@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PEER = REPO / "test" / "helpers" / "interface_peer.py"
@@ -165,3 +166,15 @@ def test_colcon_workspace_build_installs_interfaces_and_python(tmp_path):
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert info["msg_file"].startswith(str(site)) and info["cfg"].startswith(str(site))
     assert info["obj"] == 3
+
+    # The executable `ros2 run vggts_ros vggts_node` starts runs from the install space:
+    # given a parameters file with a mistake, it stops with the parameter named.
+    tree = yaml.safe_load((install / "share" / "vggts_ros" / "config" / "multicam.yaml").read_text())
+    tree["vggts"]["ros__parameters"]["sync"]["queue_size"] = 0
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tree))
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    proc = subprocess.run([str(install / "lib" / "vggts_ros" / "vggts_node"), "--ros-args", "--params-file", str(params)],
+                          env=env, capture_output=True, text=True, cwd=str(tmp_path), timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "sync.queue_size must be >= 1" in proc.stderr
