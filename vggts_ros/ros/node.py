@@ -553,6 +553,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     rclpy.init(args=argv)
     node = None
+    executor = None
     try:
         try:
             node = VGGTSNode()
@@ -565,10 +566,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # Order matters for a clean exit: stop the executor's threads, then the inference
+        # thread, then the context. try_shutdown also uninstalls rclpy's signal handlers
+        # when Ctrl-C already shut the context down; a handler thread left behind aborts
+        # the process at exit ("terminate called without an active exception").
+        if executor is not None:
+            executor.shutdown(timeout_sec=5)
         if node is not None:
             node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+        rclpy.try_shutdown()
     return 0
 
 
