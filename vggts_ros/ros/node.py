@@ -479,6 +479,7 @@ class VGGTSNode(Node):
         now = time.monotonic()
         stale = self.sync.stale_cameras(now)
         sync_stats = self.sync.stats()
+        sync_dropped = self.sync.dropped
         times = list(self.stats.processed_times)
         rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) >= 2 and times[-1] > times[0] else 0.0
         with self._lock:
@@ -533,7 +534,7 @@ class VGGTSNode(Node):
                 KeyValue(key="role", value=cam.role),
                 KeyValue(key="stale", value=str(is_stale).lower()),
                 KeyValue(key="received", value=str(sync_stats["received"].get(cam.name, 0))),
-                KeyValue(key="sync_dropped", value=str(self.sync.dropped.get(cam.name, 0))),
+                KeyValue(key="sync_dropped", value=str(sync_dropped.get(cam.name, 0))),
                 KeyValue(key="frames_rejected", value=str(s.frames_rejected.get(cam.name, 0))),
                 KeyValue(key="last_reject_reason", value=s.last_reject.get(cam.name, "")),
             ]
