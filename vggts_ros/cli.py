@@ -27,25 +27,27 @@ class UsageError(Exception):
     """A problem with the user's input, reported without a traceback."""
 
 
-def read_rgb(path: str) -> np.ndarray:
+def _imread(path: str, what: str, flags: int) -> np.ndarray:
     import cv2
 
     if not Path(path).is_file():
-        raise UsageError(f"image file not found: {path}")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        raise UsageError(f"{what} file not found: {path}")
+    image = cv2.imread(str(path), flags)
     if image is None:
         raise UsageError(f"cannot read {path} as an image (is it a PNG/JPEG?)")
-    return np.ascontiguousarray(image[..., ::-1])
+    return image
+
+
+def read_rgb(path: str) -> np.ndarray:
+    import cv2
+
+    return np.ascontiguousarray(_imread(path, "image", cv2.IMREAD_COLOR)[..., ::-1])
 
 
 def read_mask(path: str) -> np.ndarray:
     import cv2
 
-    if not Path(path).is_file():
-        raise UsageError(f"mask file not found: {path}")
-    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if mask is None:
-        raise UsageError(f"cannot read {path} as an image (is it a PNG?)")
+    mask = _imread(path, "mask", cv2.IMREAD_UNCHANGED)
     if mask.ndim == 3:
         colour = mask[..., :3]
         if colour.shape[2] == 3 and not (
