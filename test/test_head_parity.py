@@ -37,7 +37,7 @@ def test_weight_sums(fx, head):
     ours = weight_sums(head)
     assert sorted(ours) == sorted(fx["weight_sums"])
     for key, ref in fx["weight_sums"].items():
-        assert ours[key] == pytest.approx(ref, rel=1e-9, abs=1e-9), key
+        assert ours[key] == pytest.approx(ref, rel=1e-12, abs=1e-12), key
 
 
 def test_src_points_feat(fx):
@@ -99,3 +99,20 @@ def test_rejects_wrong_feature_size(fx, head):
     feat = fixture_features(fx)[..., :-1, :-1]
     with pytest.raises(ValueError, match="feat_map"):
         head(feat, fx["src_points"], fx["tar_points"], fx["src_masks"])
+
+
+def test_float64_head(fx, head):
+    """A ``.double()`` head computes in float64 end to end (no float32 casts on the way) and
+    gives the reference logits (no float64 reference here: the float32 fixture tolerance)."""
+    head64 = UnionSegmentationHead(head_config(fx)).eval()
+    head64.load_state_dict(head.state_dict())
+    head64 = head64.double()
+    feat = fixture_features(fx).double()
+    with torch.no_grad():
+        ctx = head64.encode(feat, fx["src_points"].double(), fx["tar_points"].double(), fx["src_masks"])
+        full0, low0 = head64.decode(ctx)
+        full1, low1 = head64.decode(ctx, low0)
+    for name, value in (("pass0_pred", full0), ("pass0_low_res", low0), ("pass1_pred", full1), ("pass1_low_res", low1)):
+        assert value.dtype == torch.float64, f"{name}: {value.dtype}"
+        assert_close_ref(value, fx[name], f"float64 {name}")
+    assert ctx.tokens.dtype == ctx.src_map.dtype == ctx.sa_pe.dtype == torch.float64

@@ -94,14 +94,20 @@ class UnionSegmentationHead(nn.Module):
     def grid(self) -> int:
         return self.cfg.img_size // 2
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """Parameter dtype: the head computes in float32, or in float64 after ``.double()``."""
+        return self.prompt_encoder.src_point_pe.weight.dtype
+
     def _mask_logits(self, src_mask: Union[Tensor, np.ndarray], device: torch.device) -> Tensor:
         m = torch.as_tensor(np.asarray(src_mask) if isinstance(src_mask, np.ndarray) else src_mask)
-        m = m.to(device=device, dtype=torch.float32)
+        m = m.to(device=device, dtype=self.dtype)
         if m.dim() == 4 and m.shape[1] == 1:
             m = m[:, 0]
         if m.dim() != 3:
             raise ValueError(f"src_mask must be [B, H, W], got {tuple(m.shape)}")
-        return torch.where(m > 0.5, MASK_LOGIT, -MASK_LOGIT).unsqueeze(1)
+        # +-MASK_LOGIT exactly, in the head's dtype.
+        return ((m > 0.5).to(m.dtype) * (2 * MASK_LOGIT) - MASK_LOGIT).unsqueeze(1)
 
     def encode(
         self,
@@ -122,14 +128,15 @@ class UnionSegmentationHead(nn.Module):
         g = self.grid
         if feat_map.dim() != 5 or feat_map.shape[1] != 2 or tuple(feat_map.shape[-2:]) != (g, g):
             raise ValueError(f"feat_map must be [B, 2, C, {g}, {g}], got {tuple(feat_map.shape)}")
-        feat_map = feat_map.float()
+        dtype = self.dtype
+        feat_map = feat_map.to(dtype)
         device = feat_map.device
-        src_points = src_points.to(device=device, dtype=torch.float32)
-        tar_points = tar_points.to(device=device, dtype=torch.float32)
+        src_points = src_points.to(device=device, dtype=dtype)
+        tar_points = tar_points.to(device=device, dtype=dtype)
         if src_points_feat is None:
             size = self.cfg.img_size
             src_points_feat = sample_point_features(feat_map[:, 0], src_points, (size, size))
-        src_points_feat = src_points_feat.to(device=device, dtype=torch.float32)
+        src_points_feat = src_points_feat.to(device=device, dtype=dtype)
 
         pe = self.prompt_encoder
         mask_logits = self._mask_logits(src_mask, device)
