@@ -49,7 +49,7 @@ import sys
 import time
 import types
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -61,7 +61,6 @@ from vggts_ros.config import (  # noqa: E402
     BackboneConfig,
     HeadConfig,
     PipelineConfig,
-    TrackHeadConfig,
     tiny_backbone,
 )
 from vggts_ros.models.aggregator import Aggregator  # noqa: E402
