@@ -222,3 +222,30 @@ def test_replay_with_the_learned_backend(tmp_path, scene):
         assert all(len(o.target_xy) == 10 and len(o.confidence) == 5 for o in pts.objects)
         (_, mask), = got[f"/vggts/{cam}/mask"]
         assert (mask.height, mask.width) == scene.image(cam).shape[:2]
+
+
+def test_output_decodes_with_the_foxglove_mcap_reader(data):
+    """A second, independent reader (mcap + mcap-ros2-support, Foxglove's own packages)
+    decodes every output topic from the schemas stored in the file alone."""
+    pytest.importorskip("mcap_ros2", reason="mcap-ros2-support is not installed")
+    from mcap.reader import make_reader
+    from mcap_ros2.decoder import DecoderFactory
+
+    out = data / "foxglove.mcap"
+    assert run_replay(data, out) == 0
+    ours = read_bag(out)
+    with open(out, "rb") as handle:
+        reader = make_reader(handle, decoder_factories=[DecoderFactory()])
+        assert reader.get_header().profile == "ros2"
+        summary = reader.get_summary()
+        assert {s.name: s.encoding for s in summary.schemas.values()}["vggts_ros/msg/ProjectedPoints"] == "ros2msg"
+        seen = {}
+        for _, channel, message, decoded in reader.iter_decoded_messages():
+            seen.setdefault(channel.topic, []).append(decoded)
+    assert sorted(seen) == sorted(ours)
+    for a, (_, b) in zip(seen["/vggts/exo1/points"], ours["/vggts/exo1/points"]):
+        assert (a.header.stamp.sec, a.header.stamp.nanosec) == (b.header.stamp.sec, b.header.stamp.nanosec)
+        assert [(o.object_id, o.label, o.area) for o in a.objects] == [(o.object_id, o.label, o.area) for o in b.objects]
+        assert np.allclose([list(o.target_xy) for o in a.objects], [list(o.target_xy) for o in b.objects])
+    a, (_, b) = seen["/vggts/exo2/mask"][0], ours["/vggts/exo2/mask"][0]
+    assert a.encoding == "mono8" and bytes(a.data) == bytes(b.data)
