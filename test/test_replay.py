@@ -11,7 +11,7 @@ pytest.importorskip("rosbags", reason="rosbags is not installed (pip install -r 
 
 from vggts_ros import bags, metrics
 from vggts_ros.cli import main
-from vggts_ros.scenes import synthetic_scene
+from vggts_ros.scenes import synthetic_scene, textureless_scene
 from vggts_ros.sync import ApproximateTimeSync
 
 FRAMES = 4
@@ -249,3 +249,38 @@ def test_output_decodes_with_the_foxglove_mcap_reader(data):
         assert np.allclose([list(o.target_xy) for o in a.objects], [list(o.target_xy) for o in b.objects])
     a, (_, b) = seen["/vggts/exo2/mask"][0], ours["/vggts/exo2/mask"][0]
     assert a.encoding == "mono8" and bytes(a.data) == bytes(b.data)
+
+
+def test_report_names_the_path_of_each_mask(tmp_path, capsys):
+    """The plain box of the textureless scene is found by the geometric fallback, and the
+    report says so for every target mask."""
+    import cv2
+
+    plain = textureless_scene(0)
+    bag = tmp_path / "plain.mcap"
+    bags.write_scene_bag(plain, bag, frames=1, gt=False)
+    cv2.imwrite(str(tmp_path / "box.png"), plain.mask("ego", 1).astype(np.uint8) * 255)
+    report = tmp_path / "r.json"
+    assert main(["replay", str(bag), "--out", str(tmp_path / "o.mcap"), "--no-progress", "--role", "ego=ego",
+                 "--source-mask", f"ego={tmp_path / 'box.png'}", "--report", str(report)]) == 0
+    rows = json.loads(report.read_text())["results"]
+    assert [(r["camera"], r["object_id"]) for r in rows] == [("exo1", 1), ("exo2", 1)]
+    # with the fallback the box is found, and the path says how
+    assert all(r["area"] > 0 and r["path"] == "scene_homography+colour" and r["reason"] == "" for r in rows)
+    capsys.readouterr()
+
+
+def test_empty_mask_reasons_are_reported(tmp_path, capsys):
+    from vggts_ros.geometric import GeometricSegmentor
+    from vggts_ros.replay import ReplayOptions, SourceMask, replay
+
+    plain = textureless_scene(0)
+    bag = tmp_path / "plain.mcap"
+    bags.write_scene_bag(plain, bag, frames=1, gt=False)
+    options = ReplayOptions(source_masks=[SourceMask("ego", plain.mask("ego", 1), None, 1, "box")],
+                            roles={"ego": "ego"}, progress=False)
+    result = replay(bag, tmp_path / "o.mcap", GeometricSegmentor(fallback=False), options)
+    assert len(result.results) == 2 and all(r["area"] == 0 for r in result.results)
+    reasons = result.empty_reasons()
+    assert sum(reasons.values()) == 2 and set(reasons) == {r["reason"] for r in result.results}
+    assert all("object" in why for why in reasons)  # e.g. "3 feature matches on the object (need 8)"

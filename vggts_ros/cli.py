@@ -188,6 +188,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
           f"written to {args.out} ({getattr(segmentor, 'name', backend)} backend; load {t_load:.1f} s, "
           f"replay {result.seconds:.1f} s)")
     print("cameras: " + ", ".join(f"{c.name} ({c.role}, {c.resolved_topic()})" for c in result.cameras))
+    empty = result.empty_reasons()
+    if empty:
+        print(f"{sum(empty.values())} of {len(result.results)} object masks are empty:")
+        for why, count in sorted(empty.items(), key=lambda kv: -kv[1]):
+            print(f"  {count:>4} x {why or 'no reason given by the backend'}")
     if result.scores:
         print(rp.format_scores(result))
     if args.report:
@@ -197,6 +202,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             sets=[dict(stamp=s.stamp, stamps=s.stamps, missing=list(s.missing)) for s in result.sets],
             outputs={k: v for k, v in result.outputs.items()},
             skipped_frames=result.skipped_frames,
+            results=result.results,
             scores=[vars(r) for r in result.scores],
             mean_iou={f"{cam}/{oid}": v for (cam, oid), v in result.mean_iou().items()},
         )

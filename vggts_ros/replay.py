@@ -99,6 +99,15 @@ class ReplayResult:
     messages_read: int
     seconds: float
     sync_stats: Dict
+    results: List[Dict] = field(default_factory=list)  # per target frame and object: path, reason, area
+
+    def empty_reasons(self) -> Dict[str, int]:
+        """Why target masks came out empty (reason -> count); '' = the backend gave none."""
+        out: Dict[str, int] = {}
+        for r in self.results:
+            if r["area"] == 0:
+                out[r["reason"]] = out.get(r["reason"], 0) + 1
+        return out
 
     def mean_iou(self) -> Dict[Tuple[str, int], float]:
         out: Dict[Tuple[str, int], List[float]] = {}
@@ -233,6 +242,7 @@ class _Replayer:
         self.scores: List[ScoreRow] = []
         self.skipped: Dict[str, int] = {c.name: 0 for c in self.cameras}
         self.reasons: Dict[str, str] = {}
+        self.results: List[Dict] = []
 
     # -- configuration against the bag
     def _topics(self) -> Dict[str, str]:
@@ -433,6 +443,10 @@ class _Replayer:
             over.header = header
             self.writer.write(f"{ns}/{camera}/overlay", over, frame.log_ns)
         self.outputs[camera].append(frame.stamp_ns)
+        for obj, res, area in sorted(entries, key=lambda e: e[0].object_id):
+            self.results.append(dict(camera=camera, stamp_ns=frame.stamp_ns, object_id=obj.object_id,
+                                     area=area, score=float(res.score), path=getattr(res, "path", ""),
+                                     reason=getattr(res, "reason", "")))
         gt = self.gt.get(camera, {}).get(frame.stamp_ns)
         if gt is None:
             return
@@ -464,7 +478,7 @@ def replay(input_path: str | Path, out_path: str | Path, segmentor, options: Rep
     finally:
         reader.close()
     return ReplayResult(rp.cameras, rp.sets, rp.outputs, rp.scores, rp.skipped, count,
-                        time.monotonic() - t0, stats)
+                        time.monotonic() - t0, stats, rp.results)
 
 
 def format_scores(result: ReplayResult) -> str:
