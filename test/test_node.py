@@ -10,6 +10,7 @@ import pytest
 rclpy = pytest.importorskip("rclpy", reason="rclpy (ros-kilted-rclpy) is not installed")
 
 from vggts_ros.config import CameraConfig, ModelConfig, NodeConfig, SyncConfig, InferenceConfig, PublishConfig  # noqa: E402
+from vggts_ros.ros import transport  # noqa: E402
 from vggts_ros.ros.player import CameraPlayer, NodeProcess, OutputCollector, PlayedCamera, Spinner, wait_until  # noqa: E402
 
 SIZES = {"ego": (240, 320), "exo1": (270, 480), "exo2": (300, 400)}  # (height, width), all different
@@ -48,6 +49,7 @@ def node_config(**inference):
 
 @pytest.fixture(scope="module")
 def graph():
+    transport.configure()  # this process publishes camera images
     rclpy.init()
     node = NodeProcess(node_config(), node_name=NODE).start()
     cams = [PlayedCamera(n, f"/test_cams/{n}/image_raw", textured(*SIZES[n], seed=i)) for i, n in enumerate(SIZES)]

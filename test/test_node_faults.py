@@ -14,6 +14,7 @@ from vggts_ros import metrics  # noqa: E402
 from vggts_ros.config import CameraConfig, InferenceConfig, ModelConfig, NodeConfig, PublishConfig, SyncConfig  # noqa: E402
 from vggts_ros.geometric import GeometricSegmentor  # noqa: E402
 from vggts_ros.ros.node import VGGTSNode  # noqa: E402
+from vggts_ros.ros import transport  # noqa: E402
 from vggts_ros.ros.player import CameraPlayer, OutputCollector, PlayedCamera, Spinner, wait_until  # noqa: E402
 from vggts_ros.scenes import synthetic_scene  # noqa: E402
 
@@ -58,6 +59,7 @@ def start(scene, segmentor, source_mode="keyframe", node_name="vggts_faults"):
 
 @pytest.fixture()
 def ros():
+    transport.configure()  # this process publishes camera images
     rclpy.init()
     yield
     rclpy.shutdown()

@@ -552,6 +552,9 @@ class VGGTSNode(Node):
 def main(argv: Optional[List[str]] = None) -> int:
     """``vggts_node [--ros-args --params-file config.yaml ...]`` (also ``ros2 run``)."""
     argv = list(sys.argv if argv is None else argv)
+    from vggts_ros.ros import transport
+
+    transport.configure()  # before the context: the node publishes images too
     rclpy.init(args=argv)
     node = None
     executor = None

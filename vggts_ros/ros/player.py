@@ -110,6 +110,7 @@ class OutputCollector(Node):
         self.overlays: Dict[str, List[Received]] = {c: [] for c in cameras}
         self.diagnostics: List[DiagnosticArray] = []
         base = f"/{node_name}"
+        self._node_name = node_name.rsplit("/", 1)[-1]
         for cam in cameras:
             self.create_subscription(Image, f"{base}/{cam}/mask", self._store(self.masks, cam), 10)
             self.create_subscription(ProjectedPoints, f"{base}/{cam}/points", self._store(self.points, cam), 10)
@@ -151,7 +152,7 @@ class OutputCollector(Node):
             arrays = list(self.diagnostics)
         for array in reversed(arrays):
             for status in array.status:
-                if status.name.endswith(": pipeline"):
+                if status.name == f"{self._node_name}: pipeline":
                     return {kv.key: kv.value for kv in status.values}
         return None
 
@@ -161,7 +162,7 @@ class OutputCollector(Node):
             arrays = list(self.diagnostics)
         for array in reversed(arrays):
             for status in array.status:
-                if status.name.endswith(f": camera {camera}"):
+                if status.name == f"{self._node_name}: camera {camera}":
                     return {kv.key: kv.value for kv in status.values}
         return None
 
