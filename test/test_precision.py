@@ -108,3 +108,36 @@ def test_model_dtype():
     assert model_dtype("float64") == torch.float64
     for mode in ("float32", "tf32", "bf16", "release"):
         assert model_dtype(mode) == torch.float32
+
+
+def test_float64_mode_runs_backbone_and_head_in_float64():
+    """to_precision(..., "float64"): every output of the backbone (tokens, features,
+    tracks) and of the head is float64, and agrees with the float32 run to float32 rounding."""
+    from vggts_ros.config import AggregatorConfig, BackboneConfig, HeadConfig, TrackHeadConfig
+    from vggts_ros.models.backbone import VGGTBackbone
+    from vggts_ros.models.deterministic import fill_deterministic
+    from vggts_ros.models.union_head import UnionSegmentationHead
+
+    agg = AggregatorConfig(img_size=56, embed_dim=32, depth=24, num_heads=2, patch_embed="conv")
+    cfg = BackboneConfig(agg, TrackHeadConfig(features=16, iters=2, corr_levels=3, hidden_size=32))
+    gen = torch.Generator().manual_seed(5)
+    images = torch.rand(1, 2, 3, 56, 56, generator=gen)
+    queries = torch.rand(1, 3, 2, generator=gen) * 55
+    head_cfg = HeadConfig(img_size=28, sa_tokens=7, embed_dim=16, blocks=1, num_heads=2)
+    outs = {}
+    for mode in ("float32", "float64"):
+        backbone = precision.to_precision(fill_deterministic(VGGTBackbone(cfg).eval(), 1), mode)
+        head = precision.to_precision(fill_deterministic(UnionSegmentationHead(head_cfg).eval(), 2), mode)
+        with torch.no_grad(), precision_context(mode, "cpu"):
+            with autocast(mode, "cpu", "backbone"):
+                out = backbone(images.to(model_dtype(mode)), queries, return_tokens=True)
+            with autocast(mode, "cpu", "head"):
+                feats = torch.nn.functional.interpolate(out.features[0], size=(14, 14))[None]
+                mask = torch.zeros(1, 28, 28)
+                mask[:, 5:15, 8:20] = 1
+                full, low = head.predict(feats, queries / 2, queries / 2, mask, refine_iterations=1)
+        outs[mode] = [out.tokens[-1], out.features, *out.coord_iters, out.vis, out.conf, full, low]
+    for i, (a, b) in enumerate(zip(outs["float32"], outs["float64"])):
+        assert a.dtype == torch.float32 and b.dtype == torch.float64, (i, a.dtype, b.dtype)
+        err = (a.double() - b).abs().max().item()
+        assert err <= 1e-3 * max(1.0, b.abs().max().item()), (i, err)
