@@ -101,3 +101,26 @@ def test_clip_section_errors():
                 dict(target_crop=(0.5, 1.2))):
         with pytest.raises(ValueError, match="clips\\."):
             ClipSection(**bad).validate()
+
+
+def test_egoexo_clips_are_consecutive_annotated_moments(tmp_path):
+    from test_egoexo_dataset import EGO, EXO, build_segswap
+    from vggts_ros.training.clips import EgoExoClips
+    from vggts_ros.training.egoexo import EgoExoPairs
+
+    root = build_segswap(tmp_path / "egoexo")
+    d = DataSection(kind="egoexo", root=str(root), split="val")
+    ds = EgoExoClips(d, ClipSection(frames=2), 112)
+    # take_a: "cup" has moments 0 and 30 (one clip per direction); "box" only one moment
+    assert len(ds) == 2
+    pairs = EgoExoPairs(d, 112, train=False)
+    by_key = {(k, direction): i for i, (k, direction) in enumerate(pairs.samples)}
+    for c in (ds[0], ds[1]):
+        direction = c["direction"]
+        assert c["tar_img"].shape == (2, 112, 112, 3) and np.isnan(c["occlusion"]).all()
+        for t, frame in enumerate(("000000", "000030")):
+            ref = pairs[by_key[(f"take_a//{EGO}//{EXO}//cup//{frame}", direction)]]
+            assert np.array_equal(c["tar_img"][t], ref["tar_img"]) and np.array_equal(c["tar_mask"][t], ref["tar_mask"])
+    assert sorted(c["direction"] for c in (ds[0], ds[1])) == ["ego2exo", "exo2ego"]
+    with pytest.raises(ValueError, match="annotated moments"):
+        EgoExoClips(d, ClipSection(frames=3), 112)
