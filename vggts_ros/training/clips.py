@@ -290,3 +290,53 @@ class ImageClips(Dataset):
                     clip["key"] = inst.name if attempt == 0 else f"{inst.name}~{attempt}"
                     return clip
         raise RuntimeError("no instance gave a usable clip (masks too small or empty?)")
+
+
+class EgoExoClips(Dataset):
+    """Ego-Exo4D clips from the SegSwap layout: ``frames`` consecutive annotated moments
+    of one (take, ego camera, exo camera, object, direction), each built exactly as the
+    pair loader builds it (:class:`vggts_ros.training.egoexo.EgoExoPairs`; its source is
+    the source camera's frame at the same moment, the node's source-tracking mode).
+    Windows start every ``stride`` moments (default: ``frames``, no overlap). Occlusion
+    is not annotated: ``occlusion`` is NaN and ``amodal_mask`` is the visible mask."""
+
+    KEYS = ("src_img", "src_mask", "src_points", "tar_img", "tar_mask", "tar_points")
+
+    def __init__(self, data: DataSection, clips: ClipSection, img_size: int, stride: Optional[int] = None) -> None:
+        from .egoexo import EgoExoPairs, split_key
+
+        self.clips = clips.validate()
+        self.pairs = EgoExoPairs(data, img_size, train=False)
+        T = int(clips.frames)
+        groups: Dict[Tuple[str, ...], List[Tuple[int, int]]] = {}
+        for i, (key, direction) in enumerate(self.pairs.samples):
+            take, ego, exo, obj, idx = split_key(key)
+            groups.setdefault((take, ego, exo, obj, direction), []).append((int(idx), i))
+        self.windows: List[List[int]] = []
+        step = max(1, int(stride or T))
+        for g in sorted(groups):
+            order = [i for _, i in sorted(groups[g])]
+            for start in range(0, len(order) - T + 1, step):
+                self.windows.append(order[start:start + T])
+        if not self.windows:
+            raise ValueError(f"no (take, cameras, object, direction) has {T} annotated moments in "
+                             f"{data.root} split {data.split!r}; lower clips.frames")
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.pairs.set_epoch(epoch)
+
+    def __getitem__(self, index) -> Dict[str, Any]:
+        if isinstance(index, tuple):
+            self.set_epoch(index[0])
+            index = index[1]
+        samples = [self.pairs[i] for i in self.windows[int(index)]]
+        out: Dict[str, Any] = {k: np.stack([s[k] for s in samples]) for k in self.KEYS}
+        out["amodal_mask"] = out["tar_mask"].copy()
+        out["occlusion"] = np.full(len(samples), np.nan, np.float32)
+        out["blurred"] = np.zeros(len(samples), bool)
+        out["key"] = samples[0]["key"] + f"+{len(samples)}"
+        out["direction"] = samples[0]["direction"]
+        return out

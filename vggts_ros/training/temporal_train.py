@@ -88,9 +88,6 @@ class TemporalTrainConfig:
     def validate(self) -> "TemporalTrainConfig":
         self.clips.validate()
         self.temporal.validate()
-        if self.base.data.kind != "self":
-            raise ValueError("temporal training synthesises clips from single images: data.kind must be 'self' "
-                             "(Ego-Exo4D clips are not built yet)")
         if not self.mode.use_memory and not self.mode.train_head:
             raise ValueError("mode.use_memory=false and mode.train_head=false leave nothing to train")
         return self
@@ -286,6 +283,23 @@ def summarise(frames: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
 # ---------------------------------------------------------------------------------------
 # trainer
 # ---------------------------------------------------------------------------------------
+def build_clips(data: DataSection, clips: ClipSection, size: int, backbone=None, env: Optional[DistEnv] = None,
+                batch_size: int = 4):
+    """``data.kind`` "self": synthetic clips from images; "egoexo": Ego-Exo4D clips (their
+    missing first-pass projections are computed with ``backbone`` first)."""
+    if data.kind == "self":
+        return ImageClips(data, clips, size)
+    if data.kind == "egoexo":
+        from .clips import EgoExoClips
+        from .runtime import ensure_projections
+
+        ds = EgoExoClips(data, clips, size)
+        if backbone is not None:
+            ensure_projections(ds.pairs, backbone, env or DistEnv(), batch_size)
+        return ds
+    raise ValueError(f"unknown data kind {data.kind!r}")
+
+
 class ClipTrainer:
     def __init__(self, cfg: TemporalTrainConfig, env: Optional[DistEnv] = None) -> None:
         self.cfg = cfg.validate()
@@ -316,10 +330,11 @@ class ClipTrainer:
         self.head.train()
         self.extractor = FeatureExtractor(self.backbone, env.device, base.run.feature_cache,
                                           base.run.feature_cache_dtype)
-        self.dataset = ImageClips(base.data, cfg.clips, self.size)
+        self.dataset = build_clips(base.data, cfg.clips, self.size, self.backbone, env, base.optim.batch_size)
         self.eval_dataset = None
         if base.eval_data is not None:
-            self.eval_dataset = ImageClips(base.eval_data, cfg.clips, self.size)
+            self.eval_dataset = build_clips(base.eval_data, cfg.clips, self.size, self.backbone, env,
+                                            base.optim.batch_size)
         bs = base.optim.batch_size
         if len(self.dataset) < bs * env.world:
             raise ValueError(f"{len(self.dataset)} training clips cannot fill one batch of {bs} on each of "
