@@ -45,7 +45,7 @@ class FrameHistory:
                 frames.clear()  # time went back: the old frames belong to another timeline
             frames.append(frame)
             newest = max(frame.stamp, frames[-1].stamp)
-            while frames and (len(frames) > self.max_frames or frames[0].stamp < newest - self.seconds):
+            while frames and (len(frames) > self.max_frames or frames[0].stamp < newest - self.seconds - 1e-9):
                 frames.popleft()
 
     def latest(self, camera: str) -> Optional[Frame]:
