@@ -129,3 +129,37 @@ def test_launch_description_builds_where_launch_ros_exists():
     description = module.generate_launch_description()
     names = {a.name for a in description.entities if hasattr(a, "name") and hasattr(a, "default_value")}
     assert "params_file" in names
+
+
+def test_node_under_a_namespace_and_another_name_loads_the_shipped_yaml():
+    """multicam.yaml is keyed '/**' with relative topics: namespace:=robot1 node_name:=arm
+    gets its parameters and subscribes to /robot1/<camera>/image_raw."""
+    import numpy as np
+
+    from vggts_ros.ros import transport
+    from vggts_ros.ros.player import CameraPlayer, NodeProcess, OutputCollector, PlayedCamera, Spinner, wait_until
+
+    transport.configure()
+    rclpy.init()
+    node = NodeProcess(NodeConfig(), node_name="robot1/arm", params_file=str(REPO / "config" / "multicam.yaml"),
+                       extra_args=["-p", "model.backend:=geometric", "-p", "model.device:=cpu"]).start()
+    rng = np.random.default_rng(0)
+    cams = [PlayedCamera(n, f"/robot1/{n}/image_raw", rng.integers(0, 255, (60, 80, 3), dtype=np.uint8))
+            for n in ("ego", "exo1", "exo2")]
+    player = CameraPlayer(cams, rate_hz=5.0, name="ns_player")
+    collector = OutputCollector("robot1/arm", ["ego", "exo1", "exo2"], name="ns_collector")
+    spinner = Spinner(player, collector)
+    try:
+        assert wait_until(lambda: collector._set.service_is_ready() or not node.alive(), 120), node.log()[-3000:]
+        assert node.alive(), node.log()[-3000:]
+        assert collector.wait_for_frames(["ego", "exo1", "exo2"], 30), node.log()[-3000:]
+        status = collector.camera_status("exo2")
+        assert status["topic"] == "/robot1/exo2/image_raw"
+        assert collector.pipeline_status()["backend"] == "geometric"
+    finally:
+        spinner.close()
+        code = node.stop()
+        player.destroy_node()
+        collector.destroy_node()
+        rclpy.shutdown()
+    assert code == 0, node.log()[-3000:]

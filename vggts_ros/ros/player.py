@@ -306,15 +306,18 @@ class NodeProcess:
     extra_args: Sequence[str] = ()
     env: Optional[Dict[str, str]] = None
     workdir: Optional[str] = None
+    params_file: Optional[str] = None  # use this file instead of writing ``cfg``
     proc: Optional[subprocess.Popen] = field(default=None, init=False)
     log_path: str = field(default="", init=False)
 
     def start(self) -> "NodeProcess":
         workdir = self.workdir or tempfile.mkdtemp(prefix="vggts_node_")
-        params = write_params_file(self.cfg, os.path.join(workdir, "params.yaml"), self.node_name)
+        params = self.params_file or write_params_file(self.cfg, os.path.join(workdir, "params.yaml"),
+                                                       self.node_name)
         self.log_path = os.path.join(workdir, "node.log")
+        namespace, _, name = self.node_name.strip("/").rpartition("/")
         cmd = [sys.executable, "-m", "vggts_ros.ros.node", "--ros-args", "--params-file", params,
-               "-r", f"__node:={self.node_name}", *self.extra_args]
+               "-r", f"__node:={name}", *(["-r", f"__ns:=/{namespace}"] if namespace else []), *self.extra_args]
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         self._log = open(self.log_path, "w", encoding="utf-8")
