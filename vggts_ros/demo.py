@@ -117,6 +117,8 @@ def run_scene(scene, model: ModelConfig, out_dir: Path, timeout: float) -> Dict:
                 latest = collector.latest("points", cam)
                 if latest is None or {o.object_id for o in latest.msg.objects} != set(ids):
                     return False
+                if collector.at_stamp("masks", cam, latest.stamp) is None:
+                    return False  # the set's mask is still on its way
             return True
 
         t_set = time.monotonic()
@@ -128,10 +130,11 @@ def run_scene(scene, model: ModelConfig, out_dir: Path, timeout: float) -> Dict:
         tiles = [overlay_masks(scene.image(scene.source), _labels(scene, scene.source))]
         titles = [f"{scene.source} (source, {scene.role(scene.source)})"]
         for cam in targets:
-            mask_msg = collector.latest("masks", cam).msg
+            points_msg = collector.latest("points", cam)
+            mask_msg = collector.at_stamp("masks", cam, points_msg.stamp).msg
             labels = np.frombuffer(bytes(mask_msg.data), np.uint8).reshape(mask_msg.height, mask_msg.width)
             points = {o.object_id: np.asarray(o.target_xy, np.float32).reshape(-1, 2)
-                      for o in collector.latest("points", cam).msg.objects}
+                      for o in points_msg.msg.objects}
             ious = []
             for oid in ids:
                 gt = scene.mask(cam, oid)

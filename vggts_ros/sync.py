@@ -206,6 +206,35 @@ class ApproximateTimeSync:
             self.emitted = 0
             self.resets = 0
 
+    def configure(self, slop: Optional[float] = None, queue_size: Optional[int] = None,
+                  stale_after: Optional[float] = None, min_cameras: Optional[int] = None,
+                  jump_threshold: Optional[float] = None, correct_offset_above: Optional[float] = None) -> None:
+        """Change settings while running (None keeps one); queued messages are kept."""
+        checks = {
+            "slop": (slop, lambda v: v >= 0 and math.isfinite(v)),
+            "queue_size": (queue_size, lambda v: int(v) >= 1),
+            "stale_after": (stale_after, lambda v: v > 0),
+            "min_cameras": (min_cameras, lambda v: 1 <= int(v) <= len(self.cameras)),
+            "jump_threshold": (jump_threshold, lambda v: v > 0 and math.isfinite(v)),
+            "correct_offset_above": (correct_offset_above, lambda v: v >= 0 and math.isfinite(v)),
+        }
+        for name, (value, ok) in checks.items():
+            if value is not None and not ok(value):
+                raise ValueError(f"{name}: invalid value {value!r}")
+        with self._lock:
+            if slop is not None:
+                self.slop = float(slop)
+            if queue_size is not None:
+                self.queue_size = int(queue_size)
+            if stale_after is not None:
+                self.stale_after = float(stale_after)
+            if min_cameras is not None:
+                self.min_cameras = int(min_cameras)
+            if jump_threshold is not None:
+                self.jump_threshold = float(jump_threshold)
+            if correct_offset_above is not None:
+                self.correct_offset_above = float(correct_offset_above)
+
     def time_jumped(self) -> None:
         """Time went back (signalled from outside): drop every queued message and the
         last-set watermark, keep counters and liveness."""
