@@ -92,6 +92,17 @@ def image_msg(array: np.ndarray, encoding: str, stamp_ns: int, frame_id: str = "
                  data=array.reshape(-1).view(np.uint8))
 
 
+def compressed_msg(rgb: np.ndarray, stamp_ns: int, frame_id: str = "", fmt: str = "png"):
+    """``sensor_msgs/msg/CompressedImage`` of an RGB image (PNG or JPEG)."""
+    import cv2
+
+    ok, data = cv2.imencode(f".{fmt}", np.ascontiguousarray(rgb[..., ::-1]))
+    if not ok:
+        raise BagError(f"cannot encode the image as {fmt}")
+    Compressed = typestore().types[COMPRESSED]
+    return Compressed(header=header(stamp_ns, frame_id), format=fmt, data=data.reshape(-1))
+
+
 def serialize(msg) -> bytes:
     return bytes(typestore().serialize_cdr(msg, msg.__msgtype__))
 
@@ -189,7 +200,8 @@ class BagWriter:
 
 def write_scene_bag(scene, path: str | Path, frames: int = 3, period: float = 0.2, jitter: float = 0.004,
                     start: float = 100.0, storage: str = "mcap", gt: bool = True, namespace: str = "/scene",
-                    mask_camera: Optional[str] = None, drop: Sequence[Tuple[str, int]] = ()) -> Dict[str, str]:
+                    mask_camera: Optional[str] = None, drop: Sequence[Tuple[str, int]] = (),
+                    compressed: bool = False, noise: float = 0.0) -> Dict[str, str]:
     """A bag of a bundled scene (``vggts_ros.scenes``) seen as still camera streams.
 
     Every camera publishes ``frames`` images at ``period`` s; camera ``k``'s stamps are
@@ -197,18 +209,28 @@ def write_scene_bag(scene, path: str | Path, frames: int = 3, period: float = 0.
     label images (value = object id) go on ``<namespace>/<camera>/gt``; with
     ``mask_camera`` that camera's labels of the first frame also go on
     ``<namespace>/<camera>/source_mask``. ``drop`` lists (camera, frame index) pairs
-    left out, as a camera that missed a frame. Returns camera name -> image topic.
+    left out, as a camera that missed a frame. ``compressed`` writes PNG
+    ``sensor_msgs/CompressedImage`` on ``.../image_raw/compressed`` instead of raw images;
+    ``noise`` adds seeded Gaussian noise of that sigma to every frame (frames differ, as
+    a real camera's do). Returns camera name -> image topic.
     """
     topics = {}
     with BagWriter(path, storage=storage) as bag:
         for i in range(frames):
             for k, name in enumerate(scene.views):
                 stamp = int(round((start + i * period + k * jitter) * 1e9))
-                topic = f"{namespace}/{name}/image_raw"
+                topic = f"{namespace}/{name}/image_raw" + ("/compressed" if compressed else "")
                 topics[name] = topic
                 if (name, i) in drop:
                     continue
-                bag.write(topic, image_msg(scene.image(name), "rgb8", stamp, name), stamp)
+                image = scene.image(name)
+                if noise > 0:
+                    rng = np.random.default_rng([i, k])
+                    image = np.clip(image + rng.normal(0.0, noise, image.shape), 0, 255).astype(np.uint8)
+                if compressed:
+                    bag.write(topic, compressed_msg(image, stamp, name), stamp)
+                else:
+                    bag.write(topic, image_msg(image, "rgb8", stamp, name), stamp)
                 labels = np.zeros(scene.image(name).shape[:2], np.uint8)
                 for oid in scene.object_ids:
                     labels[scene.mask(name, oid)] = oid
