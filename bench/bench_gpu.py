@@ -15,14 +15,14 @@ one synchronised set of 3 cameras (source + 2 targets) as the pipeline schedules
   segment_objects  the whole public call on synthetic frames (ego 704x704, 2 exo
                    960x540), including the NumPy stages (K-means, crops, recovery)
 
-Precision modes: ``float32`` (TF32 off for matmul and cuDNN), ``tf32`` (TF32 on),
-``bf16`` (aggregator under bf16 autocast, the rest float32 with TF32 off), ``release``
-(everything inside one CUDA bf16 autocast, as the released VGGT-S scripts run; the
-project's backbone still keeps its DPT/tracker in float32 by design). When
-``vggts_ros.precision.precision_context`` exists it is used; otherwise the same settings
-are applied here. ``--compile`` wraps each stage in ``torch.compile``; ``--cuda-graphs``
-captures each stage into a CUDA graph (a stage whose capture fails is timed eagerly and
-the reason printed: host copies inside a stage make capture fail).
+Precision modes (``vggts_ros.precision``): ``float32`` (TF32 off for matmul and cuDNN),
+``tf32`` (TF32 on), ``bf16`` (aggregator under bf16 autocast, the rest float32, TF32 off),
+``release`` (CUDA bf16 autocast around the backbone's aggregator and around the head, as
+the released scripts run; on a CPU it changes nothing, like the released scripts). The
+``segment_objects`` row gets the aggregator's autocast but not the head's (the pipeline
+has no precision setting of its own yet). ``--compile`` wraps each stage in
+``torch.compile``; ``--cuda-graphs`` captures each stage into a CUDA graph (a stage whose
+capture fails is timed eagerly and the reason printed).
 
 Achieved TFLOP/s = counted FLOPs (bench/flops.py: matmul/conv/attention only) / latency,
 against the device's dense peak for the mode (table ``PEAKS`` by device name, or
@@ -48,12 +48,12 @@ the time of writing; each one blocks the CPU until the GPU catches up):
                host from the NumPy logits already there).
   pipeline.py  _run ``_sync()``   explicit ``torch.cuda.synchronize`` twice per features
                group, only for the stage timings: avoidable (CUDA events).
-  models/heads/track_modules/utils.py ``to_grid_coords``: ``torch.tensor([...], device=)``
-               on every call, i.e. per correlation level per tracker iteration (7 x 4 = 28
-               blocking H2D copies per tracker call) plus 2 per call before the loop:
-               avoidable (multiply by Python floats); it also breaks CUDA-graph capture.
-  models/aggregator.py forward     ``torch.tensor(IMAGENET_MEAN/STD, device=)``, 2 H2D
-               copies per backbone pass: avoidable (Python-float arithmetic or buffers).
+  models/heads/track_modules: ``grid_scale`` builds ``torch.tensor([...], device=)`` once
+               per correlation level per tracker call (7) and ``sample_points`` twice per
+               call: small blocking H2D copies, no longer inside the iteration loop
+               (fid-models); avoidable with Python-float arithmetic.
+  models/aggregator.py forward     ``torch.tensor(IMAGENET_MEAN/STD).to(device)``, 2 H2D
+               copies per backbone pass: avoidable (Python floats or buffers).
   models/union_head/common.py ``points`` ``torch.tensor([w, h], device=)`` per point
                encoding (2 per head encode): avoidable the same way.
 """
@@ -76,6 +76,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.flops import stage_flops  # noqa: E402
+from vggts_ros import precision  # noqa: E402
 from vggts_ros.config import (  # noqa: E402
     AggregatorConfig,
     BackboneConfig,
@@ -121,39 +122,37 @@ def mode_peak(peaks: Optional[tuple], mode: str) -> Optional[float]:
 
 
 # ---------------------------------------------------------------------------------------
-# precision
+# precision (vggts_ros.precision: the project's one definition of the modes)
 # ---------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _local_precision(mode: str, device: torch.device, backbone):
-    """Fallback for ``vggts_ros.precision.precision_context`` (same meaning per mode)."""
-    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, backbone.dtype)
-    tf32 = mode == "tf32"
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
-    backbone.dtype = "bfloat16" if mode == "bf16" else "float32"
-    try:
-        if mode == "release":
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-                yield
-        else:
-            yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old[:2]
-        backbone.dtype = old[2]
+class ModeSetup:
+    """How a stage runs in one precision mode: the TF32 flags (``precision_context``), the
+    backbone's aggregator autocast dtype and the head's autocast (``precision.autocast``)."""
 
+    def __init__(self, mode: str, device: torch.device, seg) -> None:
+        self.mode, self.device, self.seg = mode, device, seg
+        p = precision.plan(mode)
+        applies = p.autocast_device is None or p.autocast_device == device.type
+        self.backbone_dtype = p.backbone_autocast if (p.backbone_autocast is not None and applies) else torch.float32
+        self.head_autocast = p.head_autocast is not None and applies
 
-def project_precision():
-    """``vggts_ros.precision.precision_context`` when the project has it, else None."""
-    try:
-        from vggts_ros.precision import precision_context
-    except ImportError:
-        return None
-    return precision_context
+    @contextlib.contextmanager
+    def active(self):
+        old = self.seg.backbone.dtype
+        self.seg.backbone.dtype = self.backbone_dtype
+        try:
+            with precision.precision_context(self.mode, self.device):
+                yield self
+        finally:
+            self.seg.backbone.dtype = old
 
+    def head(self, fn: Callable) -> Callable:
+        """``fn`` under the mode's head autocast."""
 
-def precision(mode: str, device: torch.device, backbone):
-    ctx = project_precision()
-    return ctx(mode, device) if ctx is not None else _local_precision(mode, device, backbone)
+        def run():
+            with precision.autocast(self.mode, self.device, "head"):
+                return fn()
+
+        return run
 
 
 def mode_runs_on(mode: str, device: torch.device) -> Optional[str]:
@@ -261,7 +260,8 @@ def scene(h: int, w: int, seed: int) -> np.ndarray:
     return np.ascontiguousarray(np.kron(base, np.ones((16, 16, 1), np.uint8))[:h, :w])
 
 
-def make_stages(seg, size: int, points: int, device: torch.device, objects: int) -> Dict[str, Callable]:
+def make_stages(seg, size: int, points: int, device: torch.device, objects: int, setup: "ModeSetup"
+                ) -> Dict[str, Callable]:
     """Closures over static inputs, one per stage (what a CUDA graph can replay)."""
     from vggts_ros.types import TargetView
 
@@ -278,8 +278,8 @@ def make_stages(seg, size: int, points: int, device: torch.device, objects: int)
     mask[:, size // 4 : size // 2, size // 3 : 2 * size // 3] = 1
     head, backbone = seg.head, seg.backbone
     state: Dict[str, object] = {}
-    state["ctx"] = head.encode(fmap, src, tar, mask)
-    state["low"] = head.decode(state["ctx"])[1]
+    state["ctx"] = setup.head(lambda: head.encode(fmap, src, tar, mask))()
+    state["low"] = setup.head(lambda: head.decode(state["ctx"]))()[1]
 
     ego, exo1, exo2 = scene(704, 704, 0), scene(540, 960, 1), scene(540, 960, 2)
     masks = []
@@ -294,9 +294,9 @@ def make_stages(seg, size: int, points: int, device: torch.device, objects: int)
         "first pass (backbone, 3 views)": lambda: backbone(views).features,
         f"tracker ({points} pts, 3 views)": lambda: backbone.track(feats, query),
         "features pass (backbone, 3 views)": lambda: backbone(views).features,
-        "head encode (2 targets)": lambda: head.encode(fmap, src, tar, mask),
-        "head decode (2 targets)": lambda: head.decode(state["ctx"]),
-        "head refine (2 targets)": lambda: head.decode(state["ctx"], state["low"]),
+        "head encode (2 targets)": setup.head(lambda: head.encode(fmap, src, tar, mask)),
+        "head decode (2 targets)": setup.head(lambda: head.decode(state["ctx"])),
+        "head refine (2 targets)": setup.head(lambda: head.decode(state["ctx"], state["low"])),
         f"segment_objects ({objects} obj, 3 cams)": lambda: seg.segment_objects(ego, masks, targets),
     }
 
@@ -372,20 +372,20 @@ def run(args) -> List[dict]:
 
     rows = []
     with torch.inference_mode():
-        stages = make_stages(seg, p.image_size, args.points, device, args.objects)
         for mode in args.modes:
             why = mode_runs_on(mode, device)
             if why:
                 print(f"\n[{mode}] skipped: {why}")
                 continue
             peak = args.peak_tflops if args.peak_tflops is not None else mode_peak(peaks, mode)
-            with precision(mode, device, seg.backbone):
+            setup = ModeSetup(mode, device, seg)
+            with setup.active():
+                stages = make_stages(seg, p.image_size, args.points, device, args.objects, setup)
+                if setup.head_autocast:
+                    print(f"[{mode}] segment_objects runs its head without autocast (the pipeline has no "
+                          "precision setting yet); the head rows have it")
                 for stage, fn in stages.items():
                     is_whole = stage.startswith("segment_objects")
-                    if is_whole and mode == "release" and project_precision() is None:
-                        print(f"[{mode}] {stage} skipped: the pipeline's NumPy outputs need "
-                              "vggts_ros.precision for the release autocast")
-                        continue
                     try:
                         rows.append(measure(mode, stage, fn, is_whole, device, args, fm, peak))
                     except Exception as exc:  # noqa: BLE001 - one broken stage must not hide the others

@@ -18,9 +18,15 @@ from __future__ import annotations
 from typing import Dict
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from vggts_ros.config import ModelPreset, model_preset
+if __name__ == "__main__":
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vggts_ros.config import ModelPreset, model_preset  # noqa: E402
 
 
 def _count(fn) -> int:
@@ -99,11 +105,32 @@ def set_flops(f: Dict[str, int], cameras: int = 3, objects: int = 1, refinements
     return {**{f"ours_{k}": v for k, v in ours.items()}, **{f"reference_{k}": v for k, v in ref.items()}}
 
 
-if __name__ == "__main__":  # quick look: python bench/flops.py
-    fl = stage_flops("vggt-1b")
-    for k, v in fl.items():
-        print(f"{k:<14}{v / 1e9:10.1f} GFLOP")
-    for objects in (1, 4):
-        s = set_flops(fl, 3, objects)
-        print(f"3 cameras, {objects} object(s): ours {s['ours_total'] / 1e12:.2f} TFLOP, "
-              f"reference pairwise {s['reference_total'] / 1e12:.2f} TFLOP")
+# Dense tensor-core peaks (TFLOP/s) used for the README's latency floors: (bf16, tf32).
+FLOOR_DEVICES = {
+    "H100 SXM": (989.0, 495.0),
+    "RTX 4090": (165.0, 82.6),
+    "Jetson AGX Orin 64GB": (42.5, 21.3),
+}
+
+
+def markdown_table(preset: str = "vggt-1b", cameras: int = 3, objects=(1, 4), refinements: int = 1) -> str:
+    """README table: FLOPs per set and latency floors (FLOPs / dense peak) per device."""
+    f = stage_flops(preset, views=cameras, targets=cameras - 1)
+    cols = [(o, sched) for o in objects for sched in ("ours", "reference")]
+    head = "| | " + " | ".join(f"{o} object{'s' if o > 1 else ''}, {'project' if s == 'ours' else 'reference pairwise'}"
+                              for o, s in cols) + " |"
+    lines = [head, "|" + " --- |" * (len(cols) + 1)]
+    sets = {o: set_flops(f, cameras, o, refinements) for o in objects}
+    for part, label in (("first_backbone", "first pass backbone"), ("tracker", "tracker"),
+                        ("features", "features pass backbone"), ("head", "head (encode + 2 decodes)"),
+                        ("total", "**total TFLOP**")):
+        lines.append(f"| {label} | " + " | ".join(f"{sets[o][f'{s}_{part}'] / 1e12:.2f}" for o, s in cols) + " |")
+    for dev, (bf16, tf32) in FLOOR_DEVICES.items():
+        for name, peak in (("bf16", bf16), ("TF32", tf32)):
+            lines.append(f"| {dev} {name} {peak:g} TFLOP/s: ms | "
+                         + " | ".join(f"{sets[o][f'{s}_total'] / (peak * 1e12) * 1e3:.1f}" for o, s in cols) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python bench/flops.py  -> the README's table
+    print(markdown_table())
