@@ -28,11 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from bench.flops import stage_flops  # noqa: E402
 from vggts_ros.config import HeadConfig, ModelPreset, PipelineConfig, model_preset, tiny_backbone  # noqa: E402
-from vggts_ros.models.backbone import VGGTBackbone  # noqa: E402
-from vggts_ros.models.union_head import UnionSegmentationHead  # noqa: E402
 from vggts_ros.pipeline import VGGTSegmentor  # noqa: E402
 from vggts_ros.types import TargetView  # noqa: E402
 
@@ -102,48 +100,18 @@ def time_preset(name: str, preset: ModelPreset, device: str, repeats: int):
                 segment=t_seg, stages=stages)
 
 
-@torch.no_grad()
 def count_flops(preset: ModelPreset, views_first: int = 3, points: int = 50, prompts: int = 5) -> dict:
-    """FLOPs of each pipeline piece for ``preset``'s networks, built on the meta device."""
-    size = preset.image_size
-    with torch.device("meta"):
-        backbone = VGGTBackbone(preset.backbone).eval()
-        head = UnionSegmentationHead(preset.head).eval()
-
-    def backbone_pass(views: int) -> int:
-        images = torch.empty(1, views, 3, size, size, device="meta")
-        with FlopCounterMode(display=False) as fc:
-            backbone(images)
-        return fc.get_total_flops()
-
-    def tracker(views: int, n: int) -> int:
-        feats = torch.empty(1, views, preset.backbone.track_head.features, size // 2, size // 2, device="meta")
-        with FlopCounterMode(display=False) as fc:
-            backbone.track(feats, torch.empty(1, n, 2, device="meta"))
-        return fc.get_total_flops()
-
-    g = size // 2
-    feat_map = torch.empty(1, 2, preset.head.embed_dim, g, g, device="meta")
-    pts = torch.empty(1, prompts, 2, device="meta")
-    mask = torch.empty(1, size, size, device="meta")
-    with FlopCounterMode(display=False) as fc:
-        ctx = head.encode(feat_map, pts, pts, mask)
-    encode = fc.get_total_flops()
-    with FlopCounterMode(display=False) as fc:
-        _, low = head.decode(ctx)
-    decode0 = fc.get_total_flops()
-    with FlopCounterMode(display=False) as fc:
-        head.decode(ctx, low)
-    refine = fc.get_total_flops()
+    """FLOPs of each pipeline piece for ``preset``'s networks (meta device; bench/flops.py)."""
+    f = stage_flops(preset, views=views_first, targets=max(1, views_first - 1), points=points, prompts=prompts)
     return dict(
-        first_backbone=backbone_pass(views_first),
-        tracker=tracker(2, points),
-        first_tracker=tracker(views_first, points),
-        pair_backbone=backbone_pass(2),
-        shared_backbone=backbone_pass(views_first),
-        encode=encode,
-        decode0=decode0,
-        refine=refine,
+        first_backbone=f[f"backbone_{views_first}"],
+        tracker=f["tracker_2"],
+        first_tracker=f[f"tracker_{views_first}"],
+        pair_backbone=f["backbone_2"],
+        shared_backbone=f[f"backbone_{views_first}"],
+        encode=f["encode_pair"],
+        decode0=f["decode_pair"],
+        refine=f["refine_pair"],
     )
 
 

@@ -5,6 +5,7 @@ import dataclasses
 import torch
 
 from vggts_ros.config import HeadConfig
+from vggts_ros.models.deterministic import standard_normal
 
 
 def head_config(fx) -> HeadConfig:
@@ -13,5 +14,7 @@ def head_config(fx) -> HeadConfig:
 
 
 def fixture_features(fx) -> torch.Tensor:
+    """``torch.randn(feat_shape)`` from ``feat_seed`` as the fixture generator drew it (the
+    vectorised sampler, on any CPU: see ``standard_normal``)."""
     gen = torch.Generator().manual_seed(int(fx["feat_seed"]))
-    return torch.randn(tuple(fx["feat_shape"]), generator=gen, dtype=torch.float32)
+    return standard_normal(tuple(fx["feat_shape"]), gen)

@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+import parity_tolerances as tol
 from conftest import assert_close_ref, load_fixture
 from vggts_ros.config import AggregatorConfig, from_dict
 from vggts_ros.models.aggregator import Aggregator
@@ -19,11 +20,15 @@ from vggts_ros.models.backbone import VGGTBackbone, backbone_config_from_dict
 from vggts_ros.models.deterministic import fill_deterministic, weight_sums
 from vggts_ros.models.heads.track_modules.blocks import CorrBlock
 
-COORD_TOL_PX = 1e-2
-
 
 def _images(seed: int, frames: int, height: int, width: int) -> torch.Tensor:
     return torch.rand((1, frames, 3, height, width), generator=torch.Generator().manual_seed(int(seed)))
+
+
+# The generated weights are the fixture's bit for bit on every CPU (deterministic.py), so
+# their float64 sums agree to summation-order rounding; one float32 ulp on one value of a
+# tensor already moves its sum by ~1e-8.
+WEIGHT_SUM_REL = 1e-12
 
 
 def check_weight_sums(model: torch.nn.Module, expected: dict, what: str) -> None:
@@ -36,7 +41,7 @@ def check_weight_sums(model: torch.nn.Module, expected: dict, what: str) -> None
     bad = [
         f"{k}: {got[k]!r} != {expected[k]!r}"
         for k in sorted(expected)
-        if abs(got[k] - expected[k]) > 1e-6 * max(1.0, abs(expected[k]))
+        if abs(got[k] - expected[k]) > WEIGHT_SUM_REL * max(1.0, abs(expected[k]))
     ]
     if bad:
         pytest.fail(f"{what}: deterministic weights differ for {len(bad)} key(s): {bad[:5]}")
@@ -76,6 +81,21 @@ def test_aggregator_tokens_all_layers(dinov2_fixture, dinov2_aggregator):
             assert_close_ref(ours, ref, f"{what} layer {layer}")
 
 
+def test_aggregator_float64(dinov2_fixture, dinov2_aggregator):
+    """A ``.double()`` aggregator (DINOv2 patch embed, RoPE, QK norm) runs in float64 and
+    gives the reference tokens (the fixture has no float64 run: its float32 tolerance)."""
+    model = Aggregator(from_dict(AggregatorConfig, dinov2_fixture["config"])).eval()
+    model.load_state_dict(dinov2_aggregator.state_dict())
+    model = model.double()
+    case = dinov2_fixture["cases"][-1]
+    images = _images(case["image_seed"], case["S"], case["H"], case["W"]).double()
+    with torch.no_grad():
+        tokens, _ = model(images)
+    for layer, (ours, ref) in enumerate(zip(tokens, case["tokens"])):
+        assert ours.dtype == torch.float64, f"layer {layer}: {ours.dtype}"
+        assert_close_ref(ours, ref, f"float64 layer {layer}")
+
+
 # ----------------------------------------------------------------------------- tiny track model
 
 
@@ -84,10 +104,8 @@ def track_fixture():
     return load_fixture("vggt_track_tiny.pt")
 
 
-@pytest.fixture(scope="module")
-def track_run(track_fixture):
-    """Build, fill, verify the weights, and run the tiny backbone once for all tests below."""
-    fx = track_fixture
+def _run_track_model(fx, dtype: torch.dtype):
+    """Build, fill, verify the weights, and run the tiny backbone once in ``dtype``."""
     cfg = backbone_config_from_dict(fx["config"])
     model = VGGTBackbone(cfg).eval()
     fill_deterministic(model, fx["weight_seed"])
@@ -95,26 +113,53 @@ def track_run(track_fixture):
     _, frames, _, fh, fw = fx["feature_shape"]
     stride = model.track_head.feature_extractor.down_ratio
     images = _images(fx["image_seed"], frames, fh * stride, fw * stride)
-    torch.manual_seed(0)
+    model = model.to(dtype)
     with torch.no_grad():
-        out = model(images, fx["query_points"], return_tokens=True)
+        out = model(images.to(dtype), fx["query_points"].to(dtype), return_tokens=True)
     return {"model": model, "out": out}
+
+
+@pytest.fixture(scope="module")
+def track_run(track_fixture):
+    return _run_track_model(track_fixture, torch.float32)
+
+
+@pytest.fixture(scope="module")
+def track_run64(track_fixture):
+    if "float64" not in track_fixture:
+        pytest.fail("vggt_track_tiny.pt has no 'float64' entry (regenerate the reference fixtures)")
+    return _run_track_model(track_fixture, torch.float64)
 
 
 def test_track_weight_sums(track_fixture, track_run):
     check_weight_sums(track_run["model"], track_fixture["weight_sums"], "vggt_track_tiny")
 
 
-def test_track_features(track_fixture, track_run):
-    fx, feats = track_fixture, track_run["out"].features
-    assert list(feats.shape) == list(fx["feature_shape"])
+def _check_features(feats, fx, ref, sample_tol: float, sum_tol: float, what: str) -> None:
+    assert list(feats.shape) == list(fx["feature_shape"]), what
     flat = feats.flatten()
-    assert_close_ref(flat[fx["feature_sample_index"]], fx["feature_sample"], "feature sample")
-    ref_sum, ref_abs = float(fx["feature_sum"]), float(fx["feature_abs_sum"])
+    tol.assert_within(flat[fx["feature_sample_index"]], ref["feature_sample"], sample_tol, f"{what} feature sample")
     got_sum, got_abs = float(flat.double().sum()), float(flat.double().abs().sum())
-    assert abs(got_abs - ref_abs) <= 1e-4 * max(1.0, ref_abs), f"feature abs-sum {got_abs} != {ref_abs}"
-    # Signed sums cancel, so bound them relative to the magnitude of the summed values.
-    assert abs(got_sum - ref_sum) <= 1e-4 * max(1.0, ref_abs), f"feature sum {got_sum} != {ref_sum}"
+    ref_sum, ref_abs = float(ref["feature_sum"]), float(ref["feature_abs_sum"])
+    assert abs(got_abs - ref_abs) <= sum_tol, f"{what} feature abs-sum {got_abs} != {ref_abs} (tolerance {sum_tol:.3g})"
+    assert abs(got_sum - ref_sum) <= sum_tol, f"{what} feature sum {got_sum} != {ref_sum} (tolerance {sum_tol:.3g})"
+
+
+def test_track_features(track_fixture, track_run):
+    fx = track_fixture
+    f64 = fx.get("float64")
+    sample_tol = tol.value_tolerance(fx["feature_sample"], None if f64 is None else f64["feature_sample"])
+    sum_tol = tol.sum_tolerance(fx, f64)
+    _check_features(track_run["out"].features, fx, fx, sample_tol, sum_tol, "float32")
+
+
+def test_track_features_float64(track_fixture, track_run64):
+    fx, ref = track_fixture, track_fixture["float64"]
+    feats = track_run64["out"].features
+    assert feats.dtype == torch.float64, "a .double() backbone must give float64 features"
+    _check_features(
+        feats, fx, ref, tol.f64_tolerance(ref["feature_sample"]), tol.f64_tolerance(ref["feature_abs_sum"]), "float64"
+    )
 
 
 def test_track_last_layer_tokens(track_fixture, track_run):
@@ -126,16 +171,36 @@ def test_track_last_layer_tokens(track_fixture, track_run):
 
 
 def test_track_coords_vis_conf(track_fixture, track_run):
+    """Float32: every iteration within its own data-derived tolerance (parity_tolerances)."""
+    fx = track_fixture
     out = track_run["out"]
-    ref_iters = track_fixture["coord_preds"]
+    ref_iters = fx["coord_preds"]
+    f64 = fx.get("float64")
+    tols = (
+        tol.coord_tolerances(ref_iters, f64["coord_preds"]) if f64 is not None else [tol.COORD_FLOOR_PX] * len(ref_iters)
+    )
     assert len(out.coord_iters) == len(ref_iters)
     for i, (ours, ref) in enumerate(zip(out.coord_iters, ref_iters)):
         assert ours.shape == ref.shape, f"iteration {i}: shape {tuple(ours.shape)} != {tuple(ref.shape)}"
-        err = (ours.double() - ref.double()).abs().max().item()
-        assert err <= COORD_TOL_PX, f"iteration {i}: coordinates differ by {err:.3g} px"
+        tol.assert_within(ours, ref, tols[i], f"iteration {i} coordinates (px)")
     assert torch.equal(out.coords, out.coord_iters[-1])
-    assert_close_ref(out.vis, track_fixture["vis"], "visibility")
-    assert_close_ref(out.conf, track_fixture["conf"], "confidence")
+    for key in ("vis", "conf"):
+        t = tol.value_tolerance(fx[key], None if f64 is None else f64[key])
+        tol.assert_within(getattr(out, key), fx[key], t, key)
+
+
+def test_track_coords_vis_conf_float64(track_fixture, track_run64):
+    """Float64: the reference's float64 run, every iteration to 1e-6 px."""
+    ref = track_fixture["float64"]
+    out = track_run64["out"]
+    assert len(out.coord_iters) == len(ref["coord_preds"])
+    for i, (ours, r) in enumerate(zip(out.coord_iters, ref["coord_preds"])):
+        assert ours.dtype == torch.float64, f"iteration {i}: {ours.dtype}"
+        tol.assert_within(ours, r, tol.F64_COORD_TOL_PX, f"float64 iteration {i} coordinates (px)")
+    for key in ("vis", "conf"):
+        value = getattr(out, key)
+        assert value.dtype == torch.float64, key
+        tol.assert_within(value, ref[key], tol.f64_tolerance(ref[key]), f"float64 {key}")
 
 
 # ----------------------------------------------------------------------------- correlation modes

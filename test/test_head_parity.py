@@ -37,7 +37,7 @@ def test_weight_sums(fx, head):
     ours = weight_sums(head)
     assert sorted(ours) == sorted(fx["weight_sums"])
     for key, ref in fx["weight_sums"].items():
-        assert ours[key] == pytest.approx(ref, rel=1e-9, abs=1e-9), key
+        assert ours[key] == pytest.approx(ref, rel=1e-12, abs=1e-12), key
 
 
 def test_src_points_feat(fx):
@@ -62,7 +62,9 @@ def test_pass1_refinement(fx, passes):
 def test_forward_and_predict(fx, head, passes):
     """The one-shot forward (stored point features, refinement from the stored pass-0
     logits, NumPy mask) and ``predict`` agree with the cached encode/decode path; inputs
-    are left untouched."""
+    are left untouched. The fixture's pass 1 was made with fresh point features, i.e.
+    ``identity="per_pass"`` (the accumulating default is tested in
+    test_refinement_semantics.py)."""
     feat = fixture_features(fx)
     spf = fx["src_points_feat"].clone()
     with torch.no_grad():
@@ -76,7 +78,8 @@ def test_forward_and_predict(fx, head, passes):
         )
         one = slice(0, 1)  # predict() on the first pair only, to keep the test short
         full_p, low_p = head.predict(
-            feat[one], fx["src_points"][one], fx["tar_points"][one], fx["src_masks"][one], refine_iterations=1
+            feat[one], fx["src_points"][one], fx["tar_points"][one], fx["src_masks"][one], refine_iterations=1,
+            identity="per_pass",
         )
     assert torch.equal(spf, fx["src_points_feat"])
     assert_close_ref(full1, fx["pass1_pred"], "forward pass1")
@@ -99,3 +102,20 @@ def test_rejects_wrong_feature_size(fx, head):
     feat = fixture_features(fx)[..., :-1, :-1]
     with pytest.raises(ValueError, match="feat_map"):
         head(feat, fx["src_points"], fx["tar_points"], fx["src_masks"])
+
+
+def test_float64_head(fx, head):
+    """A ``.double()`` head computes in float64 end to end (no float32 casts on the way) and
+    gives the reference logits (no float64 reference here: the float32 fixture tolerance)."""
+    head64 = UnionSegmentationHead(head_config(fx)).eval()
+    head64.load_state_dict(head.state_dict())
+    head64 = head64.double()
+    feat = fixture_features(fx).double()
+    with torch.no_grad():
+        ctx = head64.encode(feat, fx["src_points"].double(), fx["tar_points"].double(), fx["src_masks"])
+        full0, low0 = head64.decode(ctx)
+        full1, low1 = head64.decode(ctx, low0)
+    for name, value in (("pass0_pred", full0), ("pass0_low_res", low0), ("pass1_pred", full1), ("pass1_low_res", low1)):
+        assert value.dtype == torch.float64, f"{name}: {value.dtype}"
+        assert_close_ref(value, fx[name], f"float64 {name}")
+    assert ctx.tokens.dtype == ctx.src_map.dtype == ctx.sa_pe.dtype == torch.float64

@@ -105,8 +105,9 @@ class Aggregator(nn.Module):
 
         # Constants are made on the fly (not buffers) so a model built on the meta device and
         # materialised with ``to_empty`` needs nothing beyond its checkpoint.
-        mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=images.dtype).view(1, 1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=images.device, dtype=images.dtype).view(1, 1, 3, 1, 1)
+        # They are float32 values in every precision (as the published model's buffers are).
+        mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).to(images.device, images.dtype).view(1, 1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, dtype=torch.float32).to(images.device, images.dtype).view(1, 1, 3, 1, 1)
         x = (images - mean) / std
         patches = self.patch_embed(x.reshape(b * s, 3, h, w))
         c = patches.shape[-1]

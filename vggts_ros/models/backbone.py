@@ -1,8 +1,9 @@
 """The VGGT backbone used by VGGT-S: aggregator + track head, loadable from ``model.pt``.
 
 Only ``aggregator.*`` and ``track_head.*`` of the published VGGT-1B checkpoint are used;
-the camera, depth and point heads are skipped. Heads always run in float32; the
-aggregator can optionally run under bfloat16/float16 autocast.
+the camera, depth and point heads are skipped. Heads run in the parameters' precision
+(float32, or float64 after ``.double()``); the aggregator can optionally run under
+bfloat16/float16 autocast.
 """
 
 from __future__ import annotations
@@ -56,6 +57,14 @@ def autocast_context(device: torch.device, dtype: Optional[torch.dtype]):
         return torch.autocast(device_type=kind, dtype=dtype)
     except RuntimeError:
         return contextlib.nullcontext()
+
+
+def _param_dtype(module: nn.Module) -> torch.dtype:
+    """dtype of ``module``'s first floating parameter (float32 when it has none)."""
+    for p in module.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
 
 
 def backbone_config_from_dict(data: Mapping[str, Any]) -> BackboneConfig:
@@ -173,18 +182,21 @@ class VGGTBackbone(nn.Module):
         self, images: torch.Tensor, keep_layers: Optional[List[int]] = None
     ) -> Tuple[List[Optional[torch.Tensor]], int]:
         """Aggregate ``images`` (``[B,S,3,H,W]`` or ``[S,3,H,W]``, values in [0, 1]) into the
-        per-layer token list and the index where patch tokens start. Tokens are float32
-        even when the aggregator runs in reduced precision."""
-        images = self._as_batch(images).float()
+        per-layer token list and the index where patch tokens start. Images are cast to the
+        parameters' dtype; tokens come back in that dtype (float32, or float64 for a
+        ``.double()`` model) even when the aggregator runs under reduced-precision autocast."""
+        dtype = _param_dtype(self.aggregator)
+        images = self._as_batch(images).to(dtype)
         with autocast_context(images.device, self._dtype):
             tokens, start = self.aggregator(images, keep_layers=keep_layers)
-        return [t.float() if t is not None else None for t in tokens], start
+        return [t.to(dtype) if t is not None else None for t in tokens], start
 
     def features(self, tokens_list: List[torch.Tensor], images: torch.Tensor, patch_start_idx: int) -> torch.Tensor:
-        """DPT track features ``[B, S, C, H/2, W/2]`` (always float32)."""
+        """DPT track features ``[B, S, C, H/2, W/2]`` in the track head's parameter dtype."""
         images = self._as_batch(images)
+        dtype = _param_dtype(self.track_head.feature_extractor)
         with autocast_context(images.device, None):
-            tokens = [t.float() if t is not None else None for t in tokens_list]
+            tokens = [t.to(dtype) if t is not None else None for t in tokens_list]
             return self.track_head.features(tokens, images, patch_start_idx)
 
     def track(
@@ -194,8 +206,9 @@ class VGGTBackbone(nn.Module):
         all frames. Returns (coords per iteration ``[B,S,N,2]``, vis ``[B,S,N]``, conf ``[B,S,N]``)."""
         if query_points.dim() == 2:
             query_points = query_points.unsqueeze(0)
+        dtype = _param_dtype(self.track_head.tracker)
         with autocast_context(features.device, None):
-            return self.track_head.track(features.float(), query_points.float(), iters)
+            return self.track_head.track(features.to(dtype), query_points.to(dtype), iters)
 
     def needed_layers(self) -> List[int]:
         """Token layers read by the track head's DPT decoder."""

@@ -72,18 +72,20 @@ class RandomFourierPE(nn.Module):
         return torch.cat([proj.sin(), proj.cos()], dim=-1)
 
     def grid(self, h: int, w: int) -> Tensor:
-        """Encoding of the cell centres of an ``h x w`` grid, channels last ``[h, w, C]``."""
+        """Encoding of the cell centres of an ``h x w`` grid, channels last ``[h, w, C]``, in
+        the dtype of the frequency buffer (float32, or float64 for a ``.double()`` head)."""
         mat = self.positional_encoding_gaussian_matrix
-        ys = (torch.arange(h, device=mat.device, dtype=torch.float32) + 0.5) / h
-        xs = (torch.arange(w, device=mat.device, dtype=torch.float32) + 0.5) / w
+        ys = (torch.arange(h, device=mat.device, dtype=mat.dtype) + 0.5) / h
+        xs = (torch.arange(w, device=mat.device, dtype=mat.dtype) + 0.5) / w
         yy, xx = torch.meshgrid(ys, xs, indexing="ij")
         return self.encode_unit(torch.stack([xx, yy], dim=-1))
 
     def points(self, xy: Tensor, size_hw: Tuple[int, int]) -> Tensor:
         """Encode pixel coordinates ``[B, N, 2]`` (x, y) of an image of ``size_hw``."""
         h, w = size_hw
-        size = torch.tensor([float(w), float(h)], device=xy.device, dtype=torch.float32)
-        return self.encode_unit(xy.float() / size)
+        dtype = self.positional_encoding_gaussian_matrix.dtype
+        size = torch.tensor([float(w), float(h)], device=xy.device, dtype=dtype)
+        return self.encode_unit(xy.to(dtype) / size)
 
 
 class Attention(nn.Module):

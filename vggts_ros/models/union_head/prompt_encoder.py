@@ -91,6 +91,6 @@ class PromptEncoder(nn.Module):
         """Encode a previous low-resolution prediction ``[B, 1, h, w]`` (any size)."""
         side = self.mask_input_size
         resized = F.interpolate(
-            low_res.float(), size=(side, side), mode="bilinear", align_corners=False, antialias=True
+            low_res.to(self.src_point_pe.weight.dtype), size=(side, side), mode="bilinear", align_corners=False, antialias=True
         )
         return self.mask_downscaling(resized)

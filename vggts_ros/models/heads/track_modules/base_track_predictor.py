@@ -9,7 +9,7 @@ from torch import nn
 
 from ...layers.mlp import Mlp
 from .blocks import CorrBlock, EfficientUpdateFormer
-from .utils import flow_embedding, grid_pos_embed, sample_points
+from .utils import flow_embedding, flow_frequencies, grid_pos_embed, sample_points
 
 
 class BaseTrackerPredictor(nn.Module):
@@ -87,12 +87,16 @@ class BaseTrackerPredictor(nn.Module):
         track_feats = query_feat[:, None].repeat(1, s, 1, 1)  # [B, S, N, C]
         corr = CorrBlock(fmaps, num_levels=self.corr_levels, radius=self.corr_radius, mode=self.corr_mode)
 
-        # The query positions never move, so their position embedding is computed once.
-        grid = grid_pos_embed(self.transformer_dim, hh, ww, device=fmaps.device).to(fmaps.dtype)
-        pos_emb = sample_points(grid.expand(b, -1, -1, -1), query).reshape(b * n, 1, -1)
+        # The query positions never move, so their position embedding is computed once. It is a
+        # float32 table sampled in float32 in every precision, as in the published tracker.
+        grid = grid_pos_embed(self.transformer_dim, hh, ww, device=fmaps.device)
+        pos_emb = sample_points(grid.expand(b, -1, -1, -1), query).reshape(b * n, 1, -1).to(fmaps.dtype)
         del grid
         ref = self.query_ref_token
         ref = torch.cat((ref[:, :1], ref[:, 1:2].expand(-1, s - 1, -1)), dim=1).to(fmaps.dtype)
+        # Everything the loop needs on the device is built here, before it: no host-to-device
+        # copies per iteration (each would synchronise a CUDA stream).
+        freq = flow_frequencies(self.flows_emb_dim, fmaps.device)
 
         coord_preds = []
         for _ in range(iters):
@@ -101,7 +105,7 @@ class BaseTrackerPredictor(nn.Module):
             corr_emb = self.corr_mlp(corrs.permute(0, 2, 1, 3).reshape(b * n, s, -1))
             flows = (coords - coords[:, :1]).permute(0, 2, 1, 3).reshape(b * n, s, 2)
             flow_emb = torch.cat(
-                (flow_embedding(flows, self.flows_emb_dim), flows / self.max_scale, flows / self.max_scale), dim=-1
+                (flow_embedding(flows, self.flows_emb_dim, freq), flows / self.max_scale, flows / self.max_scale), dim=-1
             )
             feats_bns = track_feats.permute(0, 2, 1, 3).reshape(b * n, s, c)
             x = torch.cat((flow_emb, corr_emb, feats_bns), dim=-1) + pos_emb + ref

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .modules import AttnBlock, CrossAttnBlock
-from .utils import to_grid_coords
+from .utils import grid_scale, to_grid_coords
 
 
 class EfficientUpdateFormer(nn.Module):
@@ -111,6 +111,9 @@ class CorrBlock:
             self.pyramid.append(F.avg_pool2d(self.pyramid[-1], kernel_size=2, stride=2))
         steps = torch.linspace(-radius, radius, 2 * radius + 1, device=fmaps.device, dtype=fmaps.dtype)
         self.offsets = torch.stack(torch.meshgrid(steps, steps, indexing="ij"), dim=-1)  # [K1, K1, 2]
+        # Grid-sample scale factors of every level, built once on the device: corr_sample runs
+        # inside the tracker's iteration loop, where a host-built tensor would sync the stream.
+        self.scales = [grid_scale(*f.shape[-2:], device=fmaps.device, dtype=fmaps.dtype) for f in self.pyramid]
 
     def corr_sample(self, targets: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """``targets [B, S, N, C]``, ``coords [B, S, N, 2]`` (level-0 pixels) -> ``[B, S, N, levels*(2r+1)^2]``."""
@@ -122,7 +125,9 @@ class CorrBlock:
         for level, fmap in enumerate(self.pyramid):
             h, w = fmap.shape[-2:]
             centre = coords.reshape(b * s * n, 1, 1, 2) / (2**level)
-            window = to_grid_coords((centre + offsets[None]).detach().to(fmap.dtype), h, w)  # [BSN, K1, K1, 2]
+            window = to_grid_coords(
+                (centre + offsets[None]).detach().to(fmap.dtype), h, w, self.scales[level].to(fmap.dtype)
+            )  # [BSN, K1, K1, 2]
             if self.mode == "volume":
                 volume = torch.matmul(targets, fmap.view(b, s, c, h * w)) / scale  # [B, S, N, HW]
                 picked = F.grid_sample(

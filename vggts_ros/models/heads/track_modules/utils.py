@@ -27,19 +27,40 @@ def grid_pos_embed(dim: int, height: int, width: int, device=None) -> torch.Tens
     return torch.cat((half_x, half_y), dim=0)[None]
 
 
-def flow_embedding(xy: torch.Tensor, channels: int) -> torch.Tensor:
-    """``[..., 2] -> [..., 2*channels]``: interleaved sin/cos of x then of y, frequencies ``k*1000/channels``."""
-    freq = torch.arange(0, channels, 2, device=xy.device, dtype=torch.float32) * (1000.0 / channels)
+def flow_frequencies(channels: int, device=None) -> torch.Tensor:
+    """Frequencies ``k * 1000 / channels`` (k even, < channels) of :func:`flow_embedding`, float32."""
+    return torch.arange(0, channels, 2, device=device, dtype=torch.float32) * (1000.0 / channels)
+
+
+def flow_embedding(xy: torch.Tensor, channels: int, freq: torch.Tensor = None) -> torch.Tensor:
+    """``[..., 2] -> [..., 2*channels]``: interleaved sin/cos of x then of y, frequencies ``k*1000/channels``.
+
+    The angles are computed in ``xy``'s precision and the embedding is rounded to float32
+    (the published tracker writes it into a float32 buffer), then returned in ``xy``'s dtype.
+    ``freq`` (from :func:`flow_frequencies`) may be passed to avoid rebuilding it per call.
+    """
+    if freq is None:
+        freq = flow_frequencies(channels, xy.device)
     parts = []
     for axis in range(2):
-        a = xy[..., axis : axis + 1].float() * freq
+        a = xy[..., axis : axis + 1] * freq
         parts.append(torch.stack((a.sin(), a.cos()), dim=-1).flatten(-2))
-    return torch.cat(parts, dim=-1)
+    return torch.cat(parts, dim=-1).to(torch.float32).to(xy.dtype)
 
 
-def to_grid_coords(xy: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Pixel coordinates (x, y), 0 = first pixel centre, to ``grid_sample``'s [-1, 1] (aligned corners)."""
-    scale = torch.tensor([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)], device=xy.device, dtype=xy.dtype)
+def grid_scale(height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Per-axis factor (x, y) of :func:`to_grid_coords` for a ``height x width`` map."""
+    return torch.tensor([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)], device=device, dtype=dtype)
+
+
+def to_grid_coords(xy: torch.Tensor, height: int, width: int, scale: torch.Tensor = None) -> torch.Tensor:
+    """Pixel coordinates (x, y), 0 = first pixel centre, to ``grid_sample``'s [-1, 1] (aligned corners).
+
+    ``scale`` (from :func:`grid_scale`, on ``xy``'s device and dtype) may be precomputed so
+    that a loop does not build a host tensor on every call.
+    """
+    if scale is None:
+        scale = grid_scale(height, width, xy.device, xy.dtype)
     return xy * scale - 1
 
 
