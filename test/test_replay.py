@@ -284,3 +284,19 @@ def test_empty_mask_reasons_are_reported(tmp_path, capsys):
     reasons = result.empty_reasons()
     assert sum(reasons.values()) == 2 and set(reasons) == {r["reason"] for r in result.results}
     assert all("object" in why for why in reasons)  # e.g. "3 feature matches on the object (need 8)"
+
+
+def test_replay_with_the_node_parameters_file(data, tmp_path, capsys):
+    """--params-file: the node's YAML (relative topics, roles, sync) drives the replay."""
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "vggts:\n  ros__parameters:\n    cameras: [ego, exo1, exo2]\n"
+        "    camera:\n      ego: {topic: scene/ego/image_raw, role: ego, required: true}\n"
+        "      exo1: {topic: scene/exo1/image_raw}\n      exo2: {topic: /scene/exo2/image_raw}\n"
+        "    sync: {slop: 0.05, queue_size: 5}\n    model: {backend: geometric}\n")
+    out = tmp_path / "p.mcap"
+    assert main(["replay", str(data / "in.mcap"), "--out", str(out), "--no-progress", "--params-file", str(params),
+                 "--source-mask", f"ego={data / 'object2.png'}"]) == 0
+    printed = capsys.readouterr().out
+    assert "ego (ego, /scene/ego/image_raw), exo1 (exo, /scene/exo1/image_raw)" in printed
+    assert len(read_bag(out)["/vggts/exo2/mask"]) == FRAMES - 1

@@ -143,7 +143,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise UsageError(f"--params-file {args.params_file}: {exc}") from exc
     try:
-        cameras = [CameraConfig(c.name, c.resolved_topic(), c.role, c.compressed) for c in (node.cameras if node else [])]
+        cameras = list(node.cameras) if node else []
         for name, topic in rp.parse_pairs(args.camera, "--camera").items():
             cameras = [c for c in cameras if c.name != name] + [CameraConfig(name, topic)]
         roles = rp.parse_pairs(args.role, "--role")
@@ -187,7 +187,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     print(f"replay: {result.messages_read} camera messages, {sets} synchronised sets, {written} target masks "
           f"written to {args.out} ({getattr(segmentor, 'name', backend)} backend; load {t_load:.1f} s, "
           f"replay {result.seconds:.1f} s)")
-    print("cameras: " + ", ".join(f"{c.name} ({c.role}, {c.resolved_topic()})" for c in result.cameras))
+    print("cameras: " + ", ".join(f"{c.name} ({c.role}, {c.topic})" for c in result.cameras))
     empty = result.empty_reasons()
     if empty:
         print(f"{sum(empty.values())} of {len(result.results)} object masks are empty:")
@@ -198,7 +198,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.report:
         report = dict(
             input=str(args.input), output=str(args.out), backend=getattr(segmentor, "name", backend),
-            cameras=[dict(name=c.name, topic=c.resolved_topic(), role=c.role) for c in result.cameras],
+            cameras=[dict(name=c.name, topic=c.topic, role=c.role) for c in result.cameras],
             sets=[dict(stamp=s.stamp, stamps=s.stamps, missing=list(s.missing)) for s in result.sets],
             outputs={k: v for k, v in result.outputs.items()},
             skipped_frames=result.skipped_frames,

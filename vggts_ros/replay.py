@@ -28,6 +28,7 @@ shows images and overlays together. Ground-truth label topics are scored with
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import sys
@@ -156,6 +157,12 @@ def _labels_of(msg, what: str) -> np.ndarray:
     return _buffer(msg, 1, np.uint8)[..., 0].copy()
 
 
+def bag_topic(camera: CameraConfig) -> str:
+    """The camera's topic as recorded: absolute (a relative topic is taken from /)."""
+    topic = camera.resolved_topic()
+    return topic if topic.startswith("/") else "/" + topic
+
+
 def camera_name_from_topic(topic: str) -> str:
     """``/robot/front/image_raw`` -> ``front`` (the last part that is not an image suffix)."""
     parts = [p for p in topic.strip("/").split("/") if p]
@@ -231,7 +238,7 @@ class _Replayer:
         self.reader, self.writer, self.segmentor, self.opt = reader, writer, segmentor, options
         self.cameras = self._cameras()
         self.roles = {c.name: c.role for c in self.cameras}
-        self.topic_camera = {c.resolved_topic(): c.name for c in self.cameras}
+        self.topic_camera = {c.topic: c.name for c in self.cameras}
         self.objects: Dict[int, _Object] = {}
         self.pending: List[SourceMask] = list(options.source_masks)
         self.topic_masks: Dict[str, Dict[int, np.ndarray]] = {}  # camera -> stamp -> labels
@@ -253,7 +260,8 @@ class _Replayer:
         images = sorted(t for t, ty in topics.items() if ty in _IMAGE_TYPES)
         label_topics = set(self.opt.mask_topics.values()) | set(self.opt.gt_topics.values())
         ns = self.opt.namespace.rstrip("/") + "/"
-        cams = [CameraConfig(c.name, c.resolved_topic(), c.role, c.compressed) for c in self.opt.cameras]
+        # Bag topics are absolute; a relative camera topic (the node's default) is taken from /.
+        cams = [dataclasses.replace(c, topic=bag_topic(c)) for c in self.opt.cameras]
         if not cams:
             candidates = [t for t in images if t not in label_topics and not t.startswith(ns)]
             # Camera streams end in image_raw, image, compressed...; masks and labels do not.
@@ -268,7 +276,7 @@ class _Replayer:
             raise ReplayError(f"roles given for unknown camera(s) {unknown}; cameras: {[c.name for c in cams]}")
         for cam in cams:
             cam.role = self.opt.roles.get(cam.name, cam.role)
-            topic = cam.resolved_topic()
+            topic = cam.topic
             if topic not in topics:
                 raise ReplayError(f"camera {cam.name!r}: topic {topic} is not in the bag; its image topics are {images}")
             if topics[topic] not in _IMAGE_TYPES:
@@ -338,8 +346,13 @@ class _Replayer:
     # -- pass 2: camera streams through the synchroniser
     def run(self) -> Tuple[int, Dict]:
         s = self.opt.sync
-        sync = ApproximateTimeSync([c.name for c in self.cameras], slop=s.slop, queue_size=s.queue_size,
-                                   stale_after=s.stale_after)
+        names = [c.name for c in self.cameras]
+        sync = ApproximateTimeSync(  # as the node builds it
+            names, slop=s.slop, queue_size=s.queue_size, stale_after=s.stale_after,
+            required=[c.name for c in self.cameras if getattr(c, "required", False)],
+            min_cameras=min(getattr(s, "min_cameras", 2), len(names)),
+            **{k: getattr(s, k) for k in ("jump_threshold", "correct_offset_above") if hasattr(s, k)},
+        )
         conns = [c for c in self.reader.connections if c.topic in self.topic_camera]
         total = sum(int(getattr(c, "msgcount", 0) or 0) for c in conns)
         progress = _Progress(total, self.opt.progress)
