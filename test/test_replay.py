@@ -300,3 +300,16 @@ def test_replay_with_the_node_parameters_file(data, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "ego (ego, /scene/ego/image_raw), exo1 (exo, /scene/exo1/image_raw)" in printed
     assert len(read_bag(out)["/vggts/exo2/mask"]) == FRAMES - 1
+
+
+def test_replay_track_mode_moves_the_source_mask(data, tmp_path, scene):
+    """track: the source camera becomes a target of its own newer frames (as in the node)."""
+    out = tmp_path / "track.mcap"
+    assert main(["replay", str(data / "in.mcap"), "--out", str(out), "--no-progress", "--role", "ego=ego",
+                 "--source-mode", "track", "--source-mask", f"ego={data / 'object1.png'}"]) == 0
+    got = read_bag(out)
+    ego = got["/vggts/ego/mask"]
+    # every set after the first: the object followed into ego's newer frame, found there
+    assert len(ego) == FRAMES - 2
+    assert all(metrics.iou(scene.mask("ego", 1), labels_of(m) == 1) > 0.95 for _, m in ego)
+    assert len(got["/vggts/exo1/mask"]) == FRAMES - 1

@@ -158,6 +158,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             gt_topics=rp.parse_pairs(args.gt_topic, "--gt-topic"),
             namespace=args.namespace, overlay=not args.no_overlay, copy_inputs=not args.no_copy_inputs,
             progress=not args.no_progress, roles=roles,
+            source_mode=args.source_mode or (node.inference.source_mode if node else "keyframe"),
         )
     except rp.ReplayError as exc:
         raise UsageError(str(exc)) from exc
@@ -235,6 +236,9 @@ def add_replay_arguments(rep: argparse.ArgumentParser) -> None:
     rep.add_argument("--vggt-checkpoint", help="VGGT-1B model.pt: a path, a directory or a Hugging Face repo id")
     rep.add_argument("--head-checkpoint", help="VGGT-S main_exp.pth: a path, a directory or a repo id")
     rep.add_argument("--refine", type=int, help="refinement iterations (default 1)")
+    rep.add_argument("--source-mode", choices=("keyframe", "track"),
+                     help="keyframe (default): masks stay on the frame they were drawn on; track: they "
+                          "follow the object into the source camera's newer frames")
     rep.add_argument("--device", default="", help="auto, cpu or cuda")
     rep.add_argument("--namespace", default="/vggts", help="output topics <namespace>/<camera>/{mask,points,overlay}")
     rep.add_argument("--storage", default="mcap", choices=("mcap", "sqlite3"),

@@ -6,8 +6,9 @@ file. Camera messages are fed to :class:`vggts_ros.sync.ApproximateTimeSync` in 
 bag's order, with the recording (log) time as the synchroniser's clock, so sets come
 out as they did on the robot; the sets still queued at the end are flushed. Every set
 is processed (offline, nothing is skipped for being slow) the way the node processes
-it in ``keyframe`` mode: objects drawn on one source frame share a backend call, each
-other camera of the set is a target, the masks of a target are merged into one label
+it (``keyframe`` or ``track`` source mode): objects drawn on one source frame share a
+backend call, each other camera of the set is a target (in ``track`` mode the source
+camera's newer frame too, and the object's mask moves on to it), the masks of a target are merged into one label
 image (higher score on top) and published with the target frame's header.
 
 Objects: a PNG mask drawn on one camera's frame (given by stamp, or the camera's first
@@ -72,6 +73,7 @@ class ReplayOptions:
     mask_topics: Dict[str, str] = field(default_factory=dict)  # camera -> label topic
     gt_topics: Dict[str, str] = field(default_factory=dict)  # camera -> label topic
     roles: Dict[str, str] = field(default_factory=dict)  # camera -> role, over those of ``cameras``
+    source_mode: str = "keyframe"  # or "track": the source mask follows the object (the node's modes)
     namespace: str = "/vggts"
     overlay: bool = True
     copy_inputs: bool = True
@@ -420,8 +422,12 @@ class _Replayer:
         groups: Dict[Tuple[str, int], List[_Object]] = {}
         for obj in sorted(objects, key=lambda o: o.object_id):
             groups.setdefault((obj.camera, obj.stamp_ns), []).append(obj)
-        for (camera, _), members in groups.items():
+        track = self.opt.source_mode == "track"
+        advances = []
+        for (camera, stamp_ns), members in groups.items():
             targets = [n for n in frames if n != camera]
+            if track and camera in frames and frames[camera][0].stamp_ns > stamp_ns:
+                targets.append(camera)  # the source camera's newer frame: the object moves on
             if not targets:
                 continue
             views = [TargetView(frames[n][1], role=self.roles[n], name=n) for n in targets]
@@ -431,7 +437,12 @@ class _Replayer:
                 per_object = [self.segmentor.segment(m.image, m.mask, views) for m in members]
             for obj, results in zip(members, per_object):
                 for name, result in zip(targets, results):
+                    if name == camera:
+                        advances.append((obj, frames[name], result))
                     per_target.setdefault(name, []).append((obj, result))
+        for obj, (frame, image), result in advances:  # as the node: lost objects keep their frame
+            if result.mask.any():
+                obj.image, obj.mask, obj.stamp_ns = image, result.mask.astype(bool), frame.stamp_ns
         for name in [c.name for c in self.cameras]:
             if name in per_target:
                 self._write(name, frames[name], per_target[name])
