@@ -178,6 +178,16 @@ def test_replay_bad_input_is_named(data, capsys, extra, message):
     assert not out.exists()
 
 
+def test_bag_problems_come_before_loading_weights(data, capsys):
+    base = ["replay", str(data / "in.mcap"), "--no-progress", "--source-mask", f"ego={data / 'object1.png'}",
+            "--vggt-checkpoint", str(data / "nope" / "model.pt"), "--head-checkpoint", str(data / "nope" / "h.pth")]
+    assert main(base + ["--out", str(data / "w1.mcap"), "--gt-topic", "exo1=/typo"]) == 2
+    assert "ground-truth topic /typo is not in the bag" in capsys.readouterr().err
+    assert main(base + ["--out", str(data / "w2.mcap")]) == 2
+    assert "checkpoint file not found" in capsys.readouterr().err
+    assert not (data / "w1.mcap").exists() and not (data / "w2.mcap").exists()
+
+
 def test_replay_refuses_to_overwrite(data, capsys):
     out = data / "exists.mcap"
     out.write_bytes(b"x")

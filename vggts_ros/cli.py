@@ -175,19 +175,24 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.head_checkpoint:
         model.head_checkpoint = args.head_checkpoint
     refine = args.refine if args.refine is not None else (node.inference.refine_iterations if node else 1)
-    t0 = time.monotonic()
-    segmentor = _build(model, PipelineConfig(refine_iterations=refine))
-    t_load = time.monotonic() - t0
+    built = {}
+
+    def load():
+        t0 = time.monotonic()
+        built["segmentor"] = _build(model, PipelineConfig(refine_iterations=refine))
+        built["seconds"] = time.monotonic() - t0
+        return built["segmentor"]
 
     try:
-        result = rp.replay(args.input, args.out, segmentor, options, storage=args.storage)
+        result = rp.replay(args.input, args.out, load, options, storage=args.storage)
     except (rp.ReplayError, BagError) as exc:
         raise UsageError(str(exc)) from exc
+    segmentor, t_load = built["segmentor"], built["seconds"]
     sets = len(result.sets)
     written = sum(len(v) for v in result.outputs.values())
     print(f"replay: {result.messages_read} camera messages, {sets} synchronised sets, {written} target masks "
           f"written to {args.out} ({getattr(segmentor, 'name', backend)} backend; load {t_load:.1f} s, "
-          f"replay {result.seconds:.1f} s)")
+          f"replay {result.seconds - t_load:.1f} s)")
     print("cameras: " + ", ".join(f"{c.name} ({c.role}, {c.topic})" for c in result.cameras))
     empty = result.empty_reasons()
     if empty:

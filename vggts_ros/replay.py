@@ -486,7 +486,10 @@ class _Replayer:
 
 def replay(input_path: str | Path, out_path: str | Path, segmentor, options: ReplayOptions,
            storage: str = "mcap") -> ReplayResult:
-    """Replay ``input_path`` into ``out_path`` (a ``.mcap`` file or a rosbag2 directory)."""
+    """Replay ``input_path`` into ``out_path`` (a ``.mcap`` file or a rosbag2 directory).
+
+    ``segmentor`` is a backend, or a function returning one (called after the bag, its
+    topics and the label topics were checked, so a typo does not wait for weights)."""
     t0 = time.monotonic()
     reader = bags.open_reader(input_path)
     try:
@@ -494,6 +497,8 @@ def replay(input_path: str | Path, out_path: str | Path, segmentor, options: Rep
         try:
             rp = _Replayer(reader, writer, segmentor, options)
             rp.read_labels()
+            if not hasattr(segmentor, "segment"):  # a factory: weights load once the bag is known good
+                rp.segmentor = segmentor()
             count, stats = rp.run()
         except BaseException:
             writer.abort()
