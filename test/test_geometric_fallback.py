@@ -6,7 +6,7 @@ import pytest
 
 from vggts_ros.geometric import GeometricSegmentor
 from vggts_ros.metrics import iou
-from vggts_ros.scenes import tall_scene, textureless_scene
+from vggts_ros.scenes import tall_scene, textureless_scene, wall_scene
 from vggts_ros.types import TargetView
 
 
@@ -40,6 +40,16 @@ def test_textureless_box_is_found_by_the_fallback(seg, plain_only, textureless):
         assert 0 < new.score < 0.5  # ranked below matched features where masks overlap
         assert new.visibility.sum() >= 1 and np.isfinite(new.target_points).all()
         assert new.timings["fallback"] > 0
+
+
+def test_painted_wall_is_found(seg, plain_only):
+    """A long flat-coloured panel, cut by the source image's border, found in full."""
+    scene = wall_scene(1)
+    src, mask = scene.image("ego"), scene.mask("ego", 1)
+    for name, old, new in zip(scene.targets, plain_only.segment(src, mask, scene.target_views()),
+                              seg.segment(src, mask, scene.target_views())):
+        assert not old.mask.any() and old.reason
+        assert new.path == "scene_homography+colour" and iou(scene.mask(name, 1), new.mask) >= 0.9
 
 
 def test_textured_objects_keep_their_feature_path(seg, textureless):

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from vggts_ros.scenes import Scene, load_scene, motorcycle_scene, synthetic_scene, tall_scene, textureless_scene
+from vggts_ros.scenes import Scene, load_scene, motorcycle_scene, synthetic_scene, tall_scene, textureless_scene, wall_scene
 from vggts_ros.types import TargetView
 
 
@@ -43,7 +43,8 @@ def test_synthetic_layout_and_sizes(scene0):
 
 
 @pytest.mark.parametrize("make, seed", [(synthetic_scene, 0), (synthetic_scene, 1), (synthetic_scene, 2),
-                                        (tall_scene, 0), (tall_scene, 1), (textureless_scene, 0)])
+                                        (tall_scene, 0), (tall_scene, 1), (textureless_scene, 0),
+                                        (wall_scene, 1)])
 def test_synthetic_masks_are_exact_projections(make, seed):
     scene = make(seed)
     for cam_name, cam in scene.cameras.items():
@@ -150,7 +151,17 @@ def test_tall_scene_has_tall_boxes_and_wide_baselines():
         assert 70 <= gap <= 90, (exo, gap)
 
 
+def test_wall_scene_has_a_long_plain_panel():
+    scene = wall_scene(0)
+    corners = scene.meta["boxes"][1]
+    length, thickness = np.linalg.norm(corners[1] - corners[0]), np.linalg.norm(corners[3] - corners[0])
+    assert (length, thickness) == pytest.approx((0.8, 0.05))
+    assert np.ptp(corners[:, 2]) == pytest.approx(0.4)
+    assert scene.mask("exo1", 1).sum() > scene.mask("exo1", 2).sum()  # larger than a box there
+
+
 def test_load_scene_names():
+    assert load_scene("wall:2").name == "wall_2"
     assert load_scene("tall:1").name == "tall_1"
     assert load_scene("textureless").name == "textureless_0"
     assert load_scene(" synthetic:2 ").name == "synthetic_2"

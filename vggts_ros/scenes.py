@@ -291,6 +291,7 @@ def synthetic_scene(
     height_range: Tuple[float, float] = (0.05, 0.16),
     exo_azimuth: Tuple[float, float] = (35.0, 50.0),
     plain: Sequence[int] = (),
+    sizes: Optional[Dict[int, Tuple[float, float, float]]] = None,
 ) -> Scene:
     """Deterministic scene for ``seed``: ``n_objects`` textured boxes on a textured floor,
     camera ``ego`` (close, looking down steeply) and ``exo1..exoN`` (far, lower, spread in
@@ -298,8 +299,9 @@ def synthetic_scene(
 
     Variants (the defaults give the original scenes): box ``footprint`` ranges
     (x min, x max, y min, y max) and ``height_range`` in metres, the exo cameras' azimuth
-    offset range from the ego camera in degrees (``exo_azimuth``), and ``plain`` object
-    ids painted one flat colour (textureless: nothing for feature matching)."""
+    offset range from the ego camera in degrees (``exo_azimuth``), ``plain`` object
+    ids painted one flat colour (textureless: nothing for feature matching), and
+    ``sizes`` fixing some objects' (x, y, height) in metres."""
     if n_objects < 1 or n_exo < 1:
         raise ValueError("need at least one object and one exo camera")
     rng = np.random.default_rng(seed)
@@ -314,6 +316,8 @@ def synthetic_scene(
     for oid in range(1, n_objects + 1):
         size = (rng.uniform(footprint[0], footprint[1]), rng.uniform(footprint[2], footprint[3]),
                 rng.uniform(*height_range))
+        if sizes and oid in sizes:  # drawn all the same, so the rest of the scene stays as it was
+            size = tuple(float(v) for v in sizes[oid])
         radius = 0.5 * math.hypot(size[0], size[1])
         for _ in range(200):
             xy = rng.uniform(-0.6, 0.6, size=2)
@@ -391,17 +395,25 @@ def textureless_scene(seed: int = 0, **kwargs) -> Scene:
     return synthetic_scene(seed, plain=(1,), **kwargs)
 
 
-SCENE_KINDS = ("synthetic", "tall", "textureless", "motorcycle")
+def wall_scene(seed: int = 0, **kwargs) -> Scene:
+    """Hard case: object 1 is a painted panel (a flat-coloured wall 0.8 m long, 0.05 m
+    thick, 0.4 m high), objects 2 and 3 textured boxes."""
+    kwargs.setdefault("name", f"wall_{seed}")
+    return synthetic_scene(seed, plain=(1,), sizes={1: (0.8, 0.05, 0.4)}, **kwargs)
+
+
+SCENE_KINDS = ("synthetic", "tall", "textureless", "wall", "motorcycle")
 
 
 def load_scene(spec: str) -> Scene:
-    """``synthetic:<seed>``, ``tall:<seed>``, ``textureless:<seed>`` or ``motorcycle``."""
+    """``synthetic:<seed>``, ``tall:<seed>``, ``textureless:<seed>``, ``wall:<seed>`` or ``motorcycle``."""
     kind, _, arg = spec.strip().partition(":")
     if kind == "motorcycle":
         return motorcycle_scene()
-    makers = {"synthetic": synthetic_scene, "tall": tall_scene, "textureless": textureless_scene}
+    makers = {"synthetic": synthetic_scene, "tall": tall_scene, "textureless": textureless_scene,
+              "wall": wall_scene}
     if kind not in makers:
-        raise ValueError(f"unknown scene {spec!r}; use one of {', '.join(k + ':<seed>' for k in SCENE_KINDS[:3])} "
+        raise ValueError(f"unknown scene {spec!r}; use one of {', '.join(k + ':<seed>' for k in SCENE_KINDS[:-1])} "
                          "or motorcycle")
     try:
         seed = int(arg or 0)
