@@ -323,3 +323,27 @@ def test_replay_track_mode_moves_the_source_mask(data, tmp_path, scene):
     assert len(ego) == FRAMES - 2
     assert all(metrics.iou(scene.mask("ego", 1), labels_of(m) == 1) > 0.95 for _, m in ego)
     assert len(got["/vggts/exo1/mask"]) == FRAMES - 1
+
+
+def test_points_msg_fills_fields_added_to_the_msg_later(monkeypatch):
+    """When ObjectPoints.msg gains fields (e.g. the path and reason of each mask), the
+    replay fills those it knows and zeroes the others instead of failing."""
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    from vggts_ros.replay import _Object, points_msg
+    from vggts_ros.types import SegmentationResult
+
+    msg_dir = Path(bags.__file__).resolve().parent.parent / "msg"
+    store = get_typestore(Stores.LATEST)
+    types = get_types_from_msg((msg_dir / "ObjectPoints.msg").read_text() + "\nstring path\nstring reason\n"
+                               "float32[] extra\n", "vggts_ros/msg/ObjectPoints")
+    types.update(get_types_from_msg((msg_dir / "ProjectedPoints.msg").read_text(), "vggts_ros/msg/ProjectedPoints"))
+    store.register(types)
+    monkeypatch.setattr(bags, "_TYPESTORE", store)
+    res = SegmentationResult(mask=np.zeros((4, 4), bool), source_points=np.zeros((2, 2)), target_points=np.ones((2, 2)),
+                             visibility=np.zeros(2), confidence=np.zeros(2), path="", reason="3 feature matches")
+    obj = _Object(7, "ego", "cup", np.zeros((4, 4, 3), np.uint8), np.ones((4, 4), bool), 0)
+    msg = points_msg(bags.header(5, "exo1"), "ego", "exo1", [(obj, res, 0)])
+    back = bags.deserialize(bags.serialize(msg), "vggts_ros/msg/ProjectedPoints")
+    (o,) = back.objects
+    assert (o.object_id, o.label, o.reason, o.path, len(o.extra)) == (7, "cup", "3 feature matches", "", 0)

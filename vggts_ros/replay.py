@@ -193,13 +193,32 @@ def points_msg(header, source_camera: str, target_camera: str, entries):
     def f32(a) -> np.ndarray:
         return np.ascontiguousarray(np.asarray(a, np.float32).reshape(-1))
 
-    objects = [
-        Obj(object_id=int(obj.object_id), source_xy=f32(res.source_points), target_xy=f32(res.target_points),
-            visibility=f32(res.visibility), confidence=f32(res.confidence), score=float(res.score),
-            label=obj.label, area=int(area))
-        for obj, res, area in entries
-    ]
+    fields = [f for f in Obj.__dataclass_fields__ if not f.startswith("__")]
+    objects = []
+    for obj, res, area in entries:
+        values = dict(object_id=int(obj.object_id), source_xy=f32(res.source_points), target_xy=f32(res.target_points),
+                      visibility=f32(res.visibility), confidence=f32(res.confidence), score=float(res.score),
+                      label=obj.label, area=int(area),
+                      # filled when msg/ObjectPoints.msg has them (which path found the mask, or why not)
+                      path=str(getattr(res, "path", "")), reason=str(getattr(res, "reason", "")))
+        objects.append(Obj(**{k: values.get(k, _default(Obj, k)) for k in fields}))
     return Points(header=header, source_camera=source_camera, target_camera=target_camera, objects=objects)
+
+
+def _default(cls, name: str):
+    """Zero value of a rosbags message field (for fields this code does not know yet)."""
+    hint = str(cls.__dataclass_fields__[name].type)
+    if "ndarray" in hint:
+        return np.zeros(0, np.float32)
+    if hint.startswith("str"):
+        return ""
+    if hint.startswith("float"):
+        return 0.0
+    if hint.startswith("int") or hint.startswith("bool"):
+        return 0
+    if hint.startswith("list"):
+        return []
+    raise ReplayError(f"cannot fill field {name!r} ({hint}) of {cls.__msgtype__}")
 
 
 # ----------------------------------------------------------------------------- progress
