@@ -152,11 +152,14 @@ class _Object:
 
 
 def _labels_of(msg, what: str) -> np.ndarray:
-    from vggts_ros.ros.conversions import MASK_ENCODINGS, _buffer
-
-    if msg.encoding not in MASK_ENCODINGS:
+    """A mono8/8UC1 label image message -> ``HxW`` uint8 (value = object id)."""
+    if msg.encoding not in ("mono8", "8UC1"):
         raise ReplayError(f"{what}: label images must be mono8 or 8UC1, got {msg.encoding!r}")
-    return _buffer(msg, 1, np.uint8)[..., 0].copy()
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    data = np.frombuffer(bytes(msg.data), np.uint8)
+    if h <= 0 or w <= 0 or step < w or data.size < step * h:
+        raise ReplayError(f"{what}: a {w}x{h} label image with step {step} needs {step * h} bytes, has {data.size}")
+    return data[: step * h].reshape(h, step)[:, :w].copy()
 
 
 def bag_topic(camera: CameraConfig) -> str:
