@@ -3,7 +3,7 @@
     ros2 launch vggts_ros multicam.launch.py
     ros2 launch vggts_ros multicam.launch.py params_file:=/path/aerial_ground.yaml
     ros2 launch vggts_ros multicam.launch.py ego_topic:=/glasses/rgb exo1_topic:=/tripod/color
-    ros2 launch vggts_ros multicam.launch.py topic_remaps:="/ego/image_raw:=/a /exo2/image_raw:=/b"
+    ros2 launch vggts_ros multicam.launch.py topic_remaps:="ego/image_raw:=/a exo2/image_raw:=/b"
 
 Camera topics come from the parameters file (``camera.<name>.topic``); the topic
 arguments remap those names, so one YAML serves several rigs.
@@ -17,7 +17,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
-DEFAULT_TOPICS = {"ego_topic": "/ego/image_raw", "exo1_topic": "/exo1/image_raw", "exo2_topic": "/exo2/image_raw"}
+DEFAULT_TOPICS = {"ego_topic": "ego/image_raw", "exo1_topic": "exo1/image_raw", "exo2_topic": "exo2/image_raw"}
 
 
 def _remappings(context):

@@ -62,7 +62,9 @@ def test_pass1_refinement(fx, passes):
 def test_forward_and_predict(fx, head, passes):
     """The one-shot forward (stored point features, refinement from the stored pass-0
     logits, NumPy mask) and ``predict`` agree with the cached encode/decode path; inputs
-    are left untouched."""
+    are left untouched. The fixture's pass 1 was made with fresh point features, i.e.
+    ``identity="per_pass"`` (the accumulating default is tested in
+    test_refinement_semantics.py)."""
     feat = fixture_features(fx)
     spf = fx["src_points_feat"].clone()
     with torch.no_grad():
@@ -76,7 +78,8 @@ def test_forward_and_predict(fx, head, passes):
         )
         one = slice(0, 1)  # predict() on the first pair only, to keep the test short
         full_p, low_p = head.predict(
-            feat[one], fx["src_points"][one], fx["tar_points"][one], fx["src_masks"][one], refine_iterations=1
+            feat[one], fx["src_points"][one], fx["tar_points"][one], fx["src_masks"][one], refine_iterations=1,
+            identity="per_pass",
         )
     assert torch.equal(spf, fx["src_points_feat"])
     assert_close_ref(full1, fx["pass1_pred"], "forward pass1")

@@ -170,7 +170,7 @@ def test_colcon_workspace_build_installs_interfaces_and_python(tmp_path):
     # The executable `ros2 run vggts_ros vggts_node` starts runs from the install space:
     # given a parameters file with a mistake, it stops with the parameter named.
     tree = yaml.safe_load((install / "share" / "vggts_ros" / "config" / "multicam.yaml").read_text())
-    tree["vggts"]["ros__parameters"]["sync"]["queue_size"] = 0
+    tree["/**"]["ros__parameters"]["sync"]["queue_size"] = 0
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(tree))
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])

@@ -54,13 +54,13 @@ def test_shipped_yaml_is_complete_and_valid(path):
 
 def test_unknown_or_invalid_parameters_are_refused_by_name(tmp_path):
     tree = yaml.safe_load((REPO / "config" / "multicam.yaml").read_text())
-    tree["vggts"]["ros__parameters"]["sync"]["slopp"] = 0.1
+    tree["/**"]["ros__parameters"]["sync"]["slopp"] = 0.1
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(tree))
     with pytest.raises(ValueError, match="sync.slopp"):
         load_node_config(str(bad))
-    tree["vggts"]["ros__parameters"]["sync"].pop("slopp")
-    tree["vggts"]["ros__parameters"]["camera"]["exo1"]["role"] = "satellite"
+    tree["/**"]["ros__parameters"]["sync"].pop("slopp")
+    tree["/**"]["ros__parameters"]["camera"]["exo1"]["role"] = "satellite"
     bad.write_text(yaml.safe_dump(tree))
     with pytest.raises(ValueError, match="camera.exo1.role"):
         load_node_config(str(bad))
@@ -79,7 +79,8 @@ def test_node_declares_exactly_the_config_parameters():
     try:
         node = VGGTSNode(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
         try:
-            names = set(node.list_parameters([], 10).names) - {"use_sim_time", "start_type_description_service"}
+            names = {n for n in node.list_parameters([], 10).names
+                     if n not in ("use_sim_time", "start_type_description_service") and not n.startswith("qos_overrides.")}
             assert names == set(params)
             for key, value in params.items():
                 assert node.get_parameter(key).value == value, key
@@ -93,7 +94,7 @@ def test_node_declares_exactly_the_config_parameters():
 def _run_node_with(tmp_path, section, key, value):
     """Start the node executable on multicam.yaml with one parameter changed."""
     tree = yaml.safe_load((REPO / "config" / "multicam.yaml").read_text())
-    tree["vggts"]["ros__parameters"][section][key] = value
+    tree["/**"]["ros__parameters"][section][key] = value
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(tree))
     return subprocess.run([sys.executable, "-m", "vggts_ros.ros.node", "--ros-args", "--params-file", str(params)],
@@ -128,3 +129,37 @@ def test_launch_description_builds_where_launch_ros_exists():
     description = module.generate_launch_description()
     names = {a.name for a in description.entities if hasattr(a, "name") and hasattr(a, "default_value")}
     assert "params_file" in names
+
+
+def test_node_under_a_namespace_and_another_name_loads_the_shipped_yaml():
+    """multicam.yaml is keyed '/**' with relative topics: namespace:=robot1 node_name:=arm
+    gets its parameters and subscribes to /robot1/<camera>/image_raw."""
+    import numpy as np
+
+    from vggts_ros.ros import transport
+    from vggts_ros.ros.player import CameraPlayer, NodeProcess, OutputCollector, PlayedCamera, Spinner, wait_until
+
+    transport.configure()
+    rclpy.init()
+    node = NodeProcess(NodeConfig(), node_name="robot1/arm", params_file=str(REPO / "config" / "multicam.yaml"),
+                       extra_args=["-p", "model.backend:=geometric", "-p", "model.device:=cpu"]).start()
+    rng = np.random.default_rng(0)
+    cams = [PlayedCamera(n, f"/robot1/{n}/image_raw", rng.integers(0, 255, (60, 80, 3), dtype=np.uint8))
+            for n in ("ego", "exo1", "exo2")]
+    player = CameraPlayer(cams, rate_hz=5.0, name="ns_player")
+    collector = OutputCollector("robot1/arm", ["ego", "exo1", "exo2"], name="ns_collector")
+    spinner = Spinner(player, collector)
+    try:
+        assert wait_until(lambda: collector._set.service_is_ready() or not node.alive(), 120), node.log()[-3000:]
+        assert node.alive(), node.log()[-3000:]
+        assert collector.wait_for_frames(["ego", "exo1", "exo2"], 30), node.log()[-3000:]
+        status = collector.camera_status("exo2")
+        assert status["topic"] == "/robot1/exo2/image_raw"
+        assert collector.pipeline_status()["backend"] == "geometric"
+    finally:
+        spinner.close()
+        code = node.stop()
+        player.destroy_node()
+        collector.destroy_node()
+        rclpy.shutdown()
+    assert code == 0, node.log()[-3000:]

@@ -10,6 +10,7 @@ import pytest
 rclpy = pytest.importorskip("rclpy", reason="rclpy (ros-kilted-rclpy) is not installed")
 
 from vggts_ros.config import CameraConfig, ModelConfig, NodeConfig, SyncConfig, InferenceConfig, PublishConfig  # noqa: E402
+from vggts_ros.ros import transport  # noqa: E402
 from vggts_ros.ros.player import CameraPlayer, NodeProcess, OutputCollector, PlayedCamera, Spinner, wait_until  # noqa: E402
 
 SIZES = {"ego": (240, 320), "exo1": (270, 480), "exo2": (300, 400)}  # (height, width), all different
@@ -48,6 +49,7 @@ def node_config(**inference):
 
 @pytest.fixture(scope="module")
 def graph():
+    transport.configure()  # this process publishes camera images
     rclpy.init()
     node = NodeProcess(node_config(), node_name=NODE).start()
     cams = [PlayedCamera(n, f"/test_cams/{n}/image_raw", textured(*SIZES[n], seed=i)) for i, n in enumerate(SIZES)]
@@ -118,7 +120,9 @@ def test_masks_and_points_for_every_other_camera_then_clear_stops_them(fresh):
     assert resp.success, resp.message
     oid = resp.object_id
     assert 1 <= oid <= 255
-    assert wait_until(lambda: all(collector.count("points", n) >= 2 for n in ("exo1", "exo2")), 90), node.log()[-3000:]
+    assert wait_until(lambda: all(collector.count("points", n) >= 2 and collector.count("masks", n) >= 1
+                                   and collector.count("overlays", n) >= 1 for n in ("exo1", "exo2")), 90), \
+        node.log()[-3000:]
     published = {round(s, 6) for s in player.stamps}
     for name in ("exo1", "exo2"):
         h, w = SIZES[name]
@@ -192,9 +196,12 @@ def test_several_objects_from_different_source_cameras(fresh):
     assert wait_until(lambda: has("exo2", ego_ids | {200}) and has("exo1", ego_ids) and has("ego", {200}), 120), \
         node.log()[-3000:]
     assert collector.latest("points", "exo2").msg.source_camera == "ego,exo1"
-    labels = {o.object_id: o.label for o in collector.latest("points", "exo2").msg.objects}
+    latest = collector.latest("points", "exo2")
+    labels = {o.object_id: o.label for o in latest.msg.objects}
     assert labels == {a.object_id: "a", b.object_id: "b", 200: "c"}
-    mask = collector.latest("masks", "exo2").msg
+    # The set's mask travels separately (and is larger): wait for it.
+    assert wait_until(lambda: collector.at_stamp("masks", "exo2", latest.stamp) is not None, 30)
+    mask = collector.at_stamp("masks", "exo2", latest.stamp).msg
     values = set(np.unique(np.frombuffer(bytes(mask.data), np.uint8)).tolist())
     assert values <= {0, a.object_id, b.object_id, 200}
     one = collector.clear_objects(200)

@@ -114,11 +114,13 @@ def test_shapes_for_every_role_and_size(seg):
 
 def test_segment_objects_matches_segment_and_shares_the_first_pass(seg, exo_target):
     targets = [exo_target, TargetView(noise(100, 100, 7), role="ego")]
+    square = SOURCE[:, 20:140]  # a square source: one source view for every object
+    masks = [MASK_A[:, 20:140], MASK_B[:, 20:140]]
     counter = CallCounter(backbone=seg.backbone)
     try:
-        joint = seg.segment_objects(SOURCE, [MASK_A, MASK_B], targets)
+        joint = seg.segment_objects(square, masks, targets)
         assert counter.counts["backbone"] == 1 + 2  # shared first pass + one features pass per object
-        single = [seg.segment(SOURCE, m, targets) for m in (MASK_A, MASK_B)]
+        single = [seg.segment(square, m, targets) for m in masks]
         assert counter.counts["backbone"] == 3 + 2 * 2
     finally:
         counter.close()
@@ -131,6 +133,20 @@ def test_segment_objects_matches_segment_and_shares_the_first_pass(seg, exo_targ
             np.testing.assert_allclose(a.source_points, b.source_points, rtol=0, atol=1e-4)
     # Different objects give different prompts.
     assert not np.allclose(joint[0][0].source_points, joint[1][0].source_points)
+
+
+def test_non_square_source_views_are_shared_per_square(seg, exo_target):
+    """A non-square source is cut to the short-side square around each mask's mean: objects
+    whose squares coincide share one first pass, the others get their own."""
+    mask_c = box_mask(120, 160, 35, 60, 42, 87)  # mean x 64, as MASK_A: the same square
+    counter = CallCounter(backbone=seg.backbone)
+    try:
+        joint = seg.segment_objects(SOURCE, [MASK_A, MASK_B, mask_c], [exo_target])
+    finally:
+        counter.close()
+    assert counter.counts["backbone"] == 2 + 3  # two distinct squares + a features pass per object
+    single = seg.segment(SOURCE, MASK_B, [exo_target])[0]
+    np.testing.assert_allclose(joint[1][0].logits, single.logits, rtol=0, atol=1e-5)
 
 
 def test_refinement_reuses_the_backbone_features(seg, exo_target):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import assert_close_ref, load_fixture
-from vggts_ros import crops, prompts
+from vggts_ros import crops, prompts, transforms
 from vggts_ros.models.union_head import sample_point_features
 
 # Reference function name -> schedule name of this project.
@@ -90,29 +90,28 @@ def test_crop_sizes(fx):
 def test_square_crop_and_recovery(fx):
     c = fx["clip"]
     out_h, out_w = c["out_image"].shape[:2]
-    sq = crops.square_crop_around_points(
-        np_(c["image"]), np_(c["points"]), c["crop_size"], (out_h, out_w), mask=np_(c["mask"])
-    )
-    assert sq.meta.as_dict() == dict(c["meta"])
-    assert sq.mask_cropped == bool(c["mask_cropped"])
-    assert_image(sq.image, c["out_image"], "out_image")
-    assert_image(sq.mask, c["out_mask"], "out_mask")
-    assert_points(sq.points, c["out_points"], "out_points")
+    win = transforms.square_around_points(c["image"].shape[:2], np_(c["points"]), c["crop_size"], (out_h, out_w))
+    x1, y1, x2, y2 = win.box
+    meta = dict(x1=x1, y1=y1, x2=x2, y2=y2, crop_size=x2 - x1, ori_h=win.frame_hw[0], ori_w=win.frame_hw[1],
+                H=win.view_hw[0], W=win.view_hw[1])
+    assert meta == dict(c["meta"])
+    assert_image(win.image(np_(c["image"])), c["out_image"], "out_image")
+    assert_image(win.mask(np_(c["mask"])), c["out_mask"], "out_mask")
+    assert_points(win.points(np_(c["points"])), c["out_points"], "out_points")
 
-    logits, points = crops.recover_square_crop(c["logits"], c["out_points"], c["meta"])
+    logits = win.logits_to_frame(c["logits"])
     assert_close_ref(logits, c["recovered_logits"], "recovered_logits")
-    assert_points(points.numpy(), c["recovered_points"], "recovered_points")
-    # The same through the dataclass meta and a [1, 1, H, W] input.
-    logits2, _ = crops.recover_square_crop(c["logits"][None], None, sq.meta)
-    assert torch.equal(logits2, logits)
+    assert_points(win.points_to_frame(np_(c["out_points"])), c["recovered_points"], "recovered_points")
+    # The same from a [1, 1, H, W] input.
+    assert torch.equal(win.logits_to_frame(c["logits"][None]), logits)
 
 
 def test_crop_by_mask(fx):
     b = fx["crop_by_mask"]
-    img, mask, box = crops.crop_around_mask(np_(b["image"]), np_(b["mask"]), b["R"])
-    assert_image(img, b["out_image"], "crop_by_mask image")
-    assert_image(mask, b["out_mask"], "crop_by_mask mask")
-    x1, y1, x2, y2 = box
+    win = transforms.window_around_mask(np_(b["mask"]), b["R"])
+    assert_image(win.image(np_(b["image"])), b["out_image"], "crop_by_mask image")
+    assert_image(win.mask(np_(b["mask"])), b["out_mask"], "crop_by_mask mask")
+    x1, y1, x2, y2 = win.box
     assert 0 <= x1 < x2 <= b["mask"].shape[1] and 0 <= y1 < y2 <= b["mask"].shape[0]
 
 
@@ -130,15 +129,16 @@ def test_pipeline_letterbox(pipe):
         ("ego_mask", "ego_mask_letterbox", True),
         ("exo_image", "exo_letterbox", False),
     ):
-        out, _ = crops.letterbox(np_(pipe[image]), size, is_mask=is_mask)
+        lb = transforms.letterbox(pipe[image].shape[:2], size)
+        out = lb.mask(np_(pipe[image])) if is_mask else lb.image(np_(pipe[image]))
         assert_image(out, pipe[ref], ref)
 
 
 def test_pipeline_target_crop_stages(pipe):
     exo = np_(pipe["exo_image"])
     size = pipe["exo_letterbox"].shape[0]
-    _, lb = crops.letterbox(exo, size)
-    frame_pts = crops.letterbox_points_to_frame(np_(pipe["first_pass_projected_518"]), lb)
+    lb = transforms.letterbox(exo.shape[:2], size)
+    frame_pts = lb.reference_points_to_frame(np_(pipe["first_pass_projected_518"]))
     assert_points(frame_pts, pipe["projected_exo_pixels"], "projected_exo_pixels")
 
     k = len(pipe["projected_exo_pixels"]) - len(pipe["kept_points"])
@@ -150,19 +150,20 @@ def test_pipeline_target_crop_stages(pipe):
     assert box == pytest.approx(float(pipe["box_size"]), abs=1e-4)
     side = crops.crop_size("3x", float(pipe["box_size"]), short_side=min(exo.shape[:2]))
     assert side == pipe["crop_size"]
-    sq = crops.square_crop_around_points(exo, kept, side, pipe["target_crop_image"].shape[:2])
-    assert sq.meta.as_dict() == dict(pipe["crop_meta"])
-    assert_image(sq.image, pipe["target_crop_image"], "target_crop_image")
-    assert_points(sq.points, pipe["crop_points"], "crop_points")
+    win = transforms.square_around_points(exo.shape[:2], kept, side, pipe["target_crop_image"].shape[:2])
+    m = dict(pipe["crop_meta"])
+    assert win.box == (m["x1"], m["y1"], m["x2"], m["y2"]) and win.view_hw == (m["H"], m["W"])
+    assert_image(win.image(exo), pipe["target_crop_image"], "target_crop_image")
+    assert_points(win.points(kept), pipe["crop_points"], "crop_points")
 
     _, centers = prompts.cluster_points(np_(pipe["crop_points"]), len(pipe["target_points"]))
     assert_points(centers, pipe["target_points"], "target_points")
 
 
 def test_pipeline_source_crop_stages(pipe):
-    img, mask, _ = crops.crop_around_mask(np_(pipe["ego_letterbox"]), np_(pipe["ego_mask_letterbox"]), 2)
-    assert_image(img, pipe["source_crop_image"], "source_crop_image")
-    assert_image(mask, pipe["source_crop_mask"], "source_crop_mask")
+    win = transforms.window_around_mask(np_(pipe["ego_mask_letterbox"]), 2)
+    assert_image(win.image(np_(pipe["ego_letterbox"])), pipe["source_crop_image"], "source_crop_image")
+    assert_image(win.mask(np_(pipe["ego_mask_letterbox"])), pipe["source_crop_mask"], "source_crop_mask")
     pts = prompts.kmeans_sample_points(np_(pipe["source_crop_mask"]), len(pipe["source_points"]))
     assert_points(pts, pipe["source_points"], "source_points", ordered=False)
 
@@ -183,13 +184,11 @@ def test_square_crop_other_frame_sizes():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (720, 1280, 3), dtype=np.uint8)
     pts = np.array([[1200.0, 700.0], [1270.0, 715.0], [1250.0, 690.0]])
-    sq = crops.square_crop_around_points(img, pts, 2000, 518)  # larger than the frame
-    m = sq.meta
-    assert m.crop_size == 720 and m.x2 == 1280 and m.y1 == 0 and sq.image.shape == (518, 518, 3)
-    logits = torch.randn(1, 1, 518, 518)
-    full, back = crops.recover_square_crop(logits, torch.from_numpy(sq.points), m)
-    assert full.shape == (720, 1280) and bool((full[:, : m.x1] == -32).all())
-    assert np.abs(back.numpy() - pts).max() < 1.5
+    win = transforms.square_around_points(img.shape[:2], pts, 2000, 518)  # larger than the frame
+    assert win.box == (560, 0, 1280, 720) and win.image(img).shape == (518, 518, 3)
+    full = win.logits_to_frame(torch.randn(1, 1, 518, 518))
+    assert full.shape == (720, 1280) and bool((full[:, :560] == -32).all())
+    assert np.abs(win.points_to_frame(win.points(pts)) - pts).max() < 1e-9
 
 
 def test_sampling_edge_cases():

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from vggts_ros.scenes import Scene, motorcycle_scene, synthetic_scene
+from vggts_ros.scenes import Scene, load_scene, motorcycle_scene, synthetic_scene, tall_scene, textureless_scene, wall_scene
 from vggts_ros.types import TargetView
 
 
@@ -42,9 +42,11 @@ def test_synthetic_layout_and_sizes(scene0):
     assert small.object_ids == [1, 2]
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_synthetic_masks_are_exact_projections(seed):
-    scene = synthetic_scene(seed)
+@pytest.mark.parametrize("make, seed", [(synthetic_scene, 0), (synthetic_scene, 1), (synthetic_scene, 2),
+                                        (tall_scene, 0), (tall_scene, 1), (textureless_scene, 0),
+                                        (wall_scene, 1)])
+def test_synthetic_masks_are_exact_projections(make, seed):
+    scene = make(seed)
     for cam_name, cam in scene.cameras.items():
         masks = scene.masks[cam_name]
         assert sorted(masks) == scene.object_ids  # every object is seen in every view
@@ -114,3 +116,56 @@ def test_motorcycle_right_mask_is_the_disparity_warp(moto):
     shifted[:, :-d_med] = ml[:, d_med:]
     inter = lambda a, b: (a & b).sum() / (a | b).sum()  # noqa: E731
     assert inter(mr, shifted) > 0.75 and inter(mr, shifted) > inter(mr, ml) + 0.2
+
+
+def test_textureless_scene_is_scene_with_one_plain_box(scene0):
+    plain = textureless_scene(0)
+    assert plain.name == "textureless_0" and plain.object_ids == scene0.object_ids
+    for cam in scene0.views:  # same geometry, same other objects
+        for oid in scene0.object_ids:
+            assert np.array_equal(plain.mask(cam, oid), scene0.mask(cam, oid))
+        box = scene0.mask(cam, 1)
+        same = np.abs(plain.image(cam).astype(int) - scene0.image(cam).astype(int)).max(axis=2) <= 8
+        assert same[~cv2.dilate(box.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)].mean() > 0.99
+    # object 1 has no texture: almost no detail inside it, unlike the textured box 2
+    gray = cv2.cvtColor(plain.image("ego"), cv2.COLOR_RGB2GRAY)
+    lap = np.abs(cv2.Laplacian(gray.astype(np.float32), cv2.CV_32F))
+    def inner(oid):
+        return cv2.erode(plain.mask("ego", oid).astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    assert lap[inner(1)].mean() < 0.25 * lap[inner(2)].mean()
+    sift = cv2.SIFT_create()
+    counts = [len(sift.detect(gray, inner(oid).astype(np.uint8))) for oid in (1, 2)]
+    assert counts[0] < 8 <= counts[1], counts
+
+
+def test_tall_scene_has_tall_boxes_and_wide_baselines():
+    scene = tall_scene(0)
+    assert scene.name == "tall_0"
+    heights = [corners[:, 2].max() - corners[:, 2].min() for corners in scene.meta["boxes"].values()]
+    assert min(heights) >= 0.3 and max(heights) <= 0.5
+    def azimuth(cam):
+        c = scene.cameras[cam].center
+        return np.degrees(np.arctan2(c[1], c[0]))
+    for exo in scene.targets:
+        gap = abs((azimuth(exo) - azimuth("ego") + 180) % 360 - 180)
+        assert 70 <= gap <= 90, (exo, gap)
+
+
+def test_wall_scene_has_a_long_plain_panel():
+    scene = wall_scene(0)
+    corners = scene.meta["boxes"][1]
+    length, thickness = np.linalg.norm(corners[1] - corners[0]), np.linalg.norm(corners[3] - corners[0])
+    assert (length, thickness) == pytest.approx((0.8, 0.05))
+    assert np.ptp(corners[:, 2]) == pytest.approx(0.4)
+    assert scene.mask("exo1", 1).sum() > scene.mask("exo1", 2).sum()  # larger than a box there
+
+
+def test_load_scene_names():
+    assert load_scene("wall:2").name == "wall_2"
+    assert load_scene("tall:1").name == "tall_1"
+    assert load_scene("textureless").name == "textureless_0"
+    assert load_scene(" synthetic:2 ").name == "synthetic_2"
+    with pytest.raises(ValueError, match="unknown scene 'cube:1'"):
+        load_scene("cube:1")
+    with pytest.raises(ValueError, match="the seed must be an integer"):
+        load_scene("tall:x")

@@ -248,7 +248,8 @@ def test_reset_and_validation():
 def test_threads_every_message_accounted_for():
     cams = ["c0", "c1", "c2", "c3"]
     n = 200
-    sync = ApproximateTimeSync(cams, slop=0.005, queue_size=1000, stale_after=None)
+    # Stamps run far faster than the real clock here: no offset correction.
+    sync = ApproximateTimeSync(cams, slop=0.005, queue_size=1000, stale_after=None, correct_offset_above=0)
     results = []
     lock = threading.Lock()
     errors = []
@@ -279,3 +280,97 @@ def test_threads_every_message_accounted_for():
     assert len(used) == len(set(used)) == n * len(cams)
     assert sync.dropped == {c: 0 for c in cams}
     assert isinstance(results[0], SyncSet) and math.isclose(results[0].spread, 0.0)
+
+
+def stream(cams, times, offsets=None, latency=0.01, skip=lambda cam, t: False):
+    """Events of cameras publishing at each time t, camera clock = t - offset."""
+    offsets = offsets or {}
+    events = []
+    for t in times:
+        for j, cam in enumerate(cams):
+            if not skip(cam, t):
+                events.append((cam, r(t - offsets.get(cam, 0.0)), r(t + latency + 0.001 * j)))
+    return events
+
+
+def test_a_looped_recording_keeps_producing_after_the_loop():
+    # A 2 s bag at 10 Hz played three times: stamps go back to 0 at every loop while
+    # the arrival clock keeps running.
+    sync = ApproximateTimeSync(["a", "b", "c"], slop=0.02, stale_after=1.0)
+    events = []
+    for loop in range(3):
+        for cam, stamp, now in stream("abc", [0.1 * k for k in range(20)]):
+            events.append((cam, stamp, r(now + 2.0 * loop)))
+    sets = feed(sync, events)
+    per_loop = [sum(1 for i, _ in sets if len(events) // 3 * loop <= i < len(events) // 3 * (loop + 1)) for loop in range(3)]
+    # Each loop loses at most its first frame while the cameras restart.
+    assert per_loop[0] == 20 and per_loop[1] >= 18 and per_loop[2] >= 18, per_loop
+    assert sync.resets == 2
+    assert all(s.missing == () for _, s in sets)
+    assert sync.stats()["dropped_by_reason"]["a"]["late"] == 0
+
+
+def test_time_jump_signalled_from_outside_restarts_matching():
+    sync = ApproximateTimeSync(["a", "b"], slop=0.02, stale_after=None)
+    assert len(sync.add("a", 100.0, "a", now=0.0) + sync.add("b", 100.0, "b", now=0.0)) == 1
+    sync.time_jumped()
+    # Older stamps (less than jump_threshold back, so no self-detection) are accepted again.
+    assert [s.stamps for s in sync.add("a", 99.5, "a", now=0.1) + sync.add("b", 99.5, "b", now=0.1)] == [
+        {"a": 99.5, "b": 99.5}]
+    assert sync.resets == 1
+
+
+def test_one_camera_with_a_clock_offset_is_corrected_and_reported():
+    # c stamps with its own clock, 0.5 s behind; slop is 20 ms.
+    sync = ApproximateTimeSync(["a", "b", "c"], slop=0.02, stale_after=1.0)
+    events = stream("abc", [r(0.1 * k) for k in range(40)], offsets={"c": 0.5})
+    sets = feed(sync, events)
+    offsets = sync.clock_offsets()
+    assert offsets["a"] == pytest.approx(0.0, abs=0.005) and offsets["b"] == pytest.approx(0.0, abs=0.005)
+    assert offsets["c"] == pytest.approx(0.5, abs=0.005)
+    assert sync.applied_offsets()["c"] == pytest.approx(0.5, abs=0.005)
+    full = [s for _, s in sets if s.missing == ()]
+    # Once 5 messages gave the estimate, every frame makes a full set; the stamps
+    # reported are the cameras' own.
+    assert len(full) >= 30
+    for s in full:
+        assert s.stamps["c"] == pytest.approx(s.stamps["a"] - 0.5, abs=1e-6)
+    assert sync.unmatched_cameras(now=4.0) == ()
+
+
+def test_small_uncorrected_offset_stops_being_waited_for_and_is_named():
+    # c is 0.05 s off (half a frame): beyond slop, below the correction threshold (it
+    # could be latency).
+    sync = ApproximateTimeSync(["a", "b", "c"], slop=0.02, stale_after=0.5)
+    events = stream("abc", [r(0.1 * k) for k in range(40)], offsets={"c": 0.05})
+    sets = feed(sync, events)
+    assert sync.applied_offsets()["c"] == 0.0
+    assert sync.unmatched_cameras(now=4.0) == ("c",)
+    assert sync.stale_cameras(now=4.0) == ()
+    # a and b keep going without c (only the first 0.5 s may be lost waiting for it).
+    assert len(sets) >= 30 and all(s.missing == ("c",) for _, s in sets[-25:])
+
+
+def test_a_future_stamped_message_is_dropped_and_does_not_reduce_the_rate():
+    times = [r(0.1 * k) for k in range(40)]
+    clean = feed(ApproximateTimeSync(["a", "b", "c"], slop=0.02, stale_after=1.0), stream("abc", times))
+    sync = ApproximateTimeSync(["a", "b", "c"], slop=0.02, stale_after=1.0)
+    events = stream("abc", times)
+    events.insert(30, ("b", 1000.0, events[29][2]))  # one frame stamped 1000 s ahead
+    sets = feed(sync, events)
+    assert len(sets) == len(clean) == 40
+    assert sync.stats()["dropped_by_reason"]["b"]["future"] == 1
+    assert [s.stamps for _, s in sets] == [s.stamps for _, s in clean]
+
+
+def test_a_lasting_jump_forward_is_accepted_after_three_messages():
+    sync = ApproximateTimeSync(["a", "b"], slop=0.02, stale_after=None, correct_offset_above=0)
+    for k in range(10):
+        sync.add("a", r(0.1 * k), "a", now=r(0.1 * k))
+        sync.add("b", r(0.1 * k), "b", now=r(0.1 * k))
+    out = []
+    for k in range(10, 20):  # both cameras' clocks were set 100 s forward
+        out += sync.add("a", r(100 + 0.1 * k), "a", now=r(0.1 * k))
+        out += sync.add("b", r(100 + 0.1 * k), "b", now=r(0.1 * k))
+    assert sync.stats()["dropped_by_reason"]["a"]["future"] == 2
+    assert [round(s.stamp, 6) for s in out] == [r(100 + 0.1 * k) for k in range(12, 20)]

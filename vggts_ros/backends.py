@@ -9,20 +9,8 @@ from __future__ import annotations
 from typing import Optional
 
 from vggts_ros.config import BACKENDS, ModelConfig, PipelineConfig
+from vggts_ros.device import resolve_device  # noqa: F401  (re-exported: the node imports it from here)
 from vggts_ros.types import Segmentor
-
-
-def resolve_device(name: str) -> str:
-    """``auto`` picks CUDA when present; asking for CUDA without it is an error."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("model.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise ValueError(f"model.device must be auto, cpu or cuda, got {name!r}")
-    return name
 
 
 def create_segmentor(model: ModelConfig, pipeline: Optional[PipelineConfig] = None) -> Segmentor:

@@ -26,11 +26,81 @@ def _looks_like_repo_id(source: str) -> bool:
     return len(parts) == 2 and all(parts) and not source.startswith((".", "/", "~"))
 
 
+# Where each published file goes, to name the option in messages.
+_OPTIONS = {
+    "model.pt": "--vggt-checkpoint (node: model.vggt_checkpoint)",
+    "main_exp.pth": "--head-checkpoint (node: model.head_checkpoint)",
+}
+PROBE_TIMEOUT = 1.0  # seconds to decide whether the Hugging Face endpoint is reachable
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) set, read now rather than at import."""
+    return _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache, from ``HF_HUB_CACHE`` / ``HF_HOME`` as they are now."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.path.expanduser(os.environ["HF_HUB_CACHE"]))
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    return Path(os.path.expanduser(home)) / "hub"
+
+
+def hub_endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def endpoint_reachable(url: str, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Can a TCP connection to ``url``'s host (or to the HTTPS proxy) open within ``timeout``?
+
+    Runs in a daemon thread so that a hanging name lookup cannot hold the caller longer.
+    """
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+
+    proxy = next((os.environ[k] for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+                  if os.environ.get(k)), "")
+    target = urlsplit(proxy if "://" in proxy else (f"http://{proxy}" if proxy else url))
+    host = target.hostname
+    port = target.port or (443 if target.scheme == "https" else 80)
+    if not host:
+        return False
+    result = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, name="hf-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 0.2)
+    return bool(result and result[0])
+
+
+def _offline_error(source: str, filename: str, cache: Path, why: str) -> CheckpointError:
+    option = _OPTIONS.get(filename, "the checkpoint option")
+    return CheckpointError(
+        f"{filename} of Hugging Face repo {source!r} is not in the local cache ({cache}) and {why}. "
+        f"Download https://huggingface.co/{source}/resolve/main/{filename} on a machine with network "
+        f"access and pass its local path (the file, or the directory holding it) with {option}"
+    )
+
+
 def resolve_checkpoint(source: str | os.PathLike, filename: str) -> Path:
     """Turn a local file, a local directory or a Hugging Face repo id into a file path.
 
-    Downloads only happen for repo ids that are not local paths; without a network (or
-    without ``huggingface_hub``) the error says what to do instead.
+    A repo id is looked up in the local Hugging Face cache first (no network). Otherwise,
+    with ``HF_HUB_OFFLINE`` set or the endpoint unreachable within about a second, the
+    error comes at once (no download retries) and names the local path option to use.
     """
     if source is None or str(source) == "":
         raise CheckpointError("no checkpoint given")
@@ -45,18 +115,33 @@ def resolve_checkpoint(source: str | os.PathLike, filename: str) -> Path:
     if not _looks_like_repo_id(str(source)):
         raise CheckpointError(f"checkpoint file not found: {path}")
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise CheckpointError(
             f"{source!r} is not a local file and huggingface_hub is not installed; "
             f"download {filename} from https://huggingface.co/{source} and pass its path"
+            + (f" with {_OPTIONS[filename]}" if filename in _OPTIONS else "")
         ) from exc
+    cache = hub_cache_dir()
     try:
-        return Path(hf_hub_download(repo_id=str(source), filename=filename))
+        cached = try_to_load_from_cache(str(source), filename, cache_dir=str(cache))
+    except Exception:  # a malformed cache entry is the same as none
+        cached = None
+    if isinstance(cached, str) and Path(cached).is_file():
+        return Path(cached)
+    if hub_offline():
+        raise _offline_error(str(source), filename, cache, "HF_HUB_OFFLINE is set")
+    endpoint = hub_endpoint()
+    if not endpoint_reachable(endpoint):
+        raise _offline_error(str(source), filename, cache,
+                             f"{endpoint} cannot be reached (no network?) within {PROBE_TIMEOUT:.0f} s")
+    try:
+        return Path(hf_hub_download(repo_id=str(source), filename=filename, cache_dir=str(cache)))
     except Exception as exc:  # network errors come in many types
         raise CheckpointError(
             f"could not fetch {filename} from Hugging Face repo {source!r} "
-            f"({type(exc).__name__}: {exc}). Offline? Download it elsewhere and pass the local path."
+            f"({type(exc).__name__}: {exc}). Offline? Download it elsewhere and pass the local path"
+            + (f" with {_OPTIONS[filename]}" if filename in _OPTIONS else "") + "."
         ) from exc
 
 

@@ -2,6 +2,7 @@
 
     vggts segment --source S.png --source-mask M.png --target T.png --out DIR
     vggts demo                       # the whole ROS graph on the bundled scenes
+    vggts replay BAG --source-mask ego=M.png --out OUT.mcap   # a recorded bag, no ROS needed
     vggts train ... / vggts evaluate ...   # see --help of each
 
 Errors a user can cause (unreadable files, sizes that do not match, empty masks, bad
@@ -132,6 +133,128 @@ def _build(model: ModelConfig, pipeline: PipelineConfig):
         raise UsageError(str(exc)) from exc
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from vggts_ros import replay as rp
+    from vggts_ros.bags import BagError
+    from vggts_ros.config import CameraConfig, NodeConfig, SyncConfig, load_node_config
+
+    try:
+        node = load_node_config(args.params_file, args.node_name) if args.params_file else None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--params-file {args.params_file}: {exc}") from exc
+    try:
+        cameras = list(node.cameras) if node else []
+        for name, topic in rp.parse_pairs(args.camera, "--camera").items():
+            cameras = [c for c in cameras if c.name != name] + [CameraConfig(name, topic)]
+        roles = rp.parse_pairs(args.role, "--role")
+        sync = node.sync if node else SyncConfig()
+        for key in ("slop", "queue_size", "stale_after"):
+            if getattr(args, key) is not None:
+                setattr(sync, key, getattr(args, key))
+        masks = [rp.parse_source_mask(spec, read_mask, i + 1) for i, spec in enumerate(args.source_mask or [])]
+        options = rp.ReplayOptions(
+            cameras=cameras, sync=sync, source_masks=masks,
+            mask_topics=rp.parse_pairs(args.mask_topic, "--mask-topic"),
+            gt_topics=rp.parse_pairs(args.gt_topic, "--gt-topic"),
+            namespace=args.namespace, overlay=not args.no_overlay, copy_inputs=not args.no_copy_inputs,
+            progress=not args.no_progress, roles=roles,
+            source_mode=args.source_mode or (node.inference.source_mode if node else "keyframe"),
+        )
+    except rp.ReplayError as exc:
+        raise UsageError(str(exc)) from exc
+
+    model = node.model if node else ModelConfig()
+    backend = args.backend
+    if backend == "auto":
+        backend = "vggts" if (args.vggt_checkpoint and args.head_checkpoint) else (node.model.backend if node else "geometric")
+    model.backend, model.device = backend, args.device or model.device
+    if args.config:
+        model.config = args.config
+    if args.vggt_checkpoint:
+        model.vggt_checkpoint = args.vggt_checkpoint
+    if args.head_checkpoint:
+        model.head_checkpoint = args.head_checkpoint
+    refine = args.refine if args.refine is not None else (node.inference.refine_iterations if node else 1)
+    built = {}
+
+    def load():
+        t0 = time.monotonic()
+        built["segmentor"] = _build(model, PipelineConfig(refine_iterations=refine))
+        built["seconds"] = time.monotonic() - t0
+        return built["segmentor"]
+
+    try:
+        result = rp.replay(args.input, args.out, load, options, storage=args.storage)
+    except (rp.ReplayError, BagError) as exc:
+        raise UsageError(str(exc)) from exc
+    segmentor, t_load = built["segmentor"], built["seconds"]
+    sets = len(result.sets)
+    written = sum(len(v) for v in result.outputs.values())
+    print(f"replay: {result.messages_read} camera messages, {sets} synchronised sets, {written} target masks "
+          f"written to {args.out} ({getattr(segmentor, 'name', backend)} backend; load {t_load:.1f} s, "
+          f"replay {result.seconds - t_load:.1f} s)")
+    print("cameras: " + ", ".join(f"{c.name} ({c.role}, {c.topic})" for c in result.cameras))
+    empty = result.empty_reasons()
+    if empty:
+        print(f"{sum(empty.values())} of {len(result.results)} object masks are empty:")
+        for why, count in sorted(empty.items(), key=lambda kv: -kv[1]):
+            print(f"  {count:>4} x {why or 'no reason given by the backend'}")
+    if result.scores:
+        print(rp.format_scores(result))
+    if args.report:
+        report = dict(
+            input=str(args.input), output=str(args.out), backend=getattr(segmentor, "name", backend),
+            cameras=[dict(name=c.name, topic=c.topic, role=c.role) for c in result.cameras],
+            sets=[dict(stamp=s.stamp, stamps=s.stamps, missing=list(s.missing)) for s in result.sets],
+            outputs={k: v for k, v in result.outputs.items()},
+            skipped_frames=result.skipped_frames,
+            results=result.results,
+            scores=[vars(r) for r in result.scores],
+            mean_iou={f"{cam}/{oid}": v for (cam, oid), v in result.mean_iou().items()},
+        )
+        Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def add_replay_arguments(rep: argparse.ArgumentParser) -> None:
+    rep.add_argument("input", help="rosbag2 directory (sqlite3 or MCAP storage), .mcap or .db3 file")
+    rep.add_argument("--out", required=True, help="output: a .mcap file, or a rosbag2 directory (MCAP storage)")
+    rep.add_argument("--source-mask", action="append",
+                     help="CAMERA=PNG[@STAMP|@first]: object drawn on that camera's frame with that stamp "
+                          "(seconds; default its first frame); repeat for several objects (ids 1, 2, ...)")
+    rep.add_argument("--mask-topic", action="append",
+                     help="CAMERA=TOPIC: mono8 label images in the bag (value = object id) drawn on the frames "
+                          "of that camera with the same stamp")
+    rep.add_argument("--gt-topic", action="append",
+                     help="CAMERA=TOPIC: ground-truth mono8 label images (value = object id) to score against")
+    rep.add_argument("--camera", action="append",
+                     help="NAME=TOPIC; default: every image topic, named after it (/x/front/image_raw -> front)")
+    rep.add_argument("--role", action="append", help=f"NAME=ROLE with ROLE one of {', '.join(ROLES)} (default exo)")
+    rep.add_argument("--params-file", help="the node's parameters YAML (cameras, sync, model, inference)")
+    rep.add_argument("--node-name", default="vggts", help="node name to read from --params-file (default vggts)")
+    rep.add_argument("--slop", type=float, help="synchroniser slop in seconds (default 0.05)")
+    rep.add_argument("--queue-size", type=int, help="synchroniser queue size (default 10)")
+    rep.add_argument("--stale-after", type=float, help="seconds of silence after which a camera is left out (default 1)")
+    rep.add_argument("--backend", default="auto", choices=("auto",) + BACKENDS,
+                     help="auto: vggts when both checkpoints are given, else the weight-free geometric backend")
+    rep.add_argument("--config", choices=MODEL_PRESETS, help="model preset (default vggt-1b)")
+    rep.add_argument("--vggt-checkpoint", help="VGGT-1B model.pt: a path, a directory or a Hugging Face repo id")
+    rep.add_argument("--head-checkpoint", help="VGGT-S main_exp.pth: a path, a directory or a repo id")
+    rep.add_argument("--refine", type=int, help="refinement iterations (default 1)")
+    rep.add_argument("--source-mode", choices=("keyframe", "track"),
+                     help="keyframe (default): masks stay on the frame they were drawn on; track: they "
+                          "follow the object into the source camera's newer frames")
+    rep.add_argument("--device", default="", help="auto, cpu or cuda")
+    rep.add_argument("--namespace", default="/vggts", help="output topics <namespace>/<camera>/{mask,points,overlay}")
+    rep.add_argument("--storage", default="mcap", choices=("mcap", "sqlite3"),
+                     help="storage of a directory output (a .mcap output is always MCAP)")
+    rep.add_argument("--no-overlay", action="store_true", help="do not write overlay images")
+    rep.add_argument("--no-copy-inputs", action="store_true", help="do not copy the camera topics into the output")
+    rep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rep.add_argument("--report", help="write the sets, outputs and scores as JSON here")
+    rep.set_defaults(func=cmd_replay)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vggts", description="VGGT-Segmentor: cross-view object segmentation")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -151,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--refine", type=int, default=1, help="refinement iterations (default 1)")
     seg.add_argument("--device", default="auto", help="auto, cpu or cuda")
     seg.set_defaults(func=cmd_segment)
+
+    add_replay_arguments(sub.add_parser(
+        "replay", help="run a recorded bag (rosbag2/MCAP) through the synchroniser and pipeline, without ROS"))
 
     from vggts_ros import demo
 

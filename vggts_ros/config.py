@@ -7,8 +7,9 @@ are named so that a YAML file, a CLI flag and a test all mean the same network.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 
 @dataclass
@@ -174,6 +175,7 @@ _DATACLASSES = {
 # ---------------------------------------------------------------------------------------
 
 SOURCE_MODES = ("keyframe", "track")
+CAMERA_KEYS = ("topic", "role", "compressed", "required")
 DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("float32", "bfloat16")
 BACKENDS = ("vggts", "geometric")
@@ -185,16 +187,22 @@ class CameraConfig:
     topic: str = ""
     role: str = "exo"
     compressed: bool = False
+    required: bool = False  # sets are never made without this camera
 
     def resolved_topic(self) -> str:
-        return self.topic or f"/{self.name}/image_raw" + ("/compressed" if self.compressed else "")
+        """The topic as given, else ``<name>/image_raw[/compressed]``, relative so that a
+        node namespace applies to it."""
+        return self.topic or f"{self.name}/image_raw" + ("/compressed" if self.compressed else "")
 
 
 @dataclass
 class SyncConfig:
     slop: float = 0.05  # seconds between the stamps of one synchronised set
     queue_size: int = 10  # messages kept per camera while waiting for partners
-    stale_after: float = 1.0  # a camera silent this long is left out of sets
+    stale_after: float = 1.0  # a camera silent (or matching nothing) this long is left out of sets
+    min_cameras: int = 2  # a set has at least this many cameras
+    jump_threshold: float = 1.0  # s; stamps going back (or ahead) more than this are a time jump
+    correct_offset_above: float = 0.25  # s; larger estimated camera clock offsets are corrected (0: never)
 
 
 @dataclass
@@ -202,13 +210,17 @@ class InferenceConfig:
     refine_iterations: int = 1
     source_mode: str = "keyframe"
     max_rate: float = 0.0  # sets per second processed at most; 0 = as fast as possible
-    keyframe_history: int = 30  # recent frames per camera kept for masks drawn on older stamps
+    keyframe_history: float = 2.0  # s of recent frames per camera kept for masks drawn on older stamps
+    max_objects: int = 32  # objects tracked at once (each costs a pipeline call per set)
+    max_label_length: int = 256  # characters of an object's label
+    max_image_pixels: int = 16_777_216  # width x height of a camera frame or mask (checked before decoding)
 
 
 @dataclass
 class PublishConfig:
     overlay: bool = False
     diagnostics_period: float = 1.0
+    stall_timeout: float = 0.0  # s without output (objects set) before ERROR; 0 = max(2 periods, 3 x median set time)
 
 
 @dataclass
@@ -248,12 +260,18 @@ class NodeConfig:
             errors.append(f"sync.queue_size must be >= 1, got {self.sync.queue_size}")
         if self.sync.stale_after <= 0:
             errors.append(f"sync.stale_after must be > 0, got {self.sync.stale_after}")
+        if not 1 <= self.sync.min_cameras <= max(1, len(names)):
+            errors.append(f"sync.min_cameras must be in [1, {len(names)}], got {self.sync.min_cameras}")
+        if self.sync.jump_threshold <= 0:
+            errors.append(f"sync.jump_threshold must be > 0, got {self.sync.jump_threshold}")
+        if self.sync.correct_offset_above < 0:
+            errors.append(f"sync.correct_offset_above must be >= 0, got {self.sync.correct_offset_above}")
         if self.model.backend not in BACKENDS:
             errors.append(f"model.backend: {self.model.backend!r} is not one of {BACKENDS}")
         if self.model.config not in MODEL_PRESETS:
             errors.append(f"model.config: {self.model.config!r} is not one of {MODEL_PRESETS}")
-        if self.model.device not in DEVICES:
-            errors.append(f"model.device: {self.model.device!r} is not one of {DEVICES}")
+        if self.model.device not in DEVICES and not re.fullmatch(r"cuda:\d+", self.model.device):
+            errors.append(f"model.device: {self.model.device!r} is not one of {DEVICES} or cuda:<index>")
         if self.model.dtype not in DTYPES:
             errors.append(f"model.dtype: {self.model.dtype!r} is not one of {DTYPES}")
         if self.inference.refine_iterations < 0:
@@ -262,6 +280,18 @@ class NodeConfig:
             errors.append(f"inference.source_mode: {self.inference.source_mode!r} is not one of {SOURCE_MODES}")
         if self.inference.max_rate < 0:
             errors.append(f"inference.max_rate must be >= 0, got {self.inference.max_rate}")
+        if self.inference.keyframe_history <= 0:
+            errors.append(f"inference.keyframe_history must be > 0 s, got {self.inference.keyframe_history}")
+        if not 1 <= self.inference.max_objects <= 255:
+            errors.append(f"inference.max_objects must be in [1, 255], got {self.inference.max_objects}")
+        if self.inference.max_label_length < 0:
+            errors.append(f"inference.max_label_length must be >= 0, got {self.inference.max_label_length}")
+        if self.inference.max_image_pixels < 1:
+            errors.append(f"inference.max_image_pixels must be >= 1, got {self.inference.max_image_pixels}")
+        if self.publish.diagnostics_period <= 0:
+            errors.append(f"publish.diagnostics_period must be > 0, got {self.publish.diagnostics_period}")
+        if self.publish.stall_timeout < 0:
+            errors.append(f"publish.stall_timeout must be >= 0, got {self.publish.stall_timeout}")
         if errors:
             raise ValueError("invalid vggts configuration:\n  " + "\n  ".join(errors))
         return self
@@ -275,6 +305,7 @@ class NodeConfig:
             params[f"camera.{cam.name}.topic"] = cam.resolved_topic()
             params[f"camera.{cam.name}.role"] = cam.role
             params[f"camera.{cam.name}.compressed"] = cam.compressed
+            params[f"camera.{cam.name}.required"] = cam.required
         for section in ("sync", "model", "inference", "publish"):
             for key, value in dataclasses.asdict(getattr(self, section)).items():
                 params[f"{section}.{key}"] = value
@@ -288,7 +319,7 @@ class NodeConfig:
         cameras = []
         for name in names:
             cam = CameraConfig(name=name)
-            for key in ("topic", "role", "compressed"):
+            for key in CAMERA_KEYS:
                 full = f"camera.{name}.{key}"
                 if full in params:
                     setattr(cam, key, params.pop(full))
@@ -322,7 +353,48 @@ class NodeConfig:
             built[section] = dc(**coerced)
         for cam in cameras:
             cam.compressed = _coerce(cam.compressed, False, f"camera.{cam.name}.compressed")
+            cam.required = _coerce(cam.required, False, f"camera.{cam.name}.required")
+            cam.topic = _coerce(cam.topic, "", f"camera.{cam.name}.topic")
+            cam.role = _coerce(cam.role, "", f"camera.{cam.name}.role")
         return cls(cameras=cameras, **built)
+
+
+# ROS parameter descriptors: name -> (description, live (changeable while running), range).
+# Everything not live needs a restart (the node refuses to change it).
+PARAMETERS: Dict[str, Tuple[str, bool, Optional[Tuple[float, float]]]] = {
+    "cameras": ("camera names, in order", False, None),
+    "sync.slop": ("s, largest stamp difference inside one synchronised set", True, (1e-6, 10.0)),
+    "sync.queue_size": ("messages kept per camera while waiting for partners", True, (1, 1000)),
+    "sync.stale_after": ("s, a camera silent (or matching nothing) this long is left out of sets", True, (1e-3, 3600.0)),
+    "sync.min_cameras": ("cameras a set holds at least", True, (1, 64)),
+    "sync.jump_threshold": ("s, stamps going back/ahead more than this are a time jump", True, (1e-3, 1e6)),
+    "sync.correct_offset_above": ("s, camera clock offsets above this are corrected (0: never)", True, (0.0, 1e9)),
+    "model.backend": ("vggts | geometric", False, None),
+    "model.config": ("vggt-1b | test-tiny", False, None),
+    "model.vggt_checkpoint": ("VGGT-1B weights: local file, directory or repo id", False, None),
+    "model.head_checkpoint": ("VGGT-S head weights: local file, directory or repo id", False, None),
+    "model.device": ("auto | cpu | cuda | cuda:<index>", False, None),
+    "model.dtype": ("float32 | bfloat16 (backbone only)", False, None),
+    "inference.refine_iterations": ("refinement passes per target view", False, (0, 16)),
+    "inference.source_mode": ("keyframe (mask stays on its frame) | track (follows the object)", True, None),
+    "inference.max_rate": ("sets/s processed at most, 0 = as fast as the model runs", True, (0.0, 1000.0)),
+    "inference.keyframe_history": ("s of frames kept per camera to find the frame a mask was drawn on", True,
+                                   (1e-3, 60.0)),
+    "inference.max_objects": ("objects tracked at once", True, (1, 255)),
+    "inference.max_label_length": ("characters of an object label", True, (0, 65536)),
+    "inference.max_image_pixels": ("largest width x height of a frame or mask, checked before decoding", True,
+                                   (1, 1 << 31)),
+    "publish.overlay": ("also publish ~/<camera>/overlay images", False, None),
+    "publish.diagnostics_period": ("s between /diagnostics messages", False, (1e-2, 3600.0)),
+    "publish.stall_timeout": ("s without output (objects set) before ERROR; 0 = max(2 periods, 3 x median set time)",
+                              True, (0.0, 1e6)),
+}
+CAMERA_PARAMETERS = {
+    "topic": "image topic (relative names resolve in the node namespace)",
+    "role": "ego | exo | aerial | ground",
+    "compressed": "sensor_msgs/CompressedImage instead of Image",
+    "required": "sets are never made without this camera",
+}
 
 
 def _coerce(value: Any, default: Any, name: str) -> Any:

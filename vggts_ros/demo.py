@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -69,8 +70,8 @@ def load_scenes(spec: str):
     return out
 
 
-def _scene_config(scene, model: ModelConfig) -> NodeConfig:
-    cams = [CameraConfig(name, f"/vggts_demo/{scene.name}/{name}/image_raw", scene.role(name)) for name in scene.views]
+def _scene_config(scene, model: ModelConfig, prefix: str = "/vggts_demo") -> NodeConfig:
+    cams = [CameraConfig(name, f"{prefix}/{scene.name}/{name}/image_raw", scene.role(name)) for name in scene.views]
     return NodeConfig(
         cameras=cams,
         sync=SyncConfig(slop=0.02, queue_size=5, stale_after=5.0),
@@ -86,18 +87,22 @@ def run_scene(scene, model: ModelConfig, out_dir: Path, timeout: float) -> Dict:
     from vggts_ros.ros.player import CameraPlayer, NodeProcess, OutputCollector, PlayedCamera, Spinner, wait_until
     from vggts_ros.visualize import mosaic, overlay_masks
 
-    cfg = _scene_config(scene, model)
-    node = NodeProcess(cfg, node_name="vggts_demo").start()
+    # Names unique to this run: two demos on one host and domain must not cross-talk.
+    base = f"vggts_demo_{os.getpid()}"
+    cfg = _scene_config(scene, model, prefix=f"/{base}")
+    node = NodeProcess(cfg, node_name=base).start()
     player = CameraPlayer([PlayedCamera(c.name, c.topic, scene.image(c.name)) for c in cfg.cameras], rate_hz=5.0,
-                          name="vggts_demo_cameras")
-    collector = OutputCollector("vggts_demo", [c.name for c in cfg.cameras], name="vggts_demo_client")
+                          name=f"{base}_cameras")
+    collector = OutputCollector(base, [c.name for c in cfg.cameras], name=f"{base}_client")
     spinner = Spinner(player, collector)
     t0 = time.monotonic()
     try:
         if not wait_until(lambda: collector._set.service_is_ready() or not node.alive(), 120) or not node.alive():
             raise RuntimeError(f"the node did not start:\n{node.log()[-3000:]}")
         if not collector.wait_for_frames(list(scene.views), 30):
-            raise RuntimeError(f"the node reports no frames from the cameras:\n{node.log()[-3000:]}")
+            received = {c: (collector.camera_status(c) or {}).get("received", "no diagnostics") for c in scene.views}
+            raise RuntimeError(f"the node reports no frames from the cameras within 30 s ({len(player.stamps)} "
+                               f"published per camera, node received {received}):\n{node.log()[-3000:]}")
         startup = time.monotonic() - t0
         ids = scene.object_ids
         for oid in ids:
@@ -112,6 +117,8 @@ def run_scene(scene, model: ModelConfig, out_dir: Path, timeout: float) -> Dict:
                 latest = collector.latest("points", cam)
                 if latest is None or {o.object_id for o in latest.msg.objects} != set(ids):
                     return False
+                if collector.at_stamp("masks", cam, latest.stamp) is None:
+                    return False  # the set's mask is still on its way
             return True
 
         t_set = time.monotonic()
@@ -123,10 +130,11 @@ def run_scene(scene, model: ModelConfig, out_dir: Path, timeout: float) -> Dict:
         tiles = [overlay_masks(scene.image(scene.source), _labels(scene, scene.source))]
         titles = [f"{scene.source} (source, {scene.role(scene.source)})"]
         for cam in targets:
-            mask_msg = collector.latest("masks", cam).msg
+            points_msg = collector.latest("points", cam)
+            mask_msg = collector.at_stamp("masks", cam, points_msg.stamp).msg
             labels = np.frombuffer(bytes(mask_msg.data), np.uint8).reshape(mask_msg.height, mask_msg.width)
             points = {o.object_id: np.asarray(o.target_xy, np.float32).reshape(-1, 2)
-                      for o in collector.latest("points", cam).msg.objects}
+                      for o in points_msg.msg.objects}
             ious = []
             for oid in ids:
                 gt = scene.mask(cam, oid)
@@ -192,6 +200,14 @@ def format_table(rows: List[Dict], backend: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     import rclpy
+
+    from vggts_ros.ros import transport
+
+    # The demo's graph is self-contained: keep discovery on this host (a fresh machine's
+    # default, SUBNET, would also match other hosts' nodes), and give the camera player
+    # and the node DDS buffers that hold whole images (see vggts_ros.ros.transport).
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    transport.configure()
 
     t_start = time.monotonic()
     model = choose_model(args)

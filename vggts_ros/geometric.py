@@ -21,6 +21,15 @@ Same contract as the learned backend (``vggts_ros.types.Segmentor``):
    reshape the silhouette. Matched object keypoints are sure foreground. The cut is
    kept only if it stays plausible (area and overlap with the transfer).
 
+7. Fallback, when the object's own features do not localise it (a textureless box,
+   a painted wall, a view from far around): the homography of the scene around the
+   object (features in a ring around the mask) predicts its place and size in the
+   target, and a Lab colour model of the object against that ring finds it there
+   (GrabCut on the best-overlapping region, kept only if its area fits).
+
+Each result says which path produced its mask (``path``: ``object_features`` or
+``scene_homography+colour``) and, when the mask is empty, why (``reason``).
+
 Visibility of a prompt point: its projection is inside the target image and support
 matches exist near it in the source; confidence grows with that support and with the
 number of RANSAC inliers. Too little evidence (few matches or inliers, a degenerate
@@ -77,6 +86,16 @@ class GeometricConfig:
     band_max: float = 0.5
     band_min_px: int = 3
     crop_margin: int = 16
+    # Fallback when the object's own features do not localise it (textureless objects,
+    # wide baselines): the homography of the surrounding scene predicts where it is,
+    # a colour model of the object against its surroundings finds it there.
+    fallback: bool = True
+    context_radius: float = 1.5  # ring around the object whose features are matched, in object sizes
+    colour_bins: Tuple[int, int, int] = (4, 16, 16)  # L, a, b histogram bins
+    min_colour_distance: float = 0.35  # Bhattacharyya distance object vs surroundings, below: no colour model
+    search_margin: float = 0.75  # searched around the predicted region, in (predicted) object sizes
+    fallback_area: Tuple[float, float] = (0.25, 4.0)  # accepted area / predicted area
+    fallback_min_area: int = 64  # source mask pixels, below: no colour model
 
 
 @dataclass
@@ -170,6 +189,10 @@ class GeometricSegmentor:
         for view in targets:
             tt = time.perf_counter()
             res = self._segment_one(src_feats, mask, obj_size, src_pts, view, dict(timings))
+            if cfg.fallback and not res.mask.any() and mask.any():
+                t0 = time.perf_counter()
+                res = self._fallback(src, mask, obj_size, src_pts, view, res)
+                res.timings["fallback"] = time.perf_counter() - t0
             res.timings["total"] = time.perf_counter() - tt + (timings["prompts"] + timings["features_source"])
             results.append(res)
         return results
@@ -254,7 +277,7 @@ class GeometricSegmentor:
         return a.points[qi], b.points[ti], dist
 
     # ------------------------------------------------------------------ one target
-    def _empty(self, shape, src_pts, timings) -> SegmentationResult:
+    def _empty(self, shape, src_pts, timings, reason: str) -> SegmentationResult:
         n = len(src_pts)
         return SegmentationResult(
             mask=np.zeros(shape, bool),
@@ -264,6 +287,7 @@ class GeometricSegmentor:
             confidence=np.zeros(n, np.float32),
             score=0.0,
             timings=timings,
+            reason=reason,
         )
 
     def _segment_one(self, src_feats, src_mask, obj_size, src_pts, view: TargetView, timings) -> SegmentationResult:
@@ -272,33 +296,36 @@ class GeometricSegmentor:
         th, tw = tgt.shape[:2]
         diag = math.hypot(th, tw)
         if src_feats is None:
-            return self._empty((th, tw), src_pts, timings)
+            return self._empty((th, tw), src_pts, timings, "no features on the source object (textureless?)")
 
         t0 = time.perf_counter()
         gray = _gray(tgt)
         tgt_feats = self._cached(_digest(b"tgt", gray), lambda: self._target_features(gray))
         timings["features_target"] = time.perf_counter() - t0
         if tgt_feats is None:
-            return self._empty((th, tw), src_pts, timings)
+            return self._empty((th, tw), src_pts, timings, "no features in the target image")
 
         t0 = time.perf_counter()
         p, q, _ = self._match(src_feats, tgt_feats)
         timings["matching"] = time.perf_counter() - t0
         if len(p) < max(cfg.min_matches, 4):
-            return self._empty((th, tw), src_pts, timings)
+            return self._empty((th, tw), src_pts, timings,
+                               f"{len(p)} feature matches on the object (need {max(cfg.min_matches, 4)})")
 
         t0 = time.perf_counter()
         thr = cfg.ransac_thresh * diag
         H, inl = cv2.findHomography(p, q, cv2.USAC_MAGSAC, thr, maxIters=5000, confidence=0.999)
         if H is None or inl is None:
             timings["geometry"] = time.perf_counter() - t0
-            return self._empty((th, tw), src_pts, timings)
+            return self._empty((th, tw), src_pts, timings, f"no homography fits the {len(p)} object matches")
         inl = inl.ravel().astype(bool)
         n_inl = int(inl.sum())
         Hinv = np.linalg.inv(H) if abs(np.linalg.det(H)) > 1e-12 else None
         if n_inl < cfg.min_inliers or Hinv is None or not self._plausible(H, src_mask, (th, tw)):
             timings["geometry"] = time.perf_counter() - t0
-            return self._empty((th, tw), src_pts, timings)
+            why = (f"{n_inl} of {len(p)} object matches agree on a homography (need {cfg.min_inliers})"
+                   if n_inl < cfg.min_inliers else "the object's homography folds, vanishes or explodes it")
+            return self._empty((th, tw), src_pts, timings, why)
         resid = q - cv2.perspectiveTransform(p[None], H)[0]
         support = np.linalg.norm(resid, axis=1) <= cfg.support_factor * thr
         ps, qs = p[support], q[support]
@@ -338,6 +365,133 @@ class GeometricSegmentor:
             confidence=np.clip(confidence, 0.0, 1.0),
             score=float(model_conf) if mask.any() else 0.0,
             timings=timings,
+            path="object_features" if mask.any() else "",
+            reason="" if mask.any() else "the transferred mask falls outside the target image",
+        )
+
+    # ------------------------------------------------------------------ fallback
+    def _fallback(self, src: np.ndarray, src_mask: np.ndarray, obj_size: float, src_pts: np.ndarray,
+                  view: TargetView, failed: SegmentationResult) -> SegmentationResult:
+        """Scene homography + colour model, for objects whose own features fail.
+
+        1. Features in a ring around the object (the floor or wall it stands on) are
+           matched to the target; their homography predicts the object's region and
+           size there (off-plane parts land nearby, not exactly). Without it the
+           result stays empty: colour alone over the whole image would be a guess.
+        2. A Lab colour histogram of the object against the ring gives, in a window
+           around the prediction, the pixels that look like the object; the connected
+           component that best overlaps the prediction is cut out with GrabCut.
+        3. Kept only if its area fits the prediction; otherwise the result stays empty
+           with both reasons.
+        """
+        cfg = self.config
+        tgt = _rgb(view.image)
+        th, tw = tgt.shape[:2]
+
+        def give_up(why: str) -> SegmentationResult:
+            failed.reason = f"{failed.reason}; fallback: {why}"
+            return failed
+
+        if src_mask.sum() < cfg.fallback_min_area:
+            return give_up(f"the source mask ({int(src_mask.sum())} px) is too small for a colour model")
+
+        # 1. the surroundings' homography
+        k = max(3, int(round(cfg.context_radius * obj_size)))
+        ring = cv2.dilate(src_mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1,) * 2))
+        near = cv2.dilate(src_mask.astype(np.uint8), np.ones((7, 7), np.uint8))
+        ring = (ring > 0) & (near == 0)
+        gray_s, gray_t = _gray(src), _gray(tgt)
+        H, n_inl, ctx_why = None, 0, ""
+        if ring.any():
+            ctx = self._cached(_digest(b"ctx", gray_s, np.packbits(src_mask)), lambda: self._source_features(gray_s, ring))
+            tgt_feats = self._cached(_digest(b"tgt", gray_t), lambda: self._target_features(gray_t))
+            if ctx is not None and tgt_feats is not None:
+                p, q, _ = self._match(ctx, tgt_feats)
+                if len(p) >= max(cfg.min_matches, 4):
+                    thr = cfg.ransac_thresh * math.hypot(th, tw)
+                    H, inl = cv2.findHomography(p, q, cv2.USAC_MAGSAC, thr, maxIters=5000, confidence=0.999)
+                    n_inl = int(inl.sum()) if inl is not None else 0
+                    if H is None or n_inl < cfg.min_inliers or not self._plausible(H, src_mask, (th, tw)):
+                        ctx_why = f"the surroundings' {len(p)} matches give no plausible homography ({n_inl} inliers)"
+                        H = None
+                else:
+                    ctx_why = f"{len(p)} matches in the object's surroundings"
+        if H is None:
+            # Colour alone, over the whole image, is a guess: without a predicted place
+            # and size nothing checks it, so the result stays empty.
+            return give_up(ctx_why or "no features in the object's surroundings")
+        predicted = cv2.warpPerspective(src_mask.astype(np.uint8), H, (tw, th), flags=cv2.INTER_NEAREST) > 0
+        if not predicted.any():
+            return give_up("the surroundings' homography puts the object outside the target image")
+
+        # 2. colour model: object vs its surroundings in the source
+        lab_s = cv2.cvtColor(src, cv2.COLOR_RGB2LAB)
+        lab_t = cv2.cvtColor(tgt, cv2.COLOR_RGB2LAB)
+        core = cv2.erode(src_mask.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+        obj_h = _lab_hist(lab_s[core if core.any() else src_mask], cfg.colour_bins)
+        bg_h = _lab_hist(lab_s[ring] if ring.any() else lab_s[~src_mask], cfg.colour_bins)
+        distance = float(cv2.compareHist(obj_h, bg_h, cv2.HISTCMP_BHATTACHARYYA))
+        if distance < cfg.min_colour_distance:
+            return give_up(f"its colours are not distinct from its surroundings (distance {distance:.2f} < "
+                           f"{cfg.min_colour_distance})")
+        x0, y0, x1, y1 = _bbox(predicted)
+        m = int(round(cfg.search_margin * math.sqrt(predicted.sum()))) + 4
+        x0, y0, x1, y1 = max(0, x0 - m), max(0, y0 - m), min(tw, x1 + m), min(th, y1 + m)
+        win = lab_t[y0:y1, x0:x1]
+        win_h = _lab_hist(win.reshape(-1, 3), cfg.colour_bins)
+        idx = _lab_index(win, cfg.colour_bins)
+        p_obj = obj_h.reshape(-1)[idx]
+        p_bg = 0.5 * bg_h.reshape(-1)[idx] + 0.5 * win_h.reshape(-1)[idx]
+        ratio = p_obj / (p_obj + p_bg + 1e-12)
+        cand = (ratio > 0.5).astype(np.uint8)
+        ks = max(3, int(round(0.05 * obj_size)) | 1)
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (ks, ks))
+        cand = cv2.morphologyEx(cv2.morphologyEx(cand, cv2.MORPH_OPEN, kernel), cv2.MORPH_CLOSE, kernel)
+        count, lab = cv2.connectedComponents(cand, connectivity=8)
+        if count <= 1:
+            return give_up("no region near the predicted place has the object's colours")
+        pred_win = predicted[y0:y1, x0:x1]
+        best, best_score = 0, 0.0
+        for i in range(1, count):
+            comp = lab == i
+            score = float((comp & pred_win).sum()) / float(comp.sum() + pred_win.sum())  # Dice-like
+            if score > best_score:
+                best, best_score = i, score
+        if best == 0:
+            return give_up("no region with the object's colours overlaps the predicted region")
+        region = np.zeros((th, tw), bool)
+        region[y0:y1, x0:x1] = lab == best
+
+        # 3. cut it out and check it against the prediction
+        band = max(cfg.band_min_px, int(round(0.15 * math.sqrt(region.sum()))))
+        mask = self._refine(tgt, region, np.zeros((0, 2), np.float32), band)
+        area = int(mask.sum())
+        lo, hi = cfg.fallback_area
+        expected = int(predicted.sum())
+        if not lo * expected <= area <= hi * expected:
+            return give_up(f"the region with the object's colours has {area} px where {expected} are expected")
+        path = "scene_homography+colour"
+
+        # prompt points: the source box mapped onto the found box, visible where they land on it
+        sx0, sy0, sx1, sy1 = _bbox(src_mask)
+        tx0, ty0, tx1, ty1 = _bbox(mask)
+        sx = (tx1 - tx0) / max(1.0, sx1 - sx0)
+        sy = (ty1 - ty0) / max(1.0, sy1 - sy0)
+        tgt_pts = np.stack([tx0 + (src_pts[:, 0] - sx0) * sx, ty0 + (src_pts[:, 1] - sy0) * sy], 1)
+        tgt_pts = np.stack([np.clip(tgt_pts[:, 0], 0, tw - 1), np.clip(tgt_pts[:, 1], 0, th - 1)], 1)
+        on = mask[tgt_pts[:, 1].round().astype(int), tgt_pts[:, 0].round().astype(int)]
+        evidence = float(ratio[mask[y0:y1, x0:x1]].mean()) if mask[y0:y1, x0:x1].any() else 0.0
+        conf = 0.5 * evidence  # weaker than matched features: ranks below them where masks overlap
+        return SegmentationResult(
+            mask=mask,
+            source_points=src_pts.astype(np.float32),
+            target_points=tgt_pts.astype(np.float32),
+            visibility=on.astype(np.float32),
+            confidence=(on * conf).astype(np.float32),
+            score=conf,
+            timings=failed.timings,
+            path=path,
+            reason="",
         )
 
     # ------------------------------------------------------------------ geometry helpers
@@ -468,6 +622,24 @@ class GeometricSegmentor:
         if a < 0.4 * area or a > 2.5 * area or (out & transferred).sum() < 0.4 * area:
             return transferred
         return out
+
+
+def _lab_index(lab: np.ndarray, bins: Tuple[int, int, int]) -> np.ndarray:
+    """Histogram bin of each Lab pixel (OpenCV's 8-bit Lab: every channel in 0..255)."""
+    lab = np.asarray(lab, np.int32)
+    l = lab[..., 0] * bins[0] // 256
+    a = lab[..., 1] * bins[1] // 256
+    b = lab[..., 2] * bins[2] // 256
+    return (l * bins[1] + a) * bins[2] + b
+
+
+def _lab_hist(pixels: np.ndarray, bins: Tuple[int, int, int]) -> np.ndarray:
+    """Normalised, lightly smoothed Lab histogram (float32, shape ``bins``)."""
+    idx = _lab_index(np.asarray(pixels).reshape(-1, 3), bins)
+    hist = np.bincount(idx, minlength=bins[0] * bins[1] * bins[2]).astype(np.float32).reshape(bins)
+    hist = hist + 0.25 * (np.roll(hist, 1, 1) + np.roll(hist, -1, 1) + np.roll(hist, 1, 2) + np.roll(hist, -1, 2))
+    hist += 1e-3 * max(1.0, hist.sum()) / hist.size
+    return (hist / hist.sum()).astype(np.float32)
 
 
 def _digest(tag: bytes, *arrays: np.ndarray) -> bytes:

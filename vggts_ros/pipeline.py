@@ -1,67 +1,78 @@
 """VGGT-S inference: from a source image and mask to target-view masks (SPEC "The pipeline").
 
-``VGGTSegmentor`` ties the parity-tested pieces together:
+``VGGTSegmentor._run`` is the SPEC's stage list; every view geometry comes from
+:mod:`vggts_ros.transforms` (the same functions the training loader uses):
 
-1. letterbox every view to the network size and sample K-means points in the source mask;
-2. **first pass**: one backbone pass over ``[source, target 1, ..., target N]`` (source
-   first), then the tracker projects each object's points into every target;
-3. per (object, target) the head's input view: exo/aerial/ground targets get the square
-   crop around the projected points (10 outliers dropped, crop side from the schedule
-   scaled by the frame's short side) and 5 clustered prompts; ego targets are resized
-   whole and their prompts are 5 K-means source points tracked directly (the reference
-   exo->ego recipe);
-4. the source crop around the mask (ratio 2) with 5 K-means prompts;
-5. **features**: one backbone pass over ``[source crop, target input 1, ..., N]`` per object;
-6. the Union Segmentation Head, encoded once and decoded ``1 + refine_iterations`` times;
-7. recovery into each target frame (outside the crop = -32), threshold at 0.
+1. **source view and prompts** (steps 1, 2, 4): a square source frame is resized to the
+   network size, a non-square one cut to the short-side square around the mask's mean
+   (reference ``clip_exo_mean``, never letterboxed); K-means points of its mask (50 for
+   cropped targets, 5 for whole-frame targets); the R=2 zoom on the mask and its 5 prompts;
+2. **first pass** (step 2): one backbone pass over ``[source view, target 1, ..., N]``
+   (targets letterboxed; a square one is simply resized), then the tracker per query set;
+3. **target inputs** (step 3): a cropped target gets the square crop around its
+   projected points (10 outliers dropped, side from the schedule scaled by the frame's
+   short side) and 5 clustered prompts; a whole-frame target is resized and its prompts
+   are the 5 tracked K-means points clipped to the view (reference exo->ego recipe);
+4. **features** (step 5): one backbone pass over ``[source zoom, target input 1, ..., N]``;
+5. **head and refinement** (steps 6, 7): encoded once, decoded ``1 + refine_iterations`` times;
+6. **recovery** (step 8): each target's transform maps the logits (outside = -32) and the
+   prompts back into its frame; mask = logits > 0.
+
+Which targets are cropped: exo, aerial and ground targets, **and every non-square target
+whatever its role**. Only a square ego target is resized whole (the reference, bit for
+bit). The reference has no non-square ego target; resizing one to 518x518 would squash
+it (1.78x for 16:9) and the head only ever saw undistorted views. Of the undistorted
+treatments, the square crop around the projected points is chosen over a letterbox
+because it is an input the head was trained on (the exo targets' crops: no padding, the
+object at the reference's zoom), while a letterbox shows the head a grey band it never saw
+and shrinks the object by the aspect ratio. The crop's transform maps logits and points
+back exactly (outside the crop = -32).
 
 Design decisions:
 
 * The tracker's space attention mixes query points, so tracking several objects' points in
-  one call would make each object's mask depend on the others. The backbone (aggregator +
-  DPT features, the expensive part) runs once per synchronised set; the tracker runs once
-  per object (and once more for the 5 ego-target points, as the reference tracks those
-  alone) on those shared features. Hence ``segment_objects`` returns exactly what
+  one call would make each object's mask depend on the others. The backbone (the
+  expensive part) runs once per distinct source view (all objects of a square source
+  share it; objects whose mask-mean squares differ get their own), the tracker once per
+  object and query set on those features. Hence ``segment_objects`` returns exactly what
   ``segment`` returns for each object alone. ``joint_tracking=True`` tracks all query
-  sets in one call instead.
+  sets of one source view in one call instead.
 * Refinement reproduces the reference *evaluation loop*, which produced the published
   numbers: its prompt encoder adds the source-point identity embedding to the point
   features in place and the loop passes the same tensor to every pass, so pass k carries
   that embedding k + 1 times (the head was trained the same way).
-  ``accumulate_point_identity=False`` adds it once per pass; that is what
-  ``pipeline_ego2exo.pt``'s ``final_low_res`` holds (its generator gave each pass fresh
-  point features), so the stage parity test uses it, while the end-to-end parity test runs
-  the default (IoU 0.9994 against the stored mask).
+  ``accumulate_point_identity=False`` adds it once per pass.
 * Several targets of one object share one features pass (SPEC multi-view rule); with a
   single target this is exactly the reference pair. ``multi_view_features=False`` runs one
-  pass per (source crop, target) pair instead.
-* ``PipelineConfig.second_pass`` re-tracks K-means points of the source crop into each
+  pass per (source zoom, target) pair instead.
+* ``PipelineConfig.second_pass`` re-tracks K-means points of the source zoom into each
   target input with the features pass (no extra backbone pass) and re-clusters the prompts.
 * The network size comes from the model (the head's ``img_size``); the pipeline config's
-  ``image_size`` is overridden by it. The reference constants (518, 259, the crop schedule
-  in 960x540 pixels) follow the network size and the frame's short side.
+  ``image_size`` is overridden by it.
 * Reported source points are true correspondences of the target prompts: for a cropped
   target, the mean source point of the first-pass points clustered into each prompt; for
-  an ego target, the tracked source point itself.
+  a whole-frame target, the tracked source point itself.
+* The score (mean foreground probability) is computed on the device; the frame logits
+  are copied to the host once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from vggts_ros import crops, prompts
+from vggts_ros import crops, prompts, transforms
 from vggts_ros.config import ModelConfig, ModelPreset, PipelineConfig, model_preset
+from vggts_ros.device import resolve_device
 from vggts_ros.types import CROPPED_ROLES, SegmentationResult, TargetView
 
-# Logit painted outside the target crop (the reference's value).
-OUTSIDE_LOGIT = -32.0
+OUTSIDE_LOGIT = transforms.OUTSIDE_LOGIT
 
 
 # =======================================================================================
@@ -78,15 +89,20 @@ class Tracks:
 
 @dataclass
 class SourceInput:
-    """One object's source view as the network sees it."""
+    """One object's source as the networks see it (stage 1)."""
 
-    mask: np.ndarray  # letterboxed mask, size x size uint8 {0, 1}
-    first_points: np.ndarray  # [n, 2] K-means points of ``mask`` (letterbox px)
-    direct_points: Optional[np.ndarray]  # [P, 2] K-means points tracked into uncropped targets
-    crop_image: np.ndarray  # size x size x 3, the zoom on the object
-    crop_mask: np.ndarray  # size x size uint8
-    crop_box: Tuple[int, int, int, int]  # (x1, y1, x2, y2) of the crop in letterbox px
-    prompts: np.ndarray  # [P, 2] the head's source prompts (crop px)
+    view: transforms.SourceView
+    first_points: Optional[np.ndarray]  # [n, 2] K-means points of view.mask, for cropped targets
+    direct_points: Optional[np.ndarray]  # [P, 2] K-means points of view.mask, for whole-frame targets
+    prompts: np.ndarray  # [P, 2] the head's source prompts (zoom px)
+
+    @property
+    def crop_image(self) -> np.ndarray:
+        return self.view.crop_image
+
+    @property
+    def crop_mask(self) -> np.ndarray:
+        return self.view.crop_mask
 
 
 @dataclass
@@ -95,11 +111,45 @@ class TargetInput:
 
     image: np.ndarray  # size x size x 3
     prompts: np.ndarray  # [P, 2] float32, pixels of ``image``
-    frame_hw: Tuple[int, int]
-    crop: Optional[crops.CropMeta]  # None: the whole frame resized to size x size
+    transform: transforms.ViewTransform  # frame -> ``image``
     source_points: np.ndarray  # [P, 2] source-frame pixels corresponding to ``prompts``
     visibility: np.ndarray  # [P]
     confidence: np.ndarray  # [P]
+    stages: Dict[str, object] = dataclasses.field(default_factory=dict)  # intermediate values (tests)
+
+
+def is_cropped(view: TargetView) -> bool:
+    """The target rule of the module docstring: only square ego targets are resized whole."""
+    h, w = view.image.shape[:2]
+    return view.role in CROPPED_ROLES or h != w
+
+
+def _group_means(values: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Mean of ``values`` rows per label ``0..k-1``; a label without members takes the
+    first row's value (prompt padding repeats the first point)."""
+    values = np.asarray(values, dtype=np.float64)
+    out = np.empty((k,) + values.shape[1:], dtype=np.float64)
+    for c in range(k):
+        members = values[labels == c]
+        out[c] = members.mean(axis=0) if len(members) else values[0]
+    return out
+
+
+class _StageClock:
+    """Wall time per stage name (synchronising CUDA at the boundaries)."""
+
+    def __init__(self, sync) -> None:
+        self.sync = sync
+        self.times: Dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.sync()
+            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
 
 
 # =======================================================================================
@@ -143,66 +193,8 @@ def _check_mask(mask, image_hw: Tuple[int, int], what: str) -> np.ndarray:
 def _check_letterbox(hw: Tuple[int, int], size: int, what: str) -> None:
     h, w = hw
     short = min(h, w) * size / max(h, w)
-    if h != w and round(short / crops.PATCH) * crops.PATCH == 0:
+    if h != w and round(short / transforms.PATCH) * transforms.PATCH == 0:
         raise ValueError(f"{what} ({w}x{h}) is too elongated for a {size} px network input")
-
-
-# =======================================================================================
-# Small geometric helpers
-# =======================================================================================
-def _letterbox_mask(mask: np.ndarray, size: int, meta: crops.LetterboxMeta) -> np.ndarray:
-    """Letterboxed mask that keeps tiny objects: when nearest resizing drops every
-    foreground pixel, the object's pixels are marked at their scaled positions."""
-    out, _ = crops.letterbox(mask.astype(np.uint8), size, is_mask=True)
-    if not out.any():
-        ys, xs = np.nonzero(mask)
-        sy, sx = meta.new_h / meta.ori_h, meta.new_w / meta.ori_w
-        yy = np.clip(np.floor(ys * sy).astype(int), 0, meta.new_h - 1)
-        xx = np.clip(np.floor(xs * sx).astype(int), 0, meta.new_w - 1)
-        out[yy, xx] = 1
-    return out
-
-
-def outlier_split(points: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Indices (kept, removed) of :func:`prompts.remove_outliers_median` (same order)."""
-    points = np.asarray(points)
-    centre = np.median(points, axis=0)
-    order = np.argsort(-np.linalg.norm(points - centre, axis=1))
-    k = max(0, min(int(k), len(points) - 1))
-    return order[k:], order[:k]
-
-
-def _group_means(values: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    """Mean of ``values`` rows per label ``0..k-1``; a label without members takes the
-    first row's value (prompt padding repeats the first point)."""
-    values = np.asarray(values, dtype=np.float64)
-    out = np.empty((k,) + values.shape[1:], dtype=np.float64)
-    for c in range(k):
-        members = values[labels == c]
-        out[c] = members.mean(axis=0) if len(members) else values[0]
-    return out
-
-
-def source_crop_to_letterbox(points: np.ndarray, box: Tuple[int, int, int, int], size: int) -> np.ndarray:
-    """Pixels of the resized source crop -> letterbox pixels (pixel centres kept)."""
-    x1, y1, x2, y2 = box
-    pts = np.asarray(points, dtype=np.float64)
-    return np.stack(
-        [x1 + (pts[:, 0] + 0.5) * (x2 - x1) / size - 0.5, y1 + (pts[:, 1] + 0.5) * (y2 - y1) / size - 0.5], axis=1
-    )
-
-
-def letterbox_to_frame(points: np.ndarray, meta: crops.LetterboxMeta) -> np.ndarray:
-    """Letterbox pixels -> frame pixels (per-axis scale of the resized content, pixel
-    centres kept), clipped to the frame. Used for the reported source points; the target
-    projections keep the reference's long-side scaling (``crops.letterbox_points_to_frame``)
-    because the crop placement depends on it."""
-    pts = np.asarray(points, dtype=np.float64).copy()
-    pts[:, 0] = (pts[:, 0] + 0.5) * (meta.ori_w / meta.new_w) - 0.5
-    pts[:, 1] = (pts[:, 1] + 0.5) * (meta.ori_h / meta.new_h) - 0.5
-    pts[:, 0] = np.clip(pts[:, 0], 0, meta.ori_w - 1)
-    pts[:, 1] = np.clip(pts[:, 1], 0, meta.ori_h - 1)
-    return pts
 
 
 # =======================================================================================
@@ -232,8 +224,8 @@ class VGGTSegmentor:
         size = int(image_size if image_size is not None else head.cfg.img_size)
         if head.cfg.img_size != size:
             raise ValueError(f"image_size {size} differs from the head's img_size {head.cfg.img_size}")
-        if size % crops.PATCH:
-            raise ValueError(f"image_size must be a multiple of {crops.PATCH}, got {size}")
+        if size % transforms.PATCH:
+            raise ValueError(f"image_size must be a multiple of {transforms.PATCH}, got {size}")
         cfg = dataclasses.replace(pipeline_cfg or PipelineConfig(), image_size=size)
         if cfg.refine_iterations < 0:
             raise ValueError(f"refine_iterations must be >= 0, got {cfg.refine_iterations}")
@@ -268,8 +260,6 @@ class VGGTSegmentor:
         networks instead (e.g. checkpoints of a trained small model). ``model.dtype`` (or
         ``pipeline.backbone_dtype``) ``bfloat16`` applies to the backbone's aggregator only.
         """
-        from vggts_ros.backends import resolve_device
-
         preset = model_preset(model.config)
         device = resolve_device(model.device)
         dtype = model.dtype if model.dtype != "float32" else (pipeline or PipelineConfig()).backbone_dtype
@@ -345,8 +335,6 @@ class VGGTSegmentor:
         **pipeline_kwargs,
     ) -> "VGGTSegmentor":
         """The published model, e.g. ``VGGTSegmentor.from_pretrained(refine_iterations=2)``."""
-        from vggts_ros.backends import resolve_device
-
         pipeline = PipelineConfig(**pipeline_kwargs)
         return cls.from_checkpoints(vggt, head, "vggt-1b", pipeline, device=resolve_device(device), dtype=dtype)
 
@@ -375,11 +363,47 @@ class VGGTSegmentor:
                 raise ValueError(f"target {i} must be a TargetView, got {type(view).__name__}")
             _check_image(view.image, f"target {i} image" + (f" ({view.name})" if view.name else ""))
             _check_letterbox(view.image.shape[:2], self.image_size, f"target {i} image")
-        _check_letterbox(source_image.shape[:2], self.image_size, "source image")
         if not binary or not targets:
             return [[] for _ in binary]
         with torch.inference_mode():
             return self._run(source_image, binary, targets)
+
+    # ------------------------------------------------------------------ the stage list
+    def _run(
+        self, source_image: np.ndarray, masks: List[np.ndarray], targets: List[TargetView], trace: Optional[dict] = None
+    ) -> List[List[SegmentationResult]]:
+        clock = _StageClock(self._sync)
+        t_start = time.perf_counter()
+        cropped = [is_cropped(v) for v in targets]
+        with clock("prompts"):
+            sources = [self.prepare_source(source_image, m, any(cropped), not all(cropped)) for m in masks]
+            first_views = [transforms.letterbox(v.image.shape[:2], self.image_size) for v in targets]
+        with clock("first_pass"):
+            tracks = self.first_pass(sources, [t.image(v.image) for t, v in zip(first_views, targets)])
+        shared = dict(clock.times)
+        results = []
+        for src, (tr_first, tr_direct) in zip(sources, tracks):
+            clock.times = dict(shared)
+            with clock("remap"):
+                inputs = [
+                    self.cropped_target(v.image, first_views[t], tr_first, t + 1, src) if cropped[t]
+                    else self.direct_target(v.image, tr_direct, t + 1, src)
+                    for t, v in enumerate(targets)
+                ]
+            logits = self.features_and_head(src, inputs, clock)
+            with clock("recover"):
+                per_object = [self.recover_result(lg, ti) for lg, ti in zip(logits, inputs)]
+            for r in per_object:
+                r.timings = dict(clock.times, total=0.0)
+            results.append(per_object)
+            if trace is not None:
+                trace.setdefault("targets", []).append(inputs)
+        if trace is not None:
+            trace["sources"], trace["tracks"] = sources, tracks
+        total = time.perf_counter() - t_start
+        for r in (r for per_object in results for r in per_object):
+            r.timings["total"] = total
+        return results
 
     # ------------------------------------------------------------------ stages
     def images_to_tensor(self, views: Sequence[np.ndarray]) -> torch.Tensor:
@@ -415,79 +439,89 @@ class VGGTSegmentor:
         conf_np = conf[0].float().cpu().numpy() if conf is not None else np.ones_like(vis_np)
         return coords, vis_np, conf_np
 
-    def prepare_source(self, image_lb: np.ndarray, mask_lb: np.ndarray, need_direct: bool) -> SourceInput:
-        """Points of the first pass and the zoomed source view with its head prompts."""
+    def prepare_source(self, image: np.ndarray, mask: np.ndarray, need_first: bool = True,
+                       need_direct: bool = False) -> SourceInput:
+        """Stage 1: the source view (:func:`transforms.prepare_source`), its first-pass
+        K-means points and the head's prompts in the zoom."""
         cfg = self.cfg
-        first = prompts.kmeans_sample_points(mask_lb, cfg.first_pass_points)
-        direct = prompts.kmeans_sample_points(mask_lb, cfg.prompt_points) if need_direct else None
-        crop_img, crop_mask, box = crops.crop_around_mask(image_lb, mask_lb, cfg.source_crop_ratio)
-        if not crop_mask.any():  # the reference falls back to the whole view
-            crop_img, crop_mask, box = image_lb, mask_lb, (0, 0, self.image_size, self.image_size)
-        src_prompts = prompts.kmeans_sample_points(crop_mask, cfg.prompt_points)
-        return SourceInput(mask_lb, first, direct, crop_img, crop_mask.astype(np.uint8), box, src_prompts)
+        view = transforms.prepare_source(image, mask, self.image_size, cfg.source_crop_ratio)
+        first = prompts.kmeans_sample_points(view.mask, cfg.first_pass_points) if need_first else None
+        direct = prompts.kmeans_sample_points(view.mask, cfg.prompt_points) if need_direct else None
+        return SourceInput(view, first, direct, prompts.kmeans_sample_points(view.crop_mask, cfg.prompt_points))
 
-    def cropped_target(
-        self,
-        image: np.ndarray,
-        lb_meta: crops.LetterboxMeta,
-        tracks: Tracks,
-        view_index: int,
-        source_points_frame: np.ndarray,
-    ) -> Tuple[TargetInput, Dict[str, np.ndarray]]:
-        """Exo/aerial/ground target: square crop around the projected points.
+    def first_pass(self, sources: Sequence[SourceInput], target_views: Sequence[np.ndarray]):
+        """Stage 2: one backbone pass per distinct source view over ``[source, targets]``,
+        then each object's query sets tracked. Returns ``(first, direct)`` tracks per object."""
+        out: List[Tuple[Optional[Tracks], Optional[Tracks]]] = [(None, None)] * len(sources)
+        groups: Dict[Tuple[int, ...], List[int]] = {}
+        for o, s in enumerate(sources):
+            groups.setdefault(tuple(s.view.square.box), []).append(o)
+        for members in groups.values():
+            feats = self.backbone_features([sources[members[0]].view.image] + list(target_views))
+            sets = [q for o in members for q in (sources[o].first_points, sources[o].direct_points) if q is not None]
+            found = iter(self.track(feats, sets))
+            for o in members:
+                s = sources[o]
+                out[o] = (next(found) if s.first_points is not None else None,
+                          next(found) if s.direct_points is not None else None)
+            del feats
+        return out
 
-        ``source_points_frame``: the first-pass query points in source-frame pixels (to
-        pair each prompt with the mean source point of its cluster). Also returns the
-        intermediate stages (frame projections, kept points, box and crop sizes)."""
-        cfg, size = self.cfg, self.image_size
-        frame_pts = crops.letterbox_points_to_frame(tracks.coords[view_index], lb_meta)
-        kept_idx, _ = outlier_split(frame_pts, cfg.outlier_k)
-        kept = frame_pts[kept_idx]
-        box = prompts.points_box_size(kept)
-        side = crops.crop_size(cfg.crop_schedule, box, short_side=min(image.shape[:2]))
-        sq = crops.square_crop_around_points(image, kept, side, size)
-        labels, centres = prompts.cluster_points(sq.points, cfg.prompt_points)
-        k = cfg.prompt_points
-        target = TargetInput(
-            image=sq.image,
-            prompts=np.asarray(centres, dtype=np.float32),
-            frame_hw=tuple(image.shape[:2]),
-            crop=sq.meta,
-            source_points=_group_means(source_points_frame[kept_idx], labels, k).astype(np.float32),
-            visibility=_group_means(tracks.vis[view_index][kept_idx], labels, k).astype(np.float32),
-            confidence=_group_means(tracks.conf[view_index][kept_idx], labels, k).astype(np.float32),
-        )
-        stages = dict(projected=frame_pts, kept=kept, box_size=np.float64(box), crop_size=np.int64(side),
-                      crop_points=sq.points)
-        return target, stages
-
-    def direct_target(
-        self,
-        image: np.ndarray,
-        lb_meta: crops.LetterboxMeta,
-        tracks: Tracks,
-        view_index: int,
-        source_points_frame: np.ndarray,
-    ) -> TargetInput:
-        """Ego target: the whole frame resized to the network size; the prompts are the
-        tracked K-means points (the reference exo->ego recipe)."""
-        import cv2
-
-        size = self.image_size
-        h, w = image.shape[:2]
-        frame_pts = crops.letterbox_points_to_frame(tracks.coords[view_index], lb_meta)
-        net = np.stack([frame_pts[:, 0] * (size / w), frame_pts[:, 1] * (size / h)], axis=1)
-        net = np.clip(net, 0, size - 1).astype(np.float32)
-        resized = image if (h, w) == (size, size) else cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    def cropped_target(self, image: np.ndarray, first_view: transforms.Letterbox, tracks: Tracks,
+                       view_index: int, src: SourceInput) -> TargetInput:
+        """Stage 3, cropped target: the first-pass tracks in frame pixels (the reference's
+        long-side mapping), the square crop around them (:func:`transforms.crop_target`)
+        and 5 clustered prompts, each paired with the mean source point of its cluster."""
+        cfg, k = self.cfg, self.cfg.prompt_points
+        frame_pts = first_view.reference_points_to_frame(tracks.coords[view_index])
+        crop = transforms.crop_target(image.shape[:2], frame_pts, self.image_size, cfg.crop_schedule, cfg.outlier_k)
+        kept = frame_pts[crop.kept]
+        crop_points = crop.window.points(kept).astype(np.float32)
+        labels, centres = prompts.cluster_points(crop_points, k)
+        src_frame = src.view.square.points_to_frame(src.first_points, clip=True)
         return TargetInput(
-            image=resized,
-            prompts=net,
-            frame_hw=(h, w),
-            crop=None,
-            source_points=np.asarray(source_points_frame, dtype=np.float32),
+            image=crop.window.image(image),
+            prompts=np.asarray(centres, dtype=np.float32),
+            transform=crop.window,
+            source_points=_group_means(src_frame[crop.kept], labels, k).astype(np.float32),
+            visibility=_group_means(tracks.vis[view_index][crop.kept], labels, k).astype(np.float32),
+            confidence=_group_means(tracks.conf[view_index][crop.kept], labels, k).astype(np.float32),
+            stages=dict(projected=frame_pts, kept=kept, box_size=crop.box_size, crop_size=crop.crop_size,
+                        crop_points=crop_points),
+        )
+
+    def direct_target(self, image: np.ndarray, tracks: Tracks, view_index: int, src: SourceInput) -> TargetInput:
+        """Stage 3, square ego target: the frame resized; the prompts are the tracked
+        K-means points clipped to the view (the reference exo->ego recipe)."""
+        size = self.image_size
+        window = transforms.resize(image.shape[:2], size)
+        return TargetInput(
+            image=window.image(image),
+            prompts=np.clip(tracks.coords[view_index], 0, size - 1).astype(np.float32),
+            transform=window,
+            source_points=src.view.square.points_to_frame(src.direct_points, clip=True).astype(np.float32),
             visibility=tracks.vis[view_index].astype(np.float32),
             confidence=tracks.conf[view_index].astype(np.float32),
         )
+
+    def features_and_head(self, src: SourceInput, inputs: List[TargetInput], clock: _StageClock) -> List[torch.Tensor]:
+        """Stages 4-5: features of ``[source zoom, target inputs]`` (one pass, or one per
+        target with ``multi_view_features=False``), optional second pass, then the head.
+        Returns each target's last network-size logits ``[size, size]`` (on the device)."""
+        fulls: List[torch.Tensor] = [None] * len(inputs)  # type: ignore[list-item]
+        groups = [list(range(len(inputs)))] if self.multi_view_features else [[t] for t in range(len(inputs))]
+        for group in groups:
+            with clock("features"):
+                f = self.backbone_features([src.crop_image] + [inputs[t].image for t in group])
+                if self.cfg.second_pass:
+                    for j, t in enumerate(group):
+                        inputs[t] = self.second_pass(f, src, j + 1, inputs[t])
+            with clock("head"):
+                full, _ = self.decode(f, src.prompts, [inputs[t].prompts for t in group], src.crop_mask)
+            for j, t in enumerate(group):
+                fulls[t] = full[j, 0]
+            del f
+        return fulls
 
     def decode(
         self,
@@ -497,7 +531,7 @@ class VGGTSegmentor:
         src_mask: np.ndarray,
         target_indices: Optional[Sequence[int]] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Head on ``features`` ``[1, S, C, g, g]`` (frame 0 = source crop): one encode,
+        """Head on ``features`` ``[1, S, C, g, g]`` (frame 0 = source zoom): one encode,
         ``1 + refine_iterations`` decodes, batched over the targets (frames
         ``target_indices``, default ``1..S-1``). Returns (full ``[T,1,size,size]``,
         low-res ``[T,1,4g,4g]``) logits of the last pass."""
@@ -517,150 +551,50 @@ class VGGTSegmentor:
         return full, low
 
     def recover(self, logits: torch.Tensor, target: TargetInput) -> Tuple[torch.Tensor, np.ndarray]:
-        """Network-size logits ``[size, size]`` and prompts -> frame logits ``[H, W]`` and
-        frame points."""
-        h, w = target.frame_hw
-        pts = torch.from_numpy(np.asarray(target.prompts, np.float32))
-        if target.crop is not None:
-            frame, back = crops.recover_square_crop(logits, pts, target.crop, fill=OUTSIDE_LOGIT)
-            return frame, back.cpu().numpy().astype(np.float32)
-        size = self.image_size
-        frame = F.interpolate(logits[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-        back = np.stack([pts[:, 0].numpy() * (w / size), pts[:, 1].numpy() * (h / size)], axis=1)
-        return frame, back.astype(np.float32)
+        """Stage 6: network-size logits and the prompts -> frame logits ``[H, W]`` (on the
+        logits' device) and frame points."""
+        frame = target.transform.logits_to_frame(logits, OUTSIDE_LOGIT)
+        points = target.transform.points_to_frame(target.prompts)
+        return frame, points.astype(np.float32)
 
-    def second_pass(
-        self,
-        features: torch.Tensor,
-        src: SourceInput,
-        view_index: int,
-        lb_src: crops.LetterboxMeta,
-        target: TargetInput,
-    ) -> TargetInput:
-        """Re-project K-means points of the source crop into the target input with the
+    def recover_result(self, logits: torch.Tensor, target: TargetInput) -> SegmentationResult:
+        """Stage 6 into a result: the score (mean foreground probability) on the device,
+        one copy of the frame logits to the host."""
+        frame, points = self.recover(logits, target)
+        frame = frame.float()
+        positive = frame > 0
+        count = positive.sum()
+        score = torch.where(count > 0, (torch.sigmoid(frame) * positive).sum() / count.clamp(min=1), 0.0)
+        logits = frame.cpu().numpy()
+        return SegmentationResult(
+            mask=logits > 0,
+            source_points=np.asarray(target.source_points, np.float32),
+            target_points=points,
+            visibility=np.clip(target.visibility, 0, 1).astype(np.float32),
+            confidence=np.clip(target.confidence, 0, 1).astype(np.float32),
+            score=float(score),
+            logits=logits,
+            timings={},
+        )
+
+    def second_pass(self, features: torch.Tensor, src: SourceInput, view_index: int, target: TargetInput) -> TargetInput:
+        """Re-project K-means points of the source zoom into the target input with the
         features pass (no extra backbone pass) and re-cluster them into the prompts."""
-        cfg = self.cfg
+        cfg, k = self.cfg, self.cfg.prompt_points
         queries = prompts.kmeans_sample_points(src.crop_mask, cfg.first_pass_points)
         tr = self.track(features, [queries])[0]
         pts = np.clip(tr.coords[view_index], 0, self.image_size - 1)
-        kept_idx, _ = outlier_split(pts, cfg.outlier_k)
-        labels, centres = prompts.cluster_points(pts[kept_idx], cfg.prompt_points)
-        k = cfg.prompt_points
-        src_frame = letterbox_to_frame(source_crop_to_letterbox(queries, src.crop_box, self.image_size), lb_src)
+        kept, _ = prompts.median_outlier_split(pts, cfg.outlier_k)
+        labels, centres = prompts.cluster_points(pts[kept], k)
+        src_frame = src.view.crop.points_to_frame(queries, clip=True)
         return dataclasses.replace(
             target,
             prompts=np.asarray(centres, dtype=np.float32),
-            source_points=_group_means(src_frame[kept_idx], labels, k).astype(np.float32),
-            visibility=_group_means(tr.vis[view_index][kept_idx], labels, k).astype(np.float32),
-            confidence=_group_means(tr.conf[view_index][kept_idx], labels, k).astype(np.float32),
+            source_points=_group_means(src_frame[kept], labels, k).astype(np.float32),
+            visibility=_group_means(tr.vis[view_index][kept], labels, k).astype(np.float32),
+            confidence=_group_means(tr.conf[view_index][kept], labels, k).astype(np.float32),
         )
 
-    # ------------------------------------------------------------------ the whole run
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-
-    def _run(
-        self, source_image: np.ndarray, masks: List[np.ndarray], targets: List[TargetView], trace: Optional[dict] = None
-    ) -> List[List[SegmentationResult]]:
-        size, cfg = self.image_size, self.cfg
-        t_start = time.perf_counter()
-
-        # --- letterbox and first-pass points ---------------------------------------------
-        t0 = time.perf_counter()
-        src_lb, lb_src = crops.letterbox(source_image, size)
-        tgt_lbs = [crops.letterbox(v.image, size) for v in targets]
-        cropped = [v.role in CROPPED_ROLES for v in targets]
-        need_direct = not all(cropped)
-        sources = [self.prepare_source(src_lb, _letterbox_mask(m, size, lb_src), need_direct) for m in masks]
-        t_prompts = time.perf_counter() - t0
-
-        # --- first pass: one backbone pass for every view, tracks per object -------------
-        t0 = time.perf_counter()
-        feats = self.backbone_features([src_lb] + [lb for lb, _ in tgt_lbs])
-        query_sets: List[np.ndarray] = []
-        for s in sources:
-            if any(cropped):
-                query_sets.append(s.first_points)
-            if need_direct:
-                query_sets.append(s.direct_points)
-        tracks = self.track(feats, query_sets)
-        del feats
-        self._sync()
-        t_first = time.perf_counter() - t0
-
-        results: List[List[SegmentationResult]] = []
-        it = iter(tracks)
-        for o, src in enumerate(sources):
-            t0 = time.perf_counter()
-            tr_first = next(it) if any(cropped) else None
-            tr_direct = next(it) if need_direct else None
-            inputs: List[TargetInput] = []
-            stages: List[dict] = []
-            for t, view in enumerate(targets):
-                if cropped[t]:
-                    src_frame = letterbox_to_frame(src.first_points, lb_src)
-                    ti, st = self.cropped_target(view.image, tgt_lbs[t][1], tr_first, t + 1, src_frame)
-                else:
-                    src_frame = letterbox_to_frame(src.direct_points, lb_src)
-                    ti, st = self.direct_target(view.image, tgt_lbs[t][1], tr_direct, t + 1, src_frame), {}
-                inputs.append(ti)
-                stages.append(st)
-            t_remap = time.perf_counter() - t0
-
-            # --- features pass(es) and the head --------------------------------------------
-            t0 = time.perf_counter()
-            t_head = 0.0
-            fulls: List[torch.Tensor] = [None] * len(targets)  # type: ignore[list-item]
-            groups = [list(range(len(targets)))] if self.multi_view_features else [[t] for t in range(len(targets))]
-            for group in groups:
-                f = self.backbone_features([src.crop_image] + [inputs[t].image for t in group])
-                if cfg.second_pass:
-                    for j, t in enumerate(group):
-                        inputs[t] = self.second_pass(f, src, j + 1, lb_src, inputs[t])
-                self._sync()
-                th = time.perf_counter()
-                full, _ = self.decode(f, src.prompts, [inputs[t].prompts for t in group], src.crop_mask)
-                self._sync()
-                t_head += time.perf_counter() - th
-                for j, t in enumerate(group):
-                    fulls[t] = full[j, 0]
-                del f
-            t_features = time.perf_counter() - t0 - t_head
-
-            # --- recovery ------------------------------------------------------------------
-            t0 = time.perf_counter()
-            per_object = []
-            for t, view in enumerate(targets):
-                frame_logits, frame_pts = self.recover(fulls[t], inputs[t])
-                logits = frame_logits.float().cpu().numpy()
-                mask = logits > 0
-                prob = torch.sigmoid(frame_logits.float())
-                score = float(prob[torch.from_numpy(mask).to(prob.device)].mean()) if mask.any() else 0.0
-                per_object.append(
-                    SegmentationResult(
-                        mask=mask,
-                        source_points=np.asarray(inputs[t].source_points, np.float32),
-                        target_points=frame_pts,
-                        visibility=np.clip(inputs[t].visibility, 0, 1).astype(np.float32),
-                        confidence=np.clip(inputs[t].confidence, 0, 1).astype(np.float32),
-                        score=score,
-                        logits=logits.astype(np.float32),
-                        timings={},
-                    )
-                )
-                if trace is not None:
-                    trace.setdefault("targets", []).append(dict(object=o, target=t, input=inputs[t], **stages[t]))
-            t_recover = time.perf_counter() - t0
-            for r in per_object:
-                r.timings = dict(prompts=t_prompts, first_pass=t_first, remap=t_remap, features=t_features,
-                                 head=t_head, recover=t_recover)
-            results.append(per_object)
-        if trace is not None:
-            trace["sources"] = sources
-            trace["tracks"] = tracks
-        total = time.perf_counter() - t_start
-        for per_object in results:
-            for r in per_object:
-                r.timings["total"] = total
-        return results

@@ -66,14 +66,21 @@ def _pad_with_first(points: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([points, np.repeat(points[:1], n - len(points), axis=0)], axis=0)
 
 
-def remove_outliers_median(points: np.ndarray, k: int = 10) -> Tuple[np.ndarray, np.ndarray]:
-    """Split ``points`` into (kept, removed): the ``k`` points farthest from the
-    coordinate-wise median are removed. Both are ordered farthest first."""
+def median_outlier_split(points: np.ndarray, k: int = 10) -> Tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, removed) of ``points``: the ``k`` points farthest from the
+    coordinate-wise median are removed (at least one is kept). Both farthest first."""
     points = np.asarray(points)
     centre = np.median(points, axis=0)
     order = np.argsort(-np.linalg.norm(points - centre, axis=1))
     k = max(0, min(int(k), len(points) - 1))
-    return points[order[k:]], points[order[:k]]
+    return order[k:], order[:k]
+
+
+def remove_outliers_median(points: np.ndarray, k: int = 10) -> Tuple[np.ndarray, np.ndarray]:
+    """Split ``points`` into (kept, removed) with :func:`median_outlier_split`."""
+    points = np.asarray(points)
+    kept, removed = median_outlier_split(points, k)
+    return points[kept], points[removed]
 
 
 def cluster_points(points: np.ndarray, k: int = 5, seed: int = CLUSTER_SEED) -> Tuple[np.ndarray, np.ndarray]:

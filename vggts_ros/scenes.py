@@ -10,6 +10,9 @@
   (``skimage.data.stereo_motorcycle``, no network). The object is the motorcycle,
   segmented from the disparity map (see the function), and its right-view mask is the
   left mask warped by the disparity with a z-buffer for occlusions.
+* Hard cases for the weight-free backend: :func:`tall_scene` (tall boxes, exo cameras at
+  wide baselines) and :func:`textureless_scene` (a flat-coloured box);
+  :func:`load_scene` builds any of them from a short name (``tall:0``).
 """
 
 from __future__ import annotations
@@ -284,10 +287,21 @@ def synthetic_scene(
     exo_size: Tuple[int, int] = EXO_SIZE,
     noise: float = 2.0,
     name: Optional[str] = None,
+    footprint: Tuple[float, float, float, float] = (0.4, 0.58, 0.3, 0.45),
+    height_range: Tuple[float, float] = (0.05, 0.16),
+    exo_azimuth: Tuple[float, float] = (35.0, 50.0),
+    plain: Sequence[int] = (),
+    sizes: Optional[Dict[int, Tuple[float, float, float]]] = None,
 ) -> Scene:
     """Deterministic scene for ``seed``: ``n_objects`` textured boxes on a textured floor,
     camera ``ego`` (close, looking down steeply) and ``exo1..exoN`` (far, lower, spread in
-    azimuth). Sizes are (width, height). Object ids are 1..n_objects; source is ``ego``."""
+    azimuth). Sizes are (width, height). Object ids are 1..n_objects; source is ``ego``.
+
+    Variants (the defaults give the original scenes): box ``footprint`` ranges
+    (x min, x max, y min, y max) and ``height_range`` in metres, the exo cameras' azimuth
+    offset range from the ego camera in degrees (``exo_azimuth``), ``plain`` object
+    ids painted one flat colour (textureless: nothing for feature matching), and
+    ``sizes`` fixing some objects' (x, y, height) in metres."""
     if n_objects < 1 or n_exo < 1:
         raise ValueError("need at least one object and one exo camera")
     rng = np.random.default_rng(seed)
@@ -300,7 +314,10 @@ def synthetic_scene(
     boxes: Dict[int, np.ndarray] = {}  # object id -> 8x3 world corners
     placed: List[Tuple[np.ndarray, float]] = []
     for oid in range(1, n_objects + 1):
-        size = (rng.uniform(0.4, 0.58), rng.uniform(0.3, 0.45), rng.uniform(0.05, 0.16))
+        size = (rng.uniform(footprint[0], footprint[1]), rng.uniform(footprint[2], footprint[3]),
+                rng.uniform(*height_range))
+        if sizes and oid in sizes:  # drawn all the same, so the rest of the scene stays as it was
+            size = tuple(float(v) for v in sizes[oid])
         radius = 0.5 * math.hypot(size[0], size[1])
         for _ in range(200):
             xy = rng.uniform(-0.6, 0.6, size=2)
@@ -310,6 +327,8 @@ def synthetic_scene(
             raise ValueError(f"could not place {n_objects} objects without overlap")
         placed.append((xy, radius))
         tex = random_texture(rng, (384, 384), shapes=120, text=16)
+        if oid in plain:  # drawn all the same, so the other objects stay as they were
+            tex = plain_texture(np.random.default_rng([seed, oid]), (384, 384))
         box = _box_faces(xy, size, rng.uniform(0, math.pi), tex, oid, light)
         faces += box
         top = box[0].corners()
@@ -322,7 +341,7 @@ def synthetic_scene(
     roles["ego"] = "ego"
     spread = np.linspace(-1.0, 1.0, n_exo) if n_exo > 1 else np.array([1.0])
     for k, sgn in enumerate(spread, start=1):
-        az = az0 + sgn * rng.uniform(35, 50)
+        az = az0 + sgn * rng.uniform(*exo_azimuth)
         cams[f"exo{k}"] = orbit_camera(az, rng.uniform(38, 48), rng.uniform(3.8, 4.3), 55.0, exo_size)
         roles[f"exo{k}"] = "exo"
 
@@ -345,6 +364,62 @@ def synthetic_scene(
 
 def synthetic_scenes(seeds: Sequence[int] = (0, 1, 2), **kwargs) -> List[Scene]:
     return [synthetic_scene(s, **kwargs) for s in seeds]
+
+
+def plain_texture(rng: np.random.Generator, size: Tuple[int, int] = (256, 256)) -> np.ndarray:
+    """One saturated flat colour with faint sensor-like grain: a painted box, no features."""
+    w, h = size
+    hue = int(rng.integers(0, 180))
+    hsv = np.uint8([[[hue, int(rng.integers(150, 230)), int(rng.integers(150, 220))]]])
+    colour = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
+    img = np.empty((h, w, 3), np.float32)
+    img[:] = colour
+    img += rng.normal(0.0, 1.5, size=img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def tall_scene(seed: int = 0, **kwargs) -> Scene:
+    """Hard case: tall narrow boxes (0.3-0.5 m high) seen by exo cameras 70-90 degrees
+    around from the ego camera, so the faces seen by the source are barely seen (or
+    not at all) by the targets and much of each target silhouette is a side the source
+    never saw."""
+    kwargs.setdefault("name", f"tall_{seed}")
+    return synthetic_scene(seed, footprint=(0.22, 0.32, 0.18, 0.28), height_range=(0.3, 0.5),
+                           exo_azimuth=(70.0, 90.0), **kwargs)
+
+
+def textureless_scene(seed: int = 0, **kwargs) -> Scene:
+    """Hard case: object 1 is a flat-coloured box (no texture for features), objects 2
+    and 3 are textured as usual."""
+    kwargs.setdefault("name", f"textureless_{seed}")
+    return synthetic_scene(seed, plain=(1,), **kwargs)
+
+
+def wall_scene(seed: int = 0, **kwargs) -> Scene:
+    """Hard case: object 1 is a painted panel (a flat-coloured wall 0.8 m long, 0.05 m
+    thick, 0.4 m high), objects 2 and 3 textured boxes."""
+    kwargs.setdefault("name", f"wall_{seed}")
+    return synthetic_scene(seed, plain=(1,), sizes={1: (0.8, 0.05, 0.4)}, **kwargs)
+
+
+SCENE_KINDS = ("synthetic", "tall", "textureless", "wall", "motorcycle")
+
+
+def load_scene(spec: str) -> Scene:
+    """``synthetic:<seed>``, ``tall:<seed>``, ``textureless:<seed>``, ``wall:<seed>`` or ``motorcycle``."""
+    kind, _, arg = spec.strip().partition(":")
+    if kind == "motorcycle":
+        return motorcycle_scene()
+    makers = {"synthetic": synthetic_scene, "tall": tall_scene, "textureless": textureless_scene,
+              "wall": wall_scene}
+    if kind not in makers:
+        raise ValueError(f"unknown scene {spec!r}; use one of {', '.join(k + ':<seed>' for k in SCENE_KINDS[:-1])} "
+                         "or motorcycle")
+    try:
+        seed = int(arg or 0)
+    except ValueError:
+        raise ValueError(f"scene {spec!r}: the seed must be an integer") from None
+    return makers[kind](seed)
 
 
 def motorcycle_floor_plane(disparity: np.ndarray) -> np.ndarray:

@@ -41,6 +41,31 @@ Semantics (deterministic; all times in seconds, stamps are the header stamps):
   far-too-old stamps do not, so a camera with a broken clock cannot stall the others.
 * A set needs at least ``min_cameras`` messages (default: 2, or 1 for a single
   camera); a pivot that cannot reach that is dropped (``"unmatched"``).
+* A live camera that has been in no set for ``max(stale_after, 4 x its frame gap)``
+  (its stamps never fall within ``slop`` of the others', e.g. an uncorrected clock
+  offset) is no longer waited for (``unmatched_cameras()``); it may still join a set
+  with a message that fits, and is waited for again once it does.
+
+Clocks (``jump_threshold``, ``correct_offset_above``):
+
+* Time going back (a looped bag, a simulator reset): a message stamped more than
+  ``jump_threshold`` before its camera's newest one restarts that camera (queue, rate
+  and delay estimates); if it is also that far before the last set, the whole
+  synchroniser restarts (every queue, the last-set watermark) and sets come again as
+  soon as the cameras' new stamps match. ``time_jumped()`` does the same for a jump
+  signalled from outside (a ROS clock jump callback). Queued messages dropped by a
+  restart count as ``"reset"``.
+* Each message's delay ``now - stamp`` is kept per camera (last 15); a camera's clock
+  offset is its smallest recent delay (latency only adds to it) minus the lower median
+  of those over all cameras with at least 5 samples. A message whose delay is more than
+  ``jump_threshold`` below the camera's previous one is stamped in the future and is
+  dropped on arrival (``"future"``); the third such message in a row is taken as a
+  lasting jump forward: accepted, and the camera restarts.
+* An offset beyond ``correct_offset_above`` (0 disables) is corrected: that camera's
+  stamps are matched as ``stamp + offset``. The applied offset follows the estimate
+  when they differ by more than ``slop / 2``; ``SyncSet.stamps`` keep the original
+  stamps. Below the threshold stamps are used as they are, since a difference in
+  delays can also be transport latency.
 
 Time passing alone can complete a set (a camera going stale): call ``poll(now)``
 periodically, e.g. from a timer. All public methods are thread-safe.
@@ -56,7 +81,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-DROP_REASONS = ("overflow", "unmatched", "late", "duplicate", "invalid")
+DROP_REASONS = ("overflow", "unmatched", "late", "duplicate", "invalid", "future", "reset")
+_DELAYS = 15
+_MIN_DELAYS = 5
+_FUTURE_STREAK = 3
 _EPS = 1e-9
 
 
@@ -77,15 +105,31 @@ class SyncSet:
 @dataclass
 class _Camera:
     name: str
-    queue: List[Tuple[float, int, Any]] = field(default_factory=list)  # (stamp, seq, msg)
+    # (matching stamp = original + applied offset, seq, msg, original stamp)
+    queue: List[Tuple[float, int, Any, float]] = field(default_factory=list)
     last_arrival: Optional[float] = None
-    newest: Optional[float] = None
+    first_arrival: Optional[float] = None
+    last_matched: Optional[float] = None
+    newest: Optional[float] = None  # original stamps
     gaps: deque = field(default_factory=lambda: deque(maxlen=8))
+    delays: deque = field(default_factory=lambda: deque(maxlen=_DELAYS))
+    offset: float = 0.0  # applied to this camera's stamps
+    last_delay: Optional[float] = None
+    future_streak: int = 0
     received: int = 0
     dropped: Dict[str, int] = field(default_factory=lambda: {r: 0 for r in DROP_REASONS})
 
     def stamps(self) -> List[float]:
         return [item[0] for item in self.queue]
+
+    def restart(self) -> None:
+        """Forget what the camera's stamps were like (after its time went back)."""
+        self.dropped["reset"] += len(self.queue)
+        self.queue.clear()
+        self.newest = None
+        self.gaps.clear()
+        self.delays.clear()
+        self.last_delay = None
 
 
 class ApproximateTimeSync:
@@ -101,6 +145,8 @@ class ApproximateTimeSync:
         min_cameras: Optional[int] = None,
         inter_message_lower_bound: Union[None, float, Mapping[str, float]] = None,
         clock: Callable[[], float] = time.monotonic,
+        jump_threshold: float = 1.0,
+        correct_offset_above: float = 0.25,
     ) -> None:
         names = list(cameras)
         if not names:
@@ -131,6 +177,10 @@ class ApproximateTimeSync:
             bounds = {n: float(inter_message_lower_bound) for n in names}
         if any(b is not None and b < 0 for b in bounds.values()):
             raise ValueError("inter_message_lower_bound must be >= 0")
+        if not (jump_threshold > 0 and math.isfinite(jump_threshold)):
+            raise ValueError(f"jump_threshold must be a finite number > 0, got {jump_threshold!r}")
+        if not (correct_offset_above >= 0 and math.isfinite(correct_offset_above)):
+            raise ValueError(f"correct_offset_above must be a finite number >= 0, got {correct_offset_above!r}")
 
         self.cameras: Tuple[str, ...] = tuple(names)
         self.slop = float(slop)
@@ -140,6 +190,8 @@ class ApproximateTimeSync:
         self.min_cameras = int(min_cameras)
         self._bounds = bounds
         self._clock = clock
+        self.jump_threshold = float(jump_threshold)
+        self.correct_offset_above = float(correct_offset_above)
         self._lock = threading.RLock()
         self._seq = 0
         self.reset()
@@ -152,6 +204,42 @@ class ApproximateTimeSync:
             self._start: Optional[float] = None
             self._watermark = -math.inf
             self.emitted = 0
+            self.resets = 0
+
+    def configure(self, slop: Optional[float] = None, queue_size: Optional[int] = None,
+                  stale_after: Optional[float] = None, min_cameras: Optional[int] = None,
+                  jump_threshold: Optional[float] = None, correct_offset_above: Optional[float] = None) -> None:
+        """Change settings while running (None keeps one); queued messages are kept."""
+        checks = {
+            "slop": (slop, lambda v: v >= 0 and math.isfinite(v)),
+            "queue_size": (queue_size, lambda v: int(v) >= 1),
+            "stale_after": (stale_after, lambda v: v > 0),
+            "min_cameras": (min_cameras, lambda v: 1 <= int(v) <= len(self.cameras)),
+            "jump_threshold": (jump_threshold, lambda v: v > 0 and math.isfinite(v)),
+            "correct_offset_above": (correct_offset_above, lambda v: v >= 0 and math.isfinite(v)),
+        }
+        for name, (value, ok) in checks.items():
+            if value is not None and not ok(value):
+                raise ValueError(f"{name}: invalid value {value!r}")
+        with self._lock:
+            if slop is not None:
+                self.slop = float(slop)
+            if queue_size is not None:
+                self.queue_size = int(queue_size)
+            if stale_after is not None:
+                self.stale_after = float(stale_after)
+            if min_cameras is not None:
+                self.min_cameras = int(min_cameras)
+            if jump_threshold is not None:
+                self.jump_threshold = float(jump_threshold)
+            if correct_offset_above is not None:
+                self.correct_offset_above = float(correct_offset_above)
+
+    def time_jumped(self) -> None:
+        """Time went back (signalled from outside): drop every queued message and the
+        last-set watermark, keep counters and liveness."""
+        with self._lock:
+            self._restart_all()
 
     def add(self, camera: str, stamp: float, msg: Any, now: Optional[float] = None) -> List[SyncSet]:
         """Queue one message and return the sets it completes (possibly none)."""
@@ -161,18 +249,40 @@ class ApproximateTimeSync:
                 raise ValueError(f"unknown camera {camera!r}; expected one of {list(self.cameras)}")
             now = self._now(now)
             cam.received += 1
+            if self._is_stale(cam, now):  # back from silence: patience starts again
+                cam.first_arrival, cam.last_matched = None, None
             try:
-                stamp = float(stamp)
+                raw = float(stamp)
             except (TypeError, ValueError):
-                stamp = math.nan
-            if not math.isfinite(stamp):
+                raw = math.nan
+            if not math.isfinite(raw):
                 cam.dropped["invalid"] += 1
                 return self._drain(now)
+            if cam.newest is not None and raw < cam.newest - self.jump_threshold:
+                # This camera's time went back; past the last set too: everyone's did.
+                went_past = raw + cam.offset < self._watermark - self.jump_threshold
+                cam.restart()
+                if went_past:
+                    self._restart_all()
+            delay = now - raw
+            if cam.last_delay is not None and delay < cam.last_delay - self.jump_threshold:
+                cam.future_streak += 1
+                if cam.future_streak < _FUTURE_STREAK:
+                    cam.dropped["future"] += 1
+                    return self._drain(now)
+                cam.restart()  # a lasting jump forward: the camera's clock was set
+            cam.future_streak = 0
+            cam.last_delay = delay
+            cam.delays.append(delay)
+            self._update_offsets()
+            stamp = raw + cam.offset
             if stamp <= self._watermark:
                 cam.dropped["late"] += 1
                 # Lost this round but still in step with the others: it counts as live.
                 if self.stale_after is None or stamp > self._watermark - self.stale_after:
                     cam.last_arrival = now
+                    if cam.first_arrival is None:
+                        cam.first_arrival = now
                 return self._drain(now)
             stamps = cam.stamps()
             pos = bisect.bisect_left(stamps, stamp)
@@ -181,11 +291,13 @@ class ApproximateTimeSync:
                 cam.last_arrival = now
                 return self._drain(now)
             self._seq += 1
-            cam.queue.insert(pos, (stamp, self._seq, msg))
-            if cam.newest is not None and stamp > cam.newest:
-                cam.gaps.append(stamp - cam.newest)
-            cam.newest = stamp if cam.newest is None else max(cam.newest, stamp)
+            cam.queue.insert(pos, (stamp, self._seq, msg, raw))
+            if cam.newest is not None and raw > cam.newest:
+                cam.gaps.append(raw - cam.newest)
+            cam.newest = raw if cam.newest is None else max(cam.newest, raw)
             cam.last_arrival = now
+            if cam.first_arrival is None:
+                cam.first_arrival = now
             while len(cam.queue) > self.queue_size:
                 cam.queue.pop(0)
                 cam.dropped["overflow"] += 1
@@ -201,6 +313,22 @@ class ApproximateTimeSync:
         with self._lock:
             now = self._now(now)
             return tuple(n for n in self.cameras if self._is_stale(self._cams[n], now))
+
+    def unmatched_cameras(self, now: Optional[float] = None) -> Tuple[str, ...]:
+        """Live cameras no longer waited for because none of their messages made a set."""
+        with self._lock:
+            now = self._now(now)
+            return tuple(n for n in self.cameras if self._is_unmatched(self._cams[n], now))
+
+    def clock_offsets(self) -> Dict[str, Optional[float]]:
+        """Estimated clock offset per camera (s; None until 5 messages arrived)."""
+        with self._lock:
+            return self._estimates()
+
+    def applied_offsets(self) -> Dict[str, float]:
+        """Offset added to each camera's stamps for matching (0 unless corrected)."""
+        with self._lock:
+            return {n: c.offset for n, c in self._cams.items()}
 
     @property
     def dropped(self) -> Dict[str, int]:
@@ -218,6 +346,9 @@ class ApproximateTimeSync:
                 "dropped": {n: sum(c.dropped.values()) for n, c in self._cams.items()},
                 "dropped_by_reason": {n: dict(c.dropped) for n, c in self._cams.items()},
                 "last_stamp": None if self._watermark == -math.inf else self._watermark,
+                "resets": self.resets,
+                "clock_offsets": self._estimates(),
+                "applied_offsets": {n: c.offset for n, c in self._cams.items()},
             }
 
     # ------------------------------------------------------------------ internals
@@ -232,6 +363,45 @@ class ApproximateTimeSync:
             return False
         seen = cam.last_arrival if cam.last_arrival is not None else self._start
         return seen is not None and now - seen > self.stale_after
+
+    def _is_unmatched(self, cam: _Camera, now: float) -> bool:
+        if self.stale_after is None or cam.first_arrival is None or self._is_stale(cam, now):
+            return False
+        since = cam.last_matched if cam.last_matched is not None else cam.first_arrival
+        patience = max(self.stale_after, 4 * max(cam.gaps)) if cam.gaps else self.stale_after
+        return now - since > patience
+
+    def _restart_all(self) -> None:
+        for cam in self._cams.values():
+            cam.dropped["reset"] += len(cam.queue)
+            cam.queue.clear()
+            cam.last_matched = None
+            cam.first_arrival = cam.last_arrival
+        self._watermark = -math.inf
+        self.resets += 1
+
+    def _estimates(self) -> Dict[str, Optional[float]]:
+        # The smallest recent delay: latency only ever adds to it (backlogs, scheduling).
+        medians = {n: min(c.delays) for n, c in self._cams.items() if len(c.delays) >= _MIN_DELAYS}
+        if not medians:
+            return {n: None for n in self.cameras}
+        ordered = sorted(medians.values())
+        reference = ordered[(len(ordered) - 1) // 2]
+        return {n: (medians[n] - reference if n in medians else None) for n in self.cameras}
+
+    def _update_offsets(self) -> None:
+        if self.correct_offset_above <= 0:
+            return
+        for name, estimate in self._estimates().items():
+            cam = self._cams[name]
+            if estimate is None:
+                continue
+            target = estimate if abs(estimate) > self.correct_offset_above else 0.0
+            if target == 0.0 and cam.offset == 0.0 or abs(target - cam.offset) <= self.slop / 2:
+                continue
+            delta = target - cam.offset
+            cam.offset = target
+            cam.queue = sorted((m + delta, seq, msg, raw) for m, seq, msg, raw in cam.queue)
 
     def _bound(self, cam: _Camera) -> Optional[float]:
         given = self._bounds[cam.name]
@@ -255,7 +425,8 @@ class ApproximateTimeSync:
 
     def _step(self, now: float):
         """One decision: a SyncSet, True (state changed, look again) or None (wait)."""
-        waited = [n for n in self.cameras if n in self.required or not self._is_stale(self._cams[n], now)]
+        waited = [n for n in self.cameras if n in self.required
+                  or not (self._is_stale(self._cams[n], now) or self._is_unmatched(self._cams[n], now))]
         optional = [n for n in self.cameras if n not in waited and self._cams[n].queue]
         if not waited:  # everyone is silent: group what is left, nothing more will come
             waited, optional = optional, []
@@ -316,18 +487,25 @@ class ApproximateTimeSync:
             self._cams[pivot].queue.pop(0)
             self._cams[pivot].dropped["unmatched"] += 1
             return True
-        messages, stamps = {}, {}
+        messages, stamps, matched = {}, {}, {}
         for n in self.cameras:
             if n not in chosen:
                 continue
             cam = self._cams[n]
             idx = cam.stamps().index(chosen[n])
-            stamp, _, msg = cam.queue.pop(idx)
-            messages[n], stamps[n] = msg, stamp
+            stamp, _, msg, raw = cam.queue.pop(idx)
+            messages[n], stamps[n], matched[n] = msg, raw, stamp
+            cam.last_matched = now
             self._drop_front(cam, stamp, inclusive=True)
-        self._watermark = max(stamps.values())
+        self._watermark = max(matched.values())
         for cam in self._cams.values():
             self._drop_front(cam, self._watermark, inclusive=True)
         self.emitted += 1
         missing = tuple(n for n in self.cameras if n not in messages)
         return SyncSet(stamp=self._watermark, messages=messages, stamps=stamps, missing=missing)
+
+
+def _median(values) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])

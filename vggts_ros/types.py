@@ -40,6 +40,10 @@ class SegmentationResult:
     score: float = 0.0  # mean foreground probability inside the mask (0 when empty)
     logits: Optional[np.ndarray] = None  # HxW float32 when the backend has them
     timings: dict = field(default_factory=dict)  # stage -> seconds
+    # Which method produced the mask (backend specific, e.g. the geometric backend's
+    # "object_features" or "scene_homography+colour"), and why it is empty when it is.
+    path: str = ""
+    reason: str = ""
 
 
 class Segmentor(Protocol):

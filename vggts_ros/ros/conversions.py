@@ -8,7 +8,9 @@ and ``CompressedImage`` payloads decoded with OpenCV. Every failure raises
 
 from __future__ import annotations
 
-from typing import Tuple
+import array
+import struct
+from typing import Optional, Tuple
 
 import cv2
 import numpy as np
@@ -68,11 +70,22 @@ def image_to_rgb(msg) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def compressed_to_rgb(msg) -> np.ndarray:
-    """``sensor_msgs/CompressedImage`` (jpeg/png) -> ``HxWx3`` uint8 RGB."""
-    data = np.frombuffer(bytes(msg.data), dtype=np.uint8)
+def compressed_to_rgb(msg, max_pixels: Optional[int] = None) -> np.ndarray:
+    """``sensor_msgs/CompressedImage`` (jpeg/png) -> ``HxWx3`` uint8 RGB.
+
+    With ``max_pixels`` the size is read from the header first and a larger image (or
+    one whose header is not PNG/JPEG) is refused without decoding it.
+    """
+    data = np.frombuffer(msg.data, dtype=np.uint8)
     if data.size == 0:
         raise ImageError("compressed image has no data")
+    if max_pixels is not None:
+        size = compressed_size(data)
+        if size is None:
+            raise ImageError(f"compressed image (format {msg.format!r}) has no readable PNG/JPEG header")
+        problem = check_size(size[0], size[1], max_pixels, "compressed image")
+        if problem:
+            raise ImageError(problem)
     decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if decoded is None:
         raise ImageError(f"could not decode compressed image (format {msg.format!r}, {data.size} bytes)")
@@ -86,21 +99,68 @@ def mask_from_image(msg) -> np.ndarray:
     return _buffer(msg, 1, np.uint8)[..., 0] != 0
 
 
-def fill_image(msg, array: np.ndarray, encoding: str) -> None:
-    """Write ``array`` (HxW uint8 or HxWx3 uint8) into an existing ``Image`` message."""
-    array = np.ascontiguousarray(array)
-    if array.dtype != np.uint8:
-        raise ImageError(f"expected uint8 pixels, got {array.dtype}")
-    msg.height, msg.width = int(array.shape[0]), int(array.shape[1])
+def fill_image(msg, pixels: np.ndarray, encoding: str) -> None:
+    """Write ``pixels`` (HxW uint8 or HxWx3 uint8) into an existing ``Image`` message."""
+    pixels = np.ascontiguousarray(pixels)
+    if pixels.dtype != np.uint8:
+        raise ImageError(f"expected uint8 pixels, got {pixels.dtype}")
+    msg.height, msg.width = int(pixels.shape[0]), int(pixels.shape[1])
     msg.encoding = encoding
     msg.is_bigendian = 0
-    msg.step = int(array.shape[1] * (array.shape[2] if array.ndim == 3 else 1))
-    msg.data = array.tobytes()
+    msg.step = int(pixels.shape[1] * (pixels.shape[2] if pixels.ndim == 3 else 1))
+    msg.data = to_uint8_array(pixels)
+
+
+def to_uint8_array(pixels: np.ndarray) -> "array.array":
+    """Pixels as the ``array.array('B')`` a ``uint8[]`` field stores.
+
+    Assigning ``bytes`` instead makes rclpy check every byte in Python where field checks
+    are on (Humble always; ROS_PYTHON_CHECK_FIELDS=1 later): 212 ms for a 500x741 RGB
+    image against 0.5 ms for this one copy (measured on this machine).
+    """
+    out = array.array("B")
+    out.frombytes(np.ascontiguousarray(pixels).data)
+    return out
 
 
 def image_size(msg) -> Tuple[int, int]:
     """(height, width) of a raw image message."""
     return int(msg.height), int(msg.width)
+
+
+def compressed_size(data) -> Optional[Tuple[int, int]]:
+    """(height, width) read from a PNG or JPEG header without decoding; None if unknown."""
+    head = bytes(memoryview(data)[:65536]) if not isinstance(data, bytes) else data[:65536]
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24 and head[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", head[16:24])
+        return height, width
+    if head[:2] == b"\xff\xd8":
+        i = 2
+        while i + 4 <= len(head):
+            if head[i] != 0xFF:
+                return None
+            marker = head[i + 1]
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                i += 2
+                continue
+            length = struct.unpack(">H", head[i + 2:i + 4])[0]
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                if i + 9 > len(head):
+                    return None
+                height, width = struct.unpack(">HH", head[i + 5:i + 9])
+                return height, width
+            i += 2 + length
+    return None
+
+
+def check_size(height: int, width: int, max_pixels: int, what: str) -> str:
+    """'' if a ``what`` of this size may be decoded, else why not."""
+    if height <= 0 or width <= 0:
+        return f"{what} has no pixels ({width}x{height})"
+    if height * width > max_pixels:
+        return (f"{what} is {width}x{height} = {height * width} pixels, more than inference.max_image_pixels "
+                f"= {max_pixels}")
+    return ""
 
 
 def check_pixels(image: np.ndarray) -> str:

@@ -1,41 +1,62 @@
 """The ``vggts`` ROS 2 node: synchronised cameras in, target masks and points out.
 
+A thin adapter: the synchroniser (``vggts_ros.sync``), the object registry with its
+generation counter (``vggts_ros.registry``), the frame history and size tracking
+(``vggts_ros.frame_history``) and the diagnostics bookkeeping (``vggts_ros.health``)
+are plain Python with their own tests; this file wires them to topics, services,
+parameters and timers.
+
 Threads: the executor runs subscription, service and timer callbacks (cheap: they queue
 messages, validate requests, publish diagnostics); one inference thread takes the
 newest synchronised set, runs the backend and publishes. A set that arrives while the
 previous one is being processed replaces any set still waiting, so latency stays
-bounded when the model is slower than the cameras.
+bounded when the model is slower than the cameras. Results computed from objects that
+were cleared or replaced meanwhile are discarded, never published.
+
+Timers run on the steady clock, so diagnostics keep coming with ``use_sim_time`` and
+no ``/clock``; a ROS time jump back (a looped bag with sim time) restarts the
+synchroniser and the frame history.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockType, JumpThreshold
+from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from sensor_msgs.msg import CompressedImage, Image
 
 from vggts_ros.checkpoint import CheckpointError
-from vggts_ros.config import NodeConfig, PipelineConfig
+from vggts_ros.config import CAMERA_KEYS, CAMERA_PARAMETERS, PARAMETERS, NodeConfig, PipelineConfig
+from vggts_ros.frame_history import Frame, FrameHistory, SizeTracker
+from vggts_ros.health import ERROR, OK, WARN, Health, Throttle
 from vggts_ros.msg import ObjectPoints, ProjectedPoints
-from vggts_ros.ros.conversions import ImageError, check_pixels, compressed_to_rgb, fill_image, image_to_rgb, mask_from_image
+from vggts_ros.registry import ObjectRegistry, RegistryError, TrackedObject
+from vggts_ros.ros.conversions import (ImageError, check_pixels, check_size, compressed_size, compressed_to_rgb,
+                                       fill_image, image_to_rgb, mask_from_image)
 from vggts_ros.srv import ClearObjects, SetSourceMask
 from vggts_ros.sync import ApproximateTimeSync, SyncSet
 from vggts_ros.types import SegmentationResult, TargetView
 from vggts_ros.visualize import overlay_masks
+
+_LEVELS = {OK: DiagnosticStatus.OK, WARN: DiagnosticStatus.WARN, ERROR: DiagnosticStatus.ERROR}
+_FRAMES_KEPT = 120  # per camera, whatever keyframe_history says (memory bound)
 
 
 def stamp_to_sec(stamp) -> float:
@@ -43,31 +64,23 @@ def stamp_to_sec(stamp) -> float:
 
 
 @dataclass
-class Frame:
-    """One received camera message, decoded lazily (decoding costs time)."""
+class Image_:
+    """A received camera message, decoded lazily (decoding costs time) and once."""
 
-    camera: str
     msg: Any
-    stamp: float
-    arrival: float
     compressed: bool
+    max_pixels: int
     _rgb: Optional[np.ndarray] = None
 
     def rgb(self) -> np.ndarray:
         if self._rgb is None:
-            self._rgb = compressed_to_rgb(self.msg) if self.compressed else image_to_rgb(self.msg)
+            self._rgb = (compressed_to_rgb(self.msg, self.max_pixels) if self.compressed
+                         else image_to_rgb(self.msg))
         return self._rgb
 
-
-@dataclass
-class TrackedObject:
-    object_id: int
-    camera: str
-    label: str
-    image: np.ndarray  # source frame the mask belongs to (RGB)
-    mask: np.ndarray  # bool, same size as image
-    stamp: float
-    version: int = 0
+    def size(self) -> Optional[Tuple[int, int]]:
+        """(height, width) without decoding."""
+        return compressed_size(self.msg.data) if self.compressed else (int(self.msg.height), int(self.msg.width))
 
 
 @dataclass(frozen=True)
@@ -86,20 +99,20 @@ class SetTiming:
         return self.latency - self.pipeline - self.queued
 
 
-@dataclass
-class Stats:
-    sets_received: int = 0
-    sets_processed: int = 0
-    sets_replaced: int = 0
-    sets_failed: int = 0
-    frames_rejected: Dict[str, int] = field(default_factory=dict)
-    last_reject: Dict[str, str] = field(default_factory=dict)
-    last: Optional["SetTiming"] = None  # replaced whole, so readers see one consistent set
-    processed_times: Deque[float] = field(default_factory=lambda: deque(maxlen=50))
-    last_error: str = ""
-
-
-_DYNAMIC = ParameterDescriptor(dynamic_typing=True)
+def _descriptor(name: str) -> ParameterDescriptor:
+    if name in PARAMETERS:
+        text, live, bounds = PARAMETERS[name]
+    else:  # camera.<name>.<key>
+        text, live, bounds = CAMERA_PARAMETERS[name.rsplit(".", 1)[-1]], False, None
+    desc = ParameterDescriptor(name=name, description=text + ("" if live else " (read-only: restart to change)"),
+                               read_only=not live, dynamic_typing=name != "cameras")
+    if bounds is not None:
+        lo, hi = bounds
+        if isinstance(lo, int) and isinstance(hi, int):
+            desc.integer_range = [IntegerRange(from_value=lo, to_value=hi, step=0)]
+        else:
+            desc.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+    return desc
 
 
 class VGGTSNode(Node):
@@ -108,16 +121,17 @@ class VGGTSNode(Node):
     def __init__(self, node_name: str = "vggts", segmentor=None, **kwargs) -> None:
         super().__init__(node_name, **kwargs)
         self.cfg = self._read_config()
-        self.get_logger().info(
-            f"cameras: {', '.join(f'{c.name} ({c.role}, {c.resolved_topic()})' for c in self.cfg.cameras)}"
-        )
-        self._lock = threading.RLock()
-        self._objects: Dict[int, TrackedObject] = {}
-        self._history: Dict[str, Deque[Frame]] = {
-            c.name: deque(maxlen=max(1, self.cfg.inference.keyframe_history)) for c in self.cfg.cameras
-        }
-        self._sizes: Dict[str, Tuple[int, int]] = {}
-        self.stats = Stats(frames_rejected={c.name: 0 for c in self.cfg.cameras})
+        self._steady = Clock(clock_type=ClockType.STEADY_TIME)
+        names = [c.name for c in self.cfg.cameras]
+        inf = self.cfg.inference
+        self.registry = ObjectRegistry(inf.max_objects, inf.max_label_length)
+        self.history = FrameHistory(names, inf.keyframe_history, _FRAMES_KEPT)
+        self.sizes = SizeTracker()
+        self.health = Health(names, window=5.0, start=time.monotonic())
+        self.throttle = Throttle(5.0)
+        self.sets_processed = 0
+        self.last: Optional[SetTiming] = None
+        self._published_on: set = set()
 
         self.device = "cpu"
         if segmentor is None:
@@ -125,8 +139,7 @@ class VGGTSNode(Node):
 
             self.device = resolve_device(self.cfg.model.device)
             self.cfg.model.device = self.device
-            pipeline = PipelineConfig(refine_iterations=self.cfg.inference.refine_iterations,
-                                      backbone_dtype=self.cfg.model.dtype)
+            pipeline = PipelineConfig(refine_iterations=inf.refine_iterations, backbone_dtype=self.cfg.model.dtype)
             t0 = time.monotonic()
             segmentor = create_segmentor(self.cfg.model, pipeline)
             self.get_logger().info(
@@ -135,36 +148,50 @@ class VGGTSNode(Node):
             )
         self.segmentor = segmentor
 
+        s = self.cfg.sync
         self.sync = ApproximateTimeSync(
-            [c.name for c in self.cfg.cameras], slop=self.cfg.sync.slop, queue_size=self.cfg.sync.queue_size,
-            stale_after=self.cfg.sync.stale_after,
+            names, slop=s.slop, queue_size=s.queue_size, stale_after=s.stale_after,
+            required=[c.name for c in self.cfg.cameras if c.required], min_cameras=min(s.min_cameras, len(names)),
+            jump_threshold=s.jump_threshold, correct_offset_above=s.correct_offset_above,
         )
 
         self._io_group = ReentrantCallbackGroup()
         self._service_group = MutuallyExclusiveCallbackGroup()
         self._timer_group = MutuallyExclusiveCallbackGroup()
+        qos_options = QoSOverridingOptions.with_default_policies()
+        self._subs = {}
         for cam in self.cfg.cameras:
             msg_type = CompressedImage if cam.compressed else Image
-            self.create_subscription(
-                msg_type, cam.resolved_topic(), lambda msg, name=cam.name: self._on_image(name, msg),
-                qos_profile_sensor_data, callback_group=self._io_group,
+            self._subs[cam.name] = self.create_subscription(
+                msg_type, cam.topic, lambda msg, name=cam.name: self._on_image(name, msg),
+                qos_profile_sensor_data, callback_group=self._io_group, qos_overriding_options=qos_options,
             )
-        self._mask_pubs = {c.name: self.create_publisher(Image, f"~/{c.name}/mask", 10) for c in self.cfg.cameras}
-        self._points_pubs = {
-            c.name: self.create_publisher(ProjectedPoints, f"~/{c.name}/points", 10) for c in self.cfg.cameras
-        }
-        self._overlay_pubs = (
-            {c.name: self.create_publisher(Image, f"~/{c.name}/overlay", 10) for c in self.cfg.cameras}
-            if self.cfg.publish.overlay else {}
-        )
+        self.get_logger().info("cameras: " + ", ".join(
+            f"{c.name} ({c.role}{', required' if c.required else ''}, {self._subs[c.name].topic_name})"
+            for c in self.cfg.cameras))
+        out_qos = QoSProfile(depth=10)
+
+        def publishers(kind, msg_type):
+            return {c.name: self.create_publisher(msg_type, f"~/{c.name}/{kind}", out_qos,
+                                                  qos_overriding_options=qos_options) for c in self.cfg.cameras}
+
+        self._mask_pubs = publishers("mask", Image)
+        self._points_pubs = publishers("points", ProjectedPoints)
+        self._overlay_pubs = publishers("overlay", Image) if self.cfg.publish.overlay else {}
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_service(SetSourceMask, "~/set_source_mask", self._on_set_source_mask,
                             callback_group=self._service_group)
         self.create_service(ClearObjects, "~/clear_objects", self._on_clear_objects,
                             callback_group=self._service_group)
-        self.create_timer(0.1, self._on_poll, callback_group=self._timer_group)
-        self.create_timer(max(0.05, self.cfg.publish.diagnostics_period), self._publish_diagnostics,
-                          callback_group=self._timer_group)
+        self.create_timer(0.1, self._on_poll, callback_group=self._timer_group, clock=self._steady)
+        self.create_timer(self.cfg.publish.diagnostics_period, self._publish_diagnostics,
+                          callback_group=self._timer_group, clock=self._steady)
+        self._jump_handle = self.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-int(s.jump_threshold * 1e9)),
+                          on_clock_change=True),
+            post_callback=self._on_time_jump)
+        self.add_on_set_parameters_callback(self._validate_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
 
         self._pending: Optional[Tuple[SyncSet, float]] = None
         self._wake = threading.Condition()
@@ -175,17 +202,18 @@ class VGGTSNode(Node):
     # ------------------------------------------------------------------ parameters
     def _read_config(self) -> NodeConfig:
         defaults = NodeConfig().to_parameters()
-        cameras = self.declare_parameter("cameras", Parameter.Type.STRING_ARRAY).value or []
+        cameras = self.declare_parameter("cameras", Parameter.Type.STRING_ARRAY, _descriptor("cameras")).value or []
         cameras = list(cameras)
         flat: Dict[str, Any] = {"cameras": cameras}
+        camera_defaults = {"topic": "", "role": "exo", "compressed": False, "required": False}
         for name in cameras:
-            for key, default in (("topic", ""), ("role", "exo"), ("compressed", False)):
+            for key in CAMERA_KEYS:
                 full = f"camera.{name}.{key}"
-                flat[full] = self.declare_parameter(full, default, _DYNAMIC).value
+                flat[full] = self.declare_parameter(full, camera_defaults[key], _descriptor(full)).value
         for key, default in defaults.items():
             if key == "cameras":
                 continue
-            flat[key] = self.declare_parameter(key, default, _DYNAMIC).value
+            flat[key] = self.declare_parameter(key, default, _descriptor(key)).value
         overrides = getattr(self, "_parameter_overrides", {}) or {}
         unknown = sorted(k for k in overrides if not self.has_parameter(k) and k != "use_sim_time"
                          and not k.startswith("qos_overrides."))
@@ -196,30 +224,86 @@ class VGGTSNode(Node):
             cam.topic = cam.resolved_topic()
         return cfg.validate()
 
+    def _candidate(self, params) -> NodeConfig:
+        """The configuration these parameter changes would give (raises ValueError)."""
+        flat = self.cfg.to_parameters()
+        for p in params:
+            if p.name in flat:
+                flat[p.name] = p.value
+        cfg = NodeConfig.from_parameters(flat)
+        return cfg.validate()
+
+    def _validate_parameters(self, params) -> SetParametersResult:
+        mine = [p for p in params if p.name in PARAMETERS or p.name.startswith("camera.")]
+        if not mine:
+            return SetParametersResult(successful=True)
+        try:
+            self._candidate(mine)
+        except ValueError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, params) -> None:
+        mine = [p for p in params if p.name in PARAMETERS and PARAMETERS[p.name][1]]
+        if not mine:
+            return
+        cfg = self._candidate(mine)
+        s, inf = cfg.sync, cfg.inference
+        self.sync.configure(slop=s.slop, queue_size=s.queue_size, stale_after=s.stale_after,
+                            min_cameras=min(s.min_cameras, len(cfg.cameras)), jump_threshold=s.jump_threshold,
+                            correct_offset_above=s.correct_offset_above)
+        self.registry.max_objects, self.registry.max_label_length = inf.max_objects, inf.max_label_length
+        self.history.seconds = inf.keyframe_history
+        cfg.model.device = self.cfg.model.device
+        self.cfg = cfg
+        self.get_logger().info("parameters changed: " + ", ".join(f"{p.name}={p.value!r}" for p in mine))
+
     # ------------------------------------------------------------------ input
     def _on_image(self, camera: str, msg) -> None:
         now = time.monotonic()
-        frame = Frame(camera, msg, stamp_to_sec(msg.header.stamp), now, self.cfg.camera(camera).compressed)
-        with self._lock:
-            self._history[camera].append(frame)
-        self._dispatch(self.sync.add(camera, frame.stamp, frame, now=now))
+        cam = self.cfg.camera(camera)
+        image = Image_(msg, cam.compressed, self.cfg.inference.max_image_pixels)
+        stamp = stamp_to_sec(msg.header.stamp)
+        size = image.size()
+        problem = "compressed image has no readable PNG/JPEG header" if size is None else \
+            check_size(size[0], size[1], self.cfg.inference.max_image_pixels, "frame")
+        if problem:
+            self._reject(camera, stamp, problem, now)
+            return
+        ros_now = self.get_clock().now().nanoseconds * 1e-9
+        self.health.frame(camera, now, ros_now - stamp if ros_now > 0 else None)
+        self.history.add(Frame(camera, stamp, now, image))
+        self._dispatch(self.sync.add(camera, stamp, Frame(camera, stamp, now, image), now=now))
+
+    def _reject(self, camera: str, stamp: float, problem: str, now: float) -> None:
+        changed = self.health.rejected(camera, now, problem)
+        if changed or self.throttle.ready(f"reject:{camera}", now):
+            more = self.throttle.take_suppressed(f"reject:{camera}")
+            self.get_logger().warning(f"camera {camera!r}: frame at {stamp:.3f} s skipped: {problem}"
+                                      + (f" (+{more} more)" if more else ""))
 
     def _on_poll(self) -> None:
         self._dispatch(self.sync.poll())
 
+    def _on_time_jump(self, jump) -> None:
+        self.sync.time_jumped()
+        self.history = FrameHistory([c.name for c in self.cfg.cameras], self.cfg.inference.keyframe_history,
+                                    _FRAMES_KEPT)
+        self.get_logger().warning("ROS time jumped back: synchroniser and frame history restarted")
+
     def _dispatch(self, sets: List[SyncSet]) -> None:
         if not sets:
             return
-        with self._lock:
-            have_objects = bool(self._objects)
+        now = time.monotonic()
+        have_objects = len(self.registry) > 0
         with self._wake:
             for item in sets:
-                self.stats.sets_received += 1
+                self.health.set_received(now)
                 if not have_objects:
                     continue
                 if self._pending is not None:
-                    self.stats.sets_replaced += 1
-                self._pending = (item, time.monotonic())
+                    self.health.replaced += 1
+                self._pending = (item, now)
             self._wake.notify()
 
     # ------------------------------------------------------------------ services
@@ -235,110 +319,124 @@ class VGGTSNode(Node):
         if ok:
             self.get_logger().info(f"set_source_mask: {message}")
         else:
-            self.get_logger().warning(f"set_source_mask refused: {message}")
+            self.get_logger().warning(f"set_source_mask refused: {message[:500]}")
         return response
 
     def _set_source_mask(self, req) -> Tuple[bool, str, int, Any]:
         names = [c.name for c in self.cfg.cameras]
         if req.camera not in names:
-            return False, f"unknown camera {req.camera!r}; this node's cameras are {names}", 0, None
+            return False, f"unknown camera {req.camera[:64]!r}; this node's cameras are {names}", 0, None
         try:
-            mask = mask_from_image(req.mask)
+            self.registry.check_request(int(req.object_id), req.label)
+        except RegistryError as exc:
+            return False, str(exc), 0, None
+        m = req.mask
+        problem = check_size(int(m.height), int(m.width), self.cfg.inference.max_image_pixels, "mask")
+        if problem:
+            return False, f"bad mask image: {problem}", 0, None
+        want = stamp_to_sec(req.stamp)
+        tolerance = max(self.cfg.sync.slop, 1e-3)
+        frame, why = self.history.find(req.camera, want, tolerance)
+        if frame is None:
+            return False, f"{why} (topic {self._subs[req.camera].topic_name})", 0, None
+        size = frame.payload.size()
+        if size is not None and (int(m.height), int(m.width)) != size:
+            return False, (
+                f"mask is {m.width}x{m.height} but camera {req.camera!r} frames are "
+                f"{size[1]}x{size[0]} (width x height)"
+            ), 0, None
+        try:
+            mask = mask_from_image(m)
         except ImageError as exc:
             return False, f"bad mask image: {exc}", 0, None
-        want = stamp_to_sec(req.stamp)
-        frame, why = self._find_frame(req.camera, want)
-        if frame is None:
-            return False, why, 0, None
         try:
-            image = frame.rgb()
+            image = frame.payload.rgb()
         except ImageError as exc:
             return False, f"the frame of camera {req.camera!r} at {frame.stamp:.3f} s cannot be decoded: {exc}", 0, None
         if mask.shape != image.shape[:2]:
-            return False, (
-                f"mask is {mask.shape[1]}x{mask.shape[0]} but camera {req.camera!r} frames are "
-                f"{image.shape[1]}x{image.shape[0]} (width x height)"
-            ), 0, None
+            return False, (f"mask is {mask.shape[1]}x{mask.shape[0]} but the frame is "
+                           f"{image.shape[1]}x{image.shape[0]} (width x height)"), 0, None
         area = int(mask.sum())
         if area == 0:
             return False, "mask is empty: no nonzero pixel marks the object", 0, None
         problem = check_pixels(image)
         if problem:
             return False, f"the frame of camera {req.camera!r} at {frame.stamp:.3f} s is unusable: {problem}", 0, None
-        with self._lock:
-            object_id = int(req.object_id)
-            if object_id == 0:
-                free = [i for i in range(1, 256) if i not in self._objects]
-                if not free:
-                    return False, "all object ids 1..255 are in use; clear one first", 0, None
-                object_id = free[0]
-            replaced = object_id in self._objects
-            version = self._objects[object_id].version + 1 if replaced else 0
-            self._objects[object_id] = TrackedObject(
-                object_id, req.camera, req.label, image.copy(), mask.copy(), frame.stamp, version
-            )
+        try:
+            obj, replaced = self.registry.put(req.camera, req.label, image.copy(), mask.copy(), frame.stamp,
+                                              int(req.object_id))
+        except RegistryError as exc:
+            return False, str(exc), 0, None
+        self.health.objects_changed(len(self.registry), time.monotonic())
         verb = "replaced" if replaced else "set"
         return True, (
-            f"object {object_id} {verb} on camera {req.camera!r}: {area} px on the frame at {frame.stamp:.3f} s"
-        ), object_id, frame.msg.header.stamp
-
-    def _find_frame(self, camera: str, stamp: float) -> Tuple[Optional[Frame], str]:
-        with self._lock:
-            frames = list(self._history[camera])
-        topic = self.cfg.camera(camera).resolved_topic()
-        if not frames:
-            return None, f"no frame received yet from camera {camera!r} (topic {topic})"
-        if stamp == 0.0:
-            return frames[-1], ""
-        best = min(frames, key=lambda f: abs(f.stamp - stamp))
-        tolerance = max(self.cfg.sync.slop, 1e-3)
-        if abs(best.stamp - stamp) > tolerance:
-            return None, (
-                f"no frame from camera {camera!r} at stamp {stamp:.3f} s (within {tolerance:.3f} s); "
-                f"kept frames span {frames[0].stamp:.3f} .. {frames[-1].stamp:.3f} s"
-            )
-        return best, ""
+            f"object {obj.object_id} {verb} on camera {req.camera!r}: {area} px on the frame at {frame.stamp:.3f} s"
+        ), obj.object_id, frame.payload.msg.header.stamp
 
     def _on_clear_objects(self, request, response):
-        with self._lock:
-            if request.object_id == 0:
-                count = len(self._objects)
-                self._objects.clear()
-                response.success, response.message = True, f"cleared {count} object(s)"
-            elif request.object_id in self._objects:
-                del self._objects[request.object_id]
-                response.success, response.message = True, f"cleared object {request.object_id}"
-            else:
-                response.success = False
-                response.message = f"no object with id {request.object_id}; current ids: {sorted(self._objects)}"
+        try:
+            with self.registry.lock:
+                removed = self.registry.clear(int(request.object_id))
+                remaining = len(self.registry)
+                self._publish_cleared(remaining)
+            response.success = True
+            response.message = (f"cleared {len(removed)} object(s)" if request.object_id == 0
+                                else f"cleared object {request.object_id}")
+        except RegistryError as exc:
+            response.success, response.message = False, str(exc)
+            remaining = len(self.registry)
         if response.success:
-            with self._wake:
-                if not self._objects:
+            self.health.objects_changed(remaining, time.monotonic())
+            if not remaining:
+                with self._wake:
                     self._pending = None
         self.get_logger().info(f"clear_objects: {response.message}")
         return response
 
+    def _publish_cleared(self, remaining: int) -> None:
+        """With no object left, say so on every output that had results: an empty points
+        message and an all-zero mask, stamped with the camera's newest frame."""
+        if remaining:
+            return
+        for camera in sorted(self._published_on):
+            frame = self.history.latest(camera)
+            size = self.sizes.size(camera)
+            if frame is None or size is None:
+                continue
+            header = frame.payload.msg.header
+            points = ProjectedPoints(header=header, target_camera=camera, source_camera="")
+            mask = Image(header=header)
+            fill_image(mask, np.zeros(size, np.uint8), "mono8")
+            self._mask_pubs[camera].publish(mask)
+            self._points_pubs[camera].publish(points)
+        self._published_on.clear()
+
     # ------------------------------------------------------------------ inference
     def _worker_loop(self) -> None:
-        min_period = 1.0 / self.cfg.inference.max_rate if self.cfg.inference.max_rate > 0 else 0.0
-        last_start = 0.0
+        last_start = -1e9
         while True:
             with self._wake:
-                while self._running and self._pending is None:
-                    self._wake.wait(timeout=0.5)
+                while self._running:
+                    rate = self.cfg.inference.max_rate
+                    wait = last_start + (1.0 / rate if rate > 0 else 0.0) - time.monotonic()
+                    if self._pending is not None and wait <= 0:
+                        break
+                    # Not yet: a newer set may replace the pending one while we wait.
+                    self._wake.wait(timeout=min(0.5, wait) if self._pending is not None else 0.5)
                 if not self._running:
                     return
                 (item, queued_at), self._pending = self._pending, None
-            wait = last_start + min_period - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
             last_start = time.monotonic()
             try:
                 self._process(item, last_start - queued_at)
             except Exception as exc:  # a failed set is skipped, the node keeps serving
-                self.stats.sets_failed += 1
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                self.get_logger().error(f"inference failed on the set at {item.stamp:.3f} s: {self.stats.last_error}")
+                error = f"{type(exc).__name__}: {exc}"
+                now = time.monotonic()
+                self.health.failure(now, error)
+                if self.throttle.ready("inference", now):
+                    more = self.throttle.take_suppressed("inference")
+                    self.get_logger().error(f"inference failed on the set at {item.stamp:.3f} s: {error}"
+                                            + (f" (+{more} more since the last report)" if more else ""))
                 self._release_cuda_memory()
 
     @staticmethod
@@ -353,23 +451,15 @@ class VGGTSNode(Node):
 
     def _usable_frames(self, item: SyncSet) -> Dict[str, Tuple[Frame, np.ndarray]]:
         usable = {}
+        now = time.monotonic()
         for name, frame in item.messages.items():
             try:
-                image = frame.rgb()
-                problem = check_pixels(image)
+                image = frame.payload.rgb()
+                problem = check_pixels(image) or self.sizes.check(name, image.shape[:2])
             except ImageError as exc:
                 problem = f"cannot decode: {exc}"
-            if not problem:
-                size = image.shape[:2]
-                expected = self._sizes.setdefault(name, size)
-                if size != expected:
-                    problem = (f"frame size changed mid-stream to {size[1]}x{size[0]} "
-                               f"(stream started at {expected[1]}x{expected[0]})")
             if problem:
-                self.stats.frames_rejected[name] = self.stats.frames_rejected.get(name, 0) + 1
-                if self.stats.last_reject.get(name) != problem:
-                    self.get_logger().warning(f"camera {name!r}: frame at {frame.stamp:.3f} s skipped: {problem}")
-                self.stats.last_reject[name] = problem
+                self._reject(name, frame.stamp, problem, now)
                 continue
             usable[name] = (frame, image)
         return usable
@@ -377,13 +467,13 @@ class VGGTSNode(Node):
     def _process(self, item: SyncSet, queued: float = 0.0) -> None:
         t_start = time.monotonic()
         frames = self._usable_frames(item)
-        with self._lock:
-            objects = list(self._objects.values())
-        if not objects or len(frames) < 1:
+        generation, objects = self.registry.snapshot()
+        if not objects or not frames:
             return
         roles = {c.name: c.role for c in self.cfg.cameras}
         track = self.cfg.inference.source_mode == "track"
         per_target: Dict[str, List[Tuple[TrackedObject, SegmentationResult]]] = {}
+        advances = []
         stage_totals: Dict[str, float] = {}
         pipeline_seconds = 0.0
         # Objects drawn on the same source frame share one call (one first backbone pass).
@@ -411,40 +501,46 @@ class VGGTSNode(Node):
                         else call_stages.get(stage, 0.0) + seconds
                 for name, result in zip(targets, results):
                     if name == camera:
-                        self._advance_source(obj, frames[name], result)
+                        advances.append((obj, frames[name], result))
                     per_target.setdefault(name, []).append((obj, result))
             for stage, seconds in call_stages.items():
                 stage_totals[stage] = stage_totals.get(stage, 0.0) + seconds
         t_publish = time.monotonic()
         last_arrival = max(f.arrival for f, _ in frames.values())
-        for name, pairs in per_target.items():
-            self._publish(name, frames[name], pairs)
+        with self.registry.lock:
+            if not self.registry.is_current(generation):
+                # Objects were cleared or replaced while this set was in inference.
+                self.health.stale_discarded += 1
+                return
+            for obj, frame_image, result in advances:
+                self._advance_source(obj, frame_image, result)
+            for name, pairs in per_target.items():
+                self._publish(name, frames[name], pairs)
         done = time.monotonic()
         stage_totals["decode"] = t_publish - t_start - pipeline_seconds
         stage_totals["queued"] = queued
         stage_totals["publish"] = done - t_publish
-        self.stats.sets_processed += 1
-        self.stats.processed_times.append(done)
-        self.stats.last = SetTiming(item.stamp, done - last_arrival, pipeline_seconds, queued, stage_totals)
+        self.sets_processed += 1
+        self.health.output(done, done - t_start)
+        self.last = SetTiming(item.stamp, done - last_arrival, pipeline_seconds, queued, stage_totals)
 
     def _advance_source(self, obj: TrackedObject, frame_image: Tuple[Frame, np.ndarray], result) -> None:
         """Track mode: the source mask follows the object into the newest source frame."""
         frame, image = frame_image
         if not result.mask.any():
-            self.get_logger().warning(
-                f"object {obj.object_id}: lost in source camera {obj.camera!r} at {frame.stamp:.3f} s; "
-                "keeping the previous source frame"
-            )
+            now = time.monotonic()
+            if self.throttle.ready(f"lost:{obj.object_id}", now):
+                more = self.throttle.take_suppressed(f"lost:{obj.object_id}")
+                self.get_logger().warning(
+                    f"object {obj.object_id}: lost in source camera {obj.camera!r} at {frame.stamp:.3f} s; "
+                    "keeping the previous source frame" + (f" (+{more} more)" if more else "")
+                )
             return
-        with self._lock:
-            current = self._objects.get(obj.object_id)
-            if current is None or current.version != obj.version:
-                return  # replaced or cleared meanwhile
-            current.image, current.mask, current.stamp = image, result.mask.astype(bool), frame.stamp
+        self.registry.advance(obj, image, result.mask.astype(bool), frame.stamp)
 
     def _publish(self, camera: str, frame_image: Tuple[Frame, np.ndarray], pairs) -> None:
         frame, image = frame_image
-        header = frame.msg.header
+        header = frame.payload.msg.header
         labels = np.zeros(image.shape[:2], dtype=np.uint8)
         points = ProjectedPoints()
         points.header = header
@@ -468,6 +564,7 @@ class VGGTSNode(Node):
         fill_image(mask_msg, labels, "mono8")
         self._mask_pubs[camera].publish(mask_msg)
         self._points_pubs[camera].publish(points)
+        self._published_on.add(camera)
         if camera in self._overlay_pubs:
             overlay = Image()
             overlay.header = header
@@ -475,29 +572,40 @@ class VGGTSNode(Node):
             self._overlay_pubs[camera].publish(overlay)
 
     # ------------------------------------------------------------------ diagnostics
+    def status_name(self, what: str) -> str:
+        return f"{self.get_fully_qualified_name().lstrip('/')}: {what}"
+
     def _publish_diagnostics(self) -> None:
         now = time.monotonic()
         stale = self.sync.stale_cameras(now)
+        unmatched = self.sync.unmatched_cameras(now)
         sync_stats = self.sync.stats()
-        sync_dropped = self.sync.dropped
-        times = list(self.stats.processed_times)
-        rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) >= 2 and times[-1] > times[0] else 0.0
-        with self._lock:
-            n_objects = len(self._objects)
-        s = self.stats
+        h = self.health
+        period = self.cfg.publish.diagnostics_period
+        level, message = h.assess(now, stale, unmatched, period, self.cfg.publish.stall_timeout)
+        since = h.since_output(now)
         values = {
             "device": self.device,
             "backend": getattr(self.segmentor, "name", type(self.segmentor).__name__),
-            "objects": n_objects,
-            "rate_hz": f"{rate:.2f}",
-            "sets_received": s.sets_received,
-            "sets_processed": s.sets_processed,
-            "sets_dropped": s.sets_replaced,
-            "sets_failed": s.sets_failed,
+            "objects": len(self.registry),
+            "generation": self.registry.generation,
+            "rate_hz": f"{h.outputs.rate(now):.2f}",
+            "sets_rate_hz": f"{h.sets.rate(now):.2f}",
+            "rate_window_s": f"{h.window:g}",
+            "time_since_output_s": "" if since is None else f"{since:.2f}",
+            "stall_timeout_s": f"{h.stall_timeout(period, self.cfg.publish.stall_timeout):.2f}",
+            "sets_received": h.sets.total,
+            "sets_processed": self.sets_processed,
+            "sets_dropped": h.replaced,
+            "sets_failed": h.failures.total,
+            "sets_failed_recent": h.failures.count(now),
+            "sets_discarded_stale": h.stale_discarded,
             "stale_cameras": ",".join(stale),
-            "last_error": s.last_error,
+            "unmatched_cameras": ",".join(unmatched),
+            "sync_resets": sync_stats["resets"],
+            "last_error": h.last_error,
         }
-        last = s.last
+        last = self.last
         if last is not None:
             values.update({
                 "last_set_stamp": f"{last.stamp:.6f}",
@@ -508,50 +616,69 @@ class VGGTSNode(Node):
             })
             for stage, seconds in sorted(last.stages.items()):
                 values[f"stage_{stage}_ms"] = f"{1000 * seconds:.1f}"
-        level = DiagnosticStatus.OK
-        message = "ok"
-        if stale:
-            level, message = DiagnosticStatus.WARN, f"stale camera(s): {', '.join(stale)}"
-        if s.sets_failed:
-            level = DiagnosticStatus.WARN
-            message = (message if message != "ok" else "") + (f"; {s.sets_failed} failed set(s)" if message != "ok" else f"{s.sets_failed} failed set(s)")
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
-        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: pipeline", message=message,
+        status = DiagnosticStatus(level=_LEVELS[level], name=self.status_name("pipeline"), message=message,
                                   hardware_id=self.device)
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         array.status.append(status)
+        offsets = sync_stats["clock_offsets"]
         for cam in self.cfg.cameras:
-            is_stale = cam.name in stale
-            cam_status = DiagnosticStatus(
-                level=DiagnosticStatus.WARN if is_stale else DiagnosticStatus.OK,
-                name=f"{self.get_name()}: camera {cam.name}",
-                message="stale" if is_stale else "ok",
-                hardware_id=cam.resolved_topic(),
-            )
-            cam_status.values = [
-                KeyValue(key="topic", value=cam.resolved_topic()),
-                KeyValue(key="role", value=cam.role),
-                KeyValue(key="stale", value=str(is_stale).lower()),
-                KeyValue(key="received", value=str(sync_stats["received"].get(cam.name, 0))),
-                KeyValue(key="sync_dropped", value=str(sync_dropped.get(cam.name, 0))),
-                KeyValue(key="frames_rejected", value=str(s.frames_rejected.get(cam.name, 0))),
-                KeyValue(key="last_reject_reason", value=s.last_reject.get(cam.name, "")),
-            ]
+            n = cam.name
+            cam_values = h.camera_values(n, now)
+            is_stale, is_unmatched = n in stale, n in unmatched
+            recent_rejects = int(cam_values["frames_rejected_recent"])
+            cam_level = ERROR if is_stale and len(stale) == len(self.cfg.cameras) else \
+                WARN if (is_stale or is_unmatched or recent_rejects) else OK
+            cam_message = "stale" if is_stale else "matches no other camera" if is_unmatched else \
+                f"frames rejected: {cam_values['last_reject_reason']}" if recent_rejects else "ok"
+            size = self.sizes.size(n)
+            cam_status = DiagnosticStatus(level=_LEVELS[cam_level], name=self.status_name(f"camera {n}"),
+                                          message=cam_message, hardware_id=self._subs[n].topic_name)
+            kv = {
+                "topic": self._subs[n].topic_name,
+                "role": cam.role,
+                "required": str(cam.required).lower(),
+                "stale": str(is_stale).lower(),
+                "unmatched": str(is_unmatched).lower(),
+                **cam_values,
+                "sync_received": str(sync_stats["received"][n]),
+                "sync_dropped": str(sync_stats["dropped"][n]),
+                "clock_offset_ms": "" if offsets[n] is None else f"{1000 * offsets[n]:.1f}",
+                "clock_offset_applied_ms": f"{1000 * sync_stats['applied_offsets'][n]:.1f}",
+                "frame_size": "" if size is None else f"{size[1]}x{size[0]}",
+                "size_changes": str(self.sizes.changes.get(n, 0)),
+            }
+            for reason, count in sync_stats["dropped_by_reason"][n].items():
+                kv[f"sync_dropped_{reason}"] = str(count)
+            cam_status.values = [KeyValue(key=k, value=v) for k, v in kv.items()]
             array.status.append(cam_status)
         self._diag_pub.publish(array)
 
     def destroy_node(self):
+        if not hasattr(self, "_worker"):  # construction failed part-way
+            return super().destroy_node()
         with self._wake:
             self._running = False
             self._wake.notify_all()
-        self._worker.join(timeout=5)
+        # A set in inference finishes first (a thread left inside the model when the
+        # interpreter exits aborts the process); main() exits hard if it takes too long.
+        self._worker.join(timeout=20)
+        self._jump_handle.unregister()
         return super().destroy_node()
+
+    @property
+    def busy(self) -> bool:
+        """The inference thread is still running (inside the model)."""
+        return hasattr(self, "_worker") and self._worker.is_alive()
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``vggts_node [--ros-args --params-file config.yaml ...]`` (also ``ros2 run``)."""
     argv = list(sys.argv if argv is None else argv)
+    from vggts_ros.ros import transport
+
+    transport.configure()  # before the context: the node publishes images too
     rclpy.init(args=argv)
     node = None
     executor = None
@@ -576,6 +703,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        if node is not None and node.busy:
+            print("vggts_node: inference still running at exit; leaving without waiting", file=sys.stderr)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
     return 0
 
 

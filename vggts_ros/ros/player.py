@@ -23,11 +23,12 @@ from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.srv import SetParameters
 from sensor_msgs.msg import CompressedImage, Image
 
 from vggts_ros.config import NodeConfig
 from vggts_ros.msg import ProjectedPoints
-from vggts_ros.ros.conversions import fill_image
+from vggts_ros.ros.conversions import fill_image, to_uint8_array
 from vggts_ros.srv import ClearObjects, SetSourceMask
 
 
@@ -44,12 +45,15 @@ class PlayedCamera:
     compressed: bool = False
     paused: bool = False
     frame_id: str = ""
+    clock_offset: float = 0.0  # added to this camera's stamps (a camera with its own clock)
 
 
 class CameraPlayer(Node):
     """Publishes one still image per camera at ``rate_hz``, all frames of a tick sharing
     one stamp (a hardware-synchronised rig). Cameras can be paused to simulate a failure,
-    and an image can be swapped at any time."""
+    an image can be swapped at any time, a camera can stamp with an offset clock, the
+    whole rig's time can jump (``shift_time``: a looped bag) and a single message can be
+    given an arbitrary stamp (``inject``)."""
 
     def __init__(self, cameras: Sequence[PlayedCamera], rate_hz: float = 5.0, name: str = "vggts_player") -> None:
         super().__init__(name)
@@ -61,6 +65,8 @@ class CameraPlayer(Node):
             self._pubs[cam.name] = self.create_publisher(msg_type, cam.topic, qos_profile_sensor_data)
         self.stamps: List[float] = []
         self.publish_times: Dict[float, float] = {}
+        self.time_shift = 0.0
+        self._injected: Dict[str, float] = {}
         self.create_timer(1.0 / rate_hz, self.tick)
 
     def pause(self, camera: str, paused: bool = True) -> None:
@@ -71,21 +77,37 @@ class CameraPlayer(Node):
         with self._lock:
             self._cams[camera].image = image
 
-    def tick(self) -> None:
-        stamp_sec = time.time()
-        stamp = to_time(stamp_sec)
+    def set_clock_offset(self, camera: str, offset: float) -> None:
         with self._lock:
+            self._cams[camera].clock_offset = offset
+
+    def shift_time(self, delta: float) -> None:
+        """From the next tick on, every stamp moves by ``delta`` seconds."""
+        with self._lock:
+            self.time_shift += delta
+
+    def inject(self, camera: str, stamp: float) -> None:
+        """The next frame of ``camera`` carries ``stamp`` instead of the tick's stamp."""
+        with self._lock:
+            self._injected[camera] = stamp
+
+    def tick(self) -> None:
+        with self._lock:
+            stamp_sec = time.time() + self.time_shift
             cams = [c for c in self._cams.values() if not c.paused]
+            injected, self._injected = self._injected, {}
         for cam in cams:
+            own = injected.get(cam.name, stamp_sec + cam.clock_offset)
             if cam.compressed:
                 import cv2
 
                 ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(cam.image[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 95])
-                msg = CompressedImage(format="jpeg", data=buf.tobytes())
+                msg = CompressedImage(format="jpeg")
+                msg.data = to_uint8_array(buf)
             else:
                 msg = Image()
                 fill_image(msg, cam.image, "rgb8")
-            msg.header.stamp = stamp
+            msg.header.stamp = to_time(own)
             msg.header.frame_id = cam.frame_id or f"{cam.name}_optical_frame"
             self._pubs[cam.name].publish(msg)
         self.stamps.append(stamp_sec)
@@ -110,6 +132,7 @@ class OutputCollector(Node):
         self.overlays: Dict[str, List[Received]] = {c: [] for c in cameras}
         self.diagnostics: List[DiagnosticArray] = []
         base = f"/{node_name}"
+        self._node_name = node_name.strip("/")
         for cam in cameras:
             self.create_subscription(Image, f"{base}/{cam}/mask", self._store(self.masks, cam), 10)
             self.create_subscription(ProjectedPoints, f"{base}/{cam}/points", self._store(self.points, cam), 10)
@@ -117,6 +140,7 @@ class OutputCollector(Node):
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
         self._set = self.create_client(SetSourceMask, f"{base}/set_source_mask")
         self._clear = self.create_client(ClearObjects, f"{base}/clear_objects")
+        self._params = self.create_client(SetParameters, f"{base}/set_parameters")
 
     def _store(self, table, camera):
         def callback(msg):
@@ -138,6 +162,15 @@ class OutputCollector(Node):
             items = getattr(self, table)[camera]
             return items[-1] if items else None
 
+    def at_stamp(self, table: str, camera: str, stamp: float) -> Optional[Received]:
+        """The newest message of ``table`` for ``camera`` stamped ``stamp`` (outputs of one
+        set travel separately: a large mask may arrive after its small points message)."""
+        with self._lock:
+            for item in reversed(getattr(self, table)[camera]):
+                if abs(item.stamp - stamp) < 1e-6:
+                    return item
+        return None
+
     def clear_received(self) -> None:
         with self._lock:
             for table in (self.masks, self.points, self.overlays):
@@ -151,7 +184,7 @@ class OutputCollector(Node):
             arrays = list(self.diagnostics)
         for array in reversed(arrays):
             for status in array.status:
-                if status.name.endswith(": pipeline"):
+                if status.name == f"{self._node_name}: pipeline":
                     return {kv.key: kv.value for kv in status.values}
         return None
 
@@ -161,7 +194,7 @@ class OutputCollector(Node):
             arrays = list(self.diagnostics)
         for array in reversed(arrays):
             for status in array.status:
-                if status.name.endswith(f": camera {camera}"):
+                if status.name == f"{self._node_name}: camera {camera}":
                     return {kv.key: kv.value for kv in status.values}
         return None
 
@@ -189,6 +222,32 @@ class OutputCollector(Node):
         req.stamp = to_time(stamp) if stamp else Time()
         req.label = label
         return self._call(self._set, req, timeout)
+
+    def set_parameters(self, timeout: float = 30.0, **values):
+        """What ``ros2 param set`` does; keys use '__' for '.' (``sync__slop=0.1``).
+        Returns the node's SetParametersResult per parameter."""
+        from rclpy.parameter import Parameter
+
+        req = SetParameters.Request()
+        req.parameters = [Parameter(k.replace("__", "."), value=v).to_parameter_msg() for k, v in values.items()]
+        return self._call(self._params, req, timeout).results
+
+    def pipeline_level(self) -> Optional[int]:
+        """Level (0 OK, 1 WARN, 2 ERROR) of the latest pipeline status."""
+        status = self.pipeline_diagnostic()
+        if status is None:
+            return None
+        return int.from_bytes(status.level, "little") if isinstance(status.level, bytes) else int(status.level)
+
+    def pipeline_diagnostic(self):
+        """The latest pipeline ``DiagnosticStatus`` of the node."""
+        with self._lock:
+            arrays = list(self.diagnostics)
+        for array in reversed(arrays):
+            for status in array.status:
+                if status.name == f"{self._node_name}: pipeline":
+                    return status
+        return None
 
     def clear_objects(self, object_id: int = 0, timeout: float = 30.0):
         return self._call(self._clear, ClearObjects.Request(object_id=object_id), timeout)
@@ -224,7 +283,8 @@ def wait_until(predicate: Callable[[], bool], timeout: float, period: float = 0.
 
 
 def write_params_file(cfg: NodeConfig, path: str, node_name: str = "vggts") -> str:
-    """Write ``cfg`` as a ROS 2 parameters file (nested ``ros__parameters``)."""
+    """Write ``cfg`` as a ROS 2 parameters file (nested ``ros__parameters``) keyed by
+    ``node_name`` (``/**`` for any node)."""
     tree: Dict = {}
     for key, value in cfg.to_parameters().items():
         node = tree
@@ -246,15 +306,18 @@ class NodeProcess:
     extra_args: Sequence[str] = ()
     env: Optional[Dict[str, str]] = None
     workdir: Optional[str] = None
+    params_file: Optional[str] = None  # use this file instead of writing ``cfg``
     proc: Optional[subprocess.Popen] = field(default=None, init=False)
     log_path: str = field(default="", init=False)
 
     def start(self) -> "NodeProcess":
         workdir = self.workdir or tempfile.mkdtemp(prefix="vggts_node_")
-        params = write_params_file(self.cfg, os.path.join(workdir, "params.yaml"), self.node_name)
+        params = self.params_file or write_params_file(self.cfg, os.path.join(workdir, "params.yaml"),
+                                                       self.node_name)
         self.log_path = os.path.join(workdir, "node.log")
+        namespace, _, name = self.node_name.strip("/").rpartition("/")
         cmd = [sys.executable, "-m", "vggts_ros.ros.node", "--ros-args", "--params-file", params,
-               "-r", f"__node:={self.node_name}", *self.extra_args]
+               "-r", f"__node:={name}", *(["-r", f"__ns:=/{namespace}"] if namespace else []), *self.extra_args]
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         self._log = open(self.log_path, "w", encoding="utf-8")
@@ -271,7 +334,7 @@ class NodeProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, timeout: float = 10.0) -> Optional[int]:
+    def stop(self, timeout: float = 30.0) -> Optional[int]:
         if self.proc is None:
             return None
         if self.proc.poll() is None:

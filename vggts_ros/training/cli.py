@@ -176,7 +176,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         extractor = FeatureExtractor(backbone, env.device, cfg.run.feature_cache, cfg.run.feature_cache_dtype)
         report = evaluate(head, extractor, dataset, data, batch_size=cfg.optim.batch_size,
                           refine_iterations=cfg.run.refine_iterations, worst_k=cfg.run.worst_overlays, env=env,
-                          progress=cfg.run.progress, num_workers=cfg.run.num_workers)
+                          progress=cfg.run.progress, num_workers=cfg.run.num_workers,
+                          identity=cfg.model.point_identity)
     except (FileNotFoundError, CheckpointError, ValueError, KeyError) as exc:
         raise UsageError(str(exc)) from exc
     finally:

@@ -56,6 +56,10 @@ class ModelSection:
     head_seed: Optional[int] = None
     # "float32" (paper) or "bfloat16"/"float16" autocast for the frozen aggregator only.
     backbone_dtype: str = "float32"
+    # Refinement passes' source-point identity embedding: "accumulate" (the reference
+    # pipeline, evaluation and training loops: pass k carries it k + 1 times) or
+    # "per_pass" (once per pass). Used by training and evaluation alike.
+    point_identity: str = "accumulate"
     # Network input side (None: the preset's, 518 for vggt-1b). The head's self-attention
     # grid follows (img_size // 2 must be a multiple of 7: 518, 420, 700, 112, 84, ...).
     img_size: Optional[int] = None
@@ -232,6 +236,12 @@ class TrainConfig:
                 errors.append(f"{name}.step must be >= 1, got {d.step}")
             if d.prompt_points < 1 or d.first_pass_points < d.prompt_points:
                 errors.append(f"{name}: need 1 <= prompt_points <= first_pass_points")
+        from ..models.union_head.refinement import IDENTITY_MODES
+
+        if self.model.point_identity not in IDENTITY_MODES:
+            errors.append(
+                f"model.point_identity: {self.model.point_identity!r} is not one of {', '.join(IDENTITY_MODES)}"
+            )
         o = self.optim
         if o.epochs < 1:
             errors.append(f"optim.epochs must be >= 1, got {o.epochs}")

@@ -22,11 +22,13 @@ K-means points of the exo view (cropped square around the object). This loader r
 that file (or a dict keyed the same way); :func:`compute_projections` fills missing
 entries with a backbone, in the same format.
 
-**Samples** follow the reference: ego->exo sources are the ego frame resized square and
-cropped around the mask (R = 2); targets are the exo frame cropped around the projected
-points (outliers dropped, crop side from the box size, "3x" schedule) with 5 clustered
-prompts. Exo->ego sources are a short-side square of the exo frame around the object,
-then the R = 2 crop; targets are the whole ego frame with the 5 cached points.
+**Samples** follow the reference, through the same view transforms as inference
+(:mod:`vggts_ros.transforms`: :func:`~vggts_ros.transforms.prepare_source` and
+:func:`~vggts_ros.transforms.crop_target`): sources are the square view (a square frame
+resized, a non-square one cut to the short-side square around the mask mean) zoomed on the
+mask (R = 2); ego->exo targets are the exo frame cropped around the projected points
+(outliers dropped, crop side from the box size, "3x" schedule) with 5 clustered prompts;
+exo->ego targets are the whole (square) ego frame resized, with the 5 cached points.
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..crops import crop_around_mask, crop_size, letterbox, square_crop_around_points
-from ..prompts import cluster_points, kmeans_sample_points, points_box_size, remove_outliers_median
+from .. import transforms
+from ..prompts import cluster_points, kmeans_sample_points
 from .config import DataSection
 from .masks_io import rle_decode
 from .pairs import condense_projections, empty_like_points, frame_meta, single_threaded
@@ -83,29 +85,6 @@ def parse_view(entry: str) -> Tuple[str, str, str, str]:
         raise ValueError(f"bad pair entry {entry!r}: expected ...//take//camera//object//rgb//frame")
     take, cam, obj, _kind, idx = parts[-5:]
     return take, cam, obj, idx
-
-
-def square_around_mask(image: np.ndarray, mask: np.ndarray, size: int) -> Tuple[np.ndarray, np.ndarray, Tuple[int, int, int, int]]:
-    """A short-side square of a non-square frame, centred along the long axis on the mask's
-    mean (the reference's exo source crop, 540 of 960 px), resized to ``size``."""
-    h, w = mask.shape
-    if h == w:
-        box = (0, 0, w, h)
-    else:
-        side = min(h, w)
-        ys, xs = np.nonzero(mask)
-        if w > h:
-            mid = int(xs.mean()) if xs.size else w // 2
-            x1 = min(max(mid - side // 2, 0), w - side)
-            box = (x1, 0, x1 + side, h)
-        else:
-            mid = int(ys.mean()) if ys.size else h // 2
-            y1 = min(max(mid - side // 2, 0), h - side)
-            box = (0, y1, w, y1 + side)
-    x1, y1, x2, y2 = box
-    img = cv2.resize(image[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_AREA)
-    msk = cv2.resize(mask[y1:y2, x1:x2].astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
-    return img, msk, box
 
 
 class EgoExoPairs(Dataset):
@@ -306,41 +285,30 @@ class EgoExoPairs(Dataset):
                       track_points=empty_like_points(d.first_pass_points))
         return sample
 
-    def _source(self, image: np.ndarray, mask: np.ndarray, ego: bool) -> Tuple[np.ndarray, np.ndarray]:
-        S = self.size
-        if ego:
-            img_s = cv2.resize(image, (S, S), interpolation=cv2.INTER_AREA)
-            mask_s = cv2.resize(mask, (S, S), interpolation=cv2.INTER_NEAREST)
-        else:
-            img_s, mask_s, _ = square_around_mask(image, mask, S)
-        img, msk, _ = crop_around_mask(img_s, mask_s, self.data.source_crop_ratio)
-        if msk.sum() == 0:
-            return img_s, mask_s.astype(np.uint8)
-        return img, msk.astype(np.uint8)
+    def _source(self, image: np.ndarray, mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        view = transforms.prepare_source(image, mask, self.size, self.data.source_crop_ratio)
+        return view.crop_image, view.crop_mask
 
     def _ego2exo(self, key, take, ego, exo, obj, idx) -> Dict[str, Any]:
         d, S = self.data, self.size
-        src_img, src_mask = self._source(*self.view(take, ego, obj, idx), ego=True)
+        src_img, src_mask = self._source(*self.view(take, ego, obj, idx))
         tar_frame, tar_frame_mask = self.view(take, exo, obj, idx)
         h, w = tar_frame_mask.shape
         proj = np.asarray(self.entry(key)["g2x_518_first"], dtype=np.float64).reshape(-1, 2)
-        pts = proj * (max(h, w) / float(REFERENCE_SIZE))
-        pts[:, 0] = np.clip(pts[:, 0], 0, w - 1)
-        pts[:, 1] = np.clip(pts[:, 1], 0, h - 1)
-        k = max(0, min(d.outlier_k, len(pts) - d.prompt_points))
-        if k > 0:
-            pts, _ = remove_outliers_median(pts, k)
-        side = crop_size(d.crop_schedule, points_box_size(pts), min(h, w))
-        crop = square_crop_around_points(tar_frame, pts, side, S, mask=tar_frame_mask)
-        _, centres = cluster_points(crop.points, d.prompt_points)
-        m = crop.meta
+        # The cache holds pixels of the 518 letterboxed exo frame (whatever size S is).
+        pts = transforms.letterbox((h, w), REFERENCE_SIZE).reference_points_to_frame(proj)
+        crop = transforms.crop_target((h, w), pts, S, d.crop_schedule, d.outlier_k)
+        win = crop.window
+        kept = pts[crop.kept]
+        _, centres = cluster_points(win.points(kept).astype(np.float32), d.prompt_points)
+        x1, y1, x2, y2 = win.box
         sample = {
             "src_img": src_img, "src_mask": src_mask,
-            "tar_img": crop.image, "tar_mask": crop.mask.astype(np.uint8),
+            "tar_img": win.image(tar_frame), "tar_mask": win.mask(tar_frame_mask),
             "tar_points": np.asarray(centres, dtype=np.float32),
             "tar_frame_mask": tar_frame_mask.astype(np.uint8),
-            "meta": frame_meta(m.x1, m.y1, m.x2, m.y2, h, w),
-            "tar_proj_points": pts.astype(np.float32),
+            "meta": frame_meta(x1, y1, x2, y2, h, w),
+            "tar_proj_points": kept.astype(np.float32),
         }
         if self.keep_frames:
             sample["tar_frame"] = tar_frame
@@ -348,11 +316,12 @@ class EgoExoPairs(Dataset):
 
     def _exo2ego(self, key, take, ego, exo, obj, idx) -> Dict[str, Any]:
         d, S = self.data, self.size
-        src_img, src_mask = self._source(*self.view(take, exo, obj, idx), ego=False)
+        src_img, src_mask = self._source(*self.view(take, exo, obj, idx))
         tar_frame, tar_frame_mask = self.view(take, ego, obj, idx)
         h, w = tar_frame_mask.shape
-        tar_img = cv2.resize(tar_frame, (S, S), interpolation=cv2.INTER_AREA)
-        tar_mask = cv2.resize(tar_frame_mask, (S, S), interpolation=cv2.INTER_NEAREST)
+        if h != w:
+            raise ValueError(f"exo->ego needs square ego frames (Ego-Exo4D's are); {take}/{ego} frame {idx} is {w}x{h}")
+        win = transforms.resize((h, w), S)
         pts = np.asarray(self.entry(key)["x2g_518"], dtype=np.float64).reshape(-1, 2) * (S / float(REFERENCE_SIZE))
         if len(pts) == d.prompt_points:
             tar_points = np.clip(pts, 0, S - 1).astype(np.float32)
@@ -360,11 +329,11 @@ class EgoExoPairs(Dataset):
             tar_points = condense_projections(pts, S, d.prompt_points, d.outlier_k)
         sample = {
             "src_img": src_img, "src_mask": src_mask,
-            "tar_img": tar_img, "tar_mask": tar_mask.astype(np.uint8),
+            "tar_img": win.image(tar_frame), "tar_mask": win.mask(tar_frame_mask),
             "tar_points": tar_points,
             "tar_frame_mask": tar_frame_mask.astype(np.uint8),
             "meta": frame_meta(0, 0, w, h, h, w),
-            "tar_proj_points": (pts * (np.array([w, h]) / float(S))).astype(np.float32),
+            "tar_proj_points": win.points_to_frame(pts).astype(np.float32),
         }
         if self.keep_frames:
             sample["tar_frame"] = tar_frame
@@ -389,9 +358,11 @@ def compute_projections(
     """First-pass projections for ``keys`` in the reference format (coordinates in pixels
     of 518 inputs whatever ``size`` the backbone runs at; default the data set's size).
 
-    ``g2x``: letterbox ego and exo frames, ``first_pass_points`` K-means points of the
-    ego mask, tracked into the exo view. ``x2g``: exo square around the object and the
-    ego frame resized, ``prompt_points`` K-means points of the exo mask, tracked."""
+    Views as at inference (:mod:`vggts_ros.transforms`): the source is its square view
+    (:func:`~vggts_ros.transforms.prepare_source`), the target letterboxed (a square one
+    resized). ``g2x``: ``first_pass_points`` K-means points of the ego view's mask tracked
+    into the exo view. ``x2g``: ``prompt_points`` K-means points of the exo square's mask
+    tracked into the ego view."""
     from .pairs import images_to_tensor
 
     d = dataset.data
@@ -411,19 +382,15 @@ def compute_projections(
             take, ego, exo, obj, idx = split_key(key)
             ego_img, ego_mask = dataset.view(take, ego, obj, idx)
             exo_img, exo_mask = dataset.view(take, exo, obj, idx)
-            ego_lb, _ = letterbox(ego_img, S)
-            ego_mlb, _ = letterbox(ego_mask, S, is_mask=True)
-            exo_lb, _ = letterbox(exo_img, S)
+            ego_src = transforms.prepare_source(ego_img, ego_mask, S, d.source_crop_ratio)
+            exo_src = transforms.prepare_source(exo_img, exo_mask, S, d.source_crop_ratio)
             with single_threaded():
-                g_pts.append(kmeans_sample_points(ego_mlb, d.first_pass_points))
-            g_src.append(ego_lb)
-            g_tar.append(exo_lb)
-            exo_sq, exo_msq, _ = square_around_mask(exo_img, exo_mask, S)
-            ego_sq = cv2.resize(ego_img, (S, S), interpolation=cv2.INTER_AREA)
-            with single_threaded():
-                x_pts.append(kmeans_sample_points(exo_msq, d.prompt_points))
-            x_src.append(exo_sq)
-            x_tar.append(ego_sq)
+                g_pts.append(kmeans_sample_points(ego_src.mask, d.first_pass_points))
+                x_pts.append(kmeans_sample_points(exo_src.mask, d.prompt_points))
+            g_src.append(ego_src.image)
+            g_tar.append(transforms.letterbox(exo_img.shape[:2], S).image(exo_img))
+            x_src.append(exo_src.image)
+            x_tar.append(transforms.letterbox(ego_img.shape[:2], S).image(ego_img))
         g = _track(backbone, np.stack(g_src), np.stack(g_tar), np.stack(g_pts), device)
         x = _track(backbone, np.stack(x_src), np.stack(x_tar), np.stack(x_pts), device)
         for i, key in enumerate(chunk):

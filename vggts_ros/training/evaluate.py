@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from ..metrics import CorrespondenceMetrics
+from ..models.union_head.refinement import check_identity, decode_with_refinement
 from .pairs import collate, recover_to_frame
 from .runtime import DistEnv, FeatureExtractor, head_inputs
 
@@ -111,13 +112,18 @@ def write_overlay(path: Path, item: Dict[str, Any]) -> None:
 
 
 @torch.no_grad()
-def predict_batch(head, extractor: FeatureExtractor, batch: Dict[str, Any], data, refine_iterations: int) -> torch.Tensor:
-    """Full-resolution target logits ``[B, 1, S, S]`` of a batch."""
+def predict_batch(
+    head, extractor: FeatureExtractor, batch: Dict[str, Any], data, refine_iterations: int,
+    identity: str = "accumulate",
+) -> torch.Tensor:
+    """Full-resolution target logits ``[B, 1, S, S]`` of a batch: one encode, then
+    :func:`decode_with_refinement` (the function training and inference use)."""
     feats = extractor.features(batch)
     tar_points = extractor.target_prompts(batch, feats, data)
     batch["tar_points"] = tar_points
     src_points, tar, src_mask = head_inputs(batch, tar_points, extractor.device)
-    full, _ = head.predict(feats, src_points, tar, src_mask, refine_iterations=refine_iterations)
+    ctx = head.encode(feats, src_points, tar, src_mask)
+    full, _ = decode_with_refinement(head, ctx, refine_iterations, identity)
     return full
 
 
@@ -155,10 +161,12 @@ def score_batch(metrics: CorrespondenceMetrics, batch: Dict[str, Any], logits: t
 def evaluate(
     head, extractor: FeatureExtractor, dataset, data, *, batch_size: int = 4, refine_iterations: int = 1,
     worst_k: int = 8, env: Optional[DistEnv] = None, progress: bool = False, num_workers: int = 0,
-    predictor: Optional[Callable[[Dict[str, Any]], torch.Tensor]] = None,
+    predictor: Optional[Callable[[Dict[str, Any]], torch.Tensor]] = None, identity: str = "accumulate",
 ) -> EvalReport:
     """Score ``head`` on every sample of ``dataset``. ``predictor`` (batch -> logits)
-    replaces the model, e.g. to score fixed predictions."""
+    replaces the model, e.g. to score fixed predictions. ``identity``: point-identity
+    semantics of the refinement passes (``"accumulate"``: the reference's)."""
+    check_identity(identity)
     env = env or DistEnv()
     t0 = time.perf_counter()
     was_training = head.training if head is not None else False
@@ -179,7 +187,7 @@ def evaluate(
         if predictor is not None:
             logits = predictor(batch)
         else:
-            logits = predict_batch(head, extractor, batch, data, refine_iterations)
+            logits = predict_batch(head, extractor, batch, data, refine_iterations, identity)
         score_batch(metrics, batch, logits, worst, worst_k, counter)
     if head is not None and was_training:
         head.train()

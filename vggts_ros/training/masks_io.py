@@ -1,20 +1,29 @@
-"""Instance-mask formats without pycocotools: COCO run-length encoding (compressed string
-or uncompressed counts), COCO polygons, and label PNGs.
+"""Instance-mask formats: COCO run-length encoding (compressed string or uncompressed
+counts) through ``pycocotools``, COCO polygons, and label PNGs.
 
 COCO RLE runs alternate background/foreground starting with background, over the pixels
-in column-major (Fortran) order. The compressed form stores each run (after the third as
-the difference to the run two before) as little-endian groups of 5 bits in characters
-``48 + bits``, bit 0x20 meaning "more groups follow" and 0x10 of the last group the sign.
+in column-major (Fortran) order; the compressed form is pycocotools' string. Before a
+compressed RLE reaches pycocotools its runs are checked to cover the image exactly:
+pycocotools does not check a short RLE and would return uninitialised pixels.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Dict, List, Sequence, Union
 
 import cv2
 import numpy as np
 
 RLE = Dict[str, Union[List[int], str, List[int]]]
+
+
+def _coco():
+    try:
+        from pycocotools import mask as coco_mask
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("COCO RLE masks need pycocotools (pip install pycocotools)") from exc
+    return coco_mask
 
 
 def _runs(mask: np.ndarray) -> List[int]:
@@ -30,22 +39,25 @@ def _runs(mask: np.ndarray) -> List[int]:
 
 
 def counts_to_string(counts: Sequence[int]) -> str:
-    out = []
-    for i, value in enumerate(counts):
-        x = int(value) - (int(counts[i - 2]) if i > 2 else 0)
-        while True:
-            c = x & 0x1F
-            x >>= 5  # arithmetic shift keeps the sign
-            more = (x != -1) if (c & 0x10) else (x != 0)
-            if more:
-                c |= 0x20
-            out.append(chr(c + 48))
-            if not more:
-                break
-    return "".join(out)
+    """Uncompressed runs -> COCO's compressed string (pycocotools)."""
+    counts = [int(c) for c in counts]
+    total = sum(counts)
+    if total == 0:
+        return pycoco_string(_coco().frPyObjects({"size": [0, 0], "counts": counts}, 0, 0))
+    return pycoco_string(_coco().frPyObjects({"size": [total, 1], "counts": counts}, total, 1))
+
+
+def pycoco_string(rle) -> str:
+    counts = rle["counts"]
+    return counts.decode("ascii") if isinstance(counts, bytes) else str(counts)
 
 
 def string_to_counts(text: Union[str, bytes]) -> List[int]:
+    """COCO's compressed string -> runs. pycocotools has no public call for this; it is
+    used to check a string before pycocotools decodes it (see the module docstring):
+    5-bit little-endian groups in characters ``48 + bits``, 0x20 = more groups follow,
+    0x10 of the last group = sign, runs after the third stored as the difference to the
+    run two before."""
     data = text.encode("ascii") if isinstance(text, str) else bytes(text)
     counts: List[int] = []
     p = 0
@@ -75,8 +87,22 @@ def rle_encode(mask: np.ndarray, compressed: bool = True) -> RLE:
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
-    runs = _runs(mask)
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts_to_string(runs) if compressed else runs}
+    size = [int(mask.shape[0]), int(mask.shape[1])]
+    if not compressed:
+        return {"size": size, "counts": _runs(mask)}
+    if mask.size == 0:
+        return {"size": size, "counts": ""}
+    rle = _coco().encode(np.asfortranarray(mask != 0, dtype=np.uint8))
+    return {"size": size, "counts": pycoco_string(rle)}
+
+
+def _check_counts(counts: Sequence[int], h: int, w: int) -> None:
+    counts = np.asarray(counts, dtype=np.int64)
+    if (counts < 0).any():
+        raise ValueError("RLE counts must be non-negative")
+    total = int(counts.sum())
+    if total != h * w:
+        raise ValueError(f"RLE covers {total} pixels but size {h}x{w} has {h * w}")
 
 
 def rle_decode(rle: RLE) -> np.ndarray:
@@ -86,18 +112,18 @@ def rle_decode(rle: RLE) -> np.ndarray:
         counts = rle["counts"]
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"not a COCO RLE (need 'size' and 'counts'): {exc}") from None
+    if h * w == 0:
+        return np.zeros((h, w), np.uint8)
+    coco = _coco()
     if isinstance(counts, (str, bytes)):
-        counts = string_to_counts(counts)
-    counts = np.asarray(counts, dtype=np.int64)
-    if (counts < 0).any():
-        raise ValueError("RLE counts must be non-negative")
-    total = int(counts.sum())
-    if total != h * w:
-        raise ValueError(f"RLE covers {total} pixels but size {h}x{w} has {h * w}")
-    values = np.zeros(len(counts), dtype=np.uint8)
-    values[1::2] = 1
-    flat = np.repeat(values, counts)
-    return flat.reshape((w, h)).T.copy()
+        _check_counts(string_to_counts(counts), h, w)
+        compressed = {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else bytes(counts)}
+    else:
+        _check_counts(counts, h, w)
+        compressed = coco.frPyObjects({"size": [h, w], "counts": [int(c) for c in counts]}, h, w)
+    with warnings.catch_warnings():  # pycocotools' own NumPy 2 copy-keyword notice
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return np.ascontiguousarray(coco.decode(compressed), dtype=np.uint8)
 
 
 def polygons_to_mask(polygons: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:

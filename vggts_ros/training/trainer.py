@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ..models.union_head.refinement import check_identity, decode_with_refinement
 from ..models.union_head.union_head import HeadContext, UnionSegmentationHead
 from .config import TrainConfig
 from .losses import batch_iou, segmentation_loss
@@ -53,12 +54,16 @@ class HeadTrainStep(nn.Module):
     """The head's training forward as one module call, so DDP sees a single forward.
 
     Samples ``[0, n_plain)`` are decoded once; samples ``[n_plain, B)`` run ``refine_time``
-    passes without gradients and are decoded again from the detached low-res logits.
-    Returns full-resolution logits ``[B, 1, S, S]`` in batch order."""
+    passes without gradients and are decoded again from the detached low-res logits, all
+    through :func:`decode_with_refinement` with the point-identity semantics ``identity``
+    (``"accumulate"``, the reference training loop's, by default), the same function
+    evaluation and inference use. Returns full-resolution logits ``[B, 1, S, S]`` in batch
+    order."""
 
-    def __init__(self, head: UnionSegmentationHead) -> None:
+    def __init__(self, head: UnionSegmentationHead, identity: str = "accumulate") -> None:
         super().__init__()
         self.head = head
+        self.identity = check_identity(identity)
 
     def forward(self, feats, src_points, tar_points, src_mask, n_plain: int, refine_time: int = 1):
         head = self.head
@@ -66,14 +71,11 @@ class HeadTrainStep(nn.Module):
         b = feats.shape[0]
         outs = []
         if n_plain > 0:
-            outs.append(head.decode(slice_context(ctx, 0, n_plain))[0])
+            outs.append(decode_with_refinement(head, slice_context(ctx, 0, n_plain), 0, self.identity)[0])
         if n_plain < b:
             sub = slice_context(ctx, n_plain, b)
-            low = None
-            with torch.no_grad():
-                for _ in range(max(1, int(refine_time))):
-                    _, low = head.decode(sub, low)
-            outs.append(head.decode(sub, low.detach())[0])
+            passes = max(1, int(refine_time))
+            outs.append(decode_with_refinement(head, sub, passes, self.identity, grad_last_only=True)[0])
         return torch.cat(outs, dim=0)
 
 
@@ -136,7 +138,7 @@ class Trainer:
         if cfg.optim.steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, int(cfg.optim.steps_per_epoch))
 
-        self.step_module: nn.Module = HeadTrainStep(self.head)
+        self.step_module: nn.Module = HeadTrainStep(self.head, cfg.model.point_identity)
         if env.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -312,7 +314,7 @@ class Trainer:
 
         return evaluate(self.head, self.extractor, self.eval_dataset, self.cfg.eval_data,
                         batch_size=self.cfg.optim.batch_size, refine_iterations=self.cfg.run.refine_iterations,
-                        worst_k=0, env=self.env)
+                        worst_k=0, env=self.env, identity=self.cfg.model.point_identity)
 
     def save_checkpoint(self, epoch: int) -> Path:
         path = self.out / "ckpts" / f"epoch_{epoch}.pth"

@@ -8,7 +8,8 @@ Inference is split in two so that iterative refinement is cheap: :meth:`encode` 
 everything that does not depend on the previous target prediction (prompt tokens, the
 source mask embedding, positional encodings, the first block's coarse source map), and
 :meth:`decode` runs the transformer and mask head for one pass. ``forward`` is one
-``encode`` followed by one ``decode``.
+``encode`` followed by one ``decode``; several passes (with the reference's accumulating
+point identity) are :func:`~.refinement.decode_with_refinement`, also used by ``predict``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ...config import HeadConfig
 from .mask_decoder import MaskDecoder
 from .point_features import sample_point_features
 from .prompt_encoder import PromptEncoder
+from .refinement import decode_with_refinement
 from .two_way_transformer import TwoWayTransformer
 
 CHECKPOINT_FILENAME = "main_exp.pth"
@@ -163,18 +165,19 @@ class UnionSegmentationHead(nn.Module):
         full = F.interpolate(low, size=ctx.out_hw, mode="bilinear", align_corners=False)
         return full, low.clamp(-LOW_RES_CLAMP, LOW_RES_CLAMP)
 
-    def add_point_feature_identity(self, ctx: HeadContext) -> HeadContext:
+    def add_point_feature_identity(self, ctx: HeadContext, detach: bool = False) -> HeadContext:
         """A context whose source-point feature tokens carry the source-point identity
-        embedding once more.
+        embedding once more (``detach``: without a gradient path to it).
 
         The reference ``PromptEncoder`` adds that embedding to the caller's feature tensor
-        in place, so its evaluation loop, which passes the same tensor to every refinement
-        pass, sees it accumulate (pass k carries it k + 1 times). Call this between passes
-        only to reproduce that behaviour; the default path adds it exactly once.
+        in place, so a caller passing the same tensor to every refinement pass sees it
+        accumulate (pass k carries it k + 1 times). :func:`decode_with_refinement` calls
+        this between passes in its default ``identity="accumulate"`` mode.
         """
         n = (ctx.tokens.shape[1] - 1) // 3
+        pe = self.prompt_encoder.src_point_pe.weight.view(1, 1, -1)
         extra = torch.zeros_like(ctx.tokens)
-        extra[:, 1 + 2 * n :, :] = self.prompt_encoder.src_point_pe.weight.view(1, 1, -1)
+        extra[:, 1 + 2 * n :, :] = pe.detach() if detach else pe
         return replace(ctx, tokens=ctx.tokens + extra)
 
     def forward(
@@ -198,10 +201,10 @@ class UnionSegmentationHead(nn.Module):
         src_mask: Union[Tensor, np.ndarray],
         refine_iterations: int = 1,
         src_points_feat: Optional[Tensor] = None,
+        identity: str = "accumulate",
     ) -> Tuple[Tensor, Tensor]:
-        """First pass plus ``refine_iterations`` refinement passes; returns the last pass."""
+        """First pass plus ``refine_iterations`` refinement passes; returns the last pass.
+        ``identity``: point-identity semantics of :func:`decode_with_refinement`
+        (``"accumulate"``, the reference's, by default)."""
         ctx = self.encode(feat_map, src_points, tar_points, src_mask, src_points_feat)
-        full, low = self.decode(ctx)
-        for _ in range(int(refine_iterations)):
-            full, low = self.decode(ctx, low)
-        return full, low
+        return decode_with_refinement(self, ctx, refine_iterations, identity)

@@ -1,0 +1,58 @@
+"""Memory bank: the memory tokens of the last K predictions of one stream (batched for
+training: every tensor is ``[B, N, C]``), plus optionally the first confident one, which
+video segmenters keep as an anchor when the recent frames go bad (occlusion, blur)."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Deque, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+
+class MemoryBank:
+    def __init__(self, capacity: int, keep_first: bool = True) -> None:
+        if int(capacity) < 1:
+            raise ValueError(f"memory bank capacity must be >= 1, got {capacity}")
+        self.capacity = int(capacity)
+        self.keep_first = bool(keep_first)
+        self.recent: Deque[Tensor] = deque(maxlen=self.capacity)
+        self.first: Optional[Tensor] = None
+        self.added = 0  # entries written since the last reset
+
+    def __len__(self) -> int:
+        return len(self.recent) + (self.first is not None)
+
+    def reset(self) -> None:
+        self.recent.clear()
+        self.first = None
+        self.added = 0
+
+    def add(self, tokens: Tensor, confident: bool = False) -> None:
+        """Append ``tokens`` ``[B, N, C]`` (the oldest recent entry falls out past K); the
+        first ``confident`` entry since the last reset is also kept as the anchor."""
+        if self.recent and tokens.shape != self.recent[-1].shape:
+            raise ValueError(f"memory tokens {tuple(tokens.shape)} do not match the bank's "
+                             f"{tuple(self.recent[-1].shape)}; reset the bank first")
+        self.recent.append(tokens)
+        if self.keep_first and self.first is None and confident:
+            self.first = tokens
+        self.added += 1
+
+    def read(self, encoder) -> Optional[Tuple[Tensor, Tensor]]:
+        """``(memory, position)`` ``[B, M, C]`` each (spatial + temporal encodings), or
+        None when empty. ``encoder`` is the :class:`MemoryEncoder` (position tables)."""
+        if not len(self):
+            return None
+        tokens = []
+        pos = []
+        spatial = None
+        entries = [(0, self.first)] if self.first is not None else []
+        entries += [(age, t) for age, t in zip(range(len(self.recent), 0, -1), self.recent)]
+        for age, t in entries:
+            if spatial is None:
+                spatial = encoder.position(device=t.device)
+            tokens.append(t)
+            pos.append((spatial + encoder.age_encoding(age)).expand(t.shape[0], -1, -1))
+        return torch.cat(tokens, dim=1), torch.cat(pos, dim=1)

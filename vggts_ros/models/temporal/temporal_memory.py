@@ -1,0 +1,86 @@
+"""Temporal VGGT-S: the memory modules wrapped around the Union Segmentation Head.
+
+:class:`TemporalMemory` owns the memory encoder, the memory attention and a per-channel
+gate initialised to zero. It never changes the head: :meth:`condition` returns a copy of
+the head's :class:`HeadContext` whose target features carry ``gate * readout``, so with
+an empty bank, or a zero gate, the head computes exactly what it computes without memory.
+Its state dict (``memory_encoder.*``, ``memory_attention.*``, ``gate``) is stored in its
+own file (:mod:`.checkpoint`); ``main_exp.pth`` is untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ...config import HeadConfig
+from ..union_head.union_head import HeadContext, UnionSegmentationHead
+from .config import TemporalConfig
+from .memory_attention import MemoryAttention
+from .memory_bank import MemoryBank
+from .memory_encoder import MemoryEncoder
+
+
+class TemporalMemory(nn.Module):
+    def __init__(self, head_cfg: HeadConfig, cfg: Optional[TemporalConfig] = None) -> None:
+        super().__init__()
+        cfg = (TemporalConfig() if cfg is None else cfg).validate()
+        self.cfg = cfg
+        self.head_cfg = head_cfg
+        dim = int(head_cfg.embed_dim)
+        self.side = int(cfg.tokens or head_cfg.sa_tokens)
+        if self.side > head_cfg.img_size // 2:
+            raise ValueError(f"temporal tokens {self.side} exceed the feature grid {head_cfg.img_size // 2}")
+        self.memory_encoder = MemoryEncoder(dim, self.side, cfg.memory_frames)
+        self.memory_attention = MemoryAttention(dim, self.side, cfg.blocks, cfg.num_heads, cfg.mlp_ratio)
+        self.gate = nn.Parameter(torch.zeros(dim))
+
+    @classmethod
+    def seeded(cls, head_cfg: HeadConfig, cfg: Optional[TemporalConfig] = None, seed: int = 0) -> "TemporalMemory":
+        """Fresh weights from a fixed seed (the global RNG is left as it was)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            return cls(head_cfg, cfg)
+
+    def new_bank(self) -> MemoryBank:
+        return MemoryBank(self.cfg.memory_frames, self.cfg.keep_first)
+
+    def condition(self, ctx: HeadContext, bank: Optional[MemoryBank]) -> HeadContext:
+        """The head context with memory applied to its target features (``ctx`` itself
+        when the bank is empty)."""
+        read = None if bank is None else bank.read(self.memory_encoder)
+        if read is None:
+            return ctx
+        memory, pos = read
+        readout = self.memory_attention(ctx.tar_feat, memory, pos)
+        return replace(ctx, tar_feat=ctx.tar_feat + self.gate.view(1, -1, 1, 1) * readout)
+
+    def memorise(self, ctx: HeadContext, low_res: Tensor) -> Tensor:
+        """Memory tokens ``[B, N, C]`` of a finished prediction (``low_res``: the head's
+        last low-resolution logits) on the frame's unconditioned target features."""
+        return self.memory_encoder(ctx.tar_feat, low_res)
+
+    @staticmethod
+    def confident(low_res: Tensor, threshold: float) -> bool:
+        """True when every sample predicts some object with mean probability >= threshold."""
+        prob = torch.sigmoid(low_res.detach().float()).flatten(1)
+        obj = prob > 0.5
+        if not bool(obj.any(dim=1).all()):
+            return False
+        mean = (prob * obj).sum(1) / obj.sum(1)
+        return bool((mean >= threshold).all())
+
+    def decode(self, head: UnionSegmentationHead, ctx: HeadContext, bank: Optional[MemoryBank],
+               refine_iterations: int = 1, write: bool = True) -> Tuple[Tensor, Tensor]:
+        """The head's first pass plus ``refine_iterations`` refinements on the memory-
+        conditioned context; the result is written to ``bank`` (when ``write``)."""
+        cond = self.condition(ctx, bank)
+        full, low = head.decode(cond)
+        for _ in range(int(refine_iterations)):
+            full, low = head.decode(cond, low)
+        if write and bank is not None:
+            bank.add(self.memorise(ctx, low), self.confident(low, self.cfg.first_confidence))
+        return full, low

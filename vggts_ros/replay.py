@@ -1,0 +1,578 @@
+"""``vggts replay``: run a recorded bag through the node's synchroniser and pipeline,
+without ROS, and write the node's outputs into an MCAP that Foxglove opens.
+
+Input: a rosbag2 directory (sqlite3 or MCAP storage), a bare ``.mcap`` or ``.db3``
+file. Camera messages are fed to :class:`vggts_ros.sync.ApproximateTimeSync` in the
+bag's order, with the recording (log) time as the synchroniser's clock, so sets come
+out as they did on the robot; the sets still queued at the end are flushed. Every set
+is processed (offline, nothing is skipped for being slow) the way the node processes
+it (``keyframe`` or ``track`` source mode): objects drawn on one source frame share a
+backend call, each other camera of the set is a target (in ``track`` mode the source
+camera's newer frame too, and the object's mask moves on to it), the masks of a target are merged into one label
+image (higher score on top) and published with the target frame's header.
+
+Objects: a PNG mask drawn on one camera's frame (given by stamp, or the camera's first
+frame), and/or a mask topic in the bag (label images, value = object id, each message
+attached to the frame of that camera with the same stamp). An object applies to the
+sets from its frame's stamp on, as a ``set_source_mask`` call would.
+
+Cameras: given by name and topic, or every image topic whose name ends like a camera
+stream (``image_raw``, ``image``, ``compressed``...), named after the part before.
+
+Output topics (``<ns>`` = ``--namespace``, default ``/vggts`` as the node's ``~/``):
+``<ns>/<camera>/mask`` (mono8 labels), ``<ns>/<camera>/points``
+(``vggts_ros/msg/ProjectedPoints``), ``<ns>/<camera>/overlay`` (rgb8), written at the
+log time of the target frame; the input camera topics are copied too, so that a viewer
+shows images and overlays together. Ground-truth label topics are scored with
+``vggts_ros.metrics``. The same bag and options give byte-identical output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from vggts_ros import bags
+from vggts_ros.config import CameraConfig, SyncConfig
+from vggts_ros.sync import ApproximateTimeSync, SyncSet
+from vggts_ros.types import ROLES, SegmentationResult, TargetView
+
+_IMAGE_TYPES = (bags.IMAGE, bags.COMPRESSED)
+_SUFFIXES = {"image_raw", "image", "compressed", "image_rect", "image_color", "image_rect_color", "image_mono"}
+STAMP_TOLERANCE = 1e-3  # seconds: a mask's stamp names the frame within this
+
+
+class ReplayError(ValueError):
+    """A replay that cannot run as asked; the message names the problem."""
+
+
+@dataclass
+class SourceMask:
+    """One object drawn on one camera: ``stamp`` in seconds, None = the first frame."""
+
+    camera: str
+    mask: np.ndarray
+    stamp: Optional[float] = None
+    object_id: int = 0
+    label: str = ""
+
+
+@dataclass
+class ReplayOptions:
+    cameras: List[CameraConfig] = field(default_factory=list)  # empty: every image topic
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    source_masks: List[SourceMask] = field(default_factory=list)
+    mask_topics: Dict[str, str] = field(default_factory=dict)  # camera -> label topic
+    gt_topics: Dict[str, str] = field(default_factory=dict)  # camera -> label topic
+    roles: Dict[str, str] = field(default_factory=dict)  # camera -> role, over those of ``cameras``
+    source_mode: str = "keyframe"  # or "track": the source mask follows the object (the node's modes)
+    namespace: str = "/vggts"
+    overlay: bool = True
+    copy_inputs: bool = True
+    progress: bool = True
+
+
+@dataclass
+class ScoreRow:
+    camera: str
+    stamp_ns: int
+    object_id: int
+    iou: float
+    location_error: float
+    contour_accuracy: float
+    gt_area: int
+    pred_area: int
+
+
+@dataclass
+class ReplayResult:
+    cameras: List[CameraConfig]
+    sets: List[SyncSet]  # every set the synchroniser emitted (frames replaced by stamps)
+    outputs: Dict[str, List[int]]  # camera -> stamps (ns) of the masks written
+    scores: List[ScoreRow]
+    skipped_frames: Dict[str, int]
+    messages_read: int
+    seconds: float
+    sync_stats: Dict
+    results: List[Dict] = field(default_factory=list)  # per target frame and object: path, reason, area
+
+    def empty_reasons(self) -> Dict[str, int]:
+        """Why target masks came out empty (reason -> count); '' = the backend gave none."""
+        out: Dict[str, int] = {}
+        for r in self.results:
+            if r["area"] == 0:
+                out[r["reason"]] = out.get(r["reason"], 0) + 1
+        return out
+
+    def mean_iou(self) -> Dict[Tuple[str, int], float]:
+        out: Dict[Tuple[str, int], List[float]] = {}
+        for row in self.scores:
+            out.setdefault((row.camera, row.object_id), []).append(row.iou)
+        return {k: float(np.mean(v)) for k, v in sorted(out.items())}
+
+
+# ----------------------------------------------------------------------------- frames
+@dataclass
+class _Frame:
+    camera: str
+    stamp_ns: int
+    log_ns: int
+    msg: object
+    compressed: bool
+    _rgb: Optional[np.ndarray] = None
+
+    @property
+    def stamp(self) -> float:
+        return self.stamp_ns * 1e-9
+
+    def rgb(self) -> np.ndarray:
+        from vggts_ros.ros.conversions import compressed_to_rgb, image_to_rgb
+
+        if self._rgb is None:
+            self._rgb = compressed_to_rgb(self.msg) if self.compressed else image_to_rgb(self.msg)
+        return self._rgb
+
+
+@dataclass
+class _Object:
+    object_id: int
+    camera: str
+    label: str
+    image: np.ndarray
+    mask: np.ndarray
+    stamp_ns: int
+
+
+def _labels_of(msg, what: str) -> np.ndarray:
+    """A mono8/8UC1 label image message -> ``HxW`` uint8 (value = object id)."""
+    if msg.encoding not in ("mono8", "8UC1"):
+        raise ReplayError(f"{what}: label images must be mono8 or 8UC1, got {msg.encoding!r}")
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    data = np.frombuffer(bytes(msg.data), np.uint8)
+    if h <= 0 or w <= 0 or step < w or data.size < step * h:
+        raise ReplayError(f"{what}: a {w}x{h} label image with step {step} needs {step * h} bytes, has {data.size}")
+    return data[: step * h].reshape(h, step)[:, :w].copy()
+
+
+def bag_topic(camera: CameraConfig) -> str:
+    """The camera's topic as recorded: absolute (a relative topic is taken from /)."""
+    topic = camera.resolved_topic()
+    return topic if topic.startswith("/") else "/" + topic
+
+
+def camera_name_from_topic(topic: str) -> str:
+    """``/robot/front/image_raw`` -> ``front`` (the last part that is not an image suffix)."""
+    parts = [p for p in topic.strip("/").split("/") if p]
+    while len(parts) > 1 and parts[-1] in _SUFFIXES:
+        parts.pop()
+    name = re.sub(r"[^A-Za-z0-9_]", "_", parts[-1] if parts else "camera")
+    return name or "camera"
+
+
+# ----------------------------------------------------------------------------- composition
+def compose_labels(shape: Tuple[int, int], pairs: Sequence[Tuple[int, SegmentationResult]]) -> np.ndarray:
+    """One mono8 label image from several objects' masks; a higher score wins overlaps
+    (the node's rule)."""
+    labels = np.zeros(shape, np.uint8)
+    for object_id, result in sorted(pairs, key=lambda p: p[1].score):
+        labels[np.asarray(result.mask, bool)] = object_id
+    return labels
+
+
+def points_msg(header, source_camera: str, target_camera: str, entries):
+    """``vggts_ros/msg/ProjectedPoints`` (rosbags type) from (object, result, area) entries."""
+    ts = bags.typestore()
+    Points = ts.types["vggts_ros/msg/ProjectedPoints"]
+    Obj = ts.types["vggts_ros/msg/ObjectPoints"]
+
+    def f32(a) -> np.ndarray:
+        return np.ascontiguousarray(np.asarray(a, np.float32).reshape(-1))
+
+    fields = [f for f in Obj.__dataclass_fields__ if not f.startswith("__")]
+    objects = []
+    for obj, res, area in entries:
+        values = dict(object_id=int(obj.object_id), source_xy=f32(res.source_points), target_xy=f32(res.target_points),
+                      visibility=f32(res.visibility), confidence=f32(res.confidence), score=float(res.score),
+                      label=obj.label, area=int(area),
+                      # filled when msg/ObjectPoints.msg has them (which path found the mask, or why not)
+                      path=str(getattr(res, "path", "")), reason=str(getattr(res, "reason", "")))
+        objects.append(Obj(**{k: values.get(k, _default(Obj, k)) for k in fields}))
+    return Points(header=header, source_camera=source_camera, target_camera=target_camera, objects=objects)
+
+
+def _default(cls, name: str):
+    """Zero value of a rosbags message field (for fields this code does not know yet)."""
+    hint = str(cls.__dataclass_fields__[name].type)
+    if "ndarray" in hint:
+        return np.zeros(0, np.float32)
+    if hint.startswith("str"):
+        return ""
+    if hint.startswith("float"):
+        return 0.0
+    if hint.startswith("int") or hint.startswith("bool"):
+        return 0
+    if hint.startswith("list"):
+        return []
+    raise ReplayError(f"cannot fill field {name!r} ({hint}) of {cls.__msgtype__}")
+
+
+# ----------------------------------------------------------------------------- progress
+class _Progress:
+    """tqdm when installed (and enabled), else a line every few seconds on stderr."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled, self.count = total, enabled, 0
+        self._bar = None
+        self._last = time.monotonic()
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=total, unit="msg", desc="replay", file=sys.stderr, leave=True)
+            except ImportError:
+                self._bar = None
+
+    def update(self, sets: int) -> None:
+        self.count += 1
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.set_postfix(sets=sets, refresh=False)
+            self._bar.update(1)
+        elif time.monotonic() - self._last > 2.0 or self.count == self.total:
+            self._last = time.monotonic()
+            print(f"replay: {self.count}/{self.total} messages, {sets} sets", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+# ----------------------------------------------------------------------------- replay
+class _Replayer:
+    def __init__(self, reader, writer: bags.BagWriter, segmentor, options: ReplayOptions) -> None:
+        self.reader, self.writer, self.segmentor, self.opt = reader, writer, segmentor, options
+        self.cameras = self._cameras()
+        self.roles = {c.name: c.role for c in self.cameras}
+        self.topic_camera = {c.topic: c.name for c in self.cameras}
+        self.objects: Dict[int, _Object] = {}
+        self.pending: List[SourceMask] = list(options.source_masks)
+        self.topic_masks: Dict[str, Dict[int, np.ndarray]] = {}  # camera -> stamp -> labels
+        self.gt: Dict[str, Dict[int, np.ndarray]] = {}
+        self.sizes: Dict[str, Tuple[int, int]] = {}
+        self.sets: List[SyncSet] = []
+        self.outputs: Dict[str, List[int]] = {c.name: [] for c in self.cameras}
+        self.scores: List[ScoreRow] = []
+        self.skipped: Dict[str, int] = {c.name: 0 for c in self.cameras}
+        self.reasons: Dict[str, str] = {}
+        self.results: List[Dict] = []
+
+    # -- configuration against the bag
+    def _topics(self) -> Dict[str, str]:
+        return {c.topic: c.msgtype for c in self.reader.connections}
+
+    def _cameras(self) -> List[CameraConfig]:
+        topics = self._topics()
+        images = sorted(t for t, ty in topics.items() if ty in _IMAGE_TYPES)
+        label_topics = set(self.opt.mask_topics.values()) | set(self.opt.gt_topics.values())
+        ns = self.opt.namespace.rstrip("/") + "/"
+        # Bag topics are absolute; a relative camera topic (the node's default) is taken from /.
+        cams = [dataclasses.replace(c, topic=bag_topic(c)) for c in self.opt.cameras]
+        if not cams:
+            candidates = [t for t in images if t not in label_topics and not t.startswith(ns)]
+            # Camera streams end in image_raw, image, compressed...; masks and labels do not.
+            named = [t for t in candidates if t.strip("/").split("/")[-1] in _SUFFIXES]
+            candidates = named or candidates
+            names = [camera_name_from_topic(t) for t in candidates]
+            if len(set(names)) != len(names):
+                raise ReplayError(f"cannot name cameras after their topics {candidates}; give --camera NAME=TOPIC")
+            cams = [CameraConfig(n, t) for n, t in zip(names, candidates)]
+        unknown = sorted(set(self.opt.roles) - {c.name for c in cams})
+        if unknown:
+            raise ReplayError(f"roles given for unknown camera(s) {unknown}; cameras: {[c.name for c in cams]}")
+        for cam in cams:
+            cam.role = self.opt.roles.get(cam.name, cam.role)
+            topic = cam.topic
+            if topic not in topics:
+                raise ReplayError(f"camera {cam.name!r}: topic {topic} is not in the bag; its image topics are {images}")
+            if topics[topic] not in _IMAGE_TYPES:
+                raise ReplayError(f"camera {cam.name!r}: topic {topic} holds {topics[topic]}, not an image")
+            cam.compressed = topics[topic] == bags.COMPRESSED
+            if cam.role not in ROLES:
+                raise ReplayError(f"camera {cam.name!r}: role {cam.role!r} is not one of {ROLES}")
+        names = [c.name for c in cams]
+        if len(cams) < 2:
+            raise ReplayError(f"need at least two cameras, found {names} (image topics in the bag: {images})")
+        for what, mapping in (("mask topic", self.opt.mask_topics), ("ground-truth topic", self.opt.gt_topics)):
+            for cam, topic in mapping.items():
+                if cam not in names:
+                    raise ReplayError(f"{what} {topic} names camera {cam!r}, not one of {names}")
+                if topic not in topics:
+                    raise ReplayError(f"{what} {topic} is not in the bag (topics: {sorted(topics)})")
+        for sm in self.opt.source_masks:
+            if sm.camera not in names:
+                raise ReplayError(f"source mask for camera {sm.camera!r}: cameras are {names}")
+        if not self.opt.source_masks and not self.opt.mask_topics:
+            raise ReplayError("no object to follow: give --source-mask CAMERA=PNG[@STAMP] or --mask-topic CAMERA=TOPIC")
+        return cams
+
+    # -- pass 1: label topics (masks drawn by a person or a tool, ground truth)
+    def read_labels(self) -> None:
+        wanted = {}
+        for cam, topic in self.opt.mask_topics.items():
+            wanted[topic] = ("mask", cam)
+        for cam, topic in self.opt.gt_topics.items():
+            if topic in wanted:
+                raise ReplayError(f"topic {topic} is given both as a mask topic and as ground truth")
+            wanted[topic] = ("gt", cam)
+        conns = [c for c in self.reader.connections if c.topic in wanted]
+        if not conns:
+            return
+        for conn, _, raw in self.reader.messages(connections=conns):
+            kind, cam = wanted[conn.topic]
+            msg = bags.deserialize(raw, conn.msgtype)
+            if conn.msgtype != bags.IMAGE:
+                raise ReplayError(f"{conn.topic}: label topics must hold sensor_msgs/Image, not {conn.msgtype}")
+            labels = _labels_of(msg, conn.topic)
+            store = self.topic_masks if kind == "mask" else self.gt
+            store.setdefault(cam, {})[bags.stamp_of(msg)] = labels
+
+    # -- objects
+    def _attach(self, frame: _Frame) -> None:
+        for sm in list(self.pending):
+            if sm.camera != frame.camera:
+                continue
+            if sm.stamp is None or abs(sm.stamp - frame.stamp) <= STAMP_TOLERANCE:
+                self._add_object(sm.object_id, frame, sm.mask, sm.label, f"source mask of camera {sm.camera!r}")
+                self.pending.remove(sm)
+        labels = self.topic_masks.get(frame.camera, {}).pop(frame.stamp_ns, None)
+        if labels is not None:
+            for oid in (int(v) for v in np.unique(labels) if v):
+                self._add_object(oid, frame, labels == oid, f"object {oid}", f"mask topic of camera {frame.camera!r}")
+
+    def _add_object(self, object_id: int, frame: _Frame, mask: np.ndarray, label: str, what: str) -> None:
+        image = frame.rgb()
+        if mask.shape != image.shape[:2]:
+            raise ReplayError(f"{what} is {mask.shape[1]}x{mask.shape[0]} but the camera's frames are "
+                              f"{image.shape[1]}x{image.shape[0]} (width x height)")
+        if not mask.any():
+            raise ReplayError(f"{what} is empty: no nonzero pixel marks the object")
+        self.objects[object_id] = _Object(object_id, frame.camera, label, image, mask.astype(bool), frame.stamp_ns)
+
+    # -- pass 2: camera streams through the synchroniser
+    def run(self) -> Tuple[int, Dict]:
+        s = self.opt.sync
+        names = [c.name for c in self.cameras]
+        sync = ApproximateTimeSync(  # as the node builds it
+            names, slop=s.slop, queue_size=s.queue_size, stale_after=s.stale_after,
+            required=[c.name for c in self.cameras if getattr(c, "required", False)],
+            min_cameras=min(getattr(s, "min_cameras", 2), len(names)),
+            **{k: getattr(s, k) for k in ("jump_threshold", "correct_offset_above") if hasattr(s, k)},
+        )
+        conns = [c for c in self.reader.connections if c.topic in self.topic_camera]
+        total = sum(int(getattr(c, "msgcount", 0) or 0) for c in conns)
+        progress = _Progress(total, self.opt.progress)
+        count, last_log = 0, 0
+        try:
+            for conn, log_ns, raw in self.reader.messages(connections=conns):
+                camera = self.topic_camera[conn.topic]
+                msg = bags.deserialize(raw, conn.msgtype)
+                frame = _Frame(camera, bags.stamp_of(msg), int(log_ns), msg, conn.msgtype == bags.COMPRESSED)
+                if self.opt.copy_inputs:
+                    self.writer.write_raw(conn.topic, conn.msgtype, raw, log_ns)
+                self._attach(frame)
+                for item in sync.add(camera, frame.stamp, frame, now=log_ns * 1e-9):
+                    self._process(item)
+                count += 1
+                last_log = max(last_log, int(log_ns))
+                progress.update(len(self.sets))
+            # Nothing more will come: let every camera go stale and flush what is queued.
+            for item in sync.poll(now=last_log * 1e-9 + 2 * s.stale_after + 1.0):
+                self._process(item)
+        finally:
+            progress.close()
+        if self.pending:
+            missing = ", ".join(f"camera {p.camera!r} at {p.stamp:.6f} s" for p in self.pending)
+            raise ReplayError(f"no frame for the source mask(s) of {missing} (within {STAMP_TOLERANCE * 1e3:.0f} ms)")
+        unused = {cam: sorted(v) for cam, v in self.topic_masks.items() if v}
+        if unused:
+            cam, stamps = next(iter(unused.items()))
+            raise ReplayError(f"mask topic of camera {cam!r}: no frame of that camera has stamp "
+                              f"{stamps[0] * 1e-9:.6f} s (masks must carry the stamp of the frame they were drawn on)")
+        return count, sync.stats()
+
+    def _usable(self, item: SyncSet) -> Dict[str, Tuple[_Frame, np.ndarray]]:
+        from vggts_ros.ros.conversions import ImageError, check_pixels
+
+        usable = {}
+        for name, frame in item.messages.items():
+            try:
+                image = frame.rgb()
+                problem = check_pixels(image)
+            except ImageError as exc:
+                problem = f"cannot decode: {exc}"
+            if not problem:
+                expected = self.sizes.setdefault(name, image.shape[:2])
+                if image.shape[:2] != expected:
+                    problem = f"frame size changed to {image.shape[1]}x{image.shape[0]}"
+            if problem:
+                self.skipped[name] += 1
+                if self.reasons.get(name) != problem:
+                    print(f"replay: camera {name!r}: frame at {frame.stamp:.3f} s skipped: {problem}", file=sys.stderr)
+                self.reasons[name] = problem
+                continue
+            usable[name] = (frame, image)
+        return usable
+
+    def _process(self, item: SyncSet) -> None:
+        self.sets.append(SyncSet(item.stamp, {n: f.stamp_ns for n, f in item.messages.items()}, item.stamps,
+                                 item.missing))
+        newest = max(f.stamp_ns for f in item.messages.values())
+        objects = [o for o in self.objects.values() if o.stamp_ns <= newest]
+        if not objects:
+            return
+        frames = self._usable(item)
+        per_target: Dict[str, List[Tuple[_Object, SegmentationResult]]] = {}
+        groups: Dict[Tuple[str, int], List[_Object]] = {}
+        for obj in sorted(objects, key=lambda o: o.object_id):
+            groups.setdefault((obj.camera, obj.stamp_ns), []).append(obj)
+        track = self.opt.source_mode == "track"
+        advances = []
+        for (camera, stamp_ns), members in groups.items():
+            targets = [n for n in frames if n != camera]
+            if track and camera in frames and frames[camera][0].stamp_ns > stamp_ns:
+                targets.append(camera)  # the source camera's newer frame: the object moves on
+            if not targets:
+                continue
+            views = [TargetView(frames[n][1], role=self.roles[n], name=n) for n in targets]
+            if len(members) > 1 and hasattr(self.segmentor, "segment_objects"):
+                per_object = self.segmentor.segment_objects(members[0].image, [m.mask for m in members], views)
+            else:
+                per_object = [self.segmentor.segment(m.image, m.mask, views) for m in members]
+            for obj, results in zip(members, per_object):
+                for name, result in zip(targets, results):
+                    if name == camera:
+                        advances.append((obj, frames[name], result))
+                    per_target.setdefault(name, []).append((obj, result))
+        for obj, (frame, image), result in advances:  # as the node: lost objects keep their frame
+            if result.mask.any():
+                obj.image, obj.mask, obj.stamp_ns = image, result.mask.astype(bool), frame.stamp_ns
+        for name in [c.name for c in self.cameras]:
+            if name in per_target:
+                self._write(name, frames[name], per_target[name])
+
+    def _write(self, camera: str, frame_image: Tuple[_Frame, np.ndarray], pairs) -> None:
+        from vggts_ros import metrics
+        from vggts_ros.visualize import overlay_masks
+
+        frame, image = frame_image
+        header = frame.msg.header
+        labels = compose_labels(image.shape[:2], [(o.object_id, r) for o, r in pairs])
+        entries = [(o, r, int((labels == o.object_id).sum())) for o, r in pairs]
+        sources = ",".join(sorted({o.camera for o, _ in pairs}))
+        ns = self.opt.namespace.rstrip("/")
+        mask = bags.image_msg(labels, "mono8", 0)
+        mask.header = header
+        self.writer.write(f"{ns}/{camera}/mask", mask, frame.log_ns)
+        self.writer.write(f"{ns}/{camera}/points", points_msg(header, sources, camera, entries), frame.log_ns)
+        if self.opt.overlay:
+            drawn = overlay_masks(image, labels, [np.asarray(r.target_points).reshape(-1, 2) for _, r in pairs])
+            over = bags.image_msg(drawn, "rgb8", 0)
+            over.header = header
+            self.writer.write(f"{ns}/{camera}/overlay", over, frame.log_ns)
+        self.outputs[camera].append(frame.stamp_ns)
+        for obj, res, area in sorted(entries, key=lambda e: e[0].object_id):
+            self.results.append(dict(camera=camera, stamp_ns=frame.stamp_ns, object_id=obj.object_id,
+                                     area=area, score=float(res.score), path=getattr(res, "path", ""),
+                                     reason=getattr(res, "reason", "")))
+        gt = self.gt.get(camera, {}).get(frame.stamp_ns)
+        if gt is None:
+            return
+        if gt.shape != labels.shape:
+            raise ReplayError(f"ground truth of camera {camera!r} is {gt.shape[1]}x{gt.shape[0]} but its frames are "
+                              f"{labels.shape[1]}x{labels.shape[0]}")
+        for obj, _ in sorted(pairs, key=lambda p: p[0].object_id):
+            g, p = gt == obj.object_id, labels == obj.object_id
+            self.scores.append(ScoreRow(camera, frame.stamp_ns, obj.object_id, metrics.iou(g, p),
+                                        metrics.location_error(g, p), metrics.contour_accuracy(g, p),
+                                        int(g.sum()), int(p.sum())))
+
+
+def replay(input_path: str | Path, out_path: str | Path, segmentor, options: ReplayOptions,
+           storage: str = "mcap") -> ReplayResult:
+    """Replay ``input_path`` into ``out_path`` (a ``.mcap`` file or a rosbag2 directory).
+
+    ``segmentor`` is a backend, or a function returning one (called after the bag, its
+    topics and the label topics were checked, so a typo does not wait for weights)."""
+    t0 = time.monotonic()
+    reader = bags.open_reader(input_path)
+    try:
+        writer = bags.BagWriter(out_path, storage=storage)
+        try:
+            rp = _Replayer(reader, writer, segmentor, options)
+            rp.read_labels()
+            if not hasattr(segmentor, "segment"):  # a factory: weights load once the bag is known good
+                rp.segmentor = segmentor()
+            count, stats = rp.run()
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
+    finally:
+        reader.close()
+    return ReplayResult(rp.cameras, rp.sets, rp.outputs, rp.scores, rp.skipped, count,
+                        time.monotonic() - t0, stats, rp.results)
+
+
+def format_scores(result: ReplayResult) -> str:
+    lines = [f"{'camera':<12} {'obj':>3} {'frames':>6} {'IoU':>6} {'LE':>6} {'CA':>6}"]
+    rows: Dict[Tuple[str, int], List[ScoreRow]] = {}
+    for r in result.scores:
+        rows.setdefault((r.camera, r.object_id), []).append(r)
+    for (cam, oid), rs in sorted(rows.items()):
+        lines.append(f"{cam:<12} {oid:>3} {len(rs):>6} {np.mean([r.iou for r in rs]):>6.3f} "
+                     f"{np.mean([r.location_error for r in rs]):>6.3f} {np.mean([r.contour_accuracy for r in rs]):>6.3f}")
+    lines.append(f"mean IoU: {np.mean([r.iou for r in result.scores]):.3f} over {len(result.scores)} object/frame pairs")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- argument parsing
+def parse_source_mask(spec: str, read_mask: Callable[[str], np.ndarray], object_id: int) -> SourceMask:
+    """``CAMERA=PATH`` (first frame), ``CAMERA=PATH@first`` or ``CAMERA=PATH@STAMP`` (seconds)."""
+    camera, sep, rest = spec.partition("=")
+    if not sep or not camera or not rest:
+        raise ReplayError(f"--source-mask {spec!r}: expected CAMERA=PNG[@STAMP|@first]")
+    path, stamp = rest, None
+    if "@" in rest:
+        head, _, tail = rest.rpartition("@")
+        if tail == "first":
+            path = head
+        else:
+            try:
+                stamp = float(tail)
+                path = head
+            except ValueError:
+                pass  # an '@' in the file name
+            if stamp is not None and not math.isfinite(stamp):
+                raise ReplayError(f"--source-mask {spec!r}: the stamp must be a finite number of seconds")
+    return SourceMask(camera, read_mask(path), stamp, object_id, label=Path(path).stem)
+
+
+def parse_pairs(values: Optional[Sequence[str]], what: str) -> Dict[str, str]:
+    out: Dict[str, str] = {}
+    for spec in values or []:
+        key, sep, value = spec.partition("=")
+        if not sep or not key or not value:
+            raise ReplayError(f"{what} {spec!r}: expected NAME=VALUE")
+        if key in out:
+            raise ReplayError(f"{what}: {key!r} given twice")
+        out[key] = value
+    return out
