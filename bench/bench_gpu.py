@@ -30,9 +30,9 @@ against the device's dense peak for the mode (table ``PEAKS`` by device name, or
 (``dry_run_preset``) on CPU, one iteration of every mode that can run there (tf32 is
 CUDA-only), through the same code.
 
-Host syncs/copies inside the pipeline's loops (vggts_ros/pipeline.py on main and on
-fid-pipeline d88d19c, models/ after fid-models; each one blocks the CPU until the GPU
-catches up; the README "Performance" has the same list as a table):
+Host syncs/copies inside the pipeline's loops (vggts_ros/pipeline.py and models/ as merged
+on this branch; each one blocks the CPU until the GPU catches up; the README
+"Performance" has the same list as a table):
 
   images_to_tensor   H2D copy of the uint8 views, once per backbone pass (first pass,
                then per object): input data, needed.
@@ -41,13 +41,11 @@ catches up; the README "Performance" has the same list as a table):
                needed, K-means/outlier removal/crops are NumPy.
   decode       H2D copies of prompts and source mask per features group: inputs built in
                NumPy, needed (could be one pinned copy).
-  recovery     D2H ``frame.cpu().numpy()`` per (object, target): the result is a NumPy
-               mask, needed. The score: on main ``torch.from_numpy(mask).to(device)`` and
-               ``float(prob[mask].mean())`` (a copy back and a second sync, avoidable);
-               fid-pipeline computes it on the device and reads one scalar.
-  stage timings  ``torch.cuda.synchronize`` at every stage boundary (``_sync`` on main,
-               ``_StageClock`` on fid-pipeline), 4 per object: only for the timings,
-               avoidable (CUDA events).
+  recover_result  D2H ``frame.cpu().numpy()`` per (object, target): the result is a NumPy
+               mask, needed; then ``float(score)`` (computed on the device), a second tiny
+               sync that could ride on the logits copy.
+  _StageClock  ``torch.cuda.synchronize`` at every stage boundary, 4 per object: only for
+               the timings, avoidable (CUDA events).
   models/heads/track_modules: ``grid_scale`` builds ``torch.tensor([...], device=)`` once
                per correlation level per tracker call (7) and ``sample_points`` twice per
                call: small blocking H2D copies, no longer inside the iteration loop
