@@ -83,3 +83,13 @@ def test_peak_table_picks_the_right_card():
     peaks = device_peaks("NVIDIA H100 80GB HBM3")
     assert (mode_peak(peaks, "float32"), mode_peak(peaks, "tf32"), mode_peak(peaks, "release")) == (
         peaks[2], peaks[1], peaks[0])
+
+
+def test_bench_vs_reference_names_what_is_missing(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("REF_VGGT", "REF_VGGTS")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), REF_VGGTS=str(tmp_path))  # a directory, but not VGGT-S
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_vs_reference.py"), "--quick"],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=str(ROOT))
+    assert proc.returncode != 0
+    assert "REF_VGGT=None is not a VGGT checkout" in proc.stderr
+    assert f"REF_VGGTS={str(tmp_path)!r} is not a VGGT-S checkout" in proc.stderr
