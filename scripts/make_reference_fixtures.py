@@ -7,7 +7,7 @@
 ``REF_VGGT`` is a checkout of facebookresearch/vggt (the directory holding ``vggt/``),
 ``REF_VGGTS`` one of buaa-colalab/VGGT-S (holding ``src/``), e.g. made with
 ``git -C /work/.mirror/<repo>/repo archive HEAD | tar -x -C /tmp/ref/<name>``. The reference
-tracker needs ``einops`` (``pip install einops``).
+tracker needs ``einops`` (``pip install einops==0.8.2``; not a project dependency).
 
 Written: ``vggt_track_tiny.pt`` (float32 and ``float64`` runs), ``vggts_head.pt`` and
 ``aggregator_dinov2.pt``, in the layout of ``test/fixtures/reference`` (see its README),
