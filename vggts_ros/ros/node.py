@@ -190,8 +190,11 @@ class VGGTSNode(Node):
             JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-int(s.jump_threshold * 1e9)),
                           on_clock_change=True),
             post_callback=self._on_time_jump)
-        self.add_on_set_parameters_callback(self._validate_parameters)
-        self.add_post_set_parameters_callback(self._apply_parameters)
+        if hasattr(self, "add_post_set_parameters_callback"):
+            self.add_on_set_parameters_callback(self._validate_parameters)
+            self.add_post_set_parameters_callback(self._apply_parameters)
+        else:  # Humble: no post-set callbacks; apply once validated
+            self.add_on_set_parameters_callback(self._validate_and_apply)
 
         self._pending: Optional[Tuple[SyncSet, float]] = None
         self._wake = threading.Condition()
@@ -242,6 +245,12 @@ class VGGTSNode(Node):
         except ValueError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         return SetParametersResult(successful=True)
+
+    def _validate_and_apply(self, params) -> SetParametersResult:
+        result = self._validate_parameters(params)
+        if result.successful:
+            self._apply_parameters(params)
+        return result
 
     def _apply_parameters(self, params) -> None:
         mine = [p for p in params if p.name in PARAMETERS and PARAMETERS[p.name][1]]
