@@ -387,7 +387,7 @@ class VGGTSNode(Node):
             with self.registry.lock:
                 removed = self.registry.clear(int(request.object_id))
                 remaining = len(self.registry)
-                self._publish_cleared(remaining)
+                self._publish_cleared()
             response.success = True
             response.message = (f"cleared {len(removed)} object(s)" if request.object_id == 0
                                 else f"cleared object {request.object_id}")
@@ -402,14 +402,17 @@ class VGGTSNode(Node):
         self.get_logger().info(f"clear_objects: {response.message}")
         return response
 
-    def _publish_cleared(self, remaining: int) -> None:
-        """With no object left, say so on every output that had results: an empty points
-        message and an all-zero mask, stamped with the camera's newest frame."""
-        if remaining:
-            return
-        for camera in sorted(self._published_on):
+    def _publish_cleared(self) -> None:
+        """Outputs that no remaining object will update say so: an empty points message
+        and an all-zero mask, stamped with the camera's newest frame (a consumer must not
+        keep acting on the last mask of a cleared object)."""
+        _, objects = self.registry.snapshot()
+        track = self.cfg.inference.source_mode == "track"
+        still = {c.name for c in self.cfg.cameras for o in objects if o.camera != c.name or track}
+        for camera in sorted(self._published_on - still):
             frame = self.history.latest(camera)
             size = self.sizes.size(camera)
+            self._published_on.discard(camera)
             if frame is None or size is None:
                 continue
             header = frame.payload.msg.header
@@ -418,7 +421,6 @@ class VGGTSNode(Node):
             fill_image(mask, np.zeros(size, np.uint8), "mono8")
             self._mask_pubs[camera].publish(mask)
             self._points_pubs[camera].publish(points)
-        self._published_on.clear()
 
     # ------------------------------------------------------------------ inference
     def _worker_loop(self) -> None:
