@@ -163,3 +163,13 @@ def test_node_under_a_namespace_and_another_name_loads_the_shipped_yaml():
         collector.destroy_node()
         rclpy.shutdown()
     assert code == 0, node.log()[-3000:]
+
+
+def test_device_may_name_a_cuda_index():
+    cfg = load_node_config(str(REPO / "config" / "multicam.yaml"))
+    cfg.model.device = "cuda:1"
+    assert cfg.validate().model.device == "cuda:1"
+    for bad in ("cuda:x", "gpu", "cuda:"):
+        cfg.model.device = bad
+        with pytest.raises(ValueError, match="model.device"):
+            cfg.validate()

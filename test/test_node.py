@@ -207,3 +207,10 @@ def test_several_objects_from_different_source_cameras(fresh):
     one = collector.clear_objects(200)
     assert one.success
     assert wait_until(lambda: has("exo2", ego_ids), 60)
+    # ego's only object was 200: it is told explicitly that nothing is left.
+    assert wait_until(lambda: has("ego", set()), 30)
+    ego_mask_msg = collector.at_stamp("masks", "ego", collector.latest("points", "ego").stamp)
+    assert ego_mask_msg is not None or wait_until(
+        lambda: collector.at_stamp("masks", "ego", collector.latest("points", "ego").stamp) is not None, 10)
+    cleared = collector.at_stamp("masks", "ego", collector.latest("points", "ego").stamp).msg
+    assert not np.frombuffer(bytes(cleared.data), np.uint8).any()
