@@ -30,24 +30,22 @@ against the device's dense peak for the mode (table ``PEAKS`` by device name, or
 (``dry_run_preset``) on CPU, one iteration of every mode that can run there (tf32 is
 CUDA-only), through the same code.
 
-Host syncs/copies inside the pipeline's loops (vggts_ros/pipeline.py and models/, read at
-the time of writing; each one blocks the CPU until the GPU catches up):
+Host syncs/copies inside the pipeline's loops (vggts_ros/pipeline.py and models/ as merged
+on this branch; each one blocks the CPU until the GPU catches up; the README
+"Performance" has the same list as a table):
 
-  pipeline.py  images_to_tensor   H2D copy of the uint8 views, once per backbone pass
-               (first pass, then per object): input data, needed.
-  pipeline.py  track/_track_one   H2D copy of the queries, and D2H ``.cpu().numpy()`` of
-               coords/vis/conf per tracker call (per object; per (object, target) with
-               second_pass): needed, K-means/outlier removal/crops are NumPy.
-  pipeline.py  decode             H2D copies of prompts and source mask per features
-               group: inputs built in NumPy, needed (could be one pinned copy).
-  pipeline.py  recover            D2H of 5 recovered points per (object, target).
-  pipeline.py  _run recovery      D2H ``frame_logits.cpu().numpy()`` per (object, target):
-               the result is a NumPy mask, needed; then ``torch.from_numpy(mask).to(device)``
-               and ``float(prob[mask].mean())`` copy the mask back and sync again for the
-               score: avoidable (compute the score from the logits on the device, or on the
-               host from the NumPy logits already there).
-  pipeline.py  _run ``_sync()``   explicit ``torch.cuda.synchronize`` twice per features
-               group, only for the stage timings: avoidable (CUDA events).
+  images_to_tensor   H2D copy of the uint8 views, once per backbone pass (first pass,
+               then per object): input data, needed.
+  track/_track_one   H2D copy of the queries, and D2H ``.cpu().numpy()`` of coords/vis/conf
+               per tracker call (per object; per (object, target) with second_pass):
+               needed, K-means/outlier removal/crops are NumPy.
+  decode       H2D copies of prompts and source mask per features group: inputs built in
+               NumPy, needed (could be one pinned copy).
+  recover_result  D2H ``frame.cpu().numpy()`` per (object, target): the result is a NumPy
+               mask, needed; then ``float(score)`` (computed on the device), a second tiny
+               sync that could ride on the logits copy.
+  _StageClock  ``torch.cuda.synchronize`` at every stage boundary, 4 per object: only for
+               the timings, avoidable (CUDA events).
   models/heads/track_modules: ``grid_scale`` builds ``torch.tensor([...], device=)`` once
                per correlation level per tracker call (7) and ``sample_points`` twice per
                call: small blocking H2D copies, no longer inside the iteration loop

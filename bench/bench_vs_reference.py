@@ -379,7 +379,12 @@ def whole_set(R, objects: int, repeats: int, profile: bool):
             union = (a | b).sum()
             ious.append(float((a & b).sum() / union) if union else 1.0)
             fg.append((float(a.mean()), float(b.mean())))
-    stages = out_o[0][0].timings
+    # shared stages (prompts, first pass) are the same in every object's timings; the
+    # others are that object's own: sum them over the objects
+    stages = {}
+    for k, v in out_o[0][0].timings.items():
+        per_object = k not in ("prompts", "first_pass", "total")
+        stages[k] = sum(out_o[o][0].timings.get(k, 0.0) for o in range(objects)) if per_object else v
     prof = None
     if profile:
         from torch.profiler import ProfilerActivity
@@ -437,8 +442,10 @@ def main(argv=None) -> int:
     print("  foreground fraction project/reference per (object, target): "
           + ", ".join(f"{a:.3f}/{b:.3f}" for a, b in res["fg"]) + "  (random weights: the masks carry no meaning)")
     st = res["stages"]
-    print("\nWhere the project's time goes (stage timings of its last run, seconds):")
-    print("  " + "  ".join(f"{k} {v:.2f}" for k, v in st.items()))
+    print("\nWhere the project's time goes (stage timings of its last run, all objects, seconds and share):")
+    total = st.get("total") or sum(st.values())
+    print("  " + "  ".join(f"{k} {v:.2f} ({100 * v / total:.0f}%)" for k, v in st.items() if k != "total")
+          + f"  total {total:.2f}")
     if res["profile"]:
         print("\ntorch.profiler, one project set, top operators by self CPU time:")
         print(res["profile"])
