@@ -84,8 +84,8 @@ def test_zero_gate_and_switched_off_are_bit_identical_to_the_plain_head(fx, head
 def test_condition_with_empty_bank_returns_the_context_itself(small):
     head, ctx = small
     tm = TemporalMemory.seeded(head.cfg, TemporalConfig(), seed=0)
-    assert tm.condition(ctx, tm.new_bank()) is ctx
-    assert tm.condition(ctx, None) is ctx
+    assert tm.condition(head, ctx, tm.new_bank()) is ctx
+    assert tm.condition(head, ctx, None) is ctx
     assert tm.side == head.cfg.sa_tokens  # default: the head's self-attention grid
 
 
