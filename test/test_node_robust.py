@@ -242,7 +242,8 @@ def test_diagnostics_keep_coming_with_sim_time_and_no_clock(graph_factory, scene
     assert wait_until(lambda: len(g.collector.diagnostics) >= 3, 10)
     g.set_object()
     assert wait_until(lambda: g.collector.count("masks", "exo1") >= 2, 60)
-    assert float(g.status()["rate_hz"]) >= 0.0 and int(g.status()["sets_processed"]) >= 1
+    # Diagnostics (steady-clock timer) report the outputs.
+    assert wait_until(lambda: int(g.status().get("sets_processed", 0)) >= 1, 10), g.status()
 
 
 def test_max_rate_processes_the_newest_set_when_its_period_has_passed(graph_factory, scene):
