@@ -3,6 +3,7 @@ geometric backend on a bundled scene with exact ground truth): clocks that loop,
 or lie, live parameters, clear/replace racing inference, stalls, sim time without
 /clock."""
 
+import os
 import threading
 import time
 
@@ -37,6 +38,7 @@ def ros():
 
 class Graph:
     def __init__(self, scene, name, segmentor=None, extra=(), inference_max_rate=0.0):
+        name = f"{name}_{os.getpid()}"  # another run on the same domain must not cross-talk
         cfg = NodeConfig(
             cameras=[CameraConfig(c, f"/{name}_cams/{c}", scene.role(c)) for c in scene.views],
             sync=SyncConfig(slop=0.02, queue_size=5, stale_after=1.0),
