@@ -3,6 +3,7 @@ geometric backend on a bundled scene with exact ground truth): clocks that loop,
 or lie, live parameters, clear/replace racing inference, stalls, sim time without
 /clock."""
 
+import os
 import threading
 import time
 
@@ -37,6 +38,7 @@ def ros():
 
 class Graph:
     def __init__(self, scene, name, segmentor=None, extra=(), inference_max_rate=0.0):
+        name = f"{name}_{os.getpid()}"  # another run on the same domain must not cross-talk
         cfg = NodeConfig(
             cameras=[CameraConfig(c, f"/{name}_cams/{c}", scene.role(c)) for c in scene.views],
             sync=SyncConfig(slop=0.02, queue_size=5, stale_after=1.0),
@@ -242,7 +244,8 @@ def test_diagnostics_keep_coming_with_sim_time_and_no_clock(graph_factory, scene
     assert wait_until(lambda: len(g.collector.diagnostics) >= 3, 10)
     g.set_object()
     assert wait_until(lambda: g.collector.count("masks", "exo1") >= 2, 60)
-    assert float(g.status()["rate_hz"]) >= 0.0 and int(g.status()["sets_processed"]) >= 1
+    # Diagnostics (steady-clock timer) report the outputs.
+    assert wait_until(lambda: int(g.status().get("sets_processed", 0)) >= 1, 10), g.status()
 
 
 def test_max_rate_processes_the_newest_set_when_its_period_has_passed(graph_factory, scene):
