@@ -154,7 +154,8 @@ def smoke_temporal_config(out_dir: str, data_root: str, use_memory: bool = True,
     """The tiny CPU configuration of the tests and ``bench/bench_temporal.py``: the smoke
     networks (84 px, 32 channels, random content-preserving backbone, prompts through the
     known warp), fixed clips of 5 frames (features cached), batches of 4 clips, AdamW 3e-3,
-    memory on a 14 x 14 token grid with 4 recent frames."""
+    memory on a 14 x 14 token grid with 4 recent frames, one attention head (32 channels:
+    a single head keeps the attention sharp at this width)."""
     base = TrainConfig(
         model=ModelSection(preset="smoke", vggt_checkpoint=None, backbone_seed=0, backbone_init="content"),
         data=DataSection(kind="self", root=data_root, adaptive_prompts="warp", fixed_pairs=True,
@@ -164,7 +165,7 @@ def smoke_temporal_config(out_dir: str, data_root: str, use_memory: bool = True,
                        tensorboard=False),
     )
     cfg = TemporalTrainConfig(base=base, clips=ClipSection(frames=5),
-                              temporal=TemporalConfig(memory_frames=4, tokens=14, blocks=2, num_heads=4),
+                              temporal=TemporalConfig(memory_frames=4, tokens=14, blocks=2, num_heads=1),
                               mode=ModeSection(use_memory=use_memory))
     if overrides:
         cfg = cfg.override([f"{k}={json.dumps(v)}" for k, v in overrides.items()])
