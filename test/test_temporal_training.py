@@ -78,3 +78,33 @@ def test_config_overrides_and_cli_errors(tmp_path, capsys):
     assert main(["--preset", "smoke", "--out", str(tmp_path / "o")]) == 2
     assert "no training data" in capsys.readouterr().err
     assert main(["--preset", "smoke", "--data-root", str(tmp_path), "--set", "clips.frames=0"]) == 2
+
+
+def test_two_process_clip_training(tmp_path):
+    """``torchrun`` with 2 processes (gloo): both ranks end with the same head and memory
+    weights, rank 0 alone writes the checkpoints and the temporal file."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not torch.distributed.is_available():
+        pytest.skip("torch.distributed is not available")
+    data = tmp_path / "data"
+    write_shapes_dataset(str(data), n_images=4, n_objects=2, seed=3, background="plain")
+    out = tmp_path / "run"
+    exe = Path(sys.executable).with_name("torchrun")
+    cmd = ([str(exe)] if exe.is_file() else [sys.executable, "-m", "torch.distributed.run"]) + [
+        "--standalone", "--nproc_per_node", "2", "-m", "vggts_ros.training.temporal_train", "--preset", "smoke",
+        "--data-root", str(data), "--out", str(out), "--set", f"model.img_size={SIZE}", "--set", "clips.frames=3",
+        "--set", "optim.epochs=2", "--set", "optim.batch_size=2", "--set", "optim.steps_per_epoch=2",
+        "--set", "run.log_every=0"]
+    proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 4
+    digests = summary["rank_weight_digests"]
+    assert len(digests) == 2 and digests[0] == digests[1], "ranks disagree on the weights"
+    assert sorted(p.name for p in (out / "ckpts").iterdir()) == ["epoch_1.pth", "epoch_2.pth"]
+    load_temporal(out / "temporal.pth", smoke_head(SIZE))

@@ -486,7 +486,17 @@ class ClipTrainer:
             epochs.append(record)
         summary = {"epochs": epochs, "steps": steps, "train_seconds": time.perf_counter() - t_start,
                    "backbone_pairs": self.extractor.backbone_pairs,
-                   "backbone_seconds": self.extractor.backbone_seconds}
+                   "backbone_seconds": self.extractor.backbone_seconds, "world_size": env.world,
+                   "start_epoch": self.start_epoch}
+        from .runtime import state_digest
+
+        digest = state_digest(self.step_module.module if env.distributed else self.step_module)
+        if env.distributed:
+            digests: List[Any] = [None] * env.world
+            torch.distributed.all_gather_object(digests, digest)
+            summary["rank_weight_digests"] = digests
+        else:
+            summary["rank_weight_digests"] = [digest]
         if env.is_main:
             self.export()
             (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
