@@ -4,7 +4,6 @@ and "image as video" clips have the properties training relies on."""
 
 import dataclasses
 
-import numpy as np
 import pytest
 import torch
 
@@ -14,7 +13,7 @@ from vggts_ros.checkpoint import CheckpointError, save_state_dict
 from vggts_ros.models.deterministic import fill_deterministic
 from vggts_ros.models.temporal import MemoryBank, TemporalConfig, TemporalMemory, load_temporal, save_temporal
 from vggts_ros.models.union_head import UnionSegmentationHead
-from vggts_ros.temporal import TargetStream, TemporalState
+from vggts_ros.temporal import TemporalState
 
 
 @pytest.fixture(scope="module")

@@ -154,7 +154,8 @@ def smoke_temporal_config(out_dir: str, data_root: str, use_memory: bool = True,
     """The tiny CPU configuration of the tests and ``bench/bench_temporal.py``: the smoke
     networks (84 px, 32 channels, random content-preserving backbone, prompts through the
     known warp), fixed clips of 5 frames (features cached), batches of 4 clips, AdamW 3e-3,
-    memory on a 14 x 14 token grid with 4 recent frames."""
+    memory on a 14 x 14 token grid with 4 recent frames, one attention head (32 channels:
+    a single head keeps the attention sharp at this width)."""
     base = TrainConfig(
         model=ModelSection(preset="smoke", vggt_checkpoint=None, backbone_seed=0, backbone_init="content"),
         data=DataSection(kind="self", root=data_root, adaptive_prompts="warp", fixed_pairs=True,
@@ -164,7 +165,7 @@ def smoke_temporal_config(out_dir: str, data_root: str, use_memory: bool = True,
                        tensorboard=False),
     )
     cfg = TemporalTrainConfig(base=base, clips=ClipSection(frames=5),
-                              temporal=TemporalConfig(memory_frames=4, tokens=14, blocks=2, num_heads=4),
+                              temporal=TemporalConfig(memory_frames=4, tokens=14, blocks=2, num_heads=1),
                               mode=ModeSection(use_memory=use_memory))
     if overrides:
         cfg = cfg.override([f"{k}={json.dumps(v)}" for k, v in overrides.items()])
@@ -485,7 +486,17 @@ class ClipTrainer:
             epochs.append(record)
         summary = {"epochs": epochs, "steps": steps, "train_seconds": time.perf_counter() - t_start,
                    "backbone_pairs": self.extractor.backbone_pairs,
-                   "backbone_seconds": self.extractor.backbone_seconds}
+                   "backbone_seconds": self.extractor.backbone_seconds, "world_size": env.world,
+                   "start_epoch": self.start_epoch}
+        from .runtime import state_digest
+
+        digest = state_digest(self.step_module.module if env.distributed else self.step_module)
+        if env.distributed:
+            digests: List[Any] = [None] * env.world
+            torch.distributed.all_gather_object(digests, digest)
+            summary["rank_weight_digests"] = digests
+        else:
+            summary["rank_weight_digests"] = [digest]
         if env.is_main:
             self.export()
             (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
