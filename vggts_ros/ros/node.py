@@ -34,6 +34,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.clock import Clock, ClockType, JumpThreshold
 from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
@@ -698,6 +699,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             node = VGGTSNode()
         except (ValueError, CheckpointError) as exc:  # configuration or weights: one clear message
             print(f"vggts_node: {exc}", file=sys.stderr)
+            return 2
+        except ParameterException as exc:  # a value outside its descriptor's range or type
+            print(f"vggts_node: bad parameter: {exc}", file=sys.stderr)
             return 2
         executor = MultiThreadedExecutor(num_threads=4)
         executor.add_node(node)
