@@ -1,7 +1,7 @@
 """Temporal VGGT-S evidence run: per-frame head vs temporal model on synthetic occlusion
 clips, same budget and seeds, plus the per-frame cost of the memory modules at full size.
 
-    .venv/bin/python bench/bench_temporal.py [--seeds 0 1] [--pre-epochs 10] [--epochs 10]
+    .venv/bin/python bench/bench_temporal.py [--seeds 0 1] [--pre-epochs 12] [--epochs 8]
     .venv/bin/python bench/bench_temporal.py --cost-only     # FLOPs / CPU time at 518 px only
 
 Protocol (smoke networks, CPU): training clips from ``--train-images`` generated images
@@ -9,13 +9,17 @@ Protocol (smoke networks, CPU): training clips from ``--train-images`` generated
 the per-frame head on the training clips (shared by both arms). Stage B continues from
 that head for ``--epochs`` with the same batches and learning rate: the *plain* arm keeps
 training the head per frame, the *temporal* arm trains the memory modules and the head.
+Each stage runs at lr 3e-3 and x0.1 for its last 3 epochs (``--no-pre-drop``: stage A
+at a constant rate, as in the run reported in the README).
 Both are then streamed over the held-out clips (the temporal arm through
 ``vggts_ros.temporal.TargetStream``, as the node would) and scored per frame: IoU overall,
 on frames where more than half of the object is hidden, on blurred frames and on the rest.
+The temporal arm's weights are also streamed with the memory switched off (ablation).
 
-Cost: FLOPs (``torch.utils.flop_counter``) and single-thread CPU time of one head decode
+Cost: FLOPs (``torch.utils.flop_counter``, attention included) and single-thread CPU time of one head decode
 pass at full size (518 px, 128 channels), of the memory attention reading a full bank
-(K recent frames + the first) and of the memory encoder writing one entry.
+(K recent frames + the first; its propagated mask through the head's previous-mask
+encoder included) and of the memory encoder writing one entry.
 """
 
 from __future__ import annotations
@@ -37,8 +41,8 @@ from vggts_ros.training.toydata import write_shapes_dataset  # noqa: E402
 
 
 def run_arm(base: Path, name: str, train_root: str, val_root: str, use_memory: bool, epochs: int, seed: int,
-            init_head=None, extra=None):
-    over = {"optim.epochs": epochs, "optim.lr_drops": [10 ** 6], "run.seed": seed,
+            init_head=None, extra=None, lr_drop: bool = True):
+    over = {"optim.epochs": epochs, "optim.lr_drops": [max(1, epochs - 3) if lr_drop else 10 ** 6], "run.seed": seed,
             "run.feature_cache": str(base / "cache"), "mode.temporal_seed": seed,
             "eval_data.root": val_root, "eval_data.fixed_pairs": True, "eval_data.adaptive_prompts": "warp",
             "eval_data.first_pass_points": 20, "eval_data.outlier_k": 4, "eval_data.seed": 1000}
@@ -52,10 +56,16 @@ def run_arm(base: Path, name: str, train_root: str, val_root: str, use_memory: b
     summary = trainer.fit()
     seconds = time.perf_counter() - t0
     report = trainer.evaluate()
+    ablation = None
+    if use_memory:  # the same trained weights streamed with the memory switched off
+        from vggts_ros.training.temporal_train import evaluate_clips
+
+        ablation = evaluate_clips(trainer.head, None, trainer.eval_dataset, trainer.extractor,
+                                  cfg.base.run.refine_iterations)["summary"]
     trainer.close()
     return {"steps": summary["steps"], "seconds": round(seconds, 1),
             "train_seconds": round(summary["train_seconds"], 1),
-            "summary": report["summary"], "head": str(base / name / "head.pth"),
+            "summary": report["summary"], "memory_off": ablation, "head": str(base / name / "head.pth"),
             "curve": [(e["epoch"], round(e["loss"], 3), round(e.get("eval_overall_iou", float("nan")), 3),
                        round(e.get("eval_occluded_iou", float("nan")), 3)) for e in summary["epochs"]]}
 
@@ -71,16 +81,20 @@ def evidence(args) -> dict:
         sb = base / f"seed{seed}"
         pre = None
         if args.pre_epochs > 0:
-            pre = run_arm(sb, "stage_a", train["root"], val["root"], False, args.pre_epochs, seed, extra=extra)
+            pre = run_arm(sb, "stage_a", train["root"], val["root"], False, args.pre_epochs, seed, extra=extra,
+                          lr_drop=args.pre_drop)
             print(f"seed {seed} stage A (shared per-frame head): {pre['steps']} steps, {pre['seconds']} s, "
                   f"held-out {fmt(pre['summary'])}", flush=True)
         init = pre["head"] if pre else None
         arms = {}
         for name, mem in (("plain", False), ("temporal", True)):
-            arms[name] = run_arm(sb, name, train["root"], val["root"], mem, args.epochs, seed, init, extra)
+            own = dict(extra, **_assignments(args.temporal_set)) if mem else extra
+            arms[name] = run_arm(sb, name, train["root"], val["root"], mem, args.epochs, seed, init, own)
             a = arms[name]
             print(f"seed {seed} {name:8s}: {a['steps']} steps, {a['seconds']} s, held-out {fmt(a['summary'])}",
                   flush=True)
+            if a["memory_off"]:
+                print(f"seed {seed} {name} weights, memory off: {fmt(a['memory_off'])}", flush=True)
         results.append({"seed": seed, "stage_a": pre, **arms})
     agg = {}
     for name in ("plain", "temporal"):
@@ -93,8 +107,25 @@ def evidence(args) -> dict:
     return {"results": results, "mean": agg, "margin": margin, "frames": results[0]["plain"]["summary"]}
 
 
+def _assignments(items):
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--temporal-set {item!r}: expected section.key=value")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def fmt(summary) -> str:
     return ", ".join(f"{k} {v['iou']:.3f} ({v['frames']} fr)" for k, v in summary.items())
+
+
+def _plain_attention(q, k, v, *args, **kwargs):
+    w = torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1)
+    return w @ v
 
 
 def cost(args) -> dict:
@@ -125,8 +156,15 @@ def cost(args) -> dict:
             bank.add(tm.memorise(ctx, low), confident=True)
 
         def measure(name, fn, reps):
-            with FlopCounterMode(display=False) as fc:
-                fn()
+            # FlopCounterMode does not count the CPU kernel of scaled_dot_product_attention:
+            # count with a plain softmax(q k^T) v in its place, time the real kernel
+            real = torch.nn.functional.scaled_dot_product_attention
+            torch.nn.functional.scaled_dot_product_attention = _plain_attention
+            try:
+                with FlopCounterMode(display=False) as fc:
+                    fn()
+            finally:
+                torch.nn.functional.scaled_dot_product_attention = real
             ts = []
             for _ in range(reps):
                 t0 = time.perf_counter()
@@ -135,7 +173,7 @@ def cost(args) -> dict:
             out[name] = {"gflops": fc.get_total_flops() / 1e9, "cpu_ms": 1e3 * float(np.median(ts))}
 
         measure("head_decode", lambda: head.decode(ctx, low), args.reps)
-        measure("memory_attention", lambda: tm.condition(ctx, bank), args.reps)
+        measure("memory_attention", lambda: tm.condition(head, ctx, bank), args.reps)
         measure("memory_encoder", lambda: tm.memorise(ctx, low), args.reps)
     mem = {k: out["memory_attention"][k] + out["memory_encoder"][k] for k in ("gflops", "cpu_ms")}
     out["memory_total"] = mem
@@ -155,8 +193,12 @@ def main() -> None:
     p.add_argument("--train-images", type=int, default=24)
     p.add_argument("--val-images", type=int, default=12)
     p.add_argument("--frames", type=int, default=5)
-    p.add_argument("--pre-epochs", type=int, default=10)
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--pre-epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--pre-drop", action=argparse.BooleanOptionalAction, default=True,
+                   help="x0.1 learning rate for stage A's last 3 epochs too")
+    p.add_argument("--temporal-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="config override for the temporal arm only (e.g. mode.teacher_forcing=0)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--out", default=None)

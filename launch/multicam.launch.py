@@ -65,7 +65,7 @@ def generate_launch_description():
                                   description="ROS parameters file (config/multicam.yaml, config/aerial_ground.yaml, ...)"),
             DeclareLaunchArgument("node_name", default_value="vggts", description="node name"),
             DeclareLaunchArgument("namespace", default_value="", description="node namespace"),
-            DeclareLaunchArgument("device", default_value="", description="override model.device (auto|cuda|cpu)"),
+            DeclareLaunchArgument("device", default_value="", description="override model.device (auto|cuda|cuda:N|cpu)"),
             DeclareLaunchArgument("log_level", default_value="info", description="ROS log level"),
             DeclareLaunchArgument("topic_remaps", default_value="",
                                   description="space-separated 'from:=to' topic remappings"),

@@ -1,6 +1,7 @@
 """The launch file, the shipped parameter files and the node's parameters agree."""
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -139,22 +140,23 @@ def test_node_under_a_namespace_and_another_name_loads_the_shipped_yaml():
     from vggts_ros.ros import transport
     from vggts_ros.ros.player import CameraPlayer, NodeProcess, OutputCollector, PlayedCamera, Spinner, wait_until
 
+    ns = f"robot{os.getpid()}"  # another run on the same domain must not cross-talk
     transport.configure()
     rclpy.init()
-    node = NodeProcess(NodeConfig(), node_name="robot1/arm", params_file=str(REPO / "config" / "multicam.yaml"),
+    node = NodeProcess(NodeConfig(), node_name=f"{ns}/arm", params_file=str(REPO / "config" / "multicam.yaml"),
                        extra_args=["-p", "model.backend:=geometric", "-p", "model.device:=cpu"]).start()
     rng = np.random.default_rng(0)
-    cams = [PlayedCamera(n, f"/robot1/{n}/image_raw", rng.integers(0, 255, (60, 80, 3), dtype=np.uint8))
+    cams = [PlayedCamera(n, f"/{ns}/{n}/image_raw", rng.integers(0, 255, (60, 80, 3), dtype=np.uint8))
             for n in ("ego", "exo1", "exo2")]
-    player = CameraPlayer(cams, rate_hz=5.0, name="ns_player")
-    collector = OutputCollector("robot1/arm", ["ego", "exo1", "exo2"], name="ns_collector")
+    player = CameraPlayer(cams, rate_hz=5.0, name=f"{ns}_player")
+    collector = OutputCollector(f"{ns}/arm", ["ego", "exo1", "exo2"], name=f"{ns}_collector")
     spinner = Spinner(player, collector)
     try:
         assert wait_until(lambda: collector._set.service_is_ready() or not node.alive(), 120), node.log()[-3000:]
         assert node.alive(), node.log()[-3000:]
         assert collector.wait_for_frames(["ego", "exo1", "exo2"], 30), node.log()[-3000:]
         status = collector.camera_status("exo2")
-        assert status["topic"] == "/robot1/exo2/image_raw"
+        assert status["topic"] == f"/{ns}/exo2/image_raw"
         assert collector.pipeline_status()["backend"] == "geometric"
     finally:
         spinner.close()
@@ -163,3 +165,13 @@ def test_node_under_a_namespace_and_another_name_loads_the_shipped_yaml():
         collector.destroy_node()
         rclpy.shutdown()
     assert code == 0, node.log()[-3000:]
+
+
+def test_device_may_name_a_cuda_index():
+    cfg = load_node_config(str(REPO / "config" / "multicam.yaml"))
+    cfg.model.device = "cuda:1"
+    assert cfg.validate().model.device == "cuda:1"
+    for bad in ("cuda:x", "gpu", "cuda:"):
+        cfg.model.device = bad
+        with pytest.raises(ValueError, match="model.device"):
+            cfg.validate()

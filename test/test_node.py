@@ -14,7 +14,9 @@ from vggts_ros.ros import transport  # noqa: E402
 from vggts_ros.ros.player import CameraPlayer, NodeProcess, OutputCollector, PlayedCamera, Spinner, wait_until  # noqa: E402
 
 SIZES = {"ego": (240, 320), "exo1": (270, 480), "exo2": (300, 400)}  # (height, width), all different
-NODE = "vggts_under_test"
+# Names unique to this process: another run on the same ROS domain must not cross-talk.
+NODE = f"vggts_under_test_{os.getpid()}"
+CAMS = f"/test_cams_{os.getpid()}"
 
 
 def textured(height, width, seed):
@@ -39,7 +41,7 @@ def ego_mask():
 
 def node_config(**inference):
     return NodeConfig(
-        cameras=[CameraConfig(name, f"/test_cams/{name}/image_raw", "ego" if name == "ego" else "exo") for name in SIZES],
+        cameras=[CameraConfig(name, f"{CAMS}/{name}/image_raw", "ego" if name == "ego" else "exo") for name in SIZES],
         sync=SyncConfig(slop=0.02, queue_size=5, stale_after=1.0),
         model=ModelConfig(backend=os.environ.get("VGGTS_NODE_TEST_BACKEND", "vggts"), config="test-tiny", device="cpu"),
         inference=InferenceConfig(refine_iterations=1, **inference),
@@ -52,7 +54,7 @@ def graph():
     transport.configure()  # this process publishes camera images
     rclpy.init()
     node = NodeProcess(node_config(), node_name=NODE).start()
-    cams = [PlayedCamera(n, f"/test_cams/{n}/image_raw", textured(*SIZES[n], seed=i)) for i, n in enumerate(SIZES)]
+    cams = [PlayedCamera(n, f"{CAMS}/{n}/image_raw", textured(*SIZES[n], seed=i)) for i, n in enumerate(SIZES)]
     player = CameraPlayer(cams, rate_hz=5.0)
     collector = OutputCollector(NODE, list(SIZES))
     spinner = Spinner(player, collector)
@@ -207,3 +209,10 @@ def test_several_objects_from_different_source_cameras(fresh):
     one = collector.clear_objects(200)
     assert one.success
     assert wait_until(lambda: has("exo2", ego_ids), 60)
+    # ego's only object was 200: it is told explicitly that nothing is left.
+    assert wait_until(lambda: has("ego", set()), 30)
+    ego_mask_msg = collector.at_stamp("masks", "ego", collector.latest("points", "ego").stamp)
+    assert ego_mask_msg is not None or wait_until(
+        lambda: collector.at_stamp("masks", "ego", collector.latest("points", "ego").stamp) is not None, 10)
+    cleared = collector.at_stamp("masks", "ego", collector.latest("points", "ego").stamp).msg
+    assert not np.frombuffer(bytes(cleared.data), np.uint8).any()

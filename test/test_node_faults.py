@@ -1,6 +1,7 @@
 """Faults and source tracking, with the node in this process (real rclpy, real DDS) on the
 weight-free geometric backend and a bundled synthetic scene with exact ground truth."""
 
+import os
 import time
 
 import numpy as np
@@ -41,6 +42,7 @@ def scene():
 
 
 def start(scene, segmentor, source_mode="keyframe", node_name="vggts_faults"):
+    node_name = f"{node_name}_{os.getpid()}"  # another run on the same domain must not cross-talk
     cfg = NodeConfig(
         cameras=[CameraConfig(c, f"/{node_name}_cams/{c}", scene.role(c)) for c in scene.views],
         sync=SyncConfig(slop=0.02, queue_size=5, stale_after=1.0),

@@ -1,6 +1,7 @@
 """Hundreds of random and hostile SetSourceMask requests over DDS (seeded): every one is
 answered with a message, and the node keeps serving afterwards."""
 
+import os
 import random
 
 import numpy as np
@@ -69,18 +70,19 @@ def graph():
     transport.configure()
     rclpy.init()
     scene = synthetic_scene(seed=1)
+    name = f"vggts_fuzz_{os.getpid()}"  # another run on the same domain must not cross-talk
     cfg = NodeConfig(
-        cameras=[CameraConfig(c, f"/fuzz_cams/{c}", scene.role(c)) for c in scene.views],
+        cameras=[CameraConfig(c, f"/{name}_cams/{c}", scene.role(c)) for c in scene.views],
         sync=SyncConfig(slop=0.02, queue_size=5, stale_after=1.0),
         model=ModelConfig(backend="geometric", device="cpu"),
         inference=InferenceConfig(max_objects=8, max_label_length=256, max_image_pixels=1_000_000),
         publish=PublishConfig(overlay=False, diagnostics_period=0.5),
     )
-    node = VGGTSNode("vggts_fuzz", segmentor=GeometricSegmentor(),
+    node = VGGTSNode(name, segmentor=GeometricSegmentor(),
                      parameter_overrides=[Parameter(k, value=v) for k, v in cfg.to_parameters().items()])
     player = CameraPlayer([PlayedCamera(c.name, c.topic, scene.image(c.name)) for c in cfg.cameras], rate_hz=5.0,
-                          name="vggts_fuzz_player")
-    collector = OutputCollector("vggts_fuzz", list(scene.views), name="vggts_fuzz_collector")
+                          name=f"{name}_player")
+    collector = OutputCollector(name, list(scene.views), name=f"{name}_collector")
     spinner = Spinner(node, player, collector)
     try:
         yield scene, node, player, collector

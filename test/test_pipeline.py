@@ -188,13 +188,18 @@ def test_refinement_matches_eval_loop(seg):
             _, prev = head(feat_map, torch.from_numpy(src)[None], torch.from_numpy(tar)[None],
                            torch.from_numpy(mask)[None], prev_low_res=prev, src_points_feat=spf + k * pe)
         torch.testing.assert_close(low, prev, rtol=0, atol=1e-5)
+        args = (feat_map, torch.from_numpy(src)[None], torch.from_numpy(tar)[None], torch.from_numpy(mask)[None])
+        # The head's own refinement (used by the evaluator and the trainer) is the same function.
+        torch.testing.assert_close(low, head.predict(*args, refine_iterations=2)[1], rtol=0, atol=1e-6)
 
-        clean = VGGTSegmentor(seg.backbone, seg.head, PipelineConfig(refine_iterations=2), accumulate_point_identity=False)
-        _, low_clean = clean.decode(feat_map, src, [tar], mask)
-        _, low_predict = head.predict(feat_map, torch.from_numpy(src)[None], torch.from_numpy(tar)[None],
-                                      torch.from_numpy(mask)[None], refine_iterations=2)
-        torch.testing.assert_close(low_clean, low_predict, rtol=0, atol=1e-5)
-        assert (low_clean - low).abs().max() > 1e-4
+        for clean in (
+            VGGTSegmentor(seg.backbone, seg.head, PipelineConfig(refine_iterations=2), accumulate_point_identity=False),
+            VGGTSegmentor(seg.backbone, seg.head, PipelineConfig(refine_iterations=2, point_identity="per_pass")),
+        ):
+            _, low_clean = clean.decode(feat_map, src, [tar], mask)
+            low_predict = head.predict(*args, refine_iterations=2, identity="per_pass")[1]
+            torch.testing.assert_close(low_clean, low_predict, rtol=0, atol=1e-6)
+            assert (low_clean - low).abs().max() > 1e-4
 
 
 # ------------------------------------------------------------------ inputs
@@ -318,3 +323,95 @@ def test_cuda_matches_cpu(exo_target, ref_exo):
     gpu = VGGTSegmentor.deterministic("test-tiny", PipelineConfig(), device="cuda")
     b = gpu.segment(SOURCE, MASK_A, [exo_target])[0]
     assert (ref_exo.mask == b.mask).mean() > 0.99
+
+
+# ------------------------------------------------------------------ target views
+def head_logits(seg, trace) -> torch.Tensor:
+    """The head's network-size logits for the traced (single) object and target."""
+    (src,), target = trace["sources"], trace["targets"][0][0]
+    with torch.inference_mode():
+        feats = seg.backbone_features([src.crop_image, target.image])
+        full, _ = seg.decode(feats, src.prompts, [target.prompts], src.crop_mask)
+    return full[0, 0]
+
+
+def test_non_square_ego_target_is_cropped_undistorted(seg):
+    """A 16:9 ego target goes the cropped way (module docstring of ``pipeline``): the head
+    sees a square crop at one scale on both axes (a disc stays a disc) and the logits and
+    points map back into the frame through the same transform."""
+    import cv2
+
+    from vggts_ros.pipeline import is_cropped
+
+    h, w = 90, 160
+    frame = np.full((h, w, 3), 40, np.uint8)
+    cv2.circle(frame, (110, 45), 20, (250, 250, 250), -1)
+    view = TargetView(frame, role="ego", name="wrist")
+    assert is_cropped(view)
+    trace = {}
+    with torch.inference_mode():
+        (r,), = seg._run(SOURCE, [MASK_A > 0], [view], trace)
+    target = trace["targets"][0][0]
+    win = target.transform
+    sx, sy = win.scale
+    assert sx == sy and win.view_hw == (seg.image_size, seg.image_size)
+    x1, y1, x2, y2 = win.box
+    assert x2 - x1 == y2 - y1 <= h and 0 <= x1 and x2 <= w
+    assert np.array_equal(target.image, cv2.resize(frame[y1:y2, x1:x2], target.image.shape[:2], interpolation=cv2.INTER_AREA))
+    # Logits: the head's view logits pasted through the window (outside = -32); points likewise.
+    assert r.logits.shape == (h, w)
+    expected = win.logits_to_frame(head_logits(seg, trace)).numpy()
+    np.testing.assert_allclose(r.logits, expected, rtol=0, atol=1e-5)
+    outside = np.ones((h, w), bool)
+    outside[y1:y2, x1:x2] = False
+    assert (r.logits[outside] == -32).all()
+    np.testing.assert_allclose(r.target_points, win.points_to_frame(target.prompts), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(win.points(r.target_points), target.prompts, rtol=0, atol=1e-4)
+    assert_result_contract(r, (h, w), seg.cfg.prompt_points, SOURCE.shape[:2])
+
+
+def test_square_ego_target_is_resized_like_the_reference(seg):
+    """Square ego targets: the frame resized (area), prompts = the tracked points clipped
+    to the view, logits resized back (the reference exo->ego recipe, unchanged)."""
+    import cv2
+    import torch.nn.functional as F
+
+    frame = noise(100, 100, 9)
+    trace = {}
+    with torch.inference_mode():
+        (r,), = seg._run(SOURCE, [MASK_A > 0], [TargetView(frame, role="ego")], trace)
+    target = trace["targets"][0][0]
+    size = seg.image_size
+    assert np.array_equal(target.image, cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA))
+    (_, direct), = trace["tracks"]
+    assert np.array_equal(target.prompts, np.clip(direct.coords[1], 0, size - 1).astype(np.float32))
+    np.testing.assert_allclose(r.target_points, target.prompts * (100 / size), rtol=0, atol=1e-4)
+    # Recovery is a plain bilinear resize of the view logits.
+    full = head_logits(seg, trace)
+    expected = F.interpolate(full[None, None], size=(100, 100), mode="bilinear", align_corners=False)[0, 0]
+    np.testing.assert_allclose(r.logits, expected.numpy(), rtol=0, atol=1e-5)
+
+
+# ------------------------------------------------------------------ precision
+def test_precision_modes(seg, exo_target, ref_exo):
+    with pytest.raises(ValueError, match="float16"):
+        VGGTSegmentor(seg.backbone, seg.head, PipelineConfig(precision="float16"))
+    with pytest.raises(ValueError, match="sometimes"):
+        VGGTSegmentor(seg.backbone, seg.head, PipelineConfig(point_identity="sometimes"))
+    # The released scripts' autocast is CUDA-only: on a CPU "release" computes float32.
+    release = VGGTSegmentor(seg.backbone, seg.head, PipelineConfig(precision="release"))
+    assert release.backbone.dtype == torch.float32
+    assert np.array_equal(release.segment(SOURCE, MASK_A, [exo_target])[0].logits, ref_exo.logits)
+    bf16 = VGGTSegmentor.deterministic("test-tiny", PipelineConfig(precision="bf16"))
+    assert bf16.backbone.dtype == torch.bfloat16
+
+
+def test_float64_pipeline():
+    s = VGGTSegmentor.deterministic("test-tiny", PipelineConfig(precision="float64"))
+    assert all(p.dtype == torch.float64 for p in s.backbone.parameters())
+    assert all(p.dtype == torch.float64 for p in s.head.parameters())
+    with torch.inference_mode():
+        assert s.backbone_features([noise(126, 126, 3)] * 2).dtype == torch.float64
+    target = TargetView(noise(150, 200, 1), role="exo")
+    r = s.segment(SOURCE, MASK_A, [target])[0]
+    assert_result_contract(r, (150, 200), 5, SOURCE.shape[:2])

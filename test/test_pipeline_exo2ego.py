@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+import parity_tolerances as ptol
 from conftest import assert_close_ref, load_fixture
 from pipeline_fixture import (assert_close, assert_image, assert_points, build_networks, drift_tolerance,
                               network_logits, np_)
@@ -84,10 +85,34 @@ def test_first_pass_float32(first_pass, fx):
     f64 = fx["first_pass_float64"]
     clipped = np.clip(first_pass.coords[1], 0, 517)
     tol = drift_tolerance(fx["target_points"], f64["target_points"])
-    assert tol < 1.0, f"stored drift {tol / 2:.3g} px is not float32 rounding"
+    assert tol < ptol.DRIFT_FACTOR * 1.0, f"stored drift {tol / ptol.DRIFT_FACTOR:.3g} px is not float32 rounding"
     assert_points(clipped, fx["target_points"], "target_points", tol=tol)
     assert_close(first_pass.vis[1], fx["first_pass_vis"], "visibility", drift_tolerance(fx["first_pass_vis"], f64["vis"]))
     assert_close(first_pass.conf[1], fx["first_pass_conf"], "confidence", drift_tolerance(fx["first_pass_conf"], f64["conf"]))
+
+
+@pytest.fixture(scope="module")
+def seg64(fx):
+    backbone, head = build_networks(fx)  # own copies: the float64 cast is in place
+    return VGGTSegmentor(backbone, head, PipelineConfig(precision="float64"), device="cpu")
+
+
+def test_first_pass_float64(seg64, source, fx):
+    """``precision="float64"``: the reference's float64 first pass to 1e-6 px, fed the
+    pipeline's own source square and ego view."""
+    f64 = fx["first_pass_float64"]
+    order = np.lexsort(np_(fx["first_pass_source_points"]).T[::-1])
+    ours = np.lexsort(source.direct_points.T[::-1])
+    assert np.array_equal(source.direct_points[ours], np_(fx["first_pass_source_points"])[order])
+    target = seg64.direct_target(np_(fx["ego_image"]), reference_tracks(fx), 1, source)
+    with torch.inference_mode():
+        feats = seg64.backbone_features([source.view.image, target.image])
+        tracks = seg64.track(feats, [source.direct_points[ours]])[0]
+    assert feats.dtype == torch.float64
+    clipped = np.clip(tracks.coords[1], 0, seg64.image_size - 1)
+    assert_points(clipped, np_(f64["target_points"])[order], "float64 target points", tol=ptol.F64_COORD_TOL_PX)
+    assert_close(tracks.vis[1], np_(f64["vis"])[order], "float64 visibility", ptol.f64_tolerance(f64["vis"]))
+    assert_close(tracks.conf[1], np_(f64["conf"])[order], "float64 confidence", ptol.f64_tolerance(f64["conf"]))
 
 
 def test_source_crop(source, fx):
@@ -126,7 +151,7 @@ def end_to_end(seg, fx):
 
 def test_end_to_end_logits(seg, features, end_to_end, fx):
     """The default pipeline against the reference, on logits in the 704x704 ego frame. The
-    tolerance: twice the logit change caused by the stored float32-vs-float64 drift of the
+    tolerance: DRIFT_FACTOR times the logit change caused by the stored float32-vs-float64 drift of the
     target prompts (``pipeline_fixture``), at least the fixtures' 1e-4 relative."""
     result, target = end_to_end
     with torch.inference_mode():
@@ -135,7 +160,7 @@ def test_end_to_end_logits(seg, features, end_to_end, fx):
         _, b = seg.decode(*args, [np_(fx["first_pass_float64"]["target_points"]).astype(np.float32)],
                           np_(fx["source_crop_mask"]))
     scale = max(1.0, float(fx["final_low_res"].abs().max()))
-    tol = max(1e-4 * scale, 2.0 * (a - b).abs().max().item())
+    tol = max(1e-4 * scale, ptol.DRIFT_FACTOR * (a - b).abs().max().item())
     assert tol < 0.1 * scale
     expected = target.transform.logits_to_frame(network_logits(fx["final_low_res"], seg.image_size))
     assert_close(result.logits, expected, "end-to-end logits", tol)

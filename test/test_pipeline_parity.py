@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+import parity_tolerances as ptol
 from conftest import assert_close_ref, load_fixture
 from pipeline_fixture import (assert_close, assert_image, assert_points, build_networks, drift_tolerance,
                               network_logits, np_)
@@ -78,12 +79,36 @@ def test_first_pass_float32(first_pass, pipe):
     assert first_pass.coords.shape == (2,) + tuple(pipe["first_pass_projected_518"].shape)
     clipped = np.clip(first_pass.coords[1], 0, 517)
     tol = drift_tolerance(pipe["first_pass_projected_518"], f64["projected_518"])
-    assert tol < 1.0, f"stored drift {tol / 2:.3g} px is not float32 rounding"
+    assert tol < ptol.DRIFT_FACTOR * 1.0, f"stored drift {tol / ptol.DRIFT_FACTOR:.3g} px is not float32 rounding"
     assert_points(clipped, pipe["first_pass_projected_518"], "first-pass projections", tol=tol)
     assert_close(first_pass.vis[1], pipe["first_pass_vis"], "visibility", drift_tolerance(pipe["first_pass_vis"], f64["vis"]))
     assert_close(first_pass.conf[1], pipe["first_pass_conf"], "confidence", drift_tolerance(pipe["first_pass_conf"], f64["conf"]))
     # Frame 0 tracks stay at the query points.
     assert_points(first_pass.coords[0], pipe["first_pass_source_points"], "frame-0 tracks")
+
+
+@pytest.fixture(scope="module")
+def seg64(pipe):
+    backbone, head = build_networks(pipe)  # own copies: the float64 cast is in place
+    return VGGTSegmentor(backbone, head, PipelineConfig(precision="float64"), device="cpu")
+
+
+def test_first_pass_float64(seg64, source, pipe):
+    """``precision="float64"``: the reference's float64 first pass to 1e-6 px, fed the
+    pipeline's own source view and K-means points (as sets: compared after sorting)."""
+    f64 = pipe["first_pass_float64"]
+    order = np.lexsort(np_(pipe["first_pass_source_points"]).T[::-1])
+    ours = np.lexsort(source.first_points.T[::-1])
+    assert np.array_equal(source.first_points[ours], np_(pipe["first_pass_source_points"])[order])
+    lb = transforms.letterbox(pipe["exo_image"].shape[:2], seg64.image_size)
+    with torch.inference_mode():
+        feats = seg64.backbone_features([source.view.image, lb.image(np_(pipe["exo_image"]))])
+        tracks = seg64.track(feats, [source.first_points[ours]])[0]
+    assert feats.dtype == torch.float64 and tracks.coords.dtype == np.float64
+    clipped = np.clip(tracks.coords[1], 0, seg64.image_size - 1)
+    assert_points(clipped, np_(f64["projected_518"])[order], "float64 projections", tol=ptol.F64_COORD_TOL_PX)
+    assert_close(tracks.vis[1], np_(f64["vis"])[order], "float64 visibility", ptol.f64_tolerance(f64["vis"]))
+    assert_close(tracks.conf[1], np_(f64["conf"])[order], "float64 confidence", ptol.f64_tolerance(f64["conf"]))
 
 
 def test_target_crop_stages(seg, source, pipe):
@@ -196,7 +221,7 @@ def test_end_to_end_logits(seg, crop_features, end_to_end, pipe):
         "the first pass moved the target crop: float32 drift beyond the reference's float32-vs-float64 drift")
     expected = target.transform.logits_to_frame(network_logits(pipe["eval_loop"]["final_low_res"], seg.image_size))
     scale = max(1.0, float(pipe["eval_loop"]["final_low_res"].abs().max()))
-    tol = max(1e-4 * scale, 2.0 * first_pass_drift_logits(seg, crop_features, pipe))
+    tol = max(1e-4 * scale, ptol.DRIFT_FACTOR * first_pass_drift_logits(seg, crop_features, pipe))
     assert tol < 0.1 * scale, f"derived tolerance {tol:.3g} is not small against the logits ({scale:.3g})"
     assert_close(result.logits, expected, "end-to-end logits", tol)
     assert np.array_equal(result.mask, result.logits > 0)

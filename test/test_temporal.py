@@ -4,7 +4,6 @@ and "image as video" clips have the properties training relies on."""
 
 import dataclasses
 
-import numpy as np
 import pytest
 import torch
 
@@ -14,7 +13,7 @@ from vggts_ros.checkpoint import CheckpointError, save_state_dict
 from vggts_ros.models.deterministic import fill_deterministic
 from vggts_ros.models.temporal import MemoryBank, TemporalConfig, TemporalMemory, load_temporal, save_temporal
 from vggts_ros.models.union_head import UnionSegmentationHead
-from vggts_ros.temporal import TargetStream, TemporalState
+from vggts_ros.temporal import TemporalState
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +83,8 @@ def test_zero_gate_and_switched_off_are_bit_identical_to_the_plain_head(fx, head
 def test_condition_with_empty_bank_returns_the_context_itself(small):
     head, ctx = small
     tm = TemporalMemory.seeded(head.cfg, TemporalConfig(), seed=0)
-    assert tm.condition(ctx, tm.new_bank()) is ctx
-    assert tm.condition(ctx, None) is ctx
+    assert tm.condition(head, ctx, tm.new_bank()) is ctx
+    assert tm.condition(head, ctx, None) is ctx
     assert tm.side == head.cfg.sa_tokens  # default: the head's self-attention grid
 
 

@@ -81,6 +81,14 @@ class PipelineConfig:
     second_pass: bool = False
     # "float32" (default, as in the paper) or "bfloat16" (backbone only).
     backbone_dtype: str = "float32"
+    # Numeric mode (vggts_ros.precision): "float32" (default; TF32 off on CUDA), "tf32",
+    # "bf16" (backbone autocast), "release" (the released scripts' CUDA bf16 autocast
+    # around backbone and head), "float64" (networks cast to float64: reference runs).
+    precision: str = "float32"
+    # Source-point identity across refinement passes: "accumulate" (the reference's
+    # evaluation and training loops, which the published head was trained with) or
+    # "per_pass" (models.union_head.refinement).
+    point_identity: str = "accumulate"
 
 
 @dataclass

@@ -67,9 +67,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from vggts_ros import crops, prompts, transforms
+from vggts_ros import crops, precision, prompts, transforms
 from vggts_ros.config import ModelConfig, ModelPreset, PipelineConfig, model_preset
 from vggts_ros.device import resolve_device
+from vggts_ros.models.union_head.refinement import check_identity, decode_with_refinement
 from vggts_ros.types import CROPPED_ROLES, SegmentationResult, TargetView
 
 OUTSIDE_LOGIT = transforms.OUTSIDE_LOGIT
@@ -217,7 +218,7 @@ class VGGTSegmentor:
         device: str | torch.device = "cpu",
         image_size: Optional[int] = None,
         *,
-        accumulate_point_identity: bool = True,
+        accumulate_point_identity: Optional[bool] = None,
         multi_view_features: bool = True,
         joint_tracking: bool = False,
     ) -> None:
@@ -237,14 +238,23 @@ class VGGTSegmentor:
             )
         if cfg.source_crop_ratio <= 0:
             raise ValueError(f"source_crop_ratio must be > 0, got {cfg.source_crop_ratio}")
+        precision.check_mode(cfg.precision)
+        if accumulate_point_identity is not None:  # the keyword wins over the config
+            cfg = dataclasses.replace(cfg, point_identity="accumulate" if accumulate_point_identity else "per_pass")
+        check_identity(cfg.point_identity)
         self.device = torch.device(device)
-        self.backbone = backbone.to(self.device).eval()
-        self.head = head.to(self.device).eval()
+        self.dtype = precision.model_dtype(cfg.precision)
+        self.backbone = backbone.to(self.device, self.dtype).eval()
+        self.head = head.to(self.device, self.dtype).eval()
         if self.backbone.dtype == torch.float32:  # an explicit backbone dtype wins over the config's
             self.backbone.dtype = cfg.backbone_dtype
+            if self.backbone.dtype == torch.float32 and precision.plan(cfg.precision).backbone_autocast is not None:
+                # bf16 / release: the aggregator under bf16 autocast (release: on CUDA only).
+                kind = precision.plan(cfg.precision).autocast_device
+                if kind is None or kind == self.device.type:
+                    self.backbone.dtype = precision.plan(cfg.precision).backbone_autocast
         self.cfg = cfg
         self.image_size = size
-        self.accumulate_point_identity = bool(accumulate_point_identity)
         self.multi_view_features = bool(multi_view_features)
         self.joint_tracking = bool(joint_tracking)
 
@@ -365,13 +375,15 @@ class VGGTSegmentor:
             _check_letterbox(view.image.shape[:2], self.image_size, f"target {i} image")
         if not binary or not targets:
             return [[] for _ in binary]
-        with torch.inference_mode():
+        with torch.inference_mode(), precision.precision_context(self.cfg.precision, self.device):
             return self._run(source_image, binary, targets)
 
     # ------------------------------------------------------------------ the stage list
     def _run(
         self, source_image: np.ndarray, masks: List[np.ndarray], targets: List[TargetView], trace: Optional[dict] = None
     ) -> List[List[SegmentationResult]]:
+        """Stages 1-6 of the module docstring; ``trace`` (tests) receives the sources, the
+        first-pass tracks and each object's target inputs."""
         clock = _StageClock(self._sync)
         t_start = time.perf_counter()
         cropped = [is_cropped(v) for v in targets]
@@ -406,17 +418,24 @@ class VGGTSegmentor:
         return results
 
     # ------------------------------------------------------------------ stages
+    @property
+    def accumulate_point_identity(self) -> bool:
+        return self.cfg.point_identity == "accumulate"
+
     def images_to_tensor(self, views: Sequence[np.ndarray]) -> torch.Tensor:
-        """uint8 HxWx3 views -> ``[1, S, 3, H, W]`` in [0, 1] on the device (divided in
-        float64 like the reference, then float32)."""
+        """uint8 HxWx3 views -> ``[1, S, 3, H, W]`` in [0, 1] on the device: divided in
+        float64 and rounded to float32 like the reference, then cast to the model dtype (in
+        ``float64`` mode the network computes in float64 on the same float32 input, as the
+        reference's float64 runs do)."""
         batch = np.stack([np.ascontiguousarray(v) for v in views])
         t = torch.from_numpy(batch).to(self.device)
-        t = (t.double() / 255.0).float()
+        t = (t.double() / 255.0).float().to(self.dtype)
         return t.permute(0, 3, 1, 2).contiguous().unsqueeze(0)
 
     def backbone_features(self, views: Sequence[np.ndarray]) -> torch.Tensor:
         """One backbone pass (aggregator + DPT): ``[1, S, C, size/2, size/2]``."""
-        return self.backbone(self.images_to_tensor(views)).features
+        with precision.autocast(self.cfg.precision, self.device, "backbone"):
+            return self.backbone(self.images_to_tensor(views)).features
 
     def track(self, features: torch.Tensor, query_sets: Sequence[np.ndarray]) -> List[Tracks]:
         """Track each set of frame-0 query points (network px) through all views."""
@@ -433,10 +452,12 @@ class VGGTSegmentor:
         return [Tracks(*self._track_one(features, torch.from_numpy(q).to(self.device)[None])) for q in sets]
 
     def _track_one(self, features: torch.Tensor, queries: torch.Tensor):
-        coord_iters, vis, conf = self.backbone.track(features, queries)
-        coords = coord_iters[-1][0].float().cpu().numpy()
-        vis_np = vis[0].float().cpu().numpy()
-        conf_np = conf[0].float().cpu().numpy() if conf is not None else np.ones_like(vis_np)
+        with precision.autocast(self.cfg.precision, self.device, "backbone"):
+            coord_iters, vis, conf = self.backbone.track(features, queries.to(self.dtype))
+        as_np = (lambda x: x.cpu().numpy()) if self.dtype == torch.float64 else (lambda x: x.float().cpu().numpy())
+        coords = as_np(coord_iters[-1][0])
+        vis_np = as_np(vis[0])
+        conf_np = as_np(conf[0]) if conf is not None else np.ones_like(vis_np)
         return coords, vis_np, conf_np
 
     def prepare_source(self, image: np.ndarray, mask: np.ndarray, need_first: bool = True,
@@ -539,16 +560,13 @@ class VGGTSegmentor:
         idx = list(target_indices) if target_indices is not None else list(range(1, feats.shape[0]))
         t = len(idx)
         feat_map = torch.stack([feats[0].expand(t, *feats.shape[1:]), feats[idx]], dim=1)
-        src = torch.from_numpy(np.asarray(src_prompts, np.float32)).to(self.device)[None].expand(t, -1, -1)
-        tar = torch.from_numpy(np.stack([np.asarray(p, np.float32) for p in tar_prompts])).to(self.device)
-        mask = torch.from_numpy(np.asarray(src_mask, np.float32)).to(self.device)[None].expand(t, -1, -1)
-        ctx = self.head.encode(feat_map, src.contiguous(), tar, mask.contiguous())
-        full, low = self.head.decode(ctx)
-        for _ in range(self.cfg.refine_iterations):
-            if self.accumulate_point_identity:
-                ctx = self.head.add_point_feature_identity(ctx)
-            full, low = self.head.decode(ctx, low)
-        return full, low
+        as_t = lambda a: torch.from_numpy(np.asarray(a, np.float64)).to(self.device, self.dtype)  # noqa: E731
+        src = as_t(src_prompts)[None].expand(t, -1, -1)
+        tar = torch.stack([as_t(p) for p in tar_prompts])
+        mask = as_t(src_mask)[None].expand(t, -1, -1)
+        with precision.autocast(self.cfg.precision, self.device, "head"):
+            ctx = self.head.encode(feat_map, src.contiguous(), tar, mask.contiguous())
+            return decode_with_refinement(self.head, ctx, self.cfg.refine_iterations, self.cfg.point_identity)
 
     def recover(self, logits: torch.Tensor, target: TargetInput) -> Tuple[torch.Tensor, np.ndarray]:
         """Stage 6: network-size logits and the prompts -> frame logits ``[H, W]`` (on the

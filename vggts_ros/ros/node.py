@@ -34,6 +34,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.clock import Clock, ClockType, JumpThreshold
 from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
@@ -190,8 +191,11 @@ class VGGTSNode(Node):
             JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-int(s.jump_threshold * 1e9)),
                           on_clock_change=True),
             post_callback=self._on_time_jump)
-        self.add_on_set_parameters_callback(self._validate_parameters)
-        self.add_post_set_parameters_callback(self._apply_parameters)
+        if hasattr(self, "add_post_set_parameters_callback"):
+            self.add_on_set_parameters_callback(self._validate_parameters)
+            self.add_post_set_parameters_callback(self._apply_parameters)
+        else:  # Humble: no post-set callbacks; apply once validated
+            self.add_on_set_parameters_callback(self._validate_and_apply)
 
         self._pending: Optional[Tuple[SyncSet, float]] = None
         self._wake = threading.Condition()
@@ -242,6 +246,12 @@ class VGGTSNode(Node):
         except ValueError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         return SetParametersResult(successful=True)
+
+    def _validate_and_apply(self, params) -> SetParametersResult:
+        result = self._validate_parameters(params)
+        if result.successful:
+            self._apply_parameters(params)
+        return result
 
     def _apply_parameters(self, params) -> None:
         mine = [p for p in params if p.name in PARAMETERS and PARAMETERS[p.name][1]]
@@ -378,7 +388,7 @@ class VGGTSNode(Node):
             with self.registry.lock:
                 removed = self.registry.clear(int(request.object_id))
                 remaining = len(self.registry)
-                self._publish_cleared(remaining)
+                self._publish_cleared()
             response.success = True
             response.message = (f"cleared {len(removed)} object(s)" if request.object_id == 0
                                 else f"cleared object {request.object_id}")
@@ -393,14 +403,17 @@ class VGGTSNode(Node):
         self.get_logger().info(f"clear_objects: {response.message}")
         return response
 
-    def _publish_cleared(self, remaining: int) -> None:
-        """With no object left, say so on every output that had results: an empty points
-        message and an all-zero mask, stamped with the camera's newest frame."""
-        if remaining:
-            return
-        for camera in sorted(self._published_on):
+    def _publish_cleared(self) -> None:
+        """Outputs that no remaining object will update say so: an empty points message
+        and an all-zero mask, stamped with the camera's newest frame (a consumer must not
+        keep acting on the last mask of a cleared object)."""
+        _, objects = self.registry.snapshot()
+        track = self.cfg.inference.source_mode == "track"
+        still = {c.name for c in self.cfg.cameras for o in objects if o.camera != c.name or track}
+        for camera in sorted(self._published_on - still):
             frame = self.history.latest(camera)
             size = self.sizes.size(camera)
+            self._published_on.discard(camera)
             if frame is None or size is None:
                 continue
             header = frame.payload.msg.header
@@ -409,7 +422,6 @@ class VGGTSNode(Node):
             fill_image(mask, np.zeros(size, np.uint8), "mono8")
             self._mask_pubs[camera].publish(mask)
             self._points_pubs[camera].publish(points)
-        self._published_on.clear()
 
     # ------------------------------------------------------------------ inference
     def _worker_loop(self) -> None:
@@ -687,6 +699,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             node = VGGTSNode()
         except (ValueError, CheckpointError) as exc:  # configuration or weights: one clear message
             print(f"vggts_node: {exc}", file=sys.stderr)
+            return 2
+        except ParameterException as exc:  # a value outside its descriptor's range or type
+            print(f"vggts_node: bad parameter: {exc}", file=sys.stderr)
             return 2
         executor = MultiThreadedExecutor(num_threads=4)
         executor.add_node(node)

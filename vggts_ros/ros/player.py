@@ -313,7 +313,7 @@ class NodeProcess:
     def start(self) -> "NodeProcess":
         workdir = self.workdir or tempfile.mkdtemp(prefix="vggts_node_")
         params = self.params_file or write_params_file(self.cfg, os.path.join(workdir, "params.yaml"),
-                                                       self.node_name)
+                                                       "/" + self.node_name.strip("/"))
         self.log_path = os.path.join(workdir, "node.log")
         namespace, _, name = self.node_name.strip("/").rpartition("/")
         cmd = [sys.executable, "-m", "vggts_ros.ros.node", "--ros-args", "--params-file", params,

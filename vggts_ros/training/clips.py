@@ -26,7 +26,7 @@ A clip sample holds the arrays of a pair sample (:mod:`.pairs`) with a leading f
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import cv2
@@ -37,7 +37,7 @@ from ..prompts import kmeans_sample_points
 from ..scenes import random_texture
 from .augment import GREY, photometric
 from .config import DataSection
-from .pairs import box_to_crop, condense_projections, crop_to_box, cut, empty_like_points, single_threaded, square_box
+from .pairs import box_to_crop, condense_projections, crop_to_box, cut, single_threaded, square_box
 from .self_training import _bbox, _coco_images_dir, coco_instances, load_instance, png_pair_instances
 
 CLIP_STACKED = ("src_img", "src_mask", "src_points", "tar_img", "tar_mask", "tar_points", "amodal_mask",

@@ -32,12 +32,13 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..checkpoint import save_state_dict
 from ..models.temporal import TemporalConfig, TemporalMemory, load_temporal, save_temporal
-from ..models.union_head.union_head import HeadContext, UnionSegmentationHead
+from ..models.union_head.union_head import LOW_RES_CLAMP, HeadContext, UnionSegmentationHead
 from .clips import ClipSection, ImageClips, collate_clips
 from .config import DataSection, ModelSection, OptimSection, RunSection, TrainConfig
 from .losses import batch_iou, segmentation_loss
@@ -56,6 +57,13 @@ class ModeSection:
     train_head: bool = True  # fine-tune the head together with the memory modules
     init_temporal: Optional[str] = None  # start the memory modules from a temporal.pth
     temporal_seed: int = 0  # fresh memory modules are drawn from this seed
+    # learning-rate multiplier of the zero-initialised gate: it starts every other memory
+    # parameter's gradient, and at the head's learning rate it opens too slowly
+    gate_lr_scale: float = 10.0
+    # share of training clips whose memory is written from the ground-truth mask instead
+    # of the prediction (teacher forcing: an informative memory from the first steps, when
+    # the head's own predictions are still poor); evaluation always uses predictions
+    teacher_forcing: float = 0.5
 
 
 @dataclass
@@ -146,7 +154,8 @@ def smoke_temporal_config(out_dir: str, data_root: str, use_memory: bool = True,
     """The tiny CPU configuration of the tests and ``bench/bench_temporal.py``: the smoke
     networks (84 px, 32 channels, random content-preserving backbone, prompts through the
     known warp), fixed clips of 5 frames (features cached), batches of 4 clips, AdamW 3e-3,
-    memory on a 14 x 14 token grid with 4 recent frames."""
+    memory on a 14 x 14 token grid with 4 recent frames, one attention head (32 channels:
+    a single head keeps the attention sharp at this width)."""
     base = TrainConfig(
         model=ModelSection(preset="smoke", vggt_checkpoint=None, backbone_seed=0, backbone_init="content"),
         data=DataSection(kind="self", root=data_root, adaptive_prompts="warp", fixed_pairs=True,
@@ -156,7 +165,7 @@ def smoke_temporal_config(out_dir: str, data_root: str, use_memory: bool = True,
                        tensorboard=False),
     )
     cfg = TemporalTrainConfig(base=base, clips=ClipSection(frames=5),
-                              temporal=TemporalConfig(memory_frames=4, tokens=14, blocks=2, num_heads=4),
+                              temporal=TemporalConfig(memory_frames=4, tokens=14, blocks=2, num_heads=1),
                               mode=ModeSection(use_memory=use_memory))
     if overrides:
         cfg = cfg.override([f"{k}={json.dumps(v)}" for k, v in overrides.items()])
@@ -183,14 +192,17 @@ class ClipTrainStep(nn.Module):
         self.head = head
         self.temporal = temporal
 
-    def forward(self, feats, src_points, tar_points, src_mask, n_plain: int, refine_time: int = 1):
+    def forward(self, feats, src_points, tar_points, src_mask, n_plain: int, refine_time: int = 1,
+                memory_masks=None, forced=None):
+        """``memory_masks`` ``[B, T, S, S]`` (ground truth) replace the prediction in the
+        memory of the clips flagged in ``forced`` ``[B]`` (teacher forcing)."""
         head, temporal = self.head, self.temporal
         b, T = feats.shape[:2]
         bank = temporal.new_bank() if temporal is not None else None
         outs = []
         for t in range(T):
             ctx = head.encode(feats[:, t], src_points[:, t], tar_points[:, t], src_mask[:, t])
-            cond = temporal.condition(ctx, bank) if temporal is not None else ctx
+            cond = temporal.condition(head, ctx, bank) if temporal is not None else ctx
             full_parts, low_parts = [], []
             if n_plain > 0:
                 full, low = head.decode(_rows(cond, 0, n_plain))
@@ -207,7 +219,11 @@ class ClipTrainStep(nn.Module):
                 low_parts.append(low)
             outs.append(torch.cat(full_parts, 0))
             if temporal is not None and t + 1 < T:
-                bank.add(temporal.memorise(ctx, torch.cat(low_parts, 0).detach()), confident=(t == 0))
+                low = torch.cat(low_parts, 0).detach()
+                if memory_masks is not None and forced is not None and bool(forced.any()):
+                    gt = F.interpolate(memory_masks[:, t, None].float(), size=low.shape[-2:], mode="nearest")
+                    low = torch.where(forced.view(-1, 1, 1, 1), (2.0 * gt - 1.0) * LOW_RES_CLAMP, low)
+                bank.add(temporal.memorise(ctx, low), confident=(t == 0))
         return torch.stack(outs, dim=1)
 
 
@@ -355,9 +371,15 @@ class ClipTrainer:
             self.step_module = DDP(self.step_module, device_ids=ids)
         self.params = [p for p in self.step_module.parameters() if p.requires_grad]
         o = base.optim
-        self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, weight_decay=o.weight_decay)
+        gate = [p for p in self.params if self.temporal is not None and p is self.temporal.gate]
+        rest = [p for p in self.params if not any(p is q for q in gate)]
+        groups = [{"params": rest}]
+        if gate:
+            groups.append({"params": gate, "lr": o.lr * cfg.mode.gate_lr_scale, "weight_decay": 0.0})
+        self.optimizer = torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=list(o.lr_drops),
                                                               gamma=o.lr_gamma)
+        self.tf_gen = torch.Generator().manual_seed(int(base.run.seed) * 1000 + env.rank)
         self.start_epoch = 1
         self._resume()
         if env.is_main:
@@ -404,7 +426,11 @@ class ClipTrainer:
         src_points, tar_points, src_mask, target = clip_inputs(batch, env.device)
         b, T = feats.shape[:2]
         n_plain = b - int(b * o.refine_ratio)
-        logits = self.step_module(feats, src_points, tar_points, src_mask, n_plain, o.refine_time)
+        forced = None
+        if self.temporal is not None and self.cfg.mode.teacher_forcing > 0:
+            forced = torch.rand(b, generator=self.tf_gen) < self.cfg.mode.teacher_forcing
+            forced = forced.to(env.device)
+        logits = self.step_module(feats, src_points, tar_points, src_mask, n_plain, o.refine_time, target, forced)
         flat_logits = logits.reshape(b * T, 1, *logits.shape[-2:])
         flat_target = target.reshape(b * T, *target.shape[-2:])
         losses = segmentation_loss(flat_logits, flat_target, o.focal_weight, o.dice_weight, o.focal_alpha,
@@ -460,7 +486,17 @@ class ClipTrainer:
             epochs.append(record)
         summary = {"epochs": epochs, "steps": steps, "train_seconds": time.perf_counter() - t_start,
                    "backbone_pairs": self.extractor.backbone_pairs,
-                   "backbone_seconds": self.extractor.backbone_seconds}
+                   "backbone_seconds": self.extractor.backbone_seconds, "world_size": env.world,
+                   "start_epoch": self.start_epoch}
+        from .runtime import state_digest
+
+        digest = state_digest(self.step_module.module if env.distributed else self.step_module)
+        if env.distributed:
+            digests: List[Any] = [None] * env.world
+            torch.distributed.all_gather_object(digests, digest)
+            summary["rank_weight_digests"] = digests
+        else:
+            summary["rank_weight_digests"] = [digest]
         if env.is_main:
             self.export()
             (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")

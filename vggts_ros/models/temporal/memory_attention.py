@@ -3,11 +3,16 @@
 The target features ``[B, C, g, g]`` are pooled to the memory token grid, go through
 ``blocks`` pre-norm blocks (cross-attention to the bank's tokens, then an MLP), and the
 residual updates (not the pooled features themselves) are projected and upsampled back to
-``g x g``: a readout that :class:`TemporalMemory` adds to the target features through a
-zero-initialised gate.
+``g x g``: a feature readout. Alongside, one affinity (an identity-initialised projection
+of features plus positions, softmax over every memory token) propagates the memory's
+object probabilities to the current tokens, as space-time memory networks propagate
+labels: a coarse mask prior, as logits. :class:`TemporalMemory` adds both to the target
+features through a zero-initialised gate.
 """
 
 from __future__ import annotations
+
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -17,13 +22,15 @@ from .memory_encoder import pool_to, sine_grid_pe
 
 
 class CrossAttention(nn.Module):
+    """Queries and memory keys share one projection (both are pooled backbone features, so
+    their affinity is meaningful from the start); values have their own."""
+
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"memory attention: dim {dim} not divisible by {num_heads} heads")
         self.num_heads = num_heads
-        self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim)
+        self.qk_proj = nn.Linear(dim, dim)
         self.v_proj = nn.Linear(dim, dim)
         self.out_proj = nn.Linear(dim, dim)
 
@@ -32,7 +39,7 @@ class CrossAttention(nn.Module):
         return x.view(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        out = F.scaled_dot_product_attention(self._split(self.q_proj(q)), self._split(self.k_proj(k)),
+        out = F.scaled_dot_product_attention(self._split(self.qk_proj(q)), self._split(self.qk_proj(k)),
                                              self._split(self.v_proj(v)))
         b, h, n, d = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
@@ -43,14 +50,14 @@ class MemoryBlock(nn.Module):
         super().__init__()
         hidden = max(1, int(round(dim * mlp_ratio)))
         self.norm_q = nn.LayerNorm(dim)
-        self.norm_m = nn.LayerNorm(dim)
+        self.norm_v = nn.LayerNorm(dim)
         self.cross = CrossAttention(dim, num_heads)
         self.norm_mlp = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
-    def forward(self, x: Tensor, pos: Tensor, memory: Tensor, memory_pos: Tensor) -> Tensor:
-        m = self.norm_m(memory)
-        x = x + self.cross(self.norm_q(x) + pos, m + memory_pos, m)
+    def forward(self, x: Tensor, pos: Tensor, keys: Tensor, values: Tensor, memory_pos: Tensor) -> Tensor:
+        """``keys`` are already normalised like the queries' input."""
+        x = x + self.cross(self.norm_q(x) + pos, keys + memory_pos, self.norm_v(values))
         return x + self.mlp(self.norm_mlp(x))
 
 
@@ -63,18 +70,30 @@ class MemoryAttention(nn.Module):
         self.layers = nn.ModuleList([MemoryBlock(dim, num_heads, mlp_ratio) for _ in range(blocks)])
         self.out_norm = nn.LayerNorm(dim)
         self.out_proj = nn.Linear(dim, dim)
+        self.affinity = nn.Linear(dim, dim)
+        nn.init.eye_(self.affinity.weight)
+        nn.init.zeros_(self.affinity.bias)
+        self.prior_scale = nn.Parameter(torch.tensor(8.0))  # logit of a certain object / background
 
-    def forward(self, tar_feat: Tensor, memory: Tensor, memory_pos: Tensor) -> Tensor:
-        """tar_feat ``[B, C, g, g]``; memory / memory_pos ``[B, M, C]`` -> readout ``[B, C, g, g]``."""
+    def forward(self, tar_feat: Tensor, memory: Tensor, memory_pos: Tensor) -> Tuple[Tensor, Tensor]:
+        """tar_feat ``[B, C, g, g]``; memory ``[B, M, 2C + 1]`` (keys, values, object
+        probability), memory_pos ``[B, M, C]`` -> (feature readout ``[B, C, g, g]``, mask
+        prior logits ``[B, 1, side, side]``)."""
         b, c, g, _ = tar_feat.shape
         s = self.side
         x0 = self.in_norm(pool_to(tar_feat.float(), s).flatten(2).transpose(1, 2))
+        keys = self.in_norm(memory[..., :c])  # the same normalisation as the queries
+        values = memory[..., c:2 * c]
+        prob = memory[..., 2 * c:2 * c + 1]
         pos = sine_grid_pe(s, c, device=tar_feat.device).unsqueeze(0)
         x = x0
         for layer in self.layers:
-            x = layer(x, pos, memory, memory_pos)
+            x = layer(x, pos, keys, values, memory_pos)
         delta = self.out_proj(self.out_norm(x - x0))  # [B, s*s, C]
         grid = delta.transpose(1, 2).reshape(b, c, s, s)
-        if s == g:
-            return grid
-        return F.interpolate(grid, size=(g, g), mode="bilinear", align_corners=False)
+        if s != g:
+            grid = F.interpolate(grid, size=(g, g), mode="bilinear", align_corners=False)
+        carried = F.scaled_dot_product_attention(self.affinity(x0 + pos).unsqueeze(1),
+                                                 self.affinity(keys + memory_pos).unsqueeze(1), prob.unsqueeze(1))
+        prior = self.prior_scale * (2.0 * carried[:, 0] - 1.0)  # [B, s*s, 1]
+        return grid, prior.transpose(1, 2).reshape(b, 1, s, s)

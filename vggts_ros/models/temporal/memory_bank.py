@@ -1,5 +1,5 @@
 """Memory bank: the memory tokens of the last K predictions of one stream (batched for
-training: every tensor is ``[B, N, C]``), plus optionally the first confident one, which
+training: every tensor is ``[B, N, D]``, keys and values of the memory encoder), plus optionally the first confident one, which
 video segmenters keep as an anchor when the recent frames go bad (occlusion, blur)."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class MemoryBank:
         self.added = 0
 
     def add(self, tokens: Tensor, confident: bool = False) -> None:
-        """Append ``tokens`` ``[B, N, C]`` (the oldest recent entry falls out past K); the
+        """Append ``tokens`` ``[B, N, D]`` (the oldest recent entry falls out past K); the
         first ``confident`` entry since the last reset is also kept as the anchor."""
         if self.recent and tokens.shape != self.recent[-1].shape:
             raise ValueError(f"memory tokens {tuple(tokens.shape)} do not match the bank's "
@@ -41,8 +41,9 @@ class MemoryBank:
         self.added += 1
 
     def read(self, encoder) -> Optional[Tuple[Tensor, Tensor]]:
-        """``(memory, position)`` ``[B, M, C]`` each (spatial + temporal encodings), or
-        None when empty. ``encoder`` is the :class:`MemoryEncoder` (position tables)."""
+        """``(memory [B, M, D], position [B, M, C])`` (all entries, the kept first one
+        first; spatial + temporal encodings), or None when empty. ``encoder`` is the
+        :class:`MemoryEncoder` (position tables, ``C`` channels)."""
         if not len(self):
             return None
         tokens = []

@@ -1,10 +1,14 @@
 """Memory encoder: one predicted target mask plus that target's features -> memory tokens.
 
 The backbone features of the target ``[B, C, g, g]`` and the object probability of the
-head's low-resolution logits are pooled to the memory token grid (``side x side``), fused
-by a small MLP with learned object/background embeddings weighted by the probability, and
-given a fixed 2-D sine position encoding. Temporal position (the age of an entry) is a
-learned table added when the bank is read (:meth:`MemoryEncoder.age_encoding`).
+head's low-resolution logits are pooled to the memory token grid (``side x side``). Each
+memory token is a (key, value) pair, as in space-time memory networks: the *key* is the
+pooled feature itself (the memory attention compares it with the current frame's pooled
+features through the same projection, so matching works before any training), the
+*value* fuses feature and mask probability with a small MLP and learned object/background
+embeddings, and the pooled object probability itself rides along (the memory attention
+propagates it to the current frame). Spatial position is a fixed 2-D sine encoding; temporal position (the age of
+an entry) a learned table added when the bank is read (:meth:`MemoryEncoder.age_encoding`).
 """
 
 from __future__ import annotations
@@ -55,14 +59,14 @@ class MemoryEncoder(nn.Module):
         self.out_norm = nn.LayerNorm(dim)
 
     def forward(self, tar_feat: Tensor, low_res: Tensor) -> Tensor:
-        """tar_feat ``[B, C, g, g]``, low_res ``[B, 1, h, w]`` logits -> ``[B, side^2, C]``."""
+        """tar_feat ``[B, C, g, g]``, low_res ``[B, 1, h, w]`` logits -> ``[B, side^2, 2C + 1]``
+        (key channels, value channels, object probability)."""
         prob = torch.sigmoid(low_res.float())
         m = pool_to(prob, self.side).flatten(2).transpose(1, 2)  # [B, N, 1]
-        f = pool_to(tar_feat.float(), self.side).flatten(2).transpose(1, 2)  # [B, N, C]
-        f = self.feat_norm(f)
-        x = self.fuse(torch.cat([f, m], dim=2))
-        x = x + m * self.object_embed + (1.0 - m) * self.background_embed
-        return self.out_norm(x)
+        key = pool_to(tar_feat.float(), self.side).flatten(2).transpose(1, 2)  # [B, N, C]
+        x = self.fuse(torch.cat([self.feat_norm(key), m], dim=2))
+        value = self.out_norm(x + m * self.object_embed + (1.0 - m) * self.background_embed)
+        return torch.cat([key, value, m], dim=2)
 
     def position(self, device=None) -> Tensor:
         """Spatial encoding of the memory token grid ``[1, side^2, C]``."""

@@ -4,6 +4,10 @@
 gate initialised to zero. It never changes the head: :meth:`condition` returns a copy of
 the head's :class:`HeadContext` whose target features carry ``gate * readout``, so with
 an empty bank, or a zero gate, the head computes exactly what it computes without memory.
+The readout is the memory attention's feature readout plus its propagated mask prior
+encoded by the head's own previous-mask encoder (``prompt_encoder.embed_low_res``, the
+path its refinement passes use), so the head reads the memory's mask the way it already
+reads its own earlier prediction.
 Its state dict (``memory_encoder.*``, ``memory_attention.*``, ``gate``) is stored in its
 own file (:mod:`.checkpoint`); ``main_exp.pth`` is untouched.
 """
@@ -48,18 +52,19 @@ class TemporalMemory(nn.Module):
     def new_bank(self) -> MemoryBank:
         return MemoryBank(self.cfg.memory_frames, self.cfg.keep_first)
 
-    def condition(self, ctx: HeadContext, bank: Optional[MemoryBank]) -> HeadContext:
+    def condition(self, head: UnionSegmentationHead, ctx: HeadContext, bank: Optional[MemoryBank]) -> HeadContext:
         """The head context with memory applied to its target features (``ctx`` itself
         when the bank is empty)."""
         read = None if bank is None else bank.read(self.memory_encoder)
         if read is None:
             return ctx
         memory, pos = read
-        readout = self.memory_attention(ctx.tar_feat, memory, pos)
+        readout, prior = self.memory_attention(ctx.tar_feat, memory, pos)
+        readout = readout + head.prompt_encoder.embed_low_res(prior)
         return replace(ctx, tar_feat=ctx.tar_feat + self.gate.view(1, -1, 1, 1) * readout)
 
     def memorise(self, ctx: HeadContext, low_res: Tensor) -> Tensor:
-        """Memory tokens ``[B, N, C]`` of a finished prediction (``low_res``: the head's
+        """Memory tokens ``[B, N, 2C]`` (keys, values) of a finished prediction (``low_res``: the head's
         last low-resolution logits) on the frame's unconditioned target features."""
         return self.memory_encoder(ctx.tar_feat, low_res)
 
@@ -77,7 +82,7 @@ class TemporalMemory(nn.Module):
                refine_iterations: int = 1, write: bool = True) -> Tuple[Tensor, Tensor]:
         """The head's first pass plus ``refine_iterations`` refinements on the memory-
         conditioned context; the result is written to ``bank`` (when ``write``)."""
-        cond = self.condition(ctx, bank)
+        cond = self.condition(head, ctx, bank)
         full, low = head.decode(cond)
         for _ in range(int(refine_iterations)):
             full, low = head.decode(cond, low)
