@@ -222,3 +222,32 @@ def test_window_correlation_matches_volume():
     centre = corr[0, 0, 0, 24]  # middle of the 7x7 window
     direct = (targets[0, 0, 0] * fmaps[0, 0, :, 11, 7]).sum() / math.sqrt(16)
     assert torch.allclose(centre, direct, atol=1e-5)
+
+
+def test_tracker_builds_no_host_tensors_per_iteration(monkeypatch):
+    """CUDA hygiene: a host-built tensor (``torch.tensor([...], device=...)``) inside the
+    iteration loop would synchronise the stream on every level of every iteration. Count
+    them: 1 and 4 iterations must build the same number."""
+    from vggts_ros.models.heads.track_modules import BaseTrackerPredictor
+
+    tracker = BaseTrackerPredictor(stride=2, corr_levels=3, corr_radius=2, latent_dim=16, hidden_size=32, depth=2).eval()
+    gen = torch.Generator().manual_seed(0)
+    fmaps = torch.randn(1, 2, 16, 20, 24, generator=gen)
+    queries = torch.rand(1, 3, 2, generator=gen) * 40
+    counts = {}
+    real_tensor = torch.tensor
+
+    for iters in (1, 4):
+        calls = []
+
+        def counting(*args, **kwargs):
+            calls.append(1)
+            return real_tensor(*args, **kwargs)
+
+        monkeypatch.setattr(torch, "tensor", counting)
+        with torch.no_grad():
+            coords, _, _ = tracker(queries, fmaps, iters=iters)
+        monkeypatch.setattr(torch, "tensor", real_tensor)
+        assert len(coords) == iters
+        counts[iters] = len(calls)
+    assert counts[1] == counts[4], f"host tensors built: {counts} (1 vs 4 iterations)"

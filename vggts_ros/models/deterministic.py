@@ -114,7 +114,7 @@ def _box_muller_16(u: np.ndarray) -> np.ndarray:
 
 def _vectorised_kernels() -> bool:
     try:
-        return torch.backends.cpu.get_cpu_capability().upper() in ("AVX2", "AVX512")
+        return torch.backends.cpu.get_cpu_capability().upper().startswith(("AVX2", "AVX512"))
     except (AttributeError, RuntimeError):
         return False
 

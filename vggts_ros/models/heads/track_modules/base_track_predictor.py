@@ -9,7 +9,7 @@ from torch import nn
 
 from ...layers.mlp import Mlp
 from .blocks import CorrBlock, EfficientUpdateFormer
-from .utils import flow_embedding, flow_frequencies, grid_pos_embed, sample_points
+from .utils import flow_embedding, flow_frequencies, grid_pos_embed, sample_points, sample_points_f32_exact
 
 
 class BaseTrackerPredictor(nn.Module):
@@ -88,9 +88,11 @@ class BaseTrackerPredictor(nn.Module):
         corr = CorrBlock(fmaps, num_levels=self.corr_levels, radius=self.corr_radius, mode=self.corr_mode)
 
         # The query positions never move, so their position embedding is computed once. It is a
-        # float32 table sampled in float32 in every precision, as in the published tracker.
+        # float32 table sampled in float32 in every precision, as in the published tracker,
+        # with an arithmetic that does not depend on the CPU's instruction set (see
+        # sample_points_f32_exact: the iterations amplify its last bit).
         grid = grid_pos_embed(self.transformer_dim, hh, ww, device=fmaps.device)
-        pos_emb = sample_points(grid.expand(b, -1, -1, -1), query).reshape(b * n, 1, -1).to(fmaps.dtype)
+        pos_emb = sample_points_f32_exact(grid.expand(b, -1, -1, -1), query).reshape(b * n, 1, -1).to(fmaps.dtype)
         del grid
         ref = self.query_ref_token
         ref = torch.cat((ref[:, :1], ref[:, 1:2].expand(-1, s - 1, -1)), dim=1).to(fmaps.dtype)

@@ -70,3 +70,63 @@ def sample_points(fmap: torch.Tensor, xy: torch.Tensor, padding_mode: str = "bor
     grid = to_grid_coords(xy.detach().to(fmap.dtype), h, w).unsqueeze(2)
     out = F.grid_sample(fmap, grid, mode="bilinear", padding_mode=padding_mode, align_corners=True)
     return out.squeeze(-1).transpose(1, 2)
+
+
+def _fma_f32(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """float32 ``a * b + c`` rounded once (as an FMA instruction), on any device: the
+    product of two float32 values is exact in float64, the float64 sum is rounded to odd,
+    and rounding that to float32 is then the correctly rounded result."""
+    p = a.double() * b.double()
+    c = c.double()
+    s = p + c
+    bp = s - p
+    err = (p - (s - bp)) + (c - bp)  # s + err == p + c exactly
+    fix = (err != 0) & ((s.view(torch.int64) & 1) == 0)
+    s = torch.where(fix, torch.nextafter(s, torch.where(err > 0, torch.inf, -torch.inf).to(s)), s)
+    return s.float()
+
+
+def sample_points_f32_exact(fmap: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
+    """:func:`sample_points` (bilinear, border padding) of a float32 ``fmap [B, C, H, W]``
+    at ``xy [B, N, 2]``, with a fixed float32 arithmetic: the one of PyTorch's vectorised
+    (AVX2 / AVX-512) CPU ``grid_sample`` kernel, whose weighted sum of the four corners is
+    compiled to fused multiply-adds. Returns ``[B, N, C]`` float32.
+
+    Used for the tracker's float32 position-embedding lookup, the one float32 step the
+    published tracker keeps in every precision: with ``grid_sample`` it rounds differently
+    on CPUs without those kernels (``ATEN_CPU_CAPABILITY=default``), which the iterations
+    amplify to ~1e-3 px even in float64 runs. Bit-identical to ``grid_sample`` on AVX2 /
+    AVX-512 CPUs.
+    """
+    h, w = fmap.shape[-2:]
+    f32 = torch.float32
+    g = to_grid_coords(xy.detach().to(f32), h, w)  # the same float32 steps as sample_points
+    half = torch.tensor([(w - 1) / 2.0, (h - 1) / 2.0], dtype=f32).to(g.device)
+    top = torch.tensor([float(w - 1), float(h - 1)], dtype=f32).to(g.device)
+    pix = torch.minimum(torch.clamp_min((g + 1) * half, 0), top)  # unnormalise, clip to the border
+    corner = pix.floor()
+    frac = pix - corner  # distance to the west / north neighbour
+    rest = 1 - frac
+    wx, nx = frac[..., 0], rest[..., 0]  # weights of the east / west columns
+    wy, ny = frac[..., 1], rest[..., 1]  # weights of the south / north rows
+    ix = corner[..., 0].long()
+    iy = corner[..., 1].long()
+    ix1 = (ix + 1).clamp_max(w - 1)
+    iy1 = (iy + 1).clamp_max(h - 1)
+    has_e = (ix + 1 < w).to(f32)
+    has_s = (iy + 1 < h).to(f32)
+    flat = fmap.flatten(2)  # [B, C, H*W]
+
+    def corner_values(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
+        idx = (yy * w + xx).unsqueeze(1).expand(-1, flat.shape[1], -1)
+        return flat.gather(2, idx).transpose(1, 2)  # [B, N, C]
+
+    v_nw = corner_values(iy, ix)
+    v_ne = corner_values(iy, ix1) * has_e[..., None]
+    v_sw = corner_values(iy1, ix) * has_s[..., None]
+    v_se = corner_values(iy1, ix1) * (has_e * has_s)[..., None]
+    weights = [(ny * nx), (ny * wx), (wy * nx), (wy * wx)]
+    out = v_nw * weights[0][..., None]
+    for value, weight in zip((v_ne, v_sw, v_se), weights[1:]):
+        out = _fma_f32(value, weight[..., None].expand_as(value), out)
+    return out
