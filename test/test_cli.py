@@ -129,3 +129,24 @@ def test_colour_image_given_as_mask_is_refused(files):
                    "--target", str(files["exo"]), "--out", str(files["dir"] / "o"), "--backend", "geometric",
                    cwd=files["dir"])
     assert proc.returncode == 0, proc.stderr
+
+
+def test_precision_option_runs_the_same_model_in_float64(files):
+    """``--precision float64`` runs the networks in float64 (the machine-independent reference
+    mode): the projected points agree with the float32 run to the tracker's float32 drift."""
+    points = {}
+    for mode in ("float32", "float64"):
+        out = files["dir"] / f"out_{mode}"
+        proc = run_cli(
+            "segment", "--source", str(files["source"]), "--source-mask", str(files["mask"]),
+            "--target", str(files["exo"]), "--target-role", "exo", "--precision", mode,
+            "--out", str(out), "--config", "test-tiny", "--device", "cpu", cwd=files["dir"],
+        )
+        assert proc.returncode == 0, proc.stderr
+        points[mode] = np.asarray(json.loads(proc.stdout)["targets"][0]["points"], dtype=np.float64)
+    assert points["float32"].shape == points["float64"].shape == (5, 2)
+    assert np.abs(points["float32"] - points["float64"]).max() < 0.5
+
+    proc = run_cli("segment", "--source", str(files["source"]), "--source-mask", str(files["mask"]),
+                   "--target", str(files["exo"]), "--precision", "float16", "--config", "test-tiny", cwd=files["dir"])
+    assert proc.returncode == 2 and "--precision" in proc.stderr and "float16" in proc.stderr

@@ -12,6 +12,7 @@ checkpoints) end with a one-line message and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -20,7 +21,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from vggts_ros.config import BACKENDS, MODEL_PRESETS, ModelConfig, PipelineConfig
+from vggts_ros.config import BACKENDS, MODEL_PRESETS, POINT_IDENTITY, PRECISION_MODES, ModelConfig, PipelineConfig
 from vggts_ros.types import ROLES
 
 
@@ -94,7 +95,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         model.vggt_checkpoint = args.vggt_checkpoint
     if args.head_checkpoint:
         model.head_checkpoint = args.head_checkpoint
-    pipeline = PipelineConfig(refine_iterations=args.refine)
+    pipeline = PipelineConfig(refine_iterations=args.refine, precision=args.precision,
+                              point_identity=args.point_identity)
     t0 = time.monotonic()
     segmentor = _build(model, pipeline)
     t_load = time.monotonic() - t0
@@ -179,7 +181,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     def load():
         t0 = time.monotonic()
-        built["segmentor"] = _build(model, PipelineConfig(refine_iterations=refine))
+        inf = node.inference if node else None
+        pipe = PipelineConfig(refine_iterations=refine)
+        if inf is not None:
+            pipe = dataclasses.replace(pipe, precision=inf.precision, point_identity=inf.point_identity)
+        built["segmentor"] = _build(model, pipe)
         built["seconds"] = time.monotonic() - t0
         return built["segmentor"]
 
@@ -272,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--vggt-checkpoint", help="VGGT-1B model.pt: a path, a directory or a Hugging Face repo id")
     seg.add_argument("--head-checkpoint", help="VGGT-S main_exp.pth: a path, a directory or a repo id")
     seg.add_argument("--refine", type=int, default=1, help="refinement iterations (default 1)")
+    seg.add_argument("--precision", choices=PRECISION_MODES, default="float32",
+                     help="numeric mode: float32 (default; TF32 off on CUDA), tf32, bf16 (backbone autocast), "
+                          "release (the released scripts' CUDA bf16 autocast), float64")
+    seg.add_argument("--point-identity", choices=POINT_IDENTITY, default="accumulate",
+                     help="refinement semantics: accumulate (reference, default) or per_pass")
     seg.add_argument("--device", default="auto", help="auto, cpu or cuda")
     seg.set_defaults(func=cmd_segment)
 

@@ -186,6 +186,8 @@ SOURCE_MODES = ("keyframe", "track")
 CAMERA_KEYS = ("topic", "role", "compressed", "required")
 DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("float32", "bfloat16")
+PRECISION_MODES = ("float32", "tf32", "bf16", "release", "float64")  # vggts_ros.precision
+POINT_IDENTITY = ("accumulate", "per_pass")  # models.union_head.refinement
 BACKENDS = ("vggts", "geometric")
 
 
@@ -216,6 +218,8 @@ class SyncConfig:
 @dataclass
 class InferenceConfig:
     refine_iterations: int = 1
+    precision: str = "float32"  # vggts_ros.precision mode: float32 | tf32 | bf16 | release | float64
+    point_identity: str = "accumulate"  # refinement semantics: accumulate (reference) | per_pass
     source_mode: str = "keyframe"
     max_rate: float = 0.0  # sets per second processed at most; 0 = as fast as possible
     keyframe_history: float = 2.0  # s of recent frames per camera kept for masks drawn on older stamps
@@ -284,6 +288,10 @@ class NodeConfig:
             errors.append(f"model.dtype: {self.model.dtype!r} is not one of {DTYPES}")
         if self.inference.refine_iterations < 0:
             errors.append(f"inference.refine_iterations must be >= 0, got {self.inference.refine_iterations}")
+        if self.inference.precision not in PRECISION_MODES:
+            errors.append(f"inference.precision: {self.inference.precision!r} is not one of {PRECISION_MODES}")
+        if self.inference.point_identity not in POINT_IDENTITY:
+            errors.append(f"inference.point_identity: {self.inference.point_identity!r} is not one of {POINT_IDENTITY}")
         if self.inference.source_mode not in SOURCE_MODES:
             errors.append(f"inference.source_mode: {self.inference.source_mode!r} is not one of {SOURCE_MODES}")
         if self.inference.max_rate < 0:
@@ -384,6 +392,9 @@ PARAMETERS: Dict[str, Tuple[str, bool, Optional[Tuple[float, float]]]] = {
     "model.device": ("auto | cpu | cuda | cuda:<index>", False, None),
     "model.dtype": ("float32 | bfloat16 (backbone only)", False, None),
     "inference.refine_iterations": ("refinement passes per target view", False, (0, 16)),
+    "inference.precision": ("float32 (TF32 off on CUDA) | tf32 | bf16 (backbone autocast) | release "
+                            "(the released scripts' CUDA bf16 autocast) | float64", False, None),
+    "inference.point_identity": ("refinement semantics: accumulate (reference) | per_pass", False, None),
     "inference.source_mode": ("keyframe (mask stays on its frame) | track (follows the object)", True, None),
     "inference.max_rate": ("sets/s processed at most, 0 = as fast as the model runs", True, (0.0, 1000.0)),
     "inference.keyframe_history": ("s of frames kept per camera to find the frame a mask was drawn on", True,

@@ -35,7 +35,7 @@ from typing import Iterator, Optional, Union
 
 import torch
 
-PRECISION_MODES = ("float32", "tf32", "bf16", "release", "float64")
+from vggts_ros.config import PRECISION_MODES  # one list, shared with the node and CLI configuration
 PARTS = ("backbone", "head")
 
 DeviceLike = Union[str, torch.device, None]

@@ -140,7 +140,8 @@ class VGGTSNode(Node):
 
             self.device = resolve_device(self.cfg.model.device)
             self.cfg.model.device = self.device
-            pipeline = PipelineConfig(refine_iterations=inf.refine_iterations, backbone_dtype=self.cfg.model.dtype)
+            pipeline = PipelineConfig(refine_iterations=inf.refine_iterations, backbone_dtype=self.cfg.model.dtype,
+                                      precision=inf.precision, point_identity=inf.point_identity)
             t0 = time.monotonic()
             segmentor = create_segmentor(self.cfg.model, pipeline)
             self.get_logger().info(

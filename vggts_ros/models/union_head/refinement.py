@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-IDENTITY_MODES = ("accumulate", "per_pass")
+from vggts_ros.config import POINT_IDENTITY as IDENTITY_MODES  # one list, shared with the configuration
 
 
 def check_identity(identity: str) -> str:
