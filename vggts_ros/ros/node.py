@@ -41,12 +41,15 @@ from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from sensor_msgs.msg import CompressedImage, Image
+from geometry_msgs.msg import Point, PointStamped
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from visualization_msgs.msg import Marker, MarkerArray
 
 from vggts_ros.checkpoint import CheckpointError
 from vggts_ros.config import CAMERA_KEYS, CAMERA_PARAMETERS, PARAMETERS, NodeConfig, PipelineConfig
 from vggts_ros.frame_history import Frame, FrameHistory, SizeTracker
 from vggts_ros.health import ERROR, OK, WARN, Health, Throttle
+from vggts_ros.markers import ObjectPointsView, camera_info_fields, projected_point_markers
 from vggts_ros.msg import ObjectPoints, ProjectedPoints
 from vggts_ros.registry import ObjectRegistry, RegistryError, TrackedObject
 from vggts_ros.ros.conversions import (ImageError, check_pixels, check_size, compressed_size, compressed_to_rgb,
@@ -58,6 +61,12 @@ from vggts_ros.visualize import overlay_masks
 
 _LEVELS = {OK: DiagnosticStatus.OK, WARN: DiagnosticStatus.WARN, ERROR: DiagnosticStatus.ERROR}
 _FRAMES_KEPT = 120  # per camera, whatever keyframe_history says (memory bound)
+
+
+def camera_info_topic(image_topic: str) -> str:
+    """``<camera>/camera_info`` beside an image topic (``/cam/image_raw[/compressed]``)."""
+    base = image_topic[: -len("/compressed")] if image_topic.endswith("/compressed") else image_topic
+    return base.rsplit("/", 1)[0] + "/camera_info" if "/" in base.strip("/") else "camera_info"
 
 
 def stamp_to_sec(stamp) -> float:
@@ -179,6 +188,14 @@ class VGGTSNode(Node):
         self._mask_pubs = publishers("mask", Image)
         self._points_pubs = publishers("points", ProjectedPoints)
         self._overlay_pubs = publishers("overlay", Image) if self.cfg.publish.overlay else {}
+        self._marker_pubs = publishers("markers", MarkerArray)
+        self._info_pubs = publishers("camera_info", CameraInfo)
+        self._infos: Dict[str, CameraInfo] = {}  # latest <camera>/camera_info, passed through
+        self._info_subs = {}
+        for cam in self.cfg.cameras:
+            self._info_subs[cam.name] = self.create_subscription(
+                CameraInfo, camera_info_topic(cam.topic), lambda msg, name=cam.name: self._infos.__setitem__(name, msg),
+                qos_profile_sensor_data, callback_group=self._io_group)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_service(SetSourceMask, "~/set_source_mask", self._on_set_source_mask,
                             callback_group=self._service_group)
@@ -577,11 +594,44 @@ class VGGTSNode(Node):
         self._mask_pubs[camera].publish(mask_msg)
         self._points_pubs[camera].publish(points)
         self._published_on.add(camera)
-        if camera in self._overlay_pubs:
+        self._publish_rviz(camera, header, image.shape[:2], pairs)
+        if camera in self._overlay_pubs and self._overlay_pubs[camera].get_subscription_count() > 0:
             overlay = Image()
             overlay.header = header
             fill_image(overlay, overlay_masks(image, labels, [np.asarray(r.target_points).reshape(-1, 2) for _, r in pairs]), "rgb8")
             self._overlay_pubs[camera].publish(overlay)
+
+    def _publish_rviz(self, camera: str, header, size: Tuple[int, int], pairs) -> None:
+        """CameraInfo with the mask's header (the camera's own when its size matches, else a
+        nominal pinhole) and, when subscribed, the projected points as markers on its rays."""
+        h, w = size
+        received = self._infos.get(camera)
+        if received is not None and (received.height, received.width) == (h, w):
+            info = CameraInfo(height=received.height, width=received.width, distortion_model=received.distortion_model,
+                              d=received.d, k=received.k, r=received.r, p=received.p,
+                              binning_x=received.binning_x, binning_y=received.binning_y, roi=received.roi)
+        else:
+            info = CameraInfo(**camera_info_fields(w, h))
+        info.header = header
+        self._info_pubs[camera].publish(info)
+        if self._marker_pubs[camera].get_subscription_count() == 0:
+            return
+        K = np.asarray(info.k, np.float64).reshape(3, 3)
+        views = [ObjectPointsView(o.object_id, np.asarray(r.target_points).reshape(-1, 2),
+                                  np.asarray(r.visibility).reshape(-1), o.label) for o, r in pairs]
+        array = MarkerArray(markers=[Marker(header=header, action=Marker.DELETEALL)])
+        for spec in projected_point_markers(views, K):
+            m = Marker(header=header, ns=spec.ns, id=spec.id, action=Marker.ADD, text=spec.text,
+                       type=Marker.POINTS if spec.kind == "points" else Marker.TEXT_VIEW_FACING)
+            m.pose.orientation.w = 1.0
+            m.scale.x = m.scale.y = m.scale.z = float(spec.scale)
+            m.color.r, m.color.g, m.color.b, m.color.a = spec.color
+            if spec.kind == "points":
+                m.points = [Point(x=float(x), y=float(y), z=float(z)) for x, y, z in spec.positions]
+            else:
+                m.pose.position = Point(**dict(zip("xyz", map(float, spec.positions[0]))))
+            array.markers.append(m)
+        self._marker_pubs[camera].publish(array)
 
     # ------------------------------------------------------------------ diagnostics
     def status_name(self, what: str) -> str:

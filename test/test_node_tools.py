@@ -1,0 +1,131 @@
+"""The node with the ROS tools users already run (real rclpy over DDS, node in this
+process, weight-free geometric backend on a bundled scene with exact ground truth):
+RViz/Foxglove markers and CameraInfo beside the masks, click to mask, the managed
+(lifecycle) node."""
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy", reason="rclpy (ros-kilted-rclpy) is not installed")
+pytest.importorskip("visualization_msgs", reason="visualization_msgs (ros-kilted-visualization-msgs) is not installed")
+
+from rclpy.node import Node  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import CameraInfo  # noqa: E402
+from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
+
+from vggts_ros import metrics  # noqa: E402
+from vggts_ros.config import CameraConfig, InferenceConfig, ModelConfig, NodeConfig, PublishConfig, SyncConfig  # noqa: E402
+from vggts_ros.geometric import GeometricSegmentor  # noqa: E402
+from vggts_ros.markers import nominal_intrinsics, rays_to_pixels  # noqa: E402
+from vggts_ros.ros import transport  # noqa: E402
+from vggts_ros.ros.node import VGGTSNode  # noqa: E402
+from vggts_ros.ros.player import CameraPlayer, OutputCollector, PlayedCamera, Spinner, wait_until  # noqa: E402
+from vggts_ros.scenes import synthetic_scene  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return synthetic_scene(seed=0)
+
+
+@pytest.fixture()
+def ros():
+    transport.configure()  # this process publishes camera images
+    rclpy.init()
+    yield
+    rclpy.shutdown()
+
+
+def config(scene, name):
+    return NodeConfig(
+        cameras=[CameraConfig(c, f"/{name}_cams/{c}/image_raw", scene.role(c)) for c in scene.views],
+        sync=SyncConfig(slop=0.02, queue_size=5, stale_after=1.0),
+        model=ModelConfig(backend="geometric", device="cpu"),
+        inference=InferenceConfig(),
+        publish=PublishConfig(overlay=False, diagnostics_period=0.3),
+    )
+
+
+class Listener(Node):
+    """Keeps every message of the given (topic, type) pairs."""
+
+    def __init__(self, name, topics):
+        super().__init__(name)
+        self.lock = threading.Lock()
+        self.got = {t: [] for t, _ in topics}
+        for topic, msg_type in topics:
+            self.create_subscription(msg_type, topic, lambda m, t=topic: self._keep(t, m), 10)
+
+    def _keep(self, topic, msg):
+        with self.lock:
+            self.got[topic].append(msg)
+
+    def all(self, topic):
+        with self.lock:
+            return list(self.got[topic])
+
+
+def stamp_of(header):
+    return header.stamp.sec + header.stamp.nanosec * 1e-9
+
+
+def test_markers_and_camera_info_share_the_mask_header(ros, scene):
+    name = f"vggts_rviz_{os.getpid()}"
+    cfg = config(scene, name)
+    node = VGGTSNode(name, segmentor=GeometricSegmentor(),
+                     parameter_overrides=[Parameter(k, value=v) for k, v in cfg.to_parameters().items()])
+    player = CameraPlayer([PlayedCamera(c.name, c.topic, scene.image(c.name)) for c in cfg.cameras], rate_hz=5.0,
+                          name=f"{name}_player")
+    collector = OutputCollector(name, list(scene.views), name=f"{name}_collector")
+    listener = Listener(f"{name}_listener", [(f"/{name}/{c}/{kind}", t) for c in ("exo1", "exo2")
+                                             for kind, t in (("markers", MarkerArray), ("camera_info", CameraInfo))])
+    # exo1 has a calibrated camera_info (its intrinsics pass through); exo2 has none.
+    h1, w1 = scene.image("exo1").shape[:2]
+    K1 = np.array([[321.0, 0.0, 150.5], [0.0, 322.0, 100.25], [0.0, 0.0, 1.0]])
+    info_pub = player.create_publisher(CameraInfo, f"/{name}_cams/exo1/camera_info", 10)
+    info_timer = player.create_timer(0.1, lambda: info_pub.publish(CameraInfo(
+        width=w1, height=h1, distortion_model="plumb_bob", d=[0.0] * 5, k=K1.reshape(-1).tolist(),
+        r=np.eye(3).reshape(-1).tolist(), p=np.hstack([K1, np.zeros((3, 1))]).reshape(-1).tolist())))
+    spinner = Spinner(node, player, collector, listener)
+    try:
+        assert wait_until(lambda: node.history.latest("ego") is not None and "exo1" in node._infos, 20)
+        resp = collector.set_source_mask("ego", scene.mask("ego", 1), object_id=1, label="crate")
+        assert resp.success, resp.message
+        assert wait_until(lambda: all(len(listener.all(f"/{name}/{c}/markers")) >= 2 for c in ("exo1", "exo2")), 60)
+        for cam, K in (("exo1", K1), ("exo2", nominal_intrinsics(*scene.image("exo2").shape[1::-1]))):
+            arrays = listener.all(f"/{name}/{cam}/markers")
+            infos = listener.all(f"/{name}/{cam}/camera_info")
+            array = arrays[-1]
+            mask = collector.at_stamp("masks", cam, stamp_of(array.markers[0].header))
+            assert mask is not None, "no mask with the markers' stamp"
+            info = [i for i in infos if stamp_of(i.header) == mask.stamp]
+            assert info, "no CameraInfo with the mask's stamp"
+            for header in [info[0].header] + [m.header for m in array.markers]:
+                assert header.frame_id == mask.msg.header.frame_id
+                assert (header.stamp.sec, header.stamp.nanosec) == (mask.msg.header.stamp.sec,
+                                                                     mask.msg.header.stamp.nanosec)
+            h, w = scene.image(cam).shape[:2]
+            assert (info[0].height, info[0].width) == (h, w)
+            assert np.allclose(np.asarray(info[0].k).reshape(3, 3), K)
+            # The markers: reset, then per object its points and its label; the points lie on
+            # the viewing rays of the published target points.
+            assert array.markers[0].action == Marker.DELETEALL
+            points = [m for m in array.markers if m.type == Marker.POINTS]
+            texts = [m for m in array.markers if m.type == Marker.TEXT_VIEW_FACING]
+            assert len(points) == 1 and [t.text for t in texts] == ["crate"]
+            projected = collector.at_stamp("points", cam, mask.stamp).msg.objects[0]
+            xy = np.asarray(projected.target_xy).reshape(-1, 2)[np.asarray(projected.visibility) >= 0.5]
+            drawn = rays_to_pixels(np.array([[p.x, p.y, p.z] for p in points[0].points]), K)
+            assert drawn.shape == xy.shape and np.allclose(drawn, xy, atol=1e-3)
+            pred = np.frombuffer(bytes(mask.msg.data), np.uint8).reshape(h, w) == 1
+            assert metrics.iou(scene.mask(cam, 1), pred) > 0.5
+    finally:
+        spinner.close()
+        player.destroy_timer(info_timer)
+        for n in (node, player, collector, listener):
+            n.destroy_node()
