@@ -129,3 +129,64 @@ def test_markers_and_camera_info_share_the_mask_header(ros, scene):
         player.destroy_timer(info_timer)
         for n in (node, player, collector, listener):
             n.destroy_node()
+
+
+def centre_of(mask):
+    import cv2
+
+    dist = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 5)
+    y, x = np.unravel_index(dist.argmax(), dist.shape)
+    return float(x), float(y)
+
+
+def test_a_click_on_an_object_makes_masks_in_the_other_cameras_and_background_is_refused(ros, scene):
+    from geometry_msgs.msg import PointStamped
+
+    name = f"vggts_click_{os.getpid()}"
+    cfg = config(scene, name)
+    node = VGGTSNode(name, segmentor=GeometricSegmentor(),
+                     parameter_overrides=[Parameter(k, value=v) for k, v in cfg.to_parameters().items()])
+    player = CameraPlayer([PlayedCamera(c.name, c.topic, scene.image(c.name)) for c in cfg.cameras], rate_hz=5.0,
+                          name=f"{name}_player")
+    collector = OutputCollector(name, list(scene.views), name=f"{name}_collector")
+    clicks = player.create_publisher(PointStamped, f"/{name}/click", 10)
+    spinner = Spinner(node, player, collector)
+
+    def click(frame_id, x, y):
+        msg = PointStamped()
+        msg.header.frame_id = frame_id
+        msg.point.x, msg.point.y = x, y
+        clicks.publish(msg)
+
+    def refusals():
+        with collector._lock:
+            return [s.message for a in collector.diagnostics for s in a.status if s.name.endswith(": click")]
+
+    try:
+        assert wait_until(lambda: node.history.latest("ego") is not None and clicks.get_subscription_count() > 0, 20)
+        # Background (the sky in the image corner): refused with the reason, nothing stored.
+        click("ego", 5.0, 5.0)
+        assert wait_until(lambda: refusals(), 20), "no refusal on /diagnostics"
+        assert "background" in refusals()[0] and "'ego'" in refusals()[0], refusals()
+        assert len(node.registry) == 0
+        # An unknown camera is refused too.
+        click("nope", 5.0, 5.0)
+        assert wait_until(lambda: len(refusals()) >= 2, 20) and "unknown camera 'nope'" in refusals()[1]
+        # A click on object 1 in the source camera: masks of that object in the other cameras.
+        click("ego", *centre_of(scene.mask("ego", 1)))
+        assert wait_until(lambda: len(node.registry) == 1, 20), refusals()
+        oid = node.registry.snapshot()[1][0].object_id
+        assert wait_until(lambda: all(collector.count("masks", c) >= 1 for c in ("exo1", "exo2")), 60)
+        for cam in ("exo1", "exo2"):
+            msg = collector.latest("masks", cam).msg
+            pred = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width) == oid
+            assert metrics.iou(scene.mask(cam, 1), pred) > 0.5, cam
+        assert collector.count("masks", "ego") == 0
+        # The camera named by its images' frame_id (what RViz/Foxglove send on an image panel).
+        click("exo1_optical_frame", *centre_of(scene.mask("exo1", 2)))
+        assert wait_until(lambda: len(node.registry) == 2, 20), refusals()
+        assert {o.camera for o in node.registry.snapshot()[1]} == {"ego", "exo1"}
+    finally:
+        spinner.close()
+        for n in (node, player, collector):
+            n.destroy_node()

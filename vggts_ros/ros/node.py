@@ -46,6 +46,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from visualization_msgs.msg import Marker, MarkerArray
 
 from vggts_ros.checkpoint import CheckpointError
+from vggts_ros.click_mask import ClickMaskError, mask_from_clicks
 from vggts_ros.config import CAMERA_KEYS, CAMERA_PARAMETERS, PARAMETERS, NodeConfig, PipelineConfig
 from vggts_ros.frame_history import Frame, FrameHistory, SizeTracker
 from vggts_ros.health import ERROR, OK, WARN, Health, Throttle
@@ -201,6 +202,7 @@ class VGGTSNode(Node):
                             callback_group=self._service_group)
         self.create_service(ClearObjects, "~/clear_objects", self._on_clear_objects,
                             callback_group=self._service_group)
+        self.create_subscription(PointStamped, "~/click", self._on_click, 10, callback_group=self._service_group)
         self.create_timer(0.1, self._on_poll, callback_group=self._timer_group, clock=self._steady)
         self.create_timer(self.cfg.publish.diagnostics_period, self._publish_diagnostics,
                           callback_group=self._timer_group, clock=self._steady)
@@ -399,6 +401,47 @@ class VGGTSNode(Node):
         return True, (
             f"object {obj.object_id} {verb} on camera {req.camera!r}: {area} px on the frame at {frame.stamp:.3f} s"
         ), obj.object_id, frame.payload.msg.header.stamp
+
+    def _on_click(self, msg) -> None:
+        """``~/click``: ``header.frame_id`` names the camera (its name, or the ``frame_id`` of its
+        images), ``point.x, point.y`` a pixel on the object in that camera's newest frame."""
+        try:
+            ok, message, _, _ = self.click_to_mask(msg.header.frame_id, [(msg.point.x, msg.point.y)])
+        except Exception as exc:  # a bad click must not take the node down
+            ok, message = False, f"internal error: {type(exc).__name__}: {exc}"
+        if ok:
+            self.get_logger().info(f"click: {message}")
+            return
+        self.get_logger().warning(f"click refused: {message[:500]}")
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        array.status.append(DiagnosticStatus(level=DiagnosticStatus.WARN, name=self.status_name("click"),
+                                             message=f"click refused: {message}"))
+        self._diag_pub.publish(array)
+
+    def click_to_mask(self, camera: str, points=None, labels=None, box=None, object_id: int = 0,
+                      label: str = "") -> Tuple[bool, str, int, Any]:
+        """Points/box on a camera's newest frame -> GrabCut mask (weight-free) -> exactly the
+        ``set_source_mask`` path. Returns (success, message, object id, the mask or None)."""
+        names = [c.name for c in self.cfg.cameras]
+        if camera not in names:
+            by_frame = [n for n in names if (f := self.history.latest(n)) is not None
+                        and f.payload.msg.header.frame_id == camera]
+            if not by_frame:
+                return False, f"unknown camera {camera[:64]!r}: name one of {names} or its images' frame_id", 0, None
+            camera = by_frame[0]
+        frame = self.history.latest(camera)
+        if frame is None:
+            return False, f"no frame received yet from camera {camera!r}", 0, None
+        try:
+            mask = mask_from_clicks(frame.payload.rgb(), points, labels, box)
+        except (ClickMaskError, ImageError) as exc:
+            return False, f"camera {camera!r}, frame at {frame.stamp:.3f} s: {exc}", 0, None
+        req = SetSourceMask.Request(camera=camera, object_id=int(object_id), label=label,
+                                    stamp=frame.payload.msg.header.stamp)
+        fill_image(req.mask, mask.astype(np.uint8) * 255, "mono8")
+        ok, message, oid, _ = self._set_source_mask(req)
+        return ok, message, oid, mask if ok else None
 
     def _on_clear_objects(self, request, response):
         try:
