@@ -190,3 +190,73 @@ def test_a_click_on_an_object_makes_masks_in_the_other_cameras_and_background_is
         spinner.close()
         for n in (node, player, collector):
             n.destroy_node()
+
+
+def test_the_lifecycle_node_loads_on_configure_and_works_only_while_active(ros, scene):
+    from lifecycle_msgs.msg import State, Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+
+    from vggts_ros.ros.lifecycle import VGGTSLifecycleNode
+
+    name = f"vggts_managed_{os.getpid()}"
+    cfg = config(scene, name)
+    # No backend given: configure builds the geometric one from the parameters.
+    node = VGGTSLifecycleNode(name, parameter_overrides=[Parameter(k, value=v) for k, v in cfg.to_parameters().items()])
+    player = CameraPlayer([PlayedCamera(c.name, c.topic, scene.image(c.name)) for c in cfg.cameras], rate_hz=5.0,
+                          name=f"{name}_player")
+    collector = OutputCollector(name, list(scene.views), name=f"{name}_collector")
+    change = collector.create_client(ChangeState, f"/{name}/change_state")
+    get = collector.create_client(GetState, f"/{name}/get_state")
+    spinner = Spinner(node, player, collector)
+
+    def state():
+        return collector._call(get, GetState.Request(), 10).current_state.id
+
+    def transition(tid):
+        ok = collector._call(change, ChangeState.Request(transition=Transition(id=tid)), 30).success
+        assert ok, f"transition {tid} refused"
+        return state()
+
+    def outputs():
+        return sum(collector.count("masks", c) for c in ("exo1", "exo2"))
+
+    def silent_while_inactive():
+        time.sleep(1.0)  # a set already in inference may finish
+        before = outputs()
+        time.sleep(2.0)
+        return outputs() == before
+
+    try:
+        assert wait_until(lambda: get.service_is_ready() and change.service_is_ready(), 20)
+        assert state() == State.PRIMARY_STATE_UNCONFIGURED and node.segmentor is None
+        assert transition(Transition.TRANSITION_CONFIGURE) == State.PRIMARY_STATE_INACTIVE
+        loaded = node.segmentor
+        assert loaded is not None and loaded.name == "geometric"
+        assert not collector._set.service_is_ready() and node.count_subscribers(f"/{name}/exo1/mask") >= 1
+        assert node.history.latest("ego") is None  # not subscribed to the cameras yet
+        assert transition(Transition.TRANSITION_ACTIVATE) == State.PRIMARY_STATE_ACTIVE
+        assert wait_until(lambda: collector._set.service_is_ready() and node.history.latest("ego") is not None, 20)
+        resp = collector.set_source_mask("ego", scene.mask("ego", 1), object_id=1)
+        assert resp.success, resp.message
+        assert wait_until(lambda: all(collector.count("masks", c) >= 1 for c in ("exo1", "exo2")), 60)
+        msg = collector.latest("masks", "exo1").msg
+        pred = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width) == 1
+        assert metrics.iou(scene.mask("exo1", 1), pred) > 0.5
+
+        assert transition(Transition.TRANSITION_DEACTIVATE) == State.PRIMARY_STATE_INACTIVE
+        assert silent_while_inactive(), "outputs continued while inactive"
+        assert node.segmentor is loaded, "deactivate unloaded the backend"
+        assert wait_until(lambda: not collector._set.service_is_ready(), 10)
+        # Activate again: the same backend and object, outputs resume.
+        assert transition(Transition.TRANSITION_ACTIVATE) == State.PRIMARY_STATE_ACTIVE
+        before = outputs()
+        assert wait_until(lambda: outputs() >= before + 2, 60)
+        assert transition(Transition.TRANSITION_DEACTIVATE) == State.PRIMARY_STATE_INACTIVE
+        assert transition(Transition.TRANSITION_CLEANUP) == State.PRIMARY_STATE_UNCONFIGURED
+        assert node.segmentor is None
+        assert silent_while_inactive()
+        assert transition(Transition.TRANSITION_UNCONFIGURED_SHUTDOWN) == State.PRIMARY_STATE_FINALIZED
+    finally:
+        spinner.close()
+        for n in (node, player, collector):
+            n.destroy_node()

@@ -144,13 +144,19 @@ class VGGTSNode(Node):
         self.last: Optional[SetTiming] = None
         self._published_on: set = set()
 
+        if not getattr(self, "_managed", False):  # the lifecycle node runs these on its transitions
+            self._load(segmentor)
+            self._start()
+
+    def _load(self, segmentor=None) -> None:
+        """The backend, with its weights (a managed node's configure)."""
         self.device = "cpu"
         if segmentor is None:
             from vggts_ros.backends import create_segmentor, resolve_device
 
             self.device = resolve_device(self.cfg.model.device)
             self.cfg.model.device = self.device
-            pipeline = PipelineConfig(refine_iterations=inf.refine_iterations, backbone_dtype=self.cfg.model.dtype)
+            pipeline = PipelineConfig(refine_iterations=self.cfg.inference.refine_iterations, backbone_dtype=self.cfg.model.dtype)
             t0 = time.monotonic()
             segmentor = create_segmentor(self.cfg.model, pipeline)
             self.get_logger().info(
@@ -159,6 +165,11 @@ class VGGTSNode(Node):
             )
         self.segmentor = segmentor
 
+    def _start(self) -> None:
+        """Subscriptions, publishers, services, timers and the inference thread (activate)."""
+        kinds = ("subscriptions", "publishers", "services", "timers")
+        before = {kind: set(getattr(self, kind)) for kind in kinds}
+        names = [c.name for c in self.cfg.cameras]
         s = self.cfg.sync
         self.sync = ApproximateTimeSync(
             names, slop=s.slop, queue_size=s.queue_size, stale_after=s.stale_after,
@@ -210,17 +221,38 @@ class VGGTSNode(Node):
             JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-int(s.jump_threshold * 1e9)),
                           on_clock_change=True),
             post_callback=self._on_time_jump)
-        if hasattr(self, "add_post_set_parameters_callback"):
+        if getattr(self, "_parameter_callbacks", False):
+            pass  # a managed node activated again
+        elif hasattr(self, "add_post_set_parameters_callback"):
             self.add_on_set_parameters_callback(self._validate_parameters)
             self.add_post_set_parameters_callback(self._apply_parameters)
         else:  # Humble: no post-set callbacks; apply once validated
             self.add_on_set_parameters_callback(self._validate_and_apply)
+        self._parameter_callbacks = True
 
         self._pending: Optional[Tuple[SyncSet, float]] = None
         self._wake = threading.Condition()
         self._running = True
         self._worker = threading.Thread(target=self._worker_loop, name="vggts-inference", daemon=True)
         self._worker.start()
+        self._started = [(getattr(self, "destroy_" + kind[:-1]), e) for kind in kinds
+                         for e in getattr(self, kind) if e not in before[kind]]
+
+    def _stop(self) -> None:
+        """Undo :meth:`_start` (deactivate): a set in inference finishes first; the backend
+        and the objects stay."""
+        if not getattr(self, "_started", None):
+            return
+        with self._wake:
+            self._running = False
+            self._wake.notify_all()
+        # A thread left inside the model when the interpreter exits aborts the process;
+        # main() exits hard if it takes too long.
+        self._worker.join(timeout=20)
+        self._jump_handle.unregister()
+        for destroy, entity in self._started:
+            destroy(entity)
+        self._started = []
 
     # ------------------------------------------------------------------ parameters
     def _read_config(self) -> NodeConfig:
@@ -278,9 +310,10 @@ class VGGTSNode(Node):
             return
         cfg = self._candidate(mine)
         s, inf = cfg.sync, cfg.inference
-        self.sync.configure(slop=s.slop, queue_size=s.queue_size, stale_after=s.stale_after,
-                            min_cameras=min(s.min_cameras, len(cfg.cameras)), jump_threshold=s.jump_threshold,
-                            correct_offset_above=s.correct_offset_above)
+        if getattr(self, "_started", None):  # else (a managed node not active) _start reads self.cfg
+            self.sync.configure(slop=s.slop, queue_size=s.queue_size, stale_after=s.stale_after,
+                                min_cameras=min(s.min_cameras, len(cfg.cameras)), jump_threshold=s.jump_threshold,
+                                correct_offset_above=s.correct_offset_above)
         self.registry.max_objects, self.registry.max_label_length = inf.max_objects, inf.max_label_length
         self.history.seconds = inf.keyframe_history
         cfg.model.device = self.cfg.model.device
@@ -761,15 +794,7 @@ class VGGTSNode(Node):
         self._diag_pub.publish(array)
 
     def destroy_node(self):
-        if not hasattr(self, "_worker"):  # construction failed part-way
-            return super().destroy_node()
-        with self._wake:
-            self._running = False
-            self._wake.notify_all()
-        # A set in inference finishes first (a thread left inside the model when the
-        # interpreter exits aborts the process); main() exits hard if it takes too long.
-        self._worker.join(timeout=20)
-        self._jump_handle.unregister()
+        self._stop()  # nothing to stop when construction failed part-way or not active
         return super().destroy_node()
 
     @property
@@ -778,7 +803,7 @@ class VGGTSNode(Node):
         return hasattr(self, "_worker") and self._worker.is_alive()
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[List[str]] = None, node_class=None) -> int:
     """``vggts_node [--ros-args --params-file config.yaml ...]`` (also ``ros2 run``)."""
     argv = list(sys.argv if argv is None else argv)
     from vggts_ros.ros import transport
@@ -789,7 +814,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     executor = None
     try:
         try:
-            node = VGGTSNode()
+            node = (node_class or VGGTSNode)()
         except (ValueError, CheckpointError) as exc:  # configuration or weights: one clear message
             print(f"vggts_node: {exc}", file=sys.stderr)
             return 2
