@@ -260,3 +260,45 @@ def test_the_lifecycle_node_loads_on_configure_and_works_only_while_active(ros, 
         spinner.close()
         for n in (node, player, collector):
             n.destroy_node()
+
+
+def test_the_click_to_mask_service_answers_with_the_mask_or_the_reason(ros, scene):
+    try:
+        from vggts_ros.srv import ClickToMask
+    except ImportError:
+        pytest.skip("vggts_ros/srv/ClickToMask not generated in this environment: run `bash run.sh setup`")
+    name = f"vggts_clicksrv_{os.getpid()}"
+    cfg = config(scene, name)
+    node = VGGTSNode(name, segmentor=GeometricSegmentor(),
+                     parameter_overrides=[Parameter(k, value=v) for k, v in cfg.to_parameters().items()])
+    player = CameraPlayer([PlayedCamera(c.name, c.topic, scene.image(c.name)) for c in cfg.cameras], rate_hz=5.0,
+                          name=f"{name}_player")
+    collector = OutputCollector(name, list(scene.views), name=f"{name}_collector")
+    client = collector.create_client(ClickToMask, f"/{name}/click_to_mask")
+    spinner = Spinner(node, player, collector)
+
+    def call(**fields):
+        return collector._call(client, ClickToMask.Request(**fields), 30)
+
+    try:
+        assert wait_until(lambda: client.service_is_ready() and node.history.latest("ego") is not None, 20)
+        bg = call(camera="ego", points=[5.0, 5.0])
+        assert not bg.success and "background" in bg.message and len(node.registry) == 0
+        odd = call(camera="ego", points=[5.0, 5.0, 7.0])
+        assert not odd.success and "x, y pairs" in odd.message
+        # Object 3 sits on a busy texture: a point and a box around it.
+        x, y = centre_of(scene.mask("ego", 3))
+        ys, xs = np.nonzero(scene.mask("ego", 3))
+        box = [xs.min() - 4.0, ys.min() - 4.0, xs.max() + 5.0, ys.max() + 5.0]
+        ok = call(camera="ego", points=[x, y], labels=[1], box=box, object_id=9, label="clicked")
+        assert ok.success and ok.object_id == 9, ok.message
+        made = np.frombuffer(bytes(ok.mask.data), np.uint8).reshape(ok.mask.height, ok.mask.width) > 0
+        assert metrics.iou(scene.mask("ego", 3), made) > 0.8
+        assert ok.frame_stamp.sec > 0 or ok.frame_stamp.nanosec > 0
+        assert wait_until(lambda: collector.count("points", "exo1") >= 1, 60)
+        obj = collector.latest("points", "exo1").msg.objects[0]
+        assert (obj.object_id, obj.label) == (9, "clicked")
+    finally:
+        spinner.close()
+        for n in (node, player, collector):
+            n.destroy_node()

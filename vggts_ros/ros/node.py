@@ -56,6 +56,11 @@ from vggts_ros.registry import ObjectRegistry, RegistryError, TrackedObject
 from vggts_ros.ros.conversions import (ImageError, check_pixels, check_size, compressed_size, compressed_to_rgb,
                                        fill_image, image_to_rgb, mask_from_image)
 from vggts_ros.srv import ClearObjects, SetSourceMask
+
+try:
+    from vggts_ros.srv import ClickToMask
+except ImportError:  # interfaces generated before the service existed: `bash run.sh setup`
+    ClickToMask = None
 from vggts_ros.sync import ApproximateTimeSync, SyncSet
 from vggts_ros.types import SegmentationResult, TargetView
 from vggts_ros.visualize import overlay_masks
@@ -214,6 +219,9 @@ class VGGTSNode(Node):
         self.create_service(ClearObjects, "~/clear_objects", self._on_clear_objects,
                             callback_group=self._service_group)
         self.create_subscription(PointStamped, "~/click", self._on_click, 10, callback_group=self._service_group)
+        if ClickToMask is not None:
+            self.create_service(ClickToMask, "~/click_to_mask", self._on_click_to_mask,
+                                callback_group=self._service_group)
         self.create_timer(0.1, self._on_poll, callback_group=self._timer_group, clock=self._steady)
         self.create_timer(self.cfg.publish.diagnostics_period, self._publish_diagnostics,
                           callback_group=self._timer_group, clock=self._steady)
@@ -452,10 +460,33 @@ class VGGTSNode(Node):
                                              message=f"click refused: {message}"))
         self._diag_pub.publish(array)
 
+    def _on_click_to_mask(self, request, response):
+        pts = np.asarray(request.points, np.float64)
+        try:
+            if len(pts) % 2:
+                raise ClickMaskError(f"points must be x, y pairs; got {len(pts)} numbers")
+            ok, message, oid, mask = self.click_to_mask(
+                request.camera, pts.reshape(-1, 2).tolist() if len(pts) else None,
+                list(request.labels) if len(request.labels) else None,
+                list(request.box) if len(request.box) else None, request.object_id, request.label)
+        except ClickMaskError as exc:
+            ok, message, oid, mask = False, str(exc), 0, None
+        except Exception as exc:  # the node must answer, whatever went wrong
+            ok, message, oid, mask = False, f"internal error: {type(exc).__name__}: {exc}", 0, None
+        response.success, response.message, response.object_id = ok, message, oid
+        if ok:
+            mask, response.frame_stamp = mask
+            fill_image(response.mask, mask.astype(np.uint8) * 255, "mono8")
+        if ok:
+            self.get_logger().info(f"click_to_mask: {message}")
+        else:
+            self.get_logger().warning(f"click_to_mask refused: {message[:500]}")
+        return response
+
     def click_to_mask(self, camera: str, points=None, labels=None, box=None, object_id: int = 0,
                       label: str = "") -> Tuple[bool, str, int, Any]:
         """Points/box on a camera's newest frame -> GrabCut mask (weight-free) -> exactly the
-        ``set_source_mask`` path. Returns (success, message, object id, the mask or None)."""
+        ``set_source_mask`` path. Returns (success, message, object id, (mask, frame stamp) or None)."""
         names = [c.name for c in self.cfg.cameras]
         if camera not in names:
             by_frame = [n for n in names if (f := self.history.latest(n)) is not None
@@ -473,8 +504,8 @@ class VGGTSNode(Node):
         req = SetSourceMask.Request(camera=camera, object_id=int(object_id), label=label,
                                     stamp=frame.payload.msg.header.stamp)
         fill_image(req.mask, mask.astype(np.uint8) * 255, "mono8")
-        ok, message, oid, _ = self._set_source_mask(req)
-        return ok, message, oid, mask if ok else None
+        ok, message, oid, stamp = self._set_source_mask(req)
+        return ok, message, oid, (mask, stamp) if ok else None
 
     def _on_clear_objects(self, request, response):
         try:
