@@ -155,13 +155,14 @@ class VGGTSNode(Node):
 
     def _load(self, segmentor=None) -> None:
         """The backend, with its weights (a managed node's configure)."""
+        inf = self.cfg.inference
         self.device = "cpu"
         if segmentor is None:
             from vggts_ros.backends import create_segmentor, resolve_device
 
             self.device = resolve_device(self.cfg.model.device)
             self.cfg.model.device = self.device
-            pipeline = PipelineConfig(refine_iterations=self.cfg.inference.refine_iterations, backbone_dtype=self.cfg.model.dtype)
+            pipeline = PipelineConfig(refine_iterations=inf.refine_iterations, backbone_dtype=self.cfg.model.dtype)
             t0 = time.monotonic()
             segmentor = create_segmentor(self.cfg.model, pipeline)
             self.get_logger().info(
