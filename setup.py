@@ -34,6 +34,7 @@ setup(
         "console_scripts": [
             "vggts = vggts_ros.cli:main",
             "vggts_node = vggts_ros.ros.node:main",
+            "vggts_lifecycle_node = vggts_ros.ros.lifecycle:main",
         ]
     },
 )

@@ -41,23 +41,38 @@ from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from sensor_msgs.msg import CompressedImage, Image
+from geometry_msgs.msg import Point, PointStamped
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from visualization_msgs.msg import Marker, MarkerArray
 
 from vggts_ros.checkpoint import CheckpointError
+from vggts_ros.click_mask import ClickMaskError, mask_from_clicks
 from vggts_ros.config import CAMERA_KEYS, CAMERA_PARAMETERS, PARAMETERS, NodeConfig, PipelineConfig
 from vggts_ros.frame_history import Frame, FrameHistory, SizeTracker
 from vggts_ros.health import ERROR, OK, WARN, Health, Throttle
+from vggts_ros.markers import ObjectPointsView, camera_info_fields, projected_point_markers
 from vggts_ros.msg import ObjectPoints, ProjectedPoints
 from vggts_ros.registry import ObjectRegistry, RegistryError, TrackedObject
 from vggts_ros.ros.conversions import (ImageError, check_pixels, check_size, compressed_size, compressed_to_rgb,
                                        fill_image, image_to_rgb, mask_from_image)
 from vggts_ros.srv import ClearObjects, SetSourceMask
+
+try:
+    from vggts_ros.srv import ClickToMask
+except ImportError:  # interfaces generated before the service existed: `bash run.sh setup`
+    ClickToMask = None
 from vggts_ros.sync import ApproximateTimeSync, SyncSet
 from vggts_ros.types import SegmentationResult, TargetView
 from vggts_ros.visualize import overlay_masks
 
 _LEVELS = {OK: DiagnosticStatus.OK, WARN: DiagnosticStatus.WARN, ERROR: DiagnosticStatus.ERROR}
 _FRAMES_KEPT = 120  # per camera, whatever keyframe_history says (memory bound)
+
+
+def camera_info_topic(image_topic: str) -> str:
+    """``<camera>/camera_info`` beside an image topic (``/cam/image_raw[/compressed]``)."""
+    base = image_topic[: -len("/compressed")] if image_topic.endswith("/compressed") else image_topic
+    return base.rsplit("/", 1)[0] + "/camera_info" if "/" in base.strip("/") else "camera_info"
 
 
 def stamp_to_sec(stamp) -> float:
@@ -134,6 +149,13 @@ class VGGTSNode(Node):
         self.last: Optional[SetTiming] = None
         self._published_on: set = set()
 
+        if not getattr(self, "_managed", False):  # the lifecycle node runs these on its transitions
+            self._load(segmentor)
+            self._start()
+
+    def _load(self, segmentor=None) -> None:
+        """The backend, with its weights (a managed node's configure)."""
+        inf = self.cfg.inference
         self.device = "cpu"
         if segmentor is None:
             from vggts_ros.backends import create_segmentor, resolve_device
@@ -150,6 +172,11 @@ class VGGTSNode(Node):
             )
         self.segmentor = segmentor
 
+    def _start(self) -> None:
+        """Subscriptions, publishers, services, timers and the inference thread (activate)."""
+        kinds = ("subscriptions", "publishers", "services", "timers")
+        before = {kind: set(getattr(self, kind)) for kind in kinds}
+        names = [c.name for c in self.cfg.cameras]
         s = self.cfg.sync
         self.sync = ApproximateTimeSync(
             names, slop=s.slop, queue_size=s.queue_size, stale_after=s.stale_after,
@@ -180,11 +207,23 @@ class VGGTSNode(Node):
         self._mask_pubs = publishers("mask", Image)
         self._points_pubs = publishers("points", ProjectedPoints)
         self._overlay_pubs = publishers("overlay", Image) if self.cfg.publish.overlay else {}
+        self._marker_pubs = publishers("markers", MarkerArray)
+        self._info_pubs = publishers("camera_info", CameraInfo)
+        self._infos: Dict[str, CameraInfo] = {}  # latest <camera>/camera_info, passed through
+        self._info_subs = {}
+        for cam in self.cfg.cameras:
+            self._info_subs[cam.name] = self.create_subscription(
+                CameraInfo, camera_info_topic(cam.topic), lambda msg, name=cam.name: self._infos.__setitem__(name, msg),
+                qos_profile_sensor_data, callback_group=self._io_group)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_service(SetSourceMask, "~/set_source_mask", self._on_set_source_mask,
                             callback_group=self._service_group)
         self.create_service(ClearObjects, "~/clear_objects", self._on_clear_objects,
                             callback_group=self._service_group)
+        self.create_subscription(PointStamped, "~/click", self._on_click, 10, callback_group=self._service_group)
+        if ClickToMask is not None:
+            self.create_service(ClickToMask, "~/click_to_mask", self._on_click_to_mask,
+                                callback_group=self._service_group)
         self.create_timer(0.1, self._on_poll, callback_group=self._timer_group, clock=self._steady)
         self.create_timer(self.cfg.publish.diagnostics_period, self._publish_diagnostics,
                           callback_group=self._timer_group, clock=self._steady)
@@ -192,17 +231,38 @@ class VGGTSNode(Node):
             JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-int(s.jump_threshold * 1e9)),
                           on_clock_change=True),
             post_callback=self._on_time_jump)
-        if hasattr(self, "add_post_set_parameters_callback"):
+        if getattr(self, "_parameter_callbacks", False):
+            pass  # a managed node activated again
+        elif hasattr(self, "add_post_set_parameters_callback"):
             self.add_on_set_parameters_callback(self._validate_parameters)
             self.add_post_set_parameters_callback(self._apply_parameters)
         else:  # Humble: no post-set callbacks; apply once validated
             self.add_on_set_parameters_callback(self._validate_and_apply)
+        self._parameter_callbacks = True
 
         self._pending: Optional[Tuple[SyncSet, float]] = None
         self._wake = threading.Condition()
         self._running = True
         self._worker = threading.Thread(target=self._worker_loop, name="vggts-inference", daemon=True)
         self._worker.start()
+        self._started = [(getattr(self, "destroy_" + kind[:-1]), e) for kind in kinds
+                         for e in getattr(self, kind) if e not in before[kind]]
+
+    def _stop(self) -> None:
+        """Undo :meth:`_start` (deactivate): a set in inference finishes first; the backend
+        and the objects stay."""
+        if not getattr(self, "_started", None):
+            return
+        with self._wake:
+            self._running = False
+            self._wake.notify_all()
+        # A thread left inside the model when the interpreter exits aborts the process;
+        # main() exits hard if it takes too long.
+        self._worker.join(timeout=20)
+        self._jump_handle.unregister()
+        for destroy, entity in self._started:
+            destroy(entity)
+        self._started = []
 
     # ------------------------------------------------------------------ parameters
     def _read_config(self) -> NodeConfig:
@@ -260,9 +320,10 @@ class VGGTSNode(Node):
             return
         cfg = self._candidate(mine)
         s, inf = cfg.sync, cfg.inference
-        self.sync.configure(slop=s.slop, queue_size=s.queue_size, stale_after=s.stale_after,
-                            min_cameras=min(s.min_cameras, len(cfg.cameras)), jump_threshold=s.jump_threshold,
-                            correct_offset_above=s.correct_offset_above)
+        if getattr(self, "_started", None):  # else (a managed node not active) _start reads self.cfg
+            self.sync.configure(slop=s.slop, queue_size=s.queue_size, stale_after=s.stale_after,
+                                min_cameras=min(s.min_cameras, len(cfg.cameras)), jump_threshold=s.jump_threshold,
+                                correct_offset_above=s.correct_offset_above)
         self.registry.max_objects, self.registry.max_label_length = inf.max_objects, inf.max_label_length
         self.history.seconds = inf.keyframe_history
         cfg.model.device = self.cfg.model.device
@@ -383,6 +444,70 @@ class VGGTSNode(Node):
         return True, (
             f"object {obj.object_id} {verb} on camera {req.camera!r}: {area} px on the frame at {frame.stamp:.3f} s"
         ), obj.object_id, frame.payload.msg.header.stamp
+
+    def _on_click(self, msg) -> None:
+        """``~/click``: ``header.frame_id`` names the camera (its name, or the ``frame_id`` of its
+        images), ``point.x, point.y`` a pixel on the object in that camera's newest frame."""
+        try:
+            ok, message, _, _ = self.click_to_mask(msg.header.frame_id, [(msg.point.x, msg.point.y)])
+        except Exception as exc:  # a bad click must not take the node down
+            ok, message = False, f"internal error: {type(exc).__name__}: {exc}"
+        if ok:
+            self.get_logger().info(f"click: {message}")
+            return
+        self.get_logger().warning(f"click refused: {message[:500]}")
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        array.status.append(DiagnosticStatus(level=DiagnosticStatus.WARN, name=self.status_name("click"),
+                                             message=f"click refused: {message}"))
+        self._diag_pub.publish(array)
+
+    def _on_click_to_mask(self, request, response):
+        pts = np.asarray(request.points, np.float64)
+        try:
+            if len(pts) % 2:
+                raise ClickMaskError(f"points must be x, y pairs; got {len(pts)} numbers")
+            ok, message, oid, mask = self.click_to_mask(
+                request.camera, pts.reshape(-1, 2).tolist() if len(pts) else None,
+                list(request.labels) if len(request.labels) else None,
+                list(request.box) if len(request.box) else None, request.object_id, request.label)
+        except ClickMaskError as exc:
+            ok, message, oid, mask = False, str(exc), 0, None
+        except Exception as exc:  # the node must answer, whatever went wrong
+            ok, message, oid, mask = False, f"internal error: {type(exc).__name__}: {exc}", 0, None
+        response.success, response.message, response.object_id = ok, message, oid
+        if ok:
+            mask, response.frame_stamp = mask
+            fill_image(response.mask, mask.astype(np.uint8) * 255, "mono8")
+        if ok:
+            self.get_logger().info(f"click_to_mask: {message}")
+        else:
+            self.get_logger().warning(f"click_to_mask refused: {message[:500]}")
+        return response
+
+    def click_to_mask(self, camera: str, points=None, labels=None, box=None, object_id: int = 0,
+                      label: str = "") -> Tuple[bool, str, int, Any]:
+        """Points/box on a camera's newest frame -> GrabCut mask (weight-free) -> exactly the
+        ``set_source_mask`` path. Returns (success, message, object id, (mask, frame stamp) or None)."""
+        names = [c.name for c in self.cfg.cameras]
+        if camera not in names:
+            by_frame = [n for n in names if (f := self.history.latest(n)) is not None
+                        and f.payload.msg.header.frame_id == camera]
+            if not by_frame:
+                return False, f"unknown camera {camera[:64]!r}: name one of {names} or its images' frame_id", 0, None
+            camera = by_frame[0]
+        frame = self.history.latest(camera)
+        if frame is None:
+            return False, f"no frame received yet from camera {camera!r}", 0, None
+        try:
+            mask = mask_from_clicks(frame.payload.rgb(), points, labels, box)
+        except (ClickMaskError, ImageError) as exc:
+            return False, f"camera {camera!r}, frame at {frame.stamp:.3f} s: {exc}", 0, None
+        req = SetSourceMask.Request(camera=camera, object_id=int(object_id), label=label,
+                                    stamp=frame.payload.msg.header.stamp)
+        fill_image(req.mask, mask.astype(np.uint8) * 255, "mono8")
+        ok, message, oid, stamp = self._set_source_mask(req)
+        return ok, message, oid, (mask, stamp) if ok else None
 
     def _on_clear_objects(self, request, response):
         try:
@@ -578,11 +703,44 @@ class VGGTSNode(Node):
         self._mask_pubs[camera].publish(mask_msg)
         self._points_pubs[camera].publish(points)
         self._published_on.add(camera)
-        if camera in self._overlay_pubs:
+        self._publish_rviz(camera, header, image.shape[:2], pairs)
+        if camera in self._overlay_pubs and self._overlay_pubs[camera].get_subscription_count() > 0:
             overlay = Image()
             overlay.header = header
             fill_image(overlay, overlay_masks(image, labels, [np.asarray(r.target_points).reshape(-1, 2) for _, r in pairs]), "rgb8")
             self._overlay_pubs[camera].publish(overlay)
+
+    def _publish_rviz(self, camera: str, header, size: Tuple[int, int], pairs) -> None:
+        """CameraInfo with the mask's header (the camera's own when its size matches, else a
+        nominal pinhole) and, when subscribed, the projected points as markers on its rays."""
+        h, w = size
+        received = self._infos.get(camera)
+        if received is not None and (received.height, received.width) == (h, w):
+            info = CameraInfo(height=received.height, width=received.width, distortion_model=received.distortion_model,
+                              d=received.d, k=received.k, r=received.r, p=received.p,
+                              binning_x=received.binning_x, binning_y=received.binning_y, roi=received.roi)
+        else:
+            info = CameraInfo(**camera_info_fields(w, h))
+        info.header = header
+        self._info_pubs[camera].publish(info)
+        if self._marker_pubs[camera].get_subscription_count() == 0:
+            return
+        K = np.asarray(info.k, np.float64).reshape(3, 3)
+        views = [ObjectPointsView(o.object_id, np.asarray(r.target_points).reshape(-1, 2),
+                                  np.asarray(r.visibility).reshape(-1), o.label) for o, r in pairs]
+        array = MarkerArray(markers=[Marker(header=header, action=Marker.DELETEALL)])
+        for spec in projected_point_markers(views, K):
+            m = Marker(header=header, ns=spec.ns, id=spec.id, action=Marker.ADD, text=spec.text,
+                       type=Marker.POINTS if spec.kind == "points" else Marker.TEXT_VIEW_FACING)
+            m.pose.orientation.w = 1.0
+            m.scale.x = m.scale.y = m.scale.z = float(spec.scale)
+            m.color.r, m.color.g, m.color.b, m.color.a = spec.color
+            if spec.kind == "points":
+                m.points = [Point(x=float(x), y=float(y), z=float(z)) for x, y, z in spec.positions]
+            else:
+                m.pose.position = Point(**dict(zip("xyz", map(float, spec.positions[0]))))
+            array.markers.append(m)
+        self._marker_pubs[camera].publish(array)
 
     # ------------------------------------------------------------------ diagnostics
     def status_name(self, what: str) -> str:
@@ -669,15 +827,7 @@ class VGGTSNode(Node):
         self._diag_pub.publish(array)
 
     def destroy_node(self):
-        if not hasattr(self, "_worker"):  # construction failed part-way
-            return super().destroy_node()
-        with self._wake:
-            self._running = False
-            self._wake.notify_all()
-        # A set in inference finishes first (a thread left inside the model when the
-        # interpreter exits aborts the process); main() exits hard if it takes too long.
-        self._worker.join(timeout=20)
-        self._jump_handle.unregister()
+        self._stop()  # nothing to stop when construction failed part-way or not active
         return super().destroy_node()
 
     @property
@@ -686,7 +836,7 @@ class VGGTSNode(Node):
         return hasattr(self, "_worker") and self._worker.is_alive()
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[List[str]] = None, node_class=None) -> int:
     """``vggts_node [--ros-args --params-file config.yaml ...]`` (also ``ros2 run``)."""
     argv = list(sys.argv if argv is None else argv)
     from vggts_ros.ros import transport
@@ -697,7 +847,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     executor = None
     try:
         try:
-            node = VGGTSNode()
+            node = (node_class or VGGTSNode)()
         except (ValueError, CheckpointError) as exc:  # configuration or weights: one clear message
             print(f"vggts_node: {exc}", file=sys.stderr)
             return 2
