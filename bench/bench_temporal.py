@@ -1,7 +1,7 @@
 """Temporal VGGT-S evidence run: per-frame head vs temporal model on synthetic occlusion
 clips, same budget and seeds, plus the per-frame cost of the memory modules at full size.
 
-    .venv/bin/python bench/bench_temporal.py [--seeds 0 1] [--pre-epochs 12] [--epochs 8]
+    .venv/bin/python bench/bench_temporal.py [--seeds 0 1] [--pre-epochs 12] [--epochs 8] [--truth amodal]
     .venv/bin/python bench/bench_temporal.py --cost-only     # FLOPs / CPU time at 518 px only
 
 Protocol (smoke networks, CPU): training clips from ``--train-images`` generated images
