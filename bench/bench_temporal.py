@@ -1,7 +1,7 @@
 """Temporal VGGT-S evidence run: per-frame head vs temporal model on synthetic occlusion
 clips, same budget and seeds, plus the per-frame cost of the memory modules at full size.
 
-    .venv/bin/python bench/bench_temporal.py [--seeds 0 1] [--pre-epochs 12] [--epochs 8]
+    .venv/bin/python bench/bench_temporal.py [--seeds 0 1] [--pre-epochs 12] [--epochs 8] [--truth amodal]
     .venv/bin/python bench/bench_temporal.py --cost-only     # FLOPs / CPU time at 518 px only
 
 Protocol (smoke networks, CPU): training clips from ``--train-images`` generated images
@@ -75,7 +75,7 @@ def evidence(args) -> dict:
     train = write_shapes_dataset(str(base / "train"), n_images=args.train_images, n_objects=2, seed=1,
                                  background="plain")
     val = write_shapes_dataset(str(base / "val"), n_images=args.val_images, n_objects=2, seed=2, background="plain")
-    extra = {"clips.frames": args.frames}
+    extra = {"clips.frames": args.frames, "clips.truth": args.truth}
     results = []
     for seed in args.seeds:
         sb = base / f"seed{seed}"
@@ -193,6 +193,8 @@ def main() -> None:
     p.add_argument("--train-images", type=int, default=24)
     p.add_argument("--val-images", type=int, default=12)
     p.add_argument("--frames", type=int, default=5)
+    p.add_argument("--truth", choices=("visible", "amodal"), default="visible",
+                   help="ground truth of the clips: the visible part or the whole object")
     p.add_argument("--pre-epochs", type=int, default=12)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--pre-drop", action=argparse.BooleanOptionalAction, default=True,

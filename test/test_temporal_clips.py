@@ -124,3 +124,19 @@ def test_egoexo_clips_are_consecutive_annotated_moments(tmp_path):
     assert sorted(c["direction"] for c in (ds[0], ds[1])) == ["ego2exo", "exo2ego"]
     with pytest.raises(ValueError, match="annotated moments"):
         EgoExoClips(d, ClipSection(frames=3), 112)
+
+
+def test_amodal_truth_is_the_whole_object_with_the_same_frames(root):
+    """``clips.truth="amodal"``: the ground truth includes the hidden part; images, the
+    occlusion fraction and the visible/amodal relation are those of the default clips."""
+    vis = ImageClips(data(root, fixed_pairs=True), ClipSection(frames=5), S)
+    amo = ImageClips(data(root, fixed_pairs=True), ClipSection(frames=5, truth="amodal"), S)
+    hidden = 0
+    for i in range(len(vis)):
+        a, b = vis[i], amo[i]
+        assert np.array_equal(a["tar_img"], b["tar_img"]) and np.array_equal(a["occlusion"], b["occlusion"])
+        assert np.array_equal(b["tar_mask"], b["amodal_mask"]) and np.array_equal(a["amodal_mask"], b["amodal_mask"])
+        hidden += int((b["tar_mask"].astype(int) - a["tar_mask"]).sum())
+    assert hidden > 0  # occluded pixels are object in the amodal truth only
+    with pytest.raises(ValueError, match="clips.truth"):
+        ClipSection(truth="full").validate()

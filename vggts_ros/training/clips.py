@@ -10,8 +10,10 @@ One image with an instance mask becomes a T-frame clip seen by a moving target c
   consecutive frames are close while the clip as a whole moves away from the source view.
 * **Occluders**: textured shapes of their own colour crossing the object's path at
   constant velocity, nearest to its centre around the middle of the clip. The ground
-  truth is the *visible* part of the object; ``occlusion[t]`` is the hidden fraction of
-  the object inside the target input.
+  truth is the *visible* part of the object (``clips.truth="visible"``, the default) or
+  the whole object, hidden part included (``"amodal"``: the case a memory can solve,
+  since the hidden part was seen a few frames earlier); ``occlusion[t]`` is the hidden
+  fraction of the object inside the target input either way.
 * **Blur**: a motion-blur (line kernel) or defocus (Gaussian) blur on a random subset of
   frames (``blurred[t]``).
 * **Target input**: a square crop around the (occlusion-agnostic) warped object that
@@ -60,6 +62,8 @@ class ClipSection:
     corner_jitter: float = 0.03  # mild perspective
     target_crop: Tuple[float, float] = (0.55, 0.8)  # crop side / short side
     crop_lag: float = 0.08  # how far the crop centre may trail the object (fraction of its side)
+    truth: str = "visible"  # ground truth: the "visible" part, or the "amodal" (whole) object
+
 
     def validate(self) -> "ClipSection":
         if int(self.frames) < 2:
@@ -72,6 +76,8 @@ class ClipSection:
             lo, hi = getattr(self, name)
             if not 0 < float(lo) <= float(hi):
                 raise ValueError(f"clips.{name} must be 0 < low <= high, got {getattr(self, name)}")
+        if self.truth not in ("visible", "amodal"):
+            raise ValueError(f"clips.truth must be 'visible' or 'amodal', got {self.truth!r}")
         if float(self.target_crop[1]) > 1.0:
             raise ValueError(f"clips.target_crop must be <= 1, got {self.target_crop}")
         return self
@@ -227,10 +233,11 @@ def synthesise_clip(image: np.ndarray, mask: np.ndarray, rng: np.random.Generato
         occlusion[t] = 1.0 - float(tar_mask.sum()) / total if total > 0 else 1.0
     if frames["tar_mask"][0].sum() == 0:
         return None  # the clip must start with the object in view
+    truth = frames["amodal_mask"] if clips.truth == "amodal" else frames["tar_mask"]
     return {
         "src_img": np.stack([src_img] * T), "src_mask": np.stack([src_mask.astype(np.uint8)] * T),
         "src_points": np.stack([src_points] * T),
-        "tar_img": np.stack(frames["tar_img"]), "tar_mask": np.stack(frames["tar_mask"]),
+        "tar_img": np.stack(frames["tar_img"]), "tar_mask": np.stack(truth),
         "amodal_mask": np.stack(frames["amodal_mask"]), "tar_points": np.stack(frames["tar_points"]),
         "occlusion": occlusion, "blurred": blurred.astype(bool),
     }
