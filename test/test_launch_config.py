@@ -2,6 +2,7 @@
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,9 @@ def test_launch_file_starts_the_packaged_executable_with_a_params_file():
     assert "/config/multicam.yaml" in LAUNCH.read_text()
     assert (REPO / "config" / "multicam.yaml").is_file()
     cmake = (REPO / "CMakeLists.txt").read_text()
-    assert "install(PROGRAMS scripts/vggts_node DESTINATION lib/${PROJECT_NAME})" in cmake
+    programs = re.search(r"install\(PROGRAMS ([^)]*) DESTINATION lib/\$\{PROJECT_NAME\}\)", cmake)
+    assert programs, "CMakeLists.txt installs no programs to lib/${PROJECT_NAME} (ros2 run / launch need them)"
+    assert "scripts/vggts_node" in programs.group(1).split()
     assert "install(DIRECTORY launch config DESTINATION share/${PROJECT_NAME})" in cmake
     assert "vggts_node = vggts_ros.ros.node:main" in (REPO / "setup.py").read_text()
 
