@@ -90,9 +90,15 @@ def run_scene(scene, model: ModelConfig, out_dir: Path, timeout: float) -> Dict:
     # Names unique to this run: two demos on one host and domain must not cross-talk.
     base = f"vggts_demo_{os.getpid()}"
     cfg = _scene_config(scene, model, prefix=f"/{base}")
-    node = NodeProcess(cfg, node_name=base).start()
+    # The demo's camera streams are reliable end to end (player and the node's subscriptions,
+    # through the node's REP-2003 qos_overrides): a best-effort image that loses one 64 KB
+    # fragment is lost whole, and under load that starved the node of frames for > 30 s
+    # even with large transport buffers. Real cameras keep sensor-data QoS (README).
+    reliable = {"reliability": "reliable", "history": "keep_last", "depth": 5}
+    overrides = {c.topic: {"subscription": dict(reliable)} for c in cfg.cameras}
+    node = NodeProcess(cfg, node_name=base, extra_params={"qos_overrides": overrides}).start()
     player = CameraPlayer([PlayedCamera(c.name, c.topic, scene.image(c.name)) for c in cfg.cameras], rate_hz=5.0,
-                          name=f"{base}_cameras")
+                          name=f"{base}_cameras", reliable=True)
     collector = OutputCollector(base, [c.name for c in cfg.cameras], name=f"{base}_client")
     spinner = Spinner(player, collector)
     t0 = time.monotonic()

@@ -20,7 +20,7 @@ import yaml
 import rclpy
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.srv import SetParameters
@@ -55,14 +55,18 @@ class CameraPlayer(Node):
     whole rig's time can jump (``shift_time``: a looped bag) and a single message can be
     given an arbitrary stamp (``inject``)."""
 
-    def __init__(self, cameras: Sequence[PlayedCamera], rate_hz: float = 5.0, name: str = "vggts_player") -> None:
+    def __init__(self, cameras: Sequence[PlayedCamera], rate_hz: float = 5.0, name: str = "vggts_player",
+                 reliable: bool = False) -> None:
         super().__init__(name)
+        # Reliable: lost fragments of a large image are sent again (the node's subscription
+        # must be made reliable too, through its qos_overrides); default: camera QoS.
+        qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE) if reliable else qos_profile_sensor_data
         self._cams = {c.name: c for c in cameras}
         self._lock = threading.Lock()
         self._pubs = {}
         for cam in cameras:
             msg_type = CompressedImage if cam.compressed else Image
-            self._pubs[cam.name] = self.create_publisher(msg_type, cam.topic, qos_profile_sensor_data)
+            self._pubs[cam.name] = self.create_publisher(msg_type, cam.topic, qos)
         self.stamps: List[float] = []
         self.publish_times: Dict[float, float] = {}
         self.time_shift = 0.0
@@ -282,10 +286,11 @@ def wait_until(predicate: Callable[[], bool], timeout: float, period: float = 0.
     return predicate()
 
 
-def write_params_file(cfg: NodeConfig, path: str, node_name: str = "vggts") -> str:
+def write_params_file(cfg: NodeConfig, path: str, node_name: str = "vggts", extra: Optional[Dict] = None) -> str:
     """Write ``cfg`` as a ROS 2 parameters file (nested ``ros__parameters``) keyed by
-    ``node_name`` (``/**`` for any node)."""
-    tree: Dict = {}
+    ``node_name`` (``/**`` for any node); ``extra`` adds nested parameters as they are
+    (e.g. ``{"qos_overrides": {...}}``)."""
+    tree: Dict = dict(extra or {})
     for key, value in cfg.to_parameters().items():
         node = tree
         parts = key.split(".")
@@ -307,13 +312,14 @@ class NodeProcess:
     env: Optional[Dict[str, str]] = None
     workdir: Optional[str] = None
     params_file: Optional[str] = None  # use this file instead of writing ``cfg``
+    extra_params: Dict = field(default_factory=dict)  # nested parameters written next to ``cfg``'s
     proc: Optional[subprocess.Popen] = field(default=None, init=False)
     log_path: str = field(default="", init=False)
 
     def start(self) -> "NodeProcess":
         workdir = self.workdir or tempfile.mkdtemp(prefix="vggts_node_")
         params = self.params_file or write_params_file(self.cfg, os.path.join(workdir, "params.yaml"),
-                                                       "/" + self.node_name.strip("/"))
+                                                       "/" + self.node_name.strip("/"), self.extra_params)
         self.log_path = os.path.join(workdir, "node.log")
         namespace, _, name = self.node_name.strip("/").rpartition("/")
         cmd = [sys.executable, "-m", "vggts_ros.ros.node", "--ros-args", "--params-file", params,
