@@ -169,16 +169,7 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str) -> "TrainConfig":
-        text = Path(path).read_text(encoding="utf-8")
-        if str(path).endswith(".json"):
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-        if data is not None and not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of sections")
-        return cls.from_dict(data)
+        return cls.from_dict(read_sections(path))
 
     def save(self, path: str) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
@@ -378,3 +369,17 @@ def smoke_config(out_dir: str, data_root: str, overrides: Optional[Dict[str, Any
     if overrides:
         cfg = cfg.override([f"{k}={json.dumps(v)}" for k, v in overrides.items()])
     return cfg
+
+
+def read_sections(path: str) -> Optional[dict]:
+    """The mapping of sections in a JSON or YAML configuration file (None when empty)."""
+    text = Path(path).read_text(encoding="utf-8")
+    if str(path).endswith(".json"):
+        data = json.loads(text)
+    else:
+        import yaml
+
+        data = yaml.safe_load(text)
+    if data is not None and not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of sections")
+    return data

@@ -40,7 +40,7 @@ from ..checkpoint import save_state_dict
 from ..models.temporal import TemporalConfig, TemporalMemory, load_temporal, save_temporal
 from ..models.union_head.union_head import LOW_RES_CLAMP, HeadContext, UnionSegmentationHead
 from .clips import ClipSection, ImageClips, collate_clips
-from .config import DataSection, ModelSection, OptimSection, RunSection, TrainConfig
+from .config import DataSection, ModelSection, OptimSection, RunSection, TrainConfig, read_sections
 from .losses import batch_iou, segmentation_loss
 from .pairs import EpochTaggedSampler
 from .runtime import DistEnv, FeatureExtractor, build_backbone, build_head, check_sizes, setup_distributed
@@ -102,16 +102,7 @@ class TemporalTrainConfig:
 
     @classmethod
     def load(cls, path: str) -> "TemporalTrainConfig":
-        text = Path(path).read_text(encoding="utf-8")
-        if str(path).endswith(".json"):
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-        if data is not None and not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of sections")
-        return cls.from_dict(data)
+        return cls.from_dict(read_sections(path))
 
     def save(self, path: str) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
