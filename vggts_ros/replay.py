@@ -375,7 +375,8 @@ class _Replayer:
             names, slop=s.slop, queue_size=s.queue_size, stale_after=s.stale_after,
             required=[c.name for c in self.cameras if getattr(c, "required", False)],
             min_cameras=min(getattr(s, "min_cameras", 2), len(names)),
-            **{k: getattr(s, k) for k in ("jump_threshold", "correct_offset_above") if hasattr(s, k)},
+            **{k: getattr(s, k) for k in ("jump_threshold", "correct_offset_above", "stale_periods", "stale_after_min")
+               if hasattr(s, k)},
         )
         conns = [c for c in self.reader.connections if c.topic in self.topic_camera]
         total = sum(int(getattr(c, "msgcount", 0) or 0) for c in conns)

@@ -182,6 +182,7 @@ class VGGTSNode(Node):
             names, slop=s.slop, queue_size=s.queue_size, stale_after=s.stale_after,
             required=[c.name for c in self.cfg.cameras if c.required], min_cameras=min(s.min_cameras, len(names)),
             jump_threshold=s.jump_threshold, correct_offset_above=s.correct_offset_above,
+            stale_periods=s.stale_periods, stale_after_min=s.stale_after_min,
         )
 
         self._io_group = ReentrantCallbackGroup()
@@ -323,7 +324,8 @@ class VGGTSNode(Node):
         if getattr(self, "_started", None):  # else (a managed node not active) _start reads self.cfg
             self.sync.configure(slop=s.slop, queue_size=s.queue_size, stale_after=s.stale_after,
                                 min_cameras=min(s.min_cameras, len(cfg.cameras)), jump_threshold=s.jump_threshold,
-                                correct_offset_above=s.correct_offset_above)
+                                correct_offset_above=s.correct_offset_above, stale_periods=s.stale_periods,
+                                stale_after_min=s.stale_after_min)
         self.registry.max_objects, self.registry.max_label_length = inf.max_objects, inf.max_label_length
         self.history.seconds = inf.keyframe_history
         cfg.model.device = self.cfg.model.device
@@ -811,6 +813,7 @@ class VGGTSNode(Node):
                 "role": cam.role,
                 "required": str(cam.required).lower(),
                 "stale": str(is_stale).lower(),
+                "stale_after_s": f"{self.sync.stale_limits()[n]:.3f}",  # rate-following or fixed
                 "unmatched": str(is_unmatched).lower(),
                 **cam_values,
                 "sync_received": str(sync_stats["received"][n]),
