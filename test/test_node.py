@@ -9,9 +9,9 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy (ros-kilted-rclpy) is not installed")
 
+from helpers.node_graph import serving_node_process  # noqa: E402
 from vggts_ros.config import CameraConfig, ModelConfig, NodeConfig, SyncConfig, InferenceConfig, PublishConfig  # noqa: E402
-from vggts_ros.ros import transport  # noqa: E402
-from vggts_ros.ros.player import CameraPlayer, NodeProcess, OutputCollector, PlayedCamera, Spinner, wait_until  # noqa: E402
+from vggts_ros.ros.player import NodeProcess, PlayedCamera, wait_until  # noqa: E402
 
 SIZES = {"ego": (240, 320), "exo1": (270, 480), "exo2": (300, 400)}  # (height, width), all different
 # Names unique to this process: another run on the same ROS domain must not cross-talk.
@@ -51,25 +51,10 @@ def node_config(**inference):
 
 @pytest.fixture(scope="module")
 def graph():
-    transport.configure()  # this process publishes camera images
-    rclpy.init()
-    node = NodeProcess(node_config(), node_name=NODE).start()
+    node = NodeProcess(node_config(), node_name=NODE)
     cams = [PlayedCamera(n, f"{CAMS}/{n}/image_raw", textured(*SIZES[n], seed=i)) for i, n in enumerate(SIZES)]
-    player = CameraPlayer(cams, rate_hz=5.0)
-    collector = OutputCollector(NODE, list(SIZES))
-    spinner = Spinner(player, collector)
-    try:
-        ok = wait_until(lambda: collector._set.service_is_ready() or not node.alive(), 120)
-        assert ok and node.alive(), f"node did not come up:\n{node.log()[-4000:]}"
-        assert collector.wait_for_frames(list(SIZES), 30), f"node received no frames:\n{node.log()[-4000:]}"
+    with serving_node_process(node, cams, NODE) as (player, collector):
         yield node, player, collector
-    finally:
-        spinner.close()
-        code = node.stop()
-        player.destroy_node()
-        collector.destroy_node()
-        rclpy.shutdown()
-        assert code == 0, f"node exited with {code}:\n{node.log()[-4000:]}"
 
 
 @pytest.fixture()

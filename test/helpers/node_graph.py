@@ -1,13 +1,17 @@
-"""The in-process node test harness: the vggts node (or its managed variant) with a camera
-player and an output collector, spun over real DDS in this process, on the weight-free
-geometric backend and a bundled scene with exact ground truth.
+"""Node test harnesses over real DDS.
+
+``NodeGraph``: the vggts node (or its managed variant) in this process with a camera
+player and an output collector, on the weight-free geometric backend and a bundled scene
+with exact ground truth. ``serving_node_process``: the node executable as a child process,
+with player and collector in this process.
 
 Import only after ``pytest.importorskip("rclpy", ...)``. Test modules take the fixtures
 (``ros``, ``scene``, ``graph_factory``) by importing them.
 """
 
+import contextlib
 import os
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import pytest
@@ -19,7 +23,7 @@ from vggts_ros.config import CameraConfig, InferenceConfig, ModelConfig, NodeCon
 from vggts_ros.geometric import GeometricSegmentor
 from vggts_ros.ros import transport
 from vggts_ros.ros.node import VGGTSNode
-from vggts_ros.ros.player import CameraPlayer, OutputCollector, PlayedCamera, Spinner, wait_until
+from vggts_ros.ros.player import CameraPlayer, NodeProcess, OutputCollector, PlayedCamera, Spinner, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +129,31 @@ def iou_on(received, scene, camera, oid=1, truth_oid=None):
     """IoU of object ``oid`` in a received mask with the scene's ground truth of
     ``truth_oid`` (default: the same id) in ``camera``."""
     return metrics.iou(scene.mask(camera, oid if truth_oid is None else truth_oid), labels(received.msg) == oid)
+
+
+@contextlib.contextmanager
+def serving_node_process(node: NodeProcess, cameras: Sequence[PlayedCamera], outputs_of: str,
+                         player_name: str = "vggts_player", collector_name: str = "vggts_collector"):
+    """Start ``node`` (rclpy is initialised here), play ``cameras`` at 5 Hz and collect the
+    outputs of the node named ``outputs_of``; yields ``(player, collector)`` once the node
+    serves and reports frames from every camera. Afterwards everything stops and the
+    node must have exited with 0 (its log tail is in every failure message)."""
+    transport.configure()  # this process publishes camera images
+    rclpy.init()
+    node.start()
+    names = [c.name for c in cameras]
+    player = CameraPlayer(list(cameras), rate_hz=5.0, name=player_name)
+    collector = OutputCollector(outputs_of, names, name=collector_name)
+    spinner = Spinner(player, collector)
+    try:
+        ok = wait_until(lambda: collector._set.service_is_ready() or not node.alive(), 120)
+        assert ok and node.alive(), f"node did not come up:\n{node.log()[-4000:]}"
+        assert collector.wait_for_frames(names, 30), f"node received no frames:\n{node.log()[-4000:]}"
+        yield player, collector
+    finally:
+        spinner.close()
+        code = node.stop()
+        player.destroy_node()
+        collector.destroy_node()
+        rclpy.shutdown()
+    assert code == 0, f"node exited with {code}:\n{node.log()[-4000:]}"
