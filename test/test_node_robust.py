@@ -84,6 +84,22 @@ def test_live_parameters_apply_and_read_only_ones_are_refused(graph_factory, sce
     assert g.node.sync.slop == 0.05 and g.node.cfg.inference.source_mode == "keyframe"
 
 
+def test_the_stale_limit_follows_the_camera_rate_once_switched_on_live(graph_factory, scene):
+    g = graph_factory(scene, "vggts_stalerate")
+    assert wait_until(lambda: g.status("exo1").get("stale_after_s") == "1.000", 20), g.status("exo1")
+    [bad] = g.collector.set_parameters(sync__stale_periods=-1.0)
+    assert not bad.successful and "sync.stale_periods" in bad.reason
+    [on] = g.collector.set_parameters(sync__stale_periods=2.0)
+    assert on.successful, on.reason
+    assert g.node.sync.stale_periods == 2.0
+    # 2 frame periods of the 5 Hz cameras (above the 0.25 s floor) replace the fixed 1 s.
+    assert wait_until(lambda: g.status("exo1").get("stale_after_s") not in ("", "1.000"), 10), g.status("exo1")
+    assert 0.25 <= float(g.status("exo1")["stale_after_s"]) < 1.0, g.status("exo1")
+    [off] = g.collector.set_parameters(sync__stale_periods=0.0)
+    assert off.successful, off.reason
+    assert wait_until(lambda: g.status("exo1").get("stale_after_s") == "1.000", 10), g.status("exo1")
+
+
 class Gate:
     """The geometric backend, held inside ``segment`` until released."""
 
