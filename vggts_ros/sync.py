@@ -97,7 +97,7 @@ DROP_REASONS = ("overflow", "unmatched", "late", "duplicate", "invalid", "future
 _DELAYS = 15
 _MIN_DELAYS = 5
 _FUTURE_STREAK = 3
-_MIN_GAPS = 3  # stamp and arrival gaps needed before a camera's period counts as known
+_MIN_GAPS = 3  # gaps needed before a camera's period counts as known
 _EPS = 1e-9
 
 
