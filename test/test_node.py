@@ -96,7 +96,9 @@ def test_bad_requests_are_refused_with_a_reason_and_change_nothing(fresh):
     assert resp.success and resp.object_id == 4, resp.message
     bad = collector.set_source_mask("ego", np.zeros_like(good), object_id=4)
     assert not bad.success
-    assert wait_until(lambda: collector.count("masks", "exo1") > 0, 60), node.log()[-3000:]
+    # Masks and points travel on separate topics: either may arrive first.
+    assert wait_until(lambda: collector.count("masks", "exo1") > 0 and collector.count("points", "exo1") > 0, 60), \
+        node.log()[-3000:]
     assert collector.latest("points", "exo1").msg.objects[0].object_id == 4
     assert node.alive()
 
