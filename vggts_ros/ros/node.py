@@ -51,6 +51,7 @@ from vggts_ros.config import CAMERA_KEYS, CAMERA_PARAMETERS, PARAMETERS, NodeCon
 from vggts_ros.frame_history import Frame, FrameHistory, SizeTracker
 from vggts_ros.health import ERROR, OK, WARN, Health, Throttle
 from vggts_ros.markers import ObjectPointsView, camera_info_fields, projected_point_markers
+from vggts_ros import outcome
 from vggts_ros.msg import ObjectPoints, ProjectedPoints
 from vggts_ros.registry import ObjectRegistry, RegistryError, TrackedObject
 from vggts_ros.ros.conversions import (ImageError, check_pixels, check_size, compressed_size, compressed_to_rgb,
@@ -686,7 +687,10 @@ class VGGTSNode(Node):
         points.source_camera = ",".join(sorted({obj.camera for obj, _ in pairs}))
         for obj, result in sorted(pairs, key=lambda p: p[1].score):
             labels[result.mask.astype(bool)] = obj.object_id
-        for obj, result in pairs:
+        # Which path made each mask, and why an empty one is empty (never left unsaid).
+        backend = getattr(self.segmentor, "name", type(self.segmentor).__name__)
+        described = outcome.annotate(labels, [(o.object_id, r) for o, r in pairs], backend)
+        for (obj, result), told in zip(pairs, described):
             entry = ObjectPoints()
             entry.object_id = obj.object_id
             entry.source_xy = np.asarray(result.source_points, dtype=np.float32).reshape(-1).tolist()
@@ -696,6 +700,8 @@ class VGGTSNode(Node):
             entry.score = float(result.score)
             entry.label = obj.label
             entry.area = int((labels == obj.object_id).sum())
+            entry.path = told.path
+            entry.reason = told.reason
             points.objects.append(entry)
         mask_msg = Image()
         mask_msg.header = header
