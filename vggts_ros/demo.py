@@ -4,7 +4,11 @@ For each scene a real ``vggts_node`` process starts with the scene's cameras; a 
 node publishes the views as synchronised camera streams, a client sets every object's
 source mask by service, and the masks the node publishes are compared with the scene's
 exact ground truth. Output: one overlay mosaic PNG per scene, ``results.json`` and a
-table of IoU per target view, with the backend that produced them.
+table of IoU per target view, with the backend that produced them, the path that made
+each mask and, for each object the node published empty, its "not found" reason.
+
+The default scenes include the hard cases of the weight-free backend (tall boxes at
+wide baselines, a flat-coloured box, a painted wall), whatever their IoU.
 
 Without checkpoints the node runs the weight-free geometric backend (a baseline, not
 VGGT-S); with ``--vggt-checkpoint`` and ``--head-checkpoint`` (local files) it runs the
@@ -24,7 +28,9 @@ import numpy as np
 
 from vggts_ros.config import BACKENDS, MODEL_PRESETS, CameraConfig, InferenceConfig, ModelConfig, NodeConfig, PublishConfig, SyncConfig
 
-DEFAULT_SCENES = "synthetic:0,synthetic:1,motorcycle"
+# The easy scenes, then the hard cases for the weight-free backend (vggts_ros.scenes):
+# tall boxes at wide baselines, a flat-coloured box, a painted wall.
+DEFAULT_SCENES = "synthetic:0,synthetic:1,motorcycle,tall:0,textureless:0,wall:0"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head-checkpoint", default="", help="VGGT-S main_exp.pth (local path)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--scenes", default=DEFAULT_SCENES,
-                        help="comma-separated: synthetic:<seed> and/or motorcycle (default %(default)s)")
+                        help="comma-separated: synthetic:<seed>, tall:<seed>, textureless:<seed>, wall:<seed>, "
+                             "motorcycle (default %(default)s)")
     parser.add_argument("--out", default="out/demo", help="directory for mosaics and results.json")
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds to wait for a scene's outputs")
     parser.set_defaults(func=run)
@@ -58,16 +65,7 @@ def choose_model(args: argparse.Namespace) -> ModelConfig:
 def load_scenes(spec: str):
     from vggts_ros import scenes
 
-    out = []
-    for item in [s.strip() for s in spec.split(",") if s.strip()]:
-        kind, _, arg = item.partition(":")
-        if kind == "synthetic":
-            out.append(scenes.synthetic_scene(seed=int(arg or 0)))
-        elif kind == "motorcycle":
-            out.append(scenes.motorcycle_scene())
-        else:
-            raise ValueError(f"unknown scene {item!r}; use synthetic:<seed> or motorcycle")
-    return out
+    return [scenes.load_scene(item) for item in [s.strip() for s in spec.split(",") if s.strip()]]
 
 
 def _scene_config(scene, model: ModelConfig, prefix: str = "/vggts_demo") -> NodeConfig:
@@ -141,6 +139,7 @@ def run_scene(scene, model: ModelConfig, out_dir: Path, timeout: float) -> Dict:
             labels = np.frombuffer(bytes(mask_msg.data), np.uint8).reshape(mask_msg.height, mask_msg.width)
             points = {o.object_id: np.asarray(o.target_xy, np.float32).reshape(-1, 2)
                       for o in points_msg.msg.objects}
+            published = {o.object_id: o for o in points_msg.msg.objects}
             ious = []
             for oid in ids:
                 gt = scene.mask(cam, oid)
@@ -148,7 +147,9 @@ def run_scene(scene, model: ModelConfig, out_dir: Path, timeout: float) -> Dict:
                 row = dict(scene=scene.name, target=cam, role=scene.role(cam), object=oid,
                            iou=metrics.iou(gt, pred), location_error=metrics.location_error(gt, pred),
                            contour_accuracy=metrics.contour_accuracy(gt, pred),
-                           gt_area=int(gt.sum()), pred_area=int(pred.sum()))
+                           gt_area=int(gt.sum()), pred_area=int(pred.sum()),
+                           # as published: the path that made the mask, and why it is empty if it is
+                           path=published[oid].path, reason=published[oid].reason)
                 rows.append(row)
                 ious.append(row["iou"])
             tile = overlay_masks(scene.image(cam), labels, [points[o] for o in ids if o in points])
@@ -189,11 +190,16 @@ def _outline(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def format_table(rows: List[Dict], backend: str) -> str:
+    """IoU, location error and contour accuracy per target and object, with the path that
+    made each mask and, for an empty one, the published "not found" reason."""
     lines = [f"backend: {backend}",
-             f"{'scene':<14} {'target':<8} {'role':<7} {'obj':>3} {'IoU':>6} {'LE':>6} {'CA':>6}"]
+             f"{'scene':<14} {'target':<8} {'role':<7} {'obj':>3} {'IoU':>6} {'LE':>6} {'CA':>6}  path"]
     for r in rows:
-        lines.append(f"{r['scene']:<14} {r['target']:<8} {r['role']:<7} {r['object']:>3} {r['iou']:>6.3f} "
-                     f"{r['location_error']:>6.3f} {r['contour_accuracy']:>6.3f}")
+        line = (f"{r['scene']:<14} {r['target']:<8} {r['role']:<7} {r['object']:>3} {r['iou']:>6.3f} "
+                f"{r['location_error']:>6.3f} {r['contour_accuracy']:>6.3f}  {r.get('path', '')}")
+        if r.get("reason"):
+            line += f" ({r['reason']})"
+        lines.append(line)
     per_view: Dict = {}
     for r in rows:
         per_view.setdefault((r["scene"], r["target"]), []).append(r["iou"])
@@ -201,6 +207,8 @@ def format_table(rows: List[Dict], backend: str) -> str:
     for (scene, target), values in per_view.items():
         lines.append(f"  {scene:<14} {target:<8} {np.mean(values):.3f}")
     lines.append(f"overall mean IoU: {np.mean([r['iou'] for r in rows]):.3f}")
+    empty = [r for r in rows if r["pred_area"] == 0]
+    lines.append(f"not found: {len(empty)} of {len(rows)} object/view pairs (reasons above)")
     return "\n".join(lines)
 
 
