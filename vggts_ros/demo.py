@@ -20,9 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import subprocess
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -79,27 +81,61 @@ def _scene_config(scene, model: ModelConfig, prefix: str = "/vggts_demo") -> Nod
     )
 
 
-def run_scene(scene, model: ModelConfig, out_dir: Path, timeout: float) -> Dict:
-    """Run one scene through a node process; return its metrics rows and timings."""
+class SceneNode:
+    """One scene's node process, started ahead of time: while a scene's outputs are
+    scored and its graph torn down, the next scene's node is already loading."""
+
+    def __init__(self, scene, model: ModelConfig, index: int) -> None:
+        from vggts_ros.ros.player import NodeProcess
+
+        # Names unique to this run and scene: two demos on one host and domain, or two
+        # scenes' nodes alive at once, must not cross-talk.
+        self.base = f"vggts_demo_{os.getpid()}_{index}"
+        self.cfg = _scene_config(scene, model, prefix=f"/{self.base}")
+        # The demo's camera streams are reliable end to end (player and the node's
+        # subscriptions, through the node's REP-2003 qos_overrides): a best-effort image
+        # that loses one 64 KB fragment is lost whole, and under load that starved the
+        # node of frames for > 30 s even with large transport buffers. Real cameras keep
+        # sensor-data QoS (README).
+        reliable = {"reliability": "reliable", "history": "keep_last", "depth": 5}
+        overrides = {c.topic: {"subscription": dict(reliable)} for c in self.cfg.cameras}
+        self.process = NodeProcess(self.cfg, node_name=self.base, extra_params={"qos_overrides": overrides}).start()
+        self.started = time.monotonic()
+        self.interrupted = False
+
+    def interrupt(self) -> None:
+        """Ask the node to exit (SIGINT) without waiting: its clean shutdown (which may
+        finish an inference first) takes seconds the next scene can use."""
+        if self.process.alive() and not self.interrupted:
+            self.process.proc.send_signal(signal.SIGINT)
+            self.interrupted = True
+
+    def finish(self, timeout: float = 30.0) -> None:
+        """Wait for the node to exit (asked to, if not yet); killed after ``timeout``."""
+        if self.interrupted and self.process.alive():
+            try:
+                self.process.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.proc.kill()
+        self.process.stop(timeout)  # SIGINT and wait if still running; closes its log
+
+
+def run_scene(scene, model: ModelConfig, out_dir: Path, timeout: float, started: Optional[SceneNode] = None,
+              when_done: Optional[Callable[[], None]] = None) -> Dict:
+    """Run one scene through a node process (``started``, or one started here); return
+    its metrics rows and timings. ``when_done`` is called once the outputs are in."""
     from vggts_ros import metrics
-    from vggts_ros.ros.player import CameraPlayer, NodeProcess, OutputCollector, PlayedCamera, Spinner, wait_until
+    from vggts_ros.ros.player import CameraPlayer, OutputCollector, PlayedCamera, Spinner, wait_until
     from vggts_ros.visualize import mosaic, overlay_masks
 
-    # Names unique to this run: two demos on one host and domain must not cross-talk.
-    base = f"vggts_demo_{os.getpid()}"
-    cfg = _scene_config(scene, model, prefix=f"/{base}")
-    # The demo's camera streams are reliable end to end (player and the node's subscriptions,
-    # through the node's REP-2003 qos_overrides): a best-effort image that loses one 64 KB
-    # fragment is lost whole, and under load that starved the node of frames for > 30 s
-    # even with large transport buffers. Real cameras keep sensor-data QoS (README).
-    reliable = {"reliability": "reliable", "history": "keep_last", "depth": 5}
-    overrides = {c.topic: {"subscription": dict(reliable)} for c in cfg.cameras}
-    node = NodeProcess(cfg, node_name=base, extra_params={"qos_overrides": overrides}).start()
+    own = started is None
+    started = started or SceneNode(scene, model, 0)
+    base, cfg, node = started.base, started.cfg, started.process
     player = CameraPlayer([PlayedCamera(c.name, c.topic, scene.image(c.name)) for c in cfg.cameras], rate_hz=5.0,
                           name=f"{base}_cameras", reliable=True)
     collector = OutputCollector(base, [c.name for c in cfg.cameras], name=f"{base}_client")
     spinner = Spinner(player, collector)
-    t0 = time.monotonic()
+    t0 = started.started
     try:
         if not wait_until(lambda: collector._set.service_is_ready() or not node.alive(), 120) or not node.alive():
             raise RuntimeError(f"the node did not start:\n{node.log()[-3000:]}")
@@ -129,6 +165,8 @@ def run_scene(scene, model: ModelConfig, out_dir: Path, timeout: float) -> Dict:
         if not wait_until(complete, timeout, period=0.1):
             raise RuntimeError(f"no complete output within {timeout:.0f} s:\n{node.log()[-3000:]}")
         first_output = time.monotonic() - t_set
+        if when_done is not None:
+            when_done()
         status = collector.pipeline_status() or {}
         rows: List[Dict] = []
         tiles = [overlay_masks(scene.image(scene.source), _labels(scene, scene.source))]
@@ -164,7 +202,10 @@ def run_scene(scene, model: ModelConfig, out_dir: Path, timeout: float) -> Dict:
                     diagnostics=status)
     finally:
         spinner.close()
-        node.stop()
+        if own:
+            started.finish()
+        else:
+            started.interrupt()  # the caller waits for it (finish) while the next scene runs
         player.destroy_node()
         collector.destroy_node()
 
@@ -234,15 +275,29 @@ def run(args: argparse.Namespace) -> int:
         print(f"backend: vggts ({model.config}, {model.vggt_checkpoint}, {model.head_checkpoint})", flush=True)
     rclpy.init()
     results = []
+    nodes: List[SceneNode] = []
+
+    def start_upto(index: int) -> None:
+        """Start the nodes of the scenes up to ``index`` (those not started yet)."""
+        while len(nodes) <= min(index, len(scenes) - 1):
+            nodes.append(SceneNode(scenes[len(nodes)], model, len(nodes)))
+
     try:
-        for scene in scenes:
-            t0 = time.monotonic()
-            result = run_scene(scene, model, out_dir, args.timeout)
+        for i, scene in enumerate(scenes):
+            start_upto(i)
+            t0 = nodes[i].started
+            # the next scene's node loads while this one is scored and closed
+            result = run_scene(scene, model, out_dir, args.timeout, started=nodes[i],
+                               when_done=lambda i=i: start_upto(i + 1))
+            if i > 0:
+                nodes[i - 1].finish()  # long gone in general: at most three node processes at once
             result["wall_seconds"] = time.monotonic() - t0
             results.append(result)
             print(f"{scene.name}: {len(result['rows'])} object/view pairs in {result['wall_seconds']:.1f} s "
                   f"-> {result['mosaic']}", flush=True)
     finally:
+        for started in nodes:
+            started.finish()
         rclpy.shutdown()
     rows = [r for res in results for r in res["rows"]]
     table = format_table(rows, model.backend)
