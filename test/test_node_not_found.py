@@ -25,7 +25,7 @@ TARGETS = ("exo1", "exo2")
 
 def test_interface_has_path_and_reason():
     fields = ObjectPoints.get_fields_and_field_types()
-    assert fields["path"] == "string" and fields["reason"] == "string", (
+    assert (fields.get("path"), fields.get("reason")) == ("string", "string"), (
         "the installed vggts_ros interfaces predate msg/ObjectPoints.msg: rebuild them (bash run.sh setup)")
 
 

@@ -700,8 +700,9 @@ class VGGTSNode(Node):
             entry.score = float(result.score)
             entry.label = obj.label
             entry.area = int((labels == obj.object_id).sum())
-            entry.path = told.path
-            entry.reason = told.reason
+            if hasattr(entry, "reason"):  # interfaces generated before the msg had them: rebuild (run.sh setup)
+                entry.path = told.path
+                entry.reason = told.reason
             points.objects.append(entry)
         mask_msg = Image()
         mask_msg.header = header
