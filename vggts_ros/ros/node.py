@@ -149,6 +149,7 @@ class VGGTSNode(Node):
         self.sets_processed = 0
         self.last: Optional[SetTiming] = None
         self._published_on: set = set()
+        self._active = False
 
         if not getattr(self, "_managed", False):  # the lifecycle node runs these on its transitions
             self._load(segmentor)
@@ -174,8 +175,13 @@ class VGGTSNode(Node):
         self.segmentor = segmentor
 
     def _start(self) -> None:
-        """Subscriptions, publishers, services, timers and the inference thread (activate)."""
-        kinds = ("subscriptions", "publishers", "services", "timers")
+        """Subscriptions, publishers, services, timers and the inference thread (activate).
+
+        Subscriptions and publishers are made once and kept across deactivate/activate (images
+        are ignored while inactive): destroying them while a multi-threaded executor builds
+        its wait set can raise InvalidHandle in the executor's own thread (their QoS event
+        handlers), which stops all spinning. Services and timers are safe to destroy."""
+        kinds = ("services", "timers")
         before = {kind: set(getattr(self, kind)) for kind in kinds}
         names = [c.name for c in self.cfg.cameras]
         s = self.cfg.sync
@@ -184,10 +190,45 @@ class VGGTSNode(Node):
             required=[c.name for c in self.cfg.cameras if c.required], min_cameras=min(s.min_cameras, len(names)),
             jump_threshold=s.jump_threshold, correct_offset_above=s.correct_offset_above,
         )
+        if not hasattr(self, "_subs"):
+            self._io_group = ReentrantCallbackGroup()
+            self._service_group = MutuallyExclusiveCallbackGroup()
+            self._timer_group = MutuallyExclusiveCallbackGroup()
+            self._create_io()
+        self._active = True
+        self.create_service(SetSourceMask, "~/set_source_mask", self._on_set_source_mask,
+                            callback_group=self._service_group)
+        self.create_service(ClearObjects, "~/clear_objects", self._on_clear_objects,
+                            callback_group=self._service_group)
+        if ClickToMask is not None:
+            self.create_service(ClickToMask, "~/click_to_mask", self._on_click_to_mask,
+                                callback_group=self._service_group)
+        self.create_timer(0.1, self._on_poll, callback_group=self._timer_group, clock=self._steady)
+        self.create_timer(self.cfg.publish.diagnostics_period, self._publish_diagnostics,
+                          callback_group=self._timer_group, clock=self._steady)
+        self._jump_handle = self.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-int(s.jump_threshold * 1e9)),
+                          on_clock_change=True),
+            post_callback=self._on_time_jump)
+        if getattr(self, "_parameter_callbacks", False):
+            pass  # a managed node activated again
+        elif hasattr(self, "add_post_set_parameters_callback"):
+            self.add_on_set_parameters_callback(self._validate_parameters)
+            self.add_post_set_parameters_callback(self._apply_parameters)
+        else:  # Humble: no post-set callbacks; apply once validated
+            self.add_on_set_parameters_callback(self._validate_and_apply)
+        self._parameter_callbacks = True
 
-        self._io_group = ReentrantCallbackGroup()
-        self._service_group = MutuallyExclusiveCallbackGroup()
-        self._timer_group = MutuallyExclusiveCallbackGroup()
+        self._pending: Optional[Tuple[SyncSet, float]] = None
+        self._wake = threading.Condition()
+        self._running = True
+        self._worker = threading.Thread(target=self._worker_loop, name="vggts-inference", daemon=True)
+        self._worker.start()
+        self._started = [(getattr(self, "destroy_" + kind[:-1]), e) for kind in kinds
+                         for e in getattr(self, kind) if e not in before[kind]]
+
+    def _create_io(self) -> None:
+        """The camera subscriptions and every publisher (first activate only)."""
         qos_options = QoSOverridingOptions.with_default_policies()
         self._subs = {}
         for cam in self.cfg.cameras:
@@ -217,43 +258,14 @@ class VGGTSNode(Node):
                 CameraInfo, camera_info_topic(cam.topic), lambda msg, name=cam.name: self._infos.__setitem__(name, msg),
                 qos_profile_sensor_data, callback_group=self._io_group)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_service(SetSourceMask, "~/set_source_mask", self._on_set_source_mask,
-                            callback_group=self._service_group)
-        self.create_service(ClearObjects, "~/clear_objects", self._on_clear_objects,
-                            callback_group=self._service_group)
         self.create_subscription(PointStamped, "~/click", self._on_click, 10, callback_group=self._service_group)
-        if ClickToMask is not None:
-            self.create_service(ClickToMask, "~/click_to_mask", self._on_click_to_mask,
-                                callback_group=self._service_group)
-        self.create_timer(0.1, self._on_poll, callback_group=self._timer_group, clock=self._steady)
-        self.create_timer(self.cfg.publish.diagnostics_period, self._publish_diagnostics,
-                          callback_group=self._timer_group, clock=self._steady)
-        self._jump_handle = self.get_clock().create_jump_callback(
-            JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-int(s.jump_threshold * 1e9)),
-                          on_clock_change=True),
-            post_callback=self._on_time_jump)
-        if getattr(self, "_parameter_callbacks", False):
-            pass  # a managed node activated again
-        elif hasattr(self, "add_post_set_parameters_callback"):
-            self.add_on_set_parameters_callback(self._validate_parameters)
-            self.add_post_set_parameters_callback(self._apply_parameters)
-        else:  # Humble: no post-set callbacks; apply once validated
-            self.add_on_set_parameters_callback(self._validate_and_apply)
-        self._parameter_callbacks = True
-
-        self._pending: Optional[Tuple[SyncSet, float]] = None
-        self._wake = threading.Condition()
-        self._running = True
-        self._worker = threading.Thread(target=self._worker_loop, name="vggts-inference", daemon=True)
-        self._worker.start()
-        self._started = [(getattr(self, "destroy_" + kind[:-1]), e) for kind in kinds
-                         for e in getattr(self, kind) if e not in before[kind]]
 
     def _stop(self) -> None:
         """Undo :meth:`_start` (deactivate): a set in inference finishes first; the backend
         and the objects stay."""
         if not getattr(self, "_started", None):
             return
+        self._active = False
         with self._wake:
             self._running = False
             self._wake.notify_all()
@@ -333,6 +345,8 @@ class VGGTSNode(Node):
 
     # ------------------------------------------------------------------ input
     def _on_image(self, camera: str, msg) -> None:
+        if not self._active:  # a managed node between deactivate and activate
+            return
         now = time.monotonic()
         cam = self.cfg.camera(camera)
         image = Image_(msg, cam.compressed, self.cfg.inference.max_image_pixels)
@@ -449,6 +463,9 @@ class VGGTSNode(Node):
     def _on_click(self, msg) -> None:
         """``~/click``: ``header.frame_id`` names the camera (its name, or the ``frame_id`` of its
         images), ``point.x, point.y`` a pixel on the object in that camera's newest frame."""
+        if not self._active:
+            self.get_logger().warning("click ignored: the node is not active")
+            return
         try:
             ok, message, _, _ = self.click_to_mask(msg.header.frame_id, [(msg.point.x, msg.point.y)])
         except Exception as exc:  # a bad click must not take the node down
