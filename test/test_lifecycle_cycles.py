@@ -7,29 +7,16 @@ event handlers are waitables; destroying one while the executor's thread was bui
 wait set raised ``InvalidHandle`` in that thread, spinning stopped for good and the next
 ``change_state`` was never answered (found as a rare 30 s timeout in the lifecycle test)."""
 
-import os
-
 import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy (ros-kilted-rclpy) is not installed")
 pytest.importorskip("lifecycle_msgs", reason="lifecycle_msgs (ros-kilted-lifecycle-msgs) is not installed")
 
-from rclpy.parameter import Parameter  # noqa: E402
-
-from vggts_ros.config import CameraConfig, InferenceConfig, ModelConfig, NodeConfig, PublishConfig, SyncConfig  # noqa: E402
-from vggts_ros.ros import transport  # noqa: E402
-from vggts_ros.ros.player import CameraPlayer, OutputCollector, PlayedCamera, Spinner, wait_until  # noqa: E402
+from helpers.node_graph import NodeGraph, ros  # noqa: E402,F401
+from vggts_ros.ros.player import wait_until  # noqa: E402
 from vggts_ros.scenes import synthetic_scene  # noqa: E402
 
 CYCLES = 12
-
-
-@pytest.fixture()
-def ros():
-    transport.configure()
-    rclpy.init()
-    yield
-    rclpy.shutdown()
 
 
 def test_deactivate_activate_cycles_under_streaming_keep_the_executor_spinning(ros):
@@ -39,22 +26,13 @@ def test_deactivate_activate_cycles_under_streaming_keep_the_executor_spinning(r
     from vggts_ros.ros.lifecycle import VGGTSLifecycleNode
 
     scene = synthetic_scene(seed=0)
-    name = f"vggts_cycles_{os.getpid()}"
-    cfg = NodeConfig(
-        cameras=[CameraConfig(c, f"/{name}_cams/{c}/image_raw", scene.role(c)) for c in scene.views],
-        sync=SyncConfig(slop=0.02, queue_size=5, stale_after=1.0),
-        model=ModelConfig(backend="geometric", device="cpu"),
-        inference=InferenceConfig(),
-        # Fast timers: more entities for the executor to rebuild its wait set around.
-        publish=PublishConfig(overlay=False, diagnostics_period=0.05),
-    )
-    node = VGGTSLifecycleNode(name, parameter_overrides=[Parameter(k, value=v) for k, v in cfg.to_parameters().items()])
-    player = CameraPlayer([PlayedCamera(c.name, c.topic, scene.image(c.name)) for c in cfg.cameras], rate_hz=20.0,
-                          name=f"{name}_player")
-    collector = OutputCollector(name, list(scene.views), name=f"{name}_collector")
+    # Fast timers: more entities for the executor to rebuild its wait set around.
+    g = NodeGraph(scene, "vggts_cycles", diagnostics_period=0.05, rate_hz=20.0, spin=False,
+                  node_factory=lambda name, overrides: VGGTSLifecycleNode(name, parameter_overrides=overrides))
+    name, node, collector = g.name, g.node, g.collector
     change = collector.create_client(ChangeState, f"/{name}/change_state")
     get = collector.create_client(GetState, f"/{name}/get_state")
-    spinner = Spinner(node, player, collector)
+    spinner = g.spin().spinner
 
     def transition(tid):
         ok = collector._call(change, ChangeState.Request(transition=Transition(id=tid)), 30).success
@@ -82,6 +60,4 @@ def test_deactivate_activate_cycles_under_streaming_keep_the_executor_spinning(r
         assert node.history.latest("ego") is latest
         assert spinner._thread.is_alive()
     finally:
-        spinner.close()
-        for n in (collector, player, node):
-            n.destroy_node()
+        g.close()

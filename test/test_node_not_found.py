@@ -2,22 +2,15 @@
 published target says which path made its mask, and an object the backend cannot find
 comes with a "not found" reason instead of a silent empty mask."""
 
-import os
-
-import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy (ros-kilted-rclpy) is not installed")
 
-from rclpy.parameter import Parameter  # noqa: E402
-
+from helpers.node_graph import NodeGraph, labels, ros  # noqa: E402,F401
 from vggts_ros import metrics  # noqa: E402
-from vggts_ros.config import CameraConfig, InferenceConfig, ModelConfig, NodeConfig, PublishConfig, SyncConfig  # noqa: E402
 from vggts_ros.geometric import GeometricSegmentor  # noqa: E402
 from vggts_ros.msg import ObjectPoints  # noqa: E402
-from vggts_ros.ros import transport  # noqa: E402
-from vggts_ros.ros.node import VGGTSNode  # noqa: E402
-from vggts_ros.ros.player import CameraPlayer, OutputCollector, PlayedCamera, Spinner, wait_until  # noqa: E402
+from vggts_ros.ros.player import wait_until  # noqa: E402
 from vggts_ros.scenes import textureless_scene  # noqa: E402
 
 TARGETS = ("exo1", "exo2")
@@ -29,26 +22,12 @@ def test_interface_has_path_and_reason():
         "the installed vggts_ros interfaces predate msg/ObjectPoints.msg: rebuild them (bash run.sh setup)")
 
 
-def test_a_textureless_object_is_published_empty_with_its_reason_and_a_textured_one_with_its_path():
+def test_a_textureless_object_is_published_empty_with_its_reason_and_a_textured_one_with_its_path(ros):
     scene = textureless_scene(0)  # object 1: one flat colour; object 2: textured
-    name = f"vggts_notfound_{os.getpid()}"
-    cfg = NodeConfig(
-        cameras=[CameraConfig(c, f"/{name}_cams/{c}/image_raw", scene.role(c)) for c in scene.views],
-        sync=SyncConfig(slop=0.02, queue_size=5, stale_after=1.0),
-        model=ModelConfig(backend="geometric", device="cpu"),
-        inference=InferenceConfig(),
-        publish=PublishConfig(overlay=False, diagnostics_period=0.3),
-    )
-    transport.configure()
-    rclpy.init()
     # Without its colour fallback the geometric backend has only the object's own features,
     # which a flat-coloured box does not have.
-    node = VGGTSNode(name, segmentor=GeometricSegmentor(fallback=False),
-                     parameter_overrides=[Parameter(k, value=v) for k, v in cfg.to_parameters().items()])
-    player = CameraPlayer([PlayedCamera(c.name, c.topic, scene.image(c.name)) for c in cfg.cameras], rate_hz=5.0,
-                          name=f"{name}_player")
-    collector = OutputCollector(name, list(scene.views), name=f"{name}_collector")
-    spinner = Spinner(node, player, collector)
+    g = NodeGraph(scene, "vggts_notfound", segmentor=GeometricSegmentor(fallback=False))
+    node, collector = g.node, g.collector
     try:
         assert wait_until(lambda: node.history.latest("ego") is not None, 20)
         for oid, label in ((1, "plain box"), (2, "textured box")):
@@ -64,20 +43,17 @@ def test_a_textureless_object_is_published_empty_with_its_reason_and_a_textured_
         for cam in TARGETS:
             points = collector.latest("points", cam)
             mask = collector.at_stamp("masks", cam, points.stamp).msg
-            labels = np.frombuffer(bytes(mask.data), np.uint8).reshape(mask.height, mask.width)
+            ids = labels(mask)
             objs = {o.object_id: o for o in points.msg.objects}
             plain, textured = objs[1], objs[2]
             # not found: no pixel, zero score, the backend's name as path and its reason
-            assert not (labels == 1).any() and plain.area == 0 and plain.score == 0.0
+            assert not (ids == 1).any() and plain.area == 0 and plain.score == 0.0
             assert plain.path == "geometric"
             assert "object" in plain.reason and ("matches" in plain.reason or "features" in plain.reason), plain.reason
             assert plain.label == "plain box"
             # found: its pixels, the path that found it, no reason
             assert textured.path == "object_features" and textured.reason == ""
-            assert textured.area == int((labels == 2).sum()) > 0
-            assert metrics.iou(scene.mask(cam, 2), labels == 2) > 0.5, cam
+            assert textured.area == int((ids == 2).sum()) > 0
+            assert metrics.iou(scene.mask(cam, 2), ids == 2) > 0.5, cam
     finally:
-        spinner.close()
-        for n in (node, player, collector):
-            n.destroy_node()
-        rclpy.shutdown()
+        g.close()

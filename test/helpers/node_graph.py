@@ -54,7 +54,7 @@ def node_config(scene, name: str, inference: Optional[InferenceConfig] = None,
 
 
 class NodeGraph:
-    """Node, player (5 Hz, the scene's images) and collector, spinning unless ``spin=False``
+    """Node, player (``rate_hz``, the scene's images) and collector, spinning unless ``spin=False``
     (then add nodes of the test's own and call ``spin(*those)``).
 
     ``name`` gets this process's id appended: another run on the same ROS domain must not
@@ -63,7 +63,7 @@ class NodeGraph:
 
     def __init__(self, scene, name: str, segmentor=None, inference: Optional[InferenceConfig] = None,
                  extra: Iterable[Parameter] = (), diagnostics_period: float = 0.3,
-                 node_factory: Optional[Callable] = None, spin: bool = True) -> None:
+                 node_factory: Optional[Callable] = None, spin: bool = True, rate_hz: float = 5.0) -> None:
         name = f"{name}_{os.getpid()}"
         self.name = name
         self.scene = scene
@@ -74,7 +74,7 @@ class NodeGraph:
         else:
             self.node = VGGTSNode(name, segmentor=segmentor or GeometricSegmentor(), parameter_overrides=overrides)
         self.player = CameraPlayer([PlayedCamera(c.name, c.topic, scene.image(c.name)) for c in self.cfg.cameras],
-                                   rate_hz=5.0, name=f"{name}_player")
+                                   rate_hz=rate_hz, name=f"{name}_player")
         self.collector = OutputCollector(name, list(scene.views), name=f"{name}_collector")
         self.extra_nodes = []
         self.spinner = None
