@@ -6,7 +6,8 @@ short-side square around the mask's mean x and resized (never letterboxed); 5 K-
 points of that square are tracked into the resized 704x704 ego view and, clipped, are the
 head's target prompts; the source crop is the R=2 zoom within the square; the head runs
 as the evaluation loop runs it (accumulating point identity); the ego logits are resized
-back to 704. Networks and float32 tolerances: ``pipeline_fixture.py``.
+back to 704. Networks, float32 tolerances and the work shared between tests:
+``pipeline_fixture.py`` (the first-pass tests read the end-to-end run's own first pass).
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ import torch
 
 import parity_tolerances as ptol
 from conftest import assert_close_ref, load_fixture
-from pipeline_fixture import (assert_close, assert_image, assert_points, build_networks, drift_tolerance,
-                              network_logits, np_)
-from vggts_ros.config import PipelineConfig
-from vggts_ros.pipeline import Tracks, VGGTSegmentor, is_cropped
+from pipeline_fixture import (assert_close, assert_image, assert_points, drift_tolerance, logit_tolerance,
+                              network_logits, np_, reference_order, run_end_to_end, segmentors)
+from vggts_ros.pipeline import Tracks, is_cropped
 from vggts_ros.types import TargetView
 
 
@@ -30,9 +30,18 @@ def fx():
 
 
 @pytest.fixture(scope="module")
-def seg(fx):
-    backbone, head = build_networks(fx)
-    return VGGTSegmentor(backbone, head, PipelineConfig(), device="cpu")
+def segs(fx):
+    return segmentors(fx)
+
+
+@pytest.fixture(scope="module")
+def seg(segs):
+    return segs[0]
+
+
+@pytest.fixture(scope="module")
+def seg64(segs):
+    return segs[1]
 
 
 @pytest.fixture(scope="module")
@@ -41,16 +50,32 @@ def source(seg, fx):
 
 
 @pytest.fixture(scope="module")
-def first_pass(seg, fx):
-    with torch.inference_mode():
-        feats = seg.backbone_features([np_(fx["source_square"]), np_(fx["ego_resized"])])
-        return seg.track(feats, [np_(fx["first_pass_source_points"])])[0]
-
-
-@pytest.fixture(scope="module")
 def features(seg, fx):
     with torch.inference_mode():
         return seg.backbone_features([np_(fx["source_crop_image"]), np_(fx["ego_resized"])])
+
+
+@pytest.fixture(scope="module")
+def end_to_end(seg, fx):
+    """The default pipeline, exo -> ego: (result, trace)."""
+    return run_end_to_end(seg, fx["exo_image"], fx["exo_mask"], TargetView(np_(fx["ego_image"]), role="ego"))
+
+
+@pytest.fixture(scope="module")
+def first_pass(end_to_end, fx):
+    """The end-to-end run's first pass (its own source square and K-means points: the
+    reference's pixels and points, checked by the stage tests), in the reference's order."""
+    _, trace = end_to_end
+    tracks = trace["tracks"][0][1]
+    idx = reference_order(trace["sources"][0].direct_points, fx["first_pass_source_points"])
+    return Tracks(tracks.coords[:, idx], tracks.vis[:, idx], tracks.conf[:, idx])
+
+
+@pytest.fixture(scope="module")
+def final_low_res(seg, features, fx):
+    """The head on the reference's features input and prompts (default: accumulating)."""
+    with torch.inference_mode():
+        return seg.decode(features, np_(fx["source_points"]), [np_(fx["target_points"])], np_(fx["source_crop_mask"]))[1]
 
 
 def reference_tracks(fx) -> Tracks:
@@ -91,28 +116,20 @@ def test_first_pass_float32(first_pass, fx):
     assert_close(first_pass.conf[1], fx["first_pass_conf"], "confidence", drift_tolerance(fx["first_pass_conf"], f64["conf"]))
 
 
-@pytest.fixture(scope="module")
-def seg64(fx):
-    backbone, head = build_networks(fx)  # own copies: the float64 cast is in place
-    return VGGTSegmentor(backbone, head, PipelineConfig(precision="float64"), device="cpu")
-
-
 def test_first_pass_float64(seg64, source, fx):
     """``precision="float64"``: the reference's float64 first pass to 1e-6 px, fed the
-    pipeline's own source square and ego view."""
+    pipeline's own source square and ego view (points in the reference's order)."""
     f64 = fx["first_pass_float64"]
-    order = np.lexsort(np_(fx["first_pass_source_points"]).T[::-1])
-    ours = np.lexsort(source.direct_points.T[::-1])
-    assert np.array_equal(source.direct_points[ours], np_(fx["first_pass_source_points"])[order])
+    queries = source.direct_points[reference_order(source.direct_points, fx["first_pass_source_points"])]
     target = seg64.direct_target(np_(fx["ego_image"]), reference_tracks(fx), 1, source)
     with torch.inference_mode():
         feats = seg64.backbone_features([source.view.image, target.image])
-        tracks = seg64.track(feats, [source.direct_points[ours]])[0]
+        tracks = seg64.track(feats, [queries])[0]
     assert feats.dtype == torch.float64
     clipped = np.clip(tracks.coords[1], 0, seg64.image_size - 1)
-    assert_points(clipped, np_(f64["target_points"])[order], "float64 target points", tol=ptol.F64_COORD_TOL_PX)
-    assert_close(tracks.vis[1], np_(f64["vis"])[order], "float64 visibility", ptol.f64_tolerance(f64["vis"]))
-    assert_close(tracks.conf[1], np_(f64["conf"])[order], "float64 confidence", ptol.f64_tolerance(f64["conf"]))
+    assert_points(clipped, f64["target_points"], "float64 target points", tol=ptol.F64_COORD_TOL_PX)
+    assert_close(tracks.vis[1], f64["vis"], "float64 visibility", ptol.f64_tolerance(f64["vis"]))
+    assert_close(tracks.conf[1], f64["conf"], "float64 confidence", ptol.f64_tolerance(f64["conf"]))
 
 
 def test_source_crop(source, fx):
@@ -125,10 +142,8 @@ def test_features(features, fx):
     assert_close_ref(features.flatten()[fx["feature_sample_index"]], fx["feature_sample"], "feature sample")
 
 
-def test_final_low_res(seg, features, fx):
-    with torch.inference_mode():
-        _, low = seg.decode(features, np_(fx["source_points"]), [np_(fx["target_points"])], np_(fx["source_crop_mask"]))
-    assert_close_ref(low, fx["final_low_res"], "final_low_res")  # 1e-4 relative
+def test_final_low_res(final_low_res, fx):
+    assert_close_ref(final_low_res, fx["final_low_res"], "final_low_res")  # 1e-4 relative
 
 
 def test_recovery(seg, source, fx):
@@ -140,33 +155,18 @@ def test_recovery(seg, source, fx):
 
 
 # ------------------------------------------------------------------------ end to end
-@pytest.fixture(scope="module")
-def end_to_end(seg, fx):
-    trace = {}
-    with torch.inference_mode():
-        result = seg._run(np_(fx["exo_image"]), [np_(fx["exo_mask"]) > 0], [TargetView(np_(fx["ego_image"]), role="ego")],
-                          trace)[0][0]
-    return result, trace["targets"][0][0]
-
-
-def test_end_to_end_logits(seg, features, end_to_end, fx):
+def test_end_to_end_logits(seg, features, final_low_res, end_to_end, fx):
     """The default pipeline against the reference, on logits in the 704x704 ego frame. The
-    tolerance: DRIFT_FACTOR times the logit change caused by the stored float32-vs-float64 drift of the
-    target prompts (``pipeline_fixture``), at least the fixtures' 1e-4 relative."""
-    result, target = end_to_end
-    with torch.inference_mode():
-        args = (features, np_(fx["source_points"]))
-        _, a = seg.decode(*args, [np_(fx["target_points"])], np_(fx["source_crop_mask"]))
-        _, b = seg.decode(*args, [np_(fx["first_pass_float64"]["target_points"]).astype(np.float32)],
-                          np_(fx["source_crop_mask"]))
-    scale = max(1.0, float(fx["final_low_res"].abs().max()))
-    tol = max(1e-4 * scale, ptol.DRIFT_FACTOR * (a - b).abs().max().item())
-    assert tol < 0.1 * scale
+    tolerance: DRIFT_FACTOR times the logit change caused by the stored float32-vs-float64
+    drift of the target prompts (``logit_tolerance``), at least the fixtures' 1e-4 relative."""
+    result, trace = end_to_end
+    target = trace["targets"][0][0]
+    tol = logit_tolerance(seg, features, fx["source_points"], fx["source_crop_mask"], final_low_res,
+                          fx["first_pass_float64"]["target_points"], fx["final_low_res"])
     expected = target.transform.logits_to_frame(network_logits(fx["final_low_res"], seg.image_size))
     assert_close(result.logits, expected, "end-to-end logits", tol)
     tol_pts = drift_tolerance(fx["target_points"], fx["first_pass_float64"]["target_points"]) * 704 / 518
     assert_points(result.target_points, fx["final_points"], "final_points", ordered=False, tol=tol_pts)
-
 
 
 def test_end_to_end_source_points(source, end_to_end, fx):
