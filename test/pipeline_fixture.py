@@ -28,6 +28,7 @@ import dataclasses
 import re
 
 import numpy as np
+import pytest
 import torch
 
 import parity_tolerances as ptol
@@ -125,9 +126,34 @@ def segmentors(pipe):
     ``precision="float64"`` one on a copy (the float64 cast is in place)."""
     backbone, head = build_networks(pipe)
     seg = VGGTSegmentor(backbone, head, PipelineConfig(), device="cpu")
-    seg64 = VGGTSegmentor(copy.deepcopy(backbone), copy.deepcopy(head), PipelineConfig(precision="float64"), device="cpu")
+    seg64 = VGGTSegmentor(copy.deepcopy(backbone), copy.deepcopy(head), PipelineConfig(precision="float64"),
+                          device="cpu")
     assert seg.backbone.dtype == torch.float32 and next(seg.head.parameters()).dtype == torch.float32
     return seg, seg64
+
+
+def module_fixtures(file_name: str):
+    """The module fixtures every pipeline parity module starts from: ``pipe`` (the
+    fixture file's contents) and the float32 / float64 segmentors ``seg`` / ``seg64`` on
+    its networks. Bind them as module globals: ``pipe, segs, seg, seg64 = module_fixtures(...)``."""
+
+    @pytest.fixture(scope="module", name="pipe")
+    def pipe_fixture():
+        return load_fixture(file_name)
+
+    @pytest.fixture(scope="module", name="segs")
+    def segs_fixture(pipe):
+        return segmentors(pipe)
+
+    @pytest.fixture(scope="module", name="seg")
+    def seg_fixture(segs):
+        return segs[0]
+
+    @pytest.fixture(scope="module", name="seg64")
+    def seg64_fixture(segs):
+        return segs[1]
+
+    return pipe_fixture, segs_fixture, seg_fixture, seg64_fixture
 
 
 def run_end_to_end(seg, source_image, source_mask, view):
@@ -137,6 +163,16 @@ def run_end_to_end(seg, source_image, source_mask, view):
     with torch.inference_mode():
         result = seg._run(np_(source_image), [np_(source_mask) > 0], [view], trace)[0][0]
     return result, trace
+
+
+def traced_first_pass(trace, direct: bool, reference_points):
+    """The first-pass tracks of an end-to-end ``trace`` (its K-means queries: ``direct``
+    points of an uncropped target, else the first-pass points), columns in the order of
+    ``reference_points``."""
+    src = trace["sources"][0]
+    tracks = trace["tracks"][0][1 if direct else 0]
+    idx = reference_order(src.direct_points if direct else src.first_points, reference_points)
+    return type(tracks)(tracks.coords[:, idx], tracks.vis[:, idx], tracks.conf[:, idx])
 
 
 def reference_order(ours, reference) -> np.ndarray:

@@ -18,32 +18,16 @@ import pytest
 import torch
 
 import parity_tolerances as ptol
-from conftest import assert_close_ref, load_fixture
+from conftest import assert_close_ref
 from pipeline_fixture import (assert_close, assert_image, assert_points, drift_tolerance, logit_tolerance,
-                              network_logits, np_, reference_order, run_end_to_end, segmentors)
+                              module_fixtures, network_logits, np_, reference_order, run_end_to_end,
+                              traced_first_pass)
 from vggts_ros import prompts, transforms
 from vggts_ros.pipeline import Tracks, VGGTSegmentor
 from vggts_ros.types import TargetView
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    return load_fixture("pipeline_ego2exo.pt")
-
-
-@pytest.fixture(scope="module")
-def segs(pipe):
-    return segmentors(pipe)
-
-
-@pytest.fixture(scope="module")
-def seg(segs):
-    return segs[0]
-
-
-@pytest.fixture(scope="module")
-def seg64(segs):
-    return segs[1]
+pipe, segs, seg, seg64 = module_fixtures("pipeline_ego2exo.pt")
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +53,7 @@ def first_pass(end_to_end, pipe):
     """The end-to-end run's first pass (its own ego view and K-means points: the
     reference's pixels and points, checked by test_source_view_and_first_points), with the
     points in the reference's order."""
-    _, trace = end_to_end
-    tracks = trace["tracks"][0][0]
-    idx = reference_order(trace["sources"][0].first_points, pipe["first_pass_source_points"])
-    return Tracks(tracks.coords[:, idx], tracks.vis[:, idx], tracks.conf[:, idx])
+    return traced_first_pass(end_to_end[1], False, pipe["first_pass_source_points"])
 
 
 @pytest.fixture(scope="module")
