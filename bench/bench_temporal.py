@@ -109,10 +109,10 @@ def evidence(args) -> dict:
     return {"results": results, "mean": agg, "margin": margin, "frames": results[0]["plain"]["summary"]}
 
 
-# the temporal arm's own settings: memory written from the ground truth while training
-# (evaluation always streams the model's own predictions), the carried mask also added to
-# the output logits through its zero-initialised gate
-TEMPORAL_RECIPE = {"mode.teacher_forcing": 1.0, "temporal.fuse_logits": True}
+# the temporal arm's own settings (the defaults, spelled out): memory written from the
+# model's own predictions while training, as at inference (no teacher forcing), and the
+# carried mask also added to the output logits through its zero-initialised gate
+TEMPORAL_RECIPE = {"mode.teacher_forcing": 0.0, "temporal.fuse_logits": True}
 
 
 def _assignments(items):

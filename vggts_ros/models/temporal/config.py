@@ -30,7 +30,7 @@ class TemporalConfig:
     mlp_ratio: float = 2.0
     first_confidence: float = 0.75
     stale_after_s: float = 1.0
-    fuse_logits: bool = False
+    fuse_logits: bool = True
 
     def validate(self) -> "TemporalConfig":
         if int(self.memory_frames) < 1:
