@@ -1,20 +1,27 @@
 """Temporal VGGT-S evidence run: per-frame head vs temporal model on synthetic occlusion
 clips, same budget and seeds, plus the per-frame cost of the memory modules at full size.
 
-    .venv/bin/python bench/bench_temporal.py [--seeds 0 1] [--pre-epochs 12] [--epochs 8] [--truth amodal]
+    .venv/bin/python bench/bench_temporal.py [--seeds 0 1 2] [--no-cost]   # the README's evidence
     .venv/bin/python bench/bench_temporal.py --cost-only     # FLOPs / CPU time at 518 px only
 
-Protocol (smoke networks, CPU): training clips from ``--train-images`` generated images
-(2 objects each, one clip per object), held-out clips from other images. Stage A trains
-the per-frame head on the training clips (shared by both arms). Stage B continues from
-that head for ``--epochs`` with the same batches and learning rate: the *plain* arm keeps
-training the head per frame, the *temporal* arm trains the memory modules and the head.
-Each stage runs at lr 3e-3 and x0.1 for its last 3 epochs (``--no-pre-drop``: stage A
-at a constant rate, as in the run reported in the README).
+Protocol (smoke networks at ``--img-size`` 56 px, CPU, 1 thread): training clips from
+``--train-images`` 24 generated images (2 objects each, one 5-frame clip per object),
+held-out clips from 24 other images. Ground truth ``--truth amodal``: the whole object,
+hidden part included (what a memory can know and a single occluded frame cannot; with
+``visible`` the answer on an occluded frame is the sliver the occluder leaves, which only
+that frame shows). ``--motion video``: the object's scale, rotation and position change
+smoothly by a few per cent per frame (``wide``: the clip defaults, up to a third per frame,
+so that even the true previous mask overlaps the current one by only 0.69 IoU on the
+occluded frames of 5-frame clips; 0.74 and 0.84 with video motion at 4 and 6 frames). Stage A trains the per-frame head for ``--pre-epochs`` (12 = 144 steps,
+constant lr 3e-3; ``--pre-drop``: x0.1 for its last 3 epochs). Stage B continues from that
+head for ``--epochs`` (6 = 72 steps, lr 3e-3, x0.1 for the last 3) with the same batches:
+the *plain* arm keeps training the head per frame, the *temporal* arm trains the memory
+modules and the head (``TEMPORAL_RECIPE``; ``--temporal-set`` overrides it).
 Both are then streamed over the held-out clips (the temporal arm through
-``vggts_ros.temporal.TargetStream``, as the node would) and scored per frame: IoU overall,
-on frames where more than half of the object is hidden, on blurred frames and on the rest.
-The temporal arm's weights are also streamed with the memory switched off (ablation).
+``vggts_ros.temporal.TargetStream`` on its own predictions, as the node would) and scored
+per frame: IoU overall, on frames where more than half of the object is hidden, on
+blurred frames and on the rest. The temporal arm's weights are also streamed with the
+memory switched off (ablation).
 
 Cost: FLOPs (``torch.utils.flop_counter``, attention included) and single-thread CPU time of one head decode
 pass at full size (518 px, 128 channels), of the memory attention reading a full bank
