@@ -89,6 +89,12 @@ class PipelineConfig:
     # evaluation and training loops, which the published head was trained with) or
     # "per_pass" (models.union_head.refinement).
     point_identity: str = "accumulate"
+    # Temporal VGGT-S (vggts_ros/temporal.py): memory per (object, target camera) when a
+    # caller streams (segment_objects(..., stream=...)); off = the per-frame pipeline.
+    # Without temporal_weights the memory's zero gate leaves every output unchanged.
+    temporal: bool = False
+    memory_frames: int = 6
+    temporal_weights: str = ""
 
 
 @dataclass
@@ -230,6 +236,9 @@ class InferenceConfig:
     max_objects: int = 32  # objects tracked at once (each costs a pipeline call per set)
     max_label_length: int = 256  # characters of an object's label
     max_image_pixels: int = 16_777_216  # width x height of a camera frame or mask (checked before decoding)
+    temporal: bool = False  # Temporal VGGT-S memory per (object, camera); off until trained weights exist
+    memory_frames: int = 6  # recent frames in each memory bank
+    temporal_weights: str = ""  # temporal.pth; "" = untrained memory (zero gate: outputs unchanged)
 
 
 @dataclass
@@ -302,6 +311,8 @@ class NodeConfig:
             errors.append(f"inference.point_identity: {self.inference.point_identity!r} is not one of {POINT_IDENTITY}")
         if self.inference.source_mode not in SOURCE_MODES:
             errors.append(f"inference.source_mode: {self.inference.source_mode!r} is not one of {SOURCE_MODES}")
+        if self.inference.memory_frames < 1:
+            errors.append(f"inference.memory_frames must be >= 1, got {self.inference.memory_frames}")
         if self.inference.max_rate < 0:
             errors.append(f"inference.max_rate must be >= 0, got {self.inference.max_rate}")
         if self.inference.keyframe_history <= 0:
@@ -416,6 +427,10 @@ PARAMETERS: Dict[str, Tuple[str, bool, Optional[Tuple[float, float]]]] = {
     "inference.max_label_length": ("characters of an object label", True, (0, 65536)),
     "inference.max_image_pixels": ("largest width x height of a frame or mask, checked before decoding", True,
                                    (1, 1 << 31)),
+    "inference.temporal": ("Temporal VGGT-S: memory of earlier sets per (object, camera)", False, None),
+    "inference.memory_frames": ("recent frames kept per (object, camera) memory bank", False, (1, 64)),
+    "inference.temporal_weights": ("temporal.pth of the memory modules; empty = untrained (outputs unchanged)",
+                                   False, None),
     "publish.overlay": ("also publish ~/<camera>/overlay images", False, None),
     "publish.diagnostics_period": ("s between /diagnostics messages", False, (1e-2, 3600.0)),
     "publish.stall_timeout": ("s without output (objects set) before ERROR; 0 = max(2 periods, 3 x median set time)",

@@ -71,6 +71,7 @@ from vggts_ros import crops, precision, prompts, transforms
 from vggts_ros.config import ModelConfig, ModelPreset, PipelineConfig, model_preset
 from vggts_ros.device import resolve_device
 from vggts_ros.models.union_head.refinement import check_identity, decode_with_refinement
+from vggts_ros.temporal import StreamRef, StreamStep, state_from_config
 from vggts_ros.types import CROPPED_ROLES, SegmentationResult, TargetView
 
 OUTSIDE_LOGIT = transforms.OUTSIDE_LOGIT
@@ -257,6 +258,9 @@ class VGGTSegmentor:
         self.image_size = size
         self.multi_view_features = bool(multi_view_features)
         self.joint_tracking = bool(joint_tracking)
+        # Temporal VGGT-S: memory per (object, target camera), used by streaming calls only
+        self.temporal = state_from_config(cfg.temporal, cfg.memory_frames, cfg.temporal_weights, self.head,
+                                          self.device)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -356,10 +360,14 @@ class VGGTSegmentor:
         return self.segment_objects(source_image, [source_mask], targets)[0]
 
     def segment_objects(
-        self, source_image: np.ndarray, masks: Sequence[np.ndarray], targets: Sequence[TargetView]
+        self, source_image: np.ndarray, masks: Sequence[np.ndarray], targets: Sequence[TargetView],
+        stream: Optional[StreamStep] = None,
     ) -> List[List[SegmentationResult]]:
         """Several objects of one source view at once: ``result[o][t]`` is object ``o`` in
-        target ``t``. The first backbone pass is shared by all objects and targets."""
+        target ``t``. The first backbone pass is shared by all objects and targets.
+        ``stream``: this call is one set of a video (stamp, object ids, source-mask
+        versions); with ``PipelineConfig.temporal`` each (object, target camera) then
+        decodes with the memory of its earlier sets (:mod:`vggts_ros.temporal`)."""
         source_image = _check_image(source_image, "source image")
         if isinstance(masks, np.ndarray) and masks.ndim == 2:
             raise ValueError("masks must be a sequence of HxW masks (use segment() for one mask)")
@@ -373,14 +381,17 @@ class VGGTSegmentor:
                 raise ValueError(f"target {i} must be a TargetView, got {type(view).__name__}")
             _check_image(view.image, f"target {i} image" + (f" ({view.name})" if view.name else ""))
             _check_letterbox(view.image.shape[:2], self.image_size, f"target {i} image")
+        if stream is not None:
+            stream.check(len(binary))
         if not binary or not targets:
             return [[] for _ in binary]
         with torch.inference_mode(), precision.precision_context(self.cfg.precision, self.device):
-            return self._run(source_image, binary, targets)
+            return self._run(source_image, binary, targets, stream=stream)
 
     # ------------------------------------------------------------------ the stage list
     def _run(
-        self, source_image: np.ndarray, masks: List[np.ndarray], targets: List[TargetView], trace: Optional[dict] = None
+        self, source_image: np.ndarray, masks: List[np.ndarray], targets: List[TargetView], trace: Optional[dict] = None,
+        stream: Optional[StreamStep] = None,
     ) -> List[List[SegmentationResult]]:
         """Stages 1-6 of the module docstring; ``trace`` (tests) receives the sources, the
         first-pass tracks and each object's target inputs."""
@@ -394,7 +405,7 @@ class VGGTSegmentor:
             tracks = self.first_pass(sources, [t.image(v.image) for t, v in zip(first_views, targets)])
         shared = dict(clock.times)
         results = []
-        for src, (tr_first, tr_direct) in zip(sources, tracks):
+        for o, (src, (tr_first, tr_direct)) in enumerate(zip(sources, tracks)):
             clock.times = dict(shared)
             with clock("remap"):
                 inputs = [
@@ -402,7 +413,8 @@ class VGGTSegmentor:
                     else self.direct_target(v.image, tr_direct, t + 1, src)
                     for t, v in enumerate(targets)
                 ]
-            logits = self.features_and_head(src, inputs, clock)
+            refs = stream.refs(o, targets) if stream is not None and self.temporal is not None else None
+            logits = self.features_and_head(src, inputs, clock, refs)
             with clock("recover"):
                 per_object = [self.recover_result(lg, ti) for lg, ti in zip(logits, inputs)]
             for r in per_object:
@@ -525,9 +537,11 @@ class VGGTSegmentor:
             confidence=tracks.conf[view_index].astype(np.float32),
         )
 
-    def features_and_head(self, src: SourceInput, inputs: List[TargetInput], clock: _StageClock) -> List[torch.Tensor]:
+    def features_and_head(self, src: SourceInput, inputs: List[TargetInput], clock: _StageClock,
+                          refs: Optional[List[StreamRef]] = None) -> List[torch.Tensor]:
         """Stages 4-5: features of ``[source zoom, target inputs]`` (one pass, or one per
-        target with ``multi_view_features=False``), optional second pass, then the head.
+        target with ``multi_view_features=False``), optional second pass, then the head
+        (``refs``: each target's temporal stream, see :meth:`decode`).
         Returns each target's last network-size logits ``[size, size]`` (on the device)."""
         fulls: List[torch.Tensor] = [None] * len(inputs)  # type: ignore[list-item]
         groups = [list(range(len(inputs)))] if self.multi_view_features else [[t] for t in range(len(inputs))]
@@ -538,7 +552,8 @@ class VGGTSegmentor:
                     for j, t in enumerate(group):
                         inputs[t] = self.second_pass(f, src, j + 1, inputs[t])
             with clock("head"):
-                full, _ = self.decode(f, src.prompts, [inputs[t].prompts for t in group], src.crop_mask)
+                full, _ = self.decode(f, src.prompts, [inputs[t].prompts for t in group], src.crop_mask,
+                                      refs=[refs[t] for t in group] if refs is not None else None)
             for j, t in enumerate(group):
                 fulls[t] = full[j, 0]
             del f
@@ -551,11 +566,14 @@ class VGGTSegmentor:
         tar_prompts: Sequence[np.ndarray],
         src_mask: np.ndarray,
         target_indices: Optional[Sequence[int]] = None,
+        refs: Optional[Sequence[StreamRef]] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Head on ``features`` ``[1, S, C, g, g]`` (frame 0 = source zoom): one encode,
         ``1 + refine_iterations`` decodes, batched over the targets (frames
         ``target_indices``, default ``1..S-1``). Returns (full ``[T,1,size,size]``,
-        low-res ``[T,1,4g,4g]``) logits of the last pass."""
+        low-res ``[T,1,4g,4g]``) logits of the last pass. ``refs`` (one per target, with
+        ``PipelineConfig.temporal``): decode each target with its stream's memory and
+        write the result to it (:meth:`vggts_ros.temporal.TemporalState.decode_rows`)."""
         feats = features[0]
         idx = list(target_indices) if target_indices is not None else list(range(1, feats.shape[0]))
         t = len(idx)
@@ -566,6 +584,9 @@ class VGGTSegmentor:
         mask = as_t(src_mask)[None].expand(t, -1, -1)
         with precision.autocast(self.cfg.precision, self.device, "head"):
             ctx = self.head.encode(feat_map, src.contiguous(), tar, mask.contiguous())
+            if refs is not None and self.temporal is not None:
+                return self.temporal.decode_rows(self.head, ctx, refs, self.cfg.refine_iterations,
+                                                 self.cfg.point_identity)
             return decode_with_refinement(self.head, ctx, self.cfg.refine_iterations, self.cfg.point_identity)
 
     def recover(self, logits: torch.Tensor, target: TargetInput) -> Tuple[torch.Tensor, np.ndarray]:

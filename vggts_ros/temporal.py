@@ -12,19 +12,40 @@ is emptied when
 
 so memory never mixes two objects, two source masks or two unrelated moments. With
 ``enabled=False`` a step is exactly the plain head's decode and the bank is left alone.
+
+:meth:`TemporalState.decode_rows` is the batched form :class:`vggts_ros.pipeline.VGGTSegmentor`
+calls (one :class:`StreamRef` per target row); :func:`state_from_config` builds the state
+a segmentor owns when ``PipelineConfig.temporal`` is on.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
-from typing import Dict, Hashable, Optional, Tuple
+from dataclasses import dataclass
+from typing import Dict, Hashable, Optional, Sequence, Tuple
 
 from torch import Tensor
 
-from .models.temporal import MemoryBank, TemporalMemory
+from .models.temporal import MemoryBank, TemporalConfig, TemporalMemory, load_temporal
 from .models.union_head.union_head import HeadContext, UnionSegmentationHead
 
 StreamKey = Tuple[Hashable, str]
+
+
+@dataclass(frozen=True)
+class StreamRef:
+    """Where one decoded target sits in its stream: the object, the target camera, the
+    set's stamp (s), the version of the object's source mask, the target image size and
+    the gap (s) after which the camera counts as stale (None: ``stale_after_s`` of the
+    memory's configuration)."""
+
+    object_id: Hashable
+    camera: str
+    stamp: float
+    source_version: Hashable
+    size: Tuple[int, int]
+    stale_after: Optional[float] = None
 
 
 def plain_decode(head: UnionSegmentationHead, ctx: HeadContext, refine_iterations: int = 1) -> Tuple[Tensor, Tensor]:
@@ -33,6 +54,37 @@ def plain_decode(head: UnionSegmentationHead, ctx: HeadContext, refine_iteration
     for _ in range(int(refine_iterations)):
         full, low = head.decode(ctx, low)
     return full, low
+
+
+@dataclass(frozen=True)
+class StreamStep:
+    """One synchronised set of a stream, as a caller of ``VGGTSegmentor.segment_objects``
+    describes it: the set's ``stamp`` (s), one id per object (its memory's key, with the
+    target camera's name) and, per object, the version of its source mask (a new version
+    empties that object's banks; None: the ids themselves, i.e. the masks never change).
+    ``stale_after``: a target camera whose previous set is older than this (s) restarts
+    its memory (a node passes its ``sync.stale_after``; None: the memory's default)."""
+
+    stamp: float
+    object_ids: Sequence[Hashable]
+    source_versions: Optional[Sequence[Hashable]] = None
+    stale_after: Optional[float] = None
+
+    def refs(self, index: int, targets) -> list:
+        """:class:`StreamRef` of object ``index`` in each target view (the camera is the
+        view's ``name``, or ``target<i>`` when it has none)."""
+        versions = self.object_ids if self.source_versions is None else self.source_versions
+        return [StreamRef(self.object_ids[index], v.name or f"target{i}", float(self.stamp), versions[index],
+                          (int(v.image.shape[0]), int(v.image.shape[1])), self.stale_after)
+                for i, v in enumerate(targets)]
+
+    def check(self, objects: int) -> None:
+        if len(self.object_ids) != objects:
+            raise ValueError(f"stream: {len(self.object_ids)} object ids for {objects} source masks")
+        if self.source_versions is not None and len(self.source_versions) != objects:
+            raise ValueError(f"stream: {len(self.source_versions)} source versions for {objects} source masks")
+        if len(set(self.object_ids)) != len(self.object_ids):
+            raise ValueError(f"stream: object ids must be distinct, got {list(self.object_ids)}")
 
 
 class TargetStream:
@@ -51,10 +103,11 @@ class TargetStream:
             self.resets[reason] += 1
         self.bank.reset()
 
-    def check(self, stamp: float, source_version: Hashable, size: Tuple[int, int]) -> Optional[str]:
+    def check(self, stamp: float, source_version: Hashable, size: Tuple[int, int],
+              stale_after: Optional[float] = None) -> Optional[str]:
         """Reset the bank if this step cannot continue the last one; returns the reason."""
         reason = None
-        stale = self.module.cfg.stale_after_s
+        stale = self.module.cfg.stale_after_s if stale_after is None else float(stale_after)
         if self.source_version is not None and source_version != self.source_version:
             reason = "source"
         elif self.size is not None and tuple(size) != self.size:
@@ -84,12 +137,16 @@ class TemporalState:
     def __init__(self, module: TemporalMemory) -> None:
         self.module = module
         self.streams: Dict[StreamKey, TargetStream] = {}
+        # guards the stream table (a node clears it from a service thread while its worker
+        # decodes); a decode in flight writes to the banks it started with
+        self.lock = threading.RLock()
 
     def stream(self, object_id: Hashable, camera: str) -> TargetStream:
         key = (object_id, camera)
-        if key not in self.streams:
-            self.streams[key] = TargetStream(self.module)
-        return self.streams[key]
+        with self.lock:
+            if key not in self.streams:
+                self.streams[key] = TargetStream(self.module)
+            return self.streams[key]
 
     def step(self, object_id: Hashable, camera: str, head: UnionSegmentationHead, ctx: HeadContext, **kwargs):
         """:meth:`TargetStream.step` of the ``(object_id, camera)`` stream (with
@@ -98,13 +155,69 @@ class TemporalState:
             return plain_decode(head, ctx, kwargs.get("refine_iterations", 1))
         return self.stream(object_id, camera).step(head, ctx, **kwargs)
 
+    def decode_rows(self, head: UnionSegmentationHead, ctx: HeadContext, refs: Sequence[StreamRef],
+                    refine_iterations: int = 1, identity: str = "accumulate") -> Tuple[Tensor, Tensor]:
+        """Decode a batch of targets (``ctx`` from ``head.encode``, one row per ``refs``
+        entry), each row with the memory of its own stream, after resetting the streams
+        that cannot continue (:meth:`TargetStream.check`); every row's result is written to
+        its stream. Rows whose bank is empty decode exactly as the plain head does."""
+        if len(refs) != ctx.tar_feat.shape[0]:
+            raise ValueError(f"{len(refs)} stream references for a batch of {ctx.tar_feat.shape[0]} targets")
+        if len({(r.object_id, r.camera) for r in refs}) != len(refs):
+            raise ValueError("two targets of one batch belong to the same (object, camera) stream")
+        with self.lock:
+            streams = [self.stream(r.object_id, r.camera) for r in refs]
+            for st, r in zip(streams, refs):
+                st.check(r.stamp, r.source_version, r.size, r.stale_after)
+        return self.module.decode_rows(head, ctx, [st.bank for st in streams], refine_iterations, identity=identity)
+
     def clear(self, object_id: Optional[Hashable] = None) -> int:
         """Forget one object's streams (all objects when None); returns how many went."""
-        keys = [k for k in self.streams if object_id is None or k[0] == object_id]
-        for k in keys:
-            self.streams.pop(k).reset("clear")
+        with self.lock:
+            keys = [k for k in self.streams if object_id is None or k[0] == object_id]
+            for k in keys:
+                self.streams.pop(k).reset("clear")
         return len(keys)
+
+    def retain(self, object_ids) -> int:
+        """Forget the streams of every object not in ``object_ids``; returns how many went."""
+        keep = set(object_ids)
+        with self.lock:
+            gone = {k[0] for k in self.streams if k[0] not in keep}
+        return sum(self.clear(o) for o in gone)
+
+    def _per_stream(self, value) -> Dict[str, int]:
+        with self.lock:
+            items = sorted(self.streams.items(), key=lambda kv: str(kv[0]))
+        return {f"{o}/{c}": int(value(s)) for (o, c), s in items}
 
     def bank_sizes(self) -> Dict[str, int]:
         """Entries per stream, keyed ``"<object>/<camera>"`` (for diagnostics)."""
-        return {f"{o}/{c}": len(s.bank) for (o, c), s in sorted(self.streams.items(), key=lambda kv: str(kv[0]))}
+        return self._per_stream(lambda s: len(s.bank))
+
+    def bank_writes(self) -> Dict[str, int]:
+        """Predictions written per stream since its last reset (``"<object>/<camera>"``)."""
+        return self._per_stream(lambda s: s.bank.added)
+
+
+def state_from_config(temporal: bool, memory_frames: int, weights: Optional[str], head: UnionSegmentationHead,
+                      device=None) -> Optional[TemporalState]:
+    """The streaming state of a segmentor: None when ``temporal`` is off; otherwise the
+    memory modules from ``weights`` (a ``temporal.pth``, loaded strictly; its
+    ``memory_frames`` must equal ``memory_frames``) or, without weights, fresh modules
+    whose zero gate leaves every output identical to the plain head's (no trained
+    temporal weights are published)."""
+    if not temporal:
+        return None
+    cfg = TemporalConfig(memory_frames=int(memory_frames)).validate()
+    if weights:
+        module = load_temporal(weights, head.cfg)
+        if module.cfg.memory_frames != cfg.memory_frames:
+            raise ValueError(f"temporal weights {weights} were trained with memory_frames "
+                             f"{module.cfg.memory_frames}, the configuration asks for {cfg.memory_frames}")
+    else:
+        module = TemporalMemory.seeded(head.cfg, cfg, seed=0)
+    module = module.eval().requires_grad_(False)
+    if device is not None:
+        module = module.to(device)
+    return TemporalState(module)

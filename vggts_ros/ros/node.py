@@ -165,7 +165,9 @@ class VGGTSNode(Node):
             self.device = resolve_device(self.cfg.model.device)
             self.cfg.model.device = self.device
             pipeline = PipelineConfig(refine_iterations=inf.refine_iterations, backbone_dtype=self.cfg.model.dtype,
-                                      precision=inf.precision, point_identity=inf.point_identity)
+                                      precision=inf.precision, point_identity=inf.point_identity,
+                                      temporal=inf.temporal, memory_frames=inf.memory_frames,
+                                      temporal_weights=inf.temporal_weights)
             t0 = time.monotonic()
             segmentor = create_segmentor(self.cfg.model, pipeline)
             self.get_logger().info(
@@ -534,6 +536,8 @@ class VGGTSNode(Node):
             with self.registry.lock:
                 removed = self.registry.clear(int(request.object_id))
                 remaining = len(self.registry)
+                if getattr(self.segmentor, "temporal", None) is not None:
+                    self.segmentor.temporal.clear(None if request.object_id == 0 else int(request.object_id))
                 self._publish_cleared()
             response.success = True
             response.message = (f"cleared {len(removed)} object(s)" if request.object_id == 0
@@ -626,6 +630,9 @@ class VGGTSNode(Node):
         t_start = time.monotonic()
         frames = self._usable_frames(item)
         generation, objects = self.registry.snapshot()
+        temporal = getattr(self.segmentor, "temporal", None)  # Temporal VGGT-S streams, when on
+        if temporal is not None:
+            temporal.retain(o.object_id for o in objects)  # objects cleared while a set was in flight
         if not objects or not frames:
             return
         roles = {c.name: c.role for c in self.cfg.cameras}
@@ -646,7 +653,14 @@ class VGGTSNode(Node):
                 continue
             views = [TargetView(frames[n][1], role=roles[n], name=n) for n in targets]
             t0 = time.monotonic()
-            if len(members) > 1 and hasattr(self.segmentor, "segment_objects"):
+            if temporal is not None:  # a new generation = a new or replaced source mask: its memory restarts
+                from vggts_ros.temporal import StreamStep
+
+                per_object = self.segmentor.segment_objects(
+                    members[0].image, [m.mask for m in members], views,
+                    stream=StreamStep(item.stamp, [m.object_id for m in members], [m.generation for m in members],
+                                      self.cfg.sync.stale_after))
+            elif len(members) > 1 and hasattr(self.segmentor, "segment_objects"):
                 per_object = self.segmentor.segment_objects(members[0].image, [m.mask for m in members], views)
             else:
                 per_object = [self.segmentor.segment(m.image, m.mask, views) for m in members]
@@ -802,6 +816,13 @@ class VGGTSNode(Node):
             "sync_resets": sync_stats["resets"],
             "last_error": h.last_error,
         }
+        temporal = getattr(self.segmentor, "temporal", None)
+        values["temporal"] = str(temporal is not None).lower()
+        if temporal is not None:  # Temporal VGGT-S: entries and writes since the last reset per stream
+            for key, n in temporal.bank_sizes().items():
+                values[f"memory_bank_{key}"] = n
+            for key, n in temporal.bank_writes().items():
+                values[f"memory_writes_{key}"] = n
         last = self.last
         if last is not None:
             values.update({

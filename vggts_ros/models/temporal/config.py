@@ -18,7 +18,8 @@ class TemporalConfig:
     to the bank + MLP) with ``num_heads`` heads at the head's ``embed_dim``.
     ``first_confidence``: mean object probability a prediction needs to become the kept
     first frame. ``stale_after_s``: a target frame older than this relative to the last
-    one (or going back in time) resets the bank.
+    one (or going back in time) resets the bank. ``fuse_logits``: also add the carried
+    mask to the head's output logits through a zero-initialised scalar gate.
     """
 
     memory_frames: int = 6
@@ -29,6 +30,7 @@ class TemporalConfig:
     mlp_ratio: float = 2.0
     first_confidence: float = 0.75
     stale_after_s: float = 1.0
+    fuse_logits: bool = True
 
     def validate(self) -> "TemporalConfig":
         if int(self.memory_frames) < 1:
@@ -55,4 +57,4 @@ class TemporalConfig:
         return cls(**d).validate()
 
     # fields that change the shapes of the weights (a checkpoint must agree on them)
-    ARCH = ("memory_frames", "tokens", "blocks", "num_heads", "mlp_ratio")
+    ARCH = ("memory_frames", "tokens", "blocks", "num_heads", "mlp_ratio", "fuse_logits")

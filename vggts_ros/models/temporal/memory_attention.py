@@ -3,16 +3,25 @@
 The target features ``[B, C, g, g]`` are pooled to the memory token grid, go through
 ``blocks`` pre-norm blocks (cross-attention to the bank's tokens, then an MLP), and the
 residual updates (not the pooled features themselves) are projected and upsampled back to
-``g x g``: a feature readout. Alongside, one affinity (an identity-initialised projection
-of features plus positions, softmax over every memory token) propagates the memory's
-object probabilities to the current tokens, as space-time memory networks propagate
-labels: a coarse mask prior, as logits. :class:`TemporalMemory` adds both to the target
-features through a zero-initialised gate.
+``g x g``: a feature readout. Alongside, the memory's object probabilities are carried to
+the current frame as a coarse mask prior (logits), mixing two routes with a learned weight:
+
+* *in place*: each memory entry's probability at the same grid cell, entries weighted by
+  a learned softmax over their ages (newest first at init). The target crop follows the
+  object, so the object stays near the same cells from frame to frame, and this route
+  works where appearance cannot: a token covered by an occluder still inherits the
+  object it showed a frame earlier (what amodal segmentation needs);
+* *by appearance*: one affinity (an identity-initialised projection of features plus
+  positions, softmax over every memory token), as space-time memory networks propagate
+  labels; it follows fast motion but gives an occluder's tokens the occluder's label.
+
+:class:`TemporalMemory` adds the readout and the encoded prior to the target features
+through a zero-initialised gate.
 """
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +71,7 @@ class MemoryBlock(nn.Module):
 
 
 class MemoryAttention(nn.Module):
-    def __init__(self, dim: int, side: int, blocks: int, num_heads: int, mlp_ratio: float) -> None:
+    def __init__(self, dim: int, side: int, blocks: int, num_heads: int, mlp_ratio: float, ages: int = 1) -> None:
         super().__init__()
         self.dim = dim
         self.side = side
@@ -74,11 +83,19 @@ class MemoryAttention(nn.Module):
         nn.init.eye_(self.affinity.weight)
         nn.init.zeros_(self.affinity.bias)
         self.prior_scale = nn.Parameter(torch.tensor(8.0))  # logit of a certain object / background
+        # in-place route: weight logits of ages 0 (kept first frame) .. ``ages``, newest
+        # favoured; carry_mix: logit of the in-place route's share (0.88 at init)
+        self.age_logits = nn.Parameter(-torch.arange(ages + 1, dtype=torch.float32) + 1.0)
+        with torch.no_grad():
+            self.age_logits[0] = -float(ages)
+        self.carry_mix = nn.Parameter(torch.tensor(2.0))
 
-    def forward(self, tar_feat: Tensor, memory: Tensor, memory_pos: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, tar_feat: Tensor, memory: Tensor, memory_pos: Tensor,
+                ages: Sequence[int]) -> Tuple[Tensor, Tensor]:
         """tar_feat ``[B, C, g, g]``; memory ``[B, M, 2C + 1]`` (keys, values, object
-        probability), memory_pos ``[B, M, C]`` -> (feature readout ``[B, C, g, g]``, mask
-        prior logits ``[B, 1, side, side]``)."""
+        probability; ``M = len(ages) * side^2``, entries in ``ages`` order), memory_pos
+        ``[B, M, C]`` -> (feature readout ``[B, C, g, g]``, mask prior logits
+        ``[B, 1, side, side]``)."""
         b, c, g, _ = tar_feat.shape
         s = self.side
         x0 = self.in_norm(pool_to(tar_feat.float(), s).flatten(2).transpose(1, 2))
@@ -95,5 +112,10 @@ class MemoryAttention(nn.Module):
             grid = F.interpolate(grid, size=(g, g), mode="bilinear", align_corners=False)
         carried = F.scaled_dot_product_attention(self.affinity(x0 + pos).unsqueeze(1),
                                                  self.affinity(keys + memory_pos).unsqueeze(1), prob.unsqueeze(1))
-        prior = self.prior_scale * (2.0 * carried[:, 0] - 1.0)  # [B, s*s, 1]
+        idx = torch.as_tensor([min(int(a), self.age_logits.numel() - 1) for a in ages], device=tar_feat.device)
+        weights = torch.softmax(self.age_logits[idx], dim=0).view(1, -1, 1, 1)
+        in_place = (prob.view(b, len(ages), s * s, 1) * weights).sum(1)  # [B, s*s, 1]
+        mix = torch.sigmoid(self.carry_mix)
+        carried = mix * in_place + (1.0 - mix) * carried[:, 0]
+        prior = self.prior_scale * (2.0 * carried - 1.0)  # [B, s*s, 1]
         return grid, prior.transpose(1, 2).reshape(b, 1, s, s)

@@ -40,6 +40,10 @@ class MemoryBank:
             self.first = tokens
         self.added += 1
 
+    def ages(self):
+        """Age of each entry in :meth:`read` order: 0 = the kept first frame, 1 = newest."""
+        return ([0] if self.first is not None else []) + list(range(len(self.recent), 0, -1))
+
     def read(self, encoder) -> Optional[Tuple[Tensor, Tensor]]:
         """``(memory [B, M, D], position [B, M, C])`` (all entries, the kept first one
         first; spatial + temporal encodings), or None when empty. ``encoder`` is the
@@ -49,8 +53,7 @@ class MemoryBank:
         tokens = []
         pos = []
         spatial = None
-        entries = [(0, self.first)] if self.first is not None else []
-        entries += [(age, t) for age, t in zip(range(len(self.recent), 0, -1), self.recent)]
+        entries = list(zip(self.ages(), ([self.first] if self.first is not None else []) + list(self.recent)))
         for age, t in entries:
             if spatial is None:
                 spatial = encoder.position(device=t.device)
