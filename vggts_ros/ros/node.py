@@ -681,8 +681,11 @@ class VGGTSNode(Node):
         last_arrival = max(f.arrival for f, _ in frames.values())
         with self.registry.lock:
             if not self.registry.is_current(generation):
-                # Objects were cleared or replaced while this set was in inference.
+                # Objects were cleared or replaced while this set was in inference; the
+                # memory it wrote for cleared objects goes too.
                 self.health.stale_discarded += 1
+                if temporal is not None:
+                    temporal.retain(self.registry.ids())
                 return
             for obj, frame_image, result in advances:
                 self._advance_source(obj, frame_image, result)
