@@ -120,7 +120,8 @@ def test_whole_frame_targets_and_new_targets_run_the_first_pass(base):
     assert seg._stream_reuse.last_reused == [False]
 
 
-@pytest.mark.parametrize("field,value", [("reuse_full_every", 0), ("reuse_min_score", 1.5), ("reuse_max_drop", -0.1)])
+@pytest.mark.parametrize("field,value",
+                         [("reuse_full_every", 0), ("reuse_min_score", 1.5), ("reuse_max_drop", -0.1)])
 def test_bad_settings_are_named(field, value):
     args = dict(full_every=5, min_score=0.6, max_drop=0.1)
     args[{"reuse_full_every": "full_every", "reuse_min_score": "min_score", "reuse_max_drop": "max_drop"}[field]] = value
