@@ -8,8 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cpu_linear import linear
-
 
 class Attention(nn.Module):
     """Fused-QKV self-attention.
@@ -41,8 +39,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, pos: Optional[torch.Tensor] = None) -> torch.Tensor:
         b, n, c = x.shape
-        qkv = linear(x, self.qkv.weight, self.qkv.bias)
-        q, k, v = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q = self.q_norm(q)
         k = self.k_norm(k)
         if self.rope is not None and pos is not None:
@@ -51,4 +48,4 @@ class Attention(nn.Module):
         if q.dtype != v.dtype:  # QK LayerNorm under autocast comes back in float32
             q, k = q.to(v.dtype), k.to(v.dtype)
         out = F.scaled_dot_product_attention(q, k, v)
-        return linear(out.transpose(1, 2).reshape(b, n, c), self.proj.weight, self.proj.bias)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))

@@ -7,8 +7,6 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..cpu_linear import linear
-
 
 class Mlp(nn.Module):
     """Linear -> GELU -> Linear.
@@ -32,4 +30,4 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, out, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(self.act(linear(x, self.fc1.weight, self.fc1.bias)), self.fc2.weight, self.fc2.bias)
+        return self.fc2(self.act(self.fc1(x)))
