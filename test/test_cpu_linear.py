@@ -70,3 +70,11 @@ def test_head_output_matches_the_plain_path_and_follows_weight_updates():
         updated_plain = run()
     assert float((updated - fast).abs().max()) > 1e-3 * scale
     assert float((updated - updated_plain).abs().max()) <= 1e-5 * scale
+
+
+def test_head_built_under_inference_mode_runs():
+    with torch.inference_mode():  # inference-tensor parameters carry no version counter
+        head = UnionSegmentationHead(HeadConfig(img_size=126, sa_tokens=9))
+        out = head(torch.randn(1, 2, 128, 63, 63), torch.rand(1, 5, 2) * 125, torch.rand(1, 5, 2) * 125,
+                   torch.ones(1, 126, 126))[0]
+    assert out.shape == (1, 1, 126, 126) and torch.isfinite(out).all()

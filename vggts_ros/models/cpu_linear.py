@@ -68,9 +68,12 @@ def derived(module: nn.Module, name: str, build: Callable[[], Tuple[Tensor, ...]
     """``build()`` (tensors derived from ``module``'s parameters, e.g. a conv weight laid
     out as a matrix), cached on the module until a parameter changes (in-place update,
     new tensor, dtype or device). Not part of the state dict. Built afresh when autograd
-    is recording so that gradients reach the parameters."""
+    is recording (so that gradients reach the parameters) and for parameters created
+    under ``torch.inference_mode`` (they carry no version counter)."""
     params = tuple(module.parameters(recurse=False))
     if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+        return build()
+    if any(p.is_inference() for p in params):  # no version counter to see in-place updates by
         return build()
     key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
     cache: Dict[str, tuple] = module.__dict__.setdefault("_derived_tensors", {})
