@@ -557,9 +557,11 @@ class VGGTSegmentor:
         for group in groups:
             with clock("features"):
                 f = self.backbone_features([src.crop_image] + [inputs[t].image for t in group])
+                tracked = None  # one tracker call serves every target of the group
                 for j, t in enumerate(group):
                     if self.cfg.second_pass or (t < len(retrack) and retrack[t]):
-                        inputs[t] = self.second_pass(f, src, j + 1, inputs[t])
+                        tracked = tracked or self.second_pass_tracks(f, src)
+                        inputs[t] = self.second_pass(f, src, j + 1, inputs[t], tracked)
             with clock("head"):
                 full, _ = self.decode(f, src.prompts, [inputs[t].prompts for t in group], src.crop_mask)
             for j, t in enumerate(group):
@@ -618,12 +620,18 @@ class VGGTSegmentor:
             timings={},
         )
 
-    def second_pass(self, features: torch.Tensor, src: SourceInput, view_index: int, target: TargetInput) -> TargetInput:
+    def second_pass_tracks(self, features: torch.Tensor, src: SourceInput) -> Tuple[np.ndarray, Tracks]:
+        """K-means points of the source zoom and their tracks through the features pass."""
+        queries = prompts.kmeans_sample_points(src.crop_mask, self.cfg.first_pass_points)
+        return queries, self.track(features, [queries])[0]
+
+    def second_pass(self, features: torch.Tensor, src: SourceInput, view_index: int, target: TargetInput,
+                    tracked: Optional[Tuple[np.ndarray, Tracks]] = None) -> TargetInput:
         """Re-project K-means points of the source zoom into the target input with the
-        features pass (no extra backbone pass) and re-cluster them into the prompts."""
+        features pass (no extra backbone pass) and re-cluster them into the prompts.
+        ``tracked``: :meth:`second_pass_tracks` of these features, when already made."""
         cfg, k = self.cfg, self.cfg.prompt_points
-        queries = prompts.kmeans_sample_points(src.crop_mask, cfg.first_pass_points)
-        tr = self.track(features, [queries])[0]
+        queries, tr = tracked if tracked is not None else self.second_pass_tracks(features, src)
         pts = np.clip(tr.coords[view_index], 0, self.image_size - 1)
         kept, _ = prompts.median_outlier_split(pts, cfg.outlier_k)
         labels, centres = prompts.cluster_points(pts[kept], k)

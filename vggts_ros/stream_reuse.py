@@ -6,9 +6,10 @@ weights has not been measured in this project; only its speed has (bench/bench_s
 In a stream of synchronised sets the first pass (backbone over ``[source, targets]`` and
 the tracker) only serves to find *where* the object is in each cropped target. When the
 previous set's mask of every object in that target was confident, the crop is taken
-around that mask instead (the same crop rule, :func:`transforms.crop_target`, on K-means
-points of the mask) and the prompts come from tracking in the features pass (the
-pipeline's second-pass machinery, :meth:`VGGTSegmentor.second_pass`). A target runs the
+around that mask instead (the same crop rule, :func:`transforms.crop_target`, on the
+mask's pixels) and the prompts come from tracking in the features pass (the
+pipeline's second-pass machinery, :meth:`VGGTSegmentor.second_pass`, one tracker call
+per object for all its reused targets). A target runs the
 full pass again when
 
 * it was not segmented in the previous set (new target, new object count, other size),
@@ -111,14 +112,14 @@ def for_segmentor(seg) -> Optional[StreamReuse]:
 
 
 def crop_from_mask(image_hw: Tuple[int, int], mask: np.ndarray, size: int, cfg) -> transforms.TargetCrop:
-    """The target crop of the pipeline's rule around K-means points of a previous mask
-    (standing in for the first pass's projected points). Large masks are clustered on a
-    strided grid of their pixels (K-means over a whole-frame mask would cost more than
-    the pass it replaces)."""
+    """The target crop of the pipeline's rule around a previous mask: its pixels (on a
+    strided grid, at most ~2000) stand in for the first pass's projected points (no
+    K-means: over a whole-frame mask it would cost more than the pass it replaces)."""
     mask = np.asarray(mask, bool)
-    stride = max(1, int(np.ceil(np.sqrt(mask.sum() / 4096.0))))
-    grid = mask[::stride, ::stride]
-    if not grid.any():
-        grid, stride = mask, 1
-    points = prompts.kmeans_sample_points(grid, cfg.first_pass_points).astype(np.float64) * stride
+    stride = max(1, int(np.ceil(np.sqrt(mask.sum() / 2048.0))))
+    ys, xs = np.nonzero(mask[::stride, ::stride])
+    if len(xs) == 0:
+        ys, xs = np.nonzero(mask)
+        stride = 1
+    points = np.stack([xs, ys], axis=1).astype(np.float64) * stride
     return transforms.crop_target(image_hw, points, size, cfg.crop_schedule, cfg.outlier_k)
