@@ -4,6 +4,8 @@ In a ROS 2 workspace the package is built by colcon through CMakeLists.txt inste
 on the pip path the interfaces are generated with CMake first (see README).
 """
 
+from glob import glob
+
 from setuptools import find_packages, setup
 
 setup(
@@ -16,6 +18,10 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["vggts_ros", "vggts_ros.*"]),
     package_data={"vggts_ros": ["share/config/*.yaml", "share/launch/*.py"]},
+    # The interface definitions, where a ROS install keeps them (<prefix>/share/vggts_ros):
+    # `vggts replay` reads msg/*.msg to write ProjectedPoints without ROS installed.
+    data_files=[("share/vggts_ros/msg", sorted(glob("msg/*.msg"))),
+                ("share/vggts_ros/srv", sorted(glob("srv/*.srv")))],
     install_requires=[
         "numpy>=1.24",
         "torch>=2.2",

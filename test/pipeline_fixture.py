@@ -13,21 +13,30 @@ are compared with ``DRIFT_FACTOR * d`` (2 for the two runs, 1 for margin). What 
 the first pass downstream (the end-to-end logits) gets the same treatment: that factor times
 the logit change the stored drift causes. Float64 runs are compared to 1e-6 px / 1e-9
 relative (``F64_*``).
+
+**Shared work** (the suite's cost is a few full-size head decodes and backbone passes):
+the networks are built and filled once per session (both pipeline fixtures name the same
+ones; each fixture's weight fingerprints are still checked), the float64 segmentor casts a
+copy of them, and the first-pass stage tests read the tracks of the end-to-end run
+(:func:`run_end_to_end`) instead of running that backbone pass a second time.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 
 import numpy as np
+import pytest
 import torch
 
 import parity_tolerances as ptol
 from conftest import load_fixture
-from vggts_ros.config import HeadConfig
+from vggts_ros.config import HeadConfig, PipelineConfig
 from vggts_ros.models.backbone import VGGTBackbone, backbone_config_from_dict
 from vggts_ros.models.deterministic import fill_deterministic, weight_sums
+from vggts_ros.pipeline import VGGTSegmentor
 
 COORD_TOL = 1e-2  # px, stages that do not depend on the tracker (README "Tolerances")
 
@@ -86,18 +95,108 @@ def head_config(pipe, head_fx) -> HeadConfig:
     return HeadConfig(**cfg)
 
 
+_NETWORKS: dict = {}
+
+
 def build_networks(pipe):
-    """(backbone, head) of a pipeline fixture, weights checked key by key."""
+    """(backbone, head) of a pipeline fixture in float32, weights checked key by key.
+
+    Built once per session for each (seeds, head config) and shared: callers must not
+    change them in place (:func:`segmentors` casts a copy to float64). The fingerprints
+    are checked on every call, for this fixture's stored sums."""
     from vggts_ros.models.union_head import UnionSegmentationHead
 
     track_fx, head_fx = load_fixture("vggt_track_tiny.pt"), load_fixture("vggts_head.pt")
     assert pipe["weight_seed"] == track_fx["weight_seed"]
-    backbone = VGGTBackbone(backbone_config_from_dict(track_fx["config"])).eval()
-    fill_deterministic(backbone, track_fx["weight_seed"])
+    cfg = head_config(pipe, head_fx)
+    key = (int(track_fx["weight_seed"]), int(pipe["head_weight_seed"]), repr(track_fx["config"]), repr(cfg))
+    if key not in _NETWORKS:
+        backbone = VGGTBackbone(backbone_config_from_dict(track_fx["config"])).eval()
+        fill_deterministic(backbone, track_fx["weight_seed"])
+        head = fill_deterministic(UnionSegmentationHead(cfg).eval(), pipe["head_weight_seed"])
+        _NETWORKS[key] = backbone, head
+    backbone, head = _NETWORKS[key]
     check_weight_sums(backbone, track_fx["weight_sums"], "backbone")
-    head = fill_deterministic(UnionSegmentationHead(head_config(pipe, head_fx)).eval(), pipe["head_weight_seed"])
     check_weight_sums(head, pipe["head_weight_sums"], "head")
     return backbone, head
+
+
+def segmentors(pipe):
+    """``(seg, seg64)``: the default float32 pipeline on the fixture's networks, and a
+    ``precision="float64"`` one on a copy (the float64 cast is in place)."""
+    backbone, head = build_networks(pipe)
+    seg = VGGTSegmentor(backbone, head, PipelineConfig(), device="cpu")
+    seg64 = VGGTSegmentor(copy.deepcopy(backbone), copy.deepcopy(head), PipelineConfig(precision="float64"),
+                          device="cpu")
+    assert seg.backbone.dtype == torch.float32 and next(seg.head.parameters()).dtype == torch.float32
+    return seg, seg64
+
+
+def module_fixtures(file_name: str):
+    """The module fixtures every pipeline parity module starts from: ``pipe`` (the
+    fixture file's contents) and the float32 / float64 segmentors ``seg`` / ``seg64`` on
+    its networks. Bind them as module globals: ``pipe, segs, seg, seg64 = module_fixtures(...)``."""
+
+    @pytest.fixture(scope="module", name="pipe")
+    def pipe_fixture():
+        return load_fixture(file_name)
+
+    @pytest.fixture(scope="module", name="segs")
+    def segs_fixture(pipe):
+        return segmentors(pipe)
+
+    @pytest.fixture(scope="module", name="seg")
+    def seg_fixture(segs):
+        return segs[0]
+
+    @pytest.fixture(scope="module", name="seg64")
+    def seg64_fixture(segs):
+        return segs[1]
+
+    return pipe_fixture, segs_fixture, seg_fixture, seg64_fixture
+
+
+def run_end_to_end(seg, source_image, source_mask, view):
+    """One default ``_run`` for one object and one target: (result, trace) where the trace
+    holds the pipeline's own sources, first-pass tracks and target inputs."""
+    trace: dict = {}
+    with torch.inference_mode():
+        result = seg._run(np_(source_image), [np_(source_mask) > 0], [view], trace)[0][0]
+    return result, trace
+
+
+def traced_first_pass(trace, direct: bool, reference_points):
+    """The first-pass tracks of an end-to-end ``trace`` (its K-means queries: ``direct``
+    points of an uncropped target, else the first-pass points), columns in the order of
+    ``reference_points``."""
+    src = trace["sources"][0]
+    tracks = trace["tracks"][0][1 if direct else 0]
+    idx = reference_order(src.direct_points if direct else src.first_points, reference_points)
+    return type(tracks)(tracks.coords[:, idx], tracks.vis[:, idx], tracks.conf[:, idx])
+
+
+def reference_order(ours, reference) -> np.ndarray:
+    """Indices ``idx`` with ``ours[idx] == reference`` row for row: the pipeline's K-means
+    points are the reference's exactly, possibly listed in another order."""
+    ours, ref = np.asarray(ours, np.float64).reshape(-1, 2), np_(reference).astype(np.float64).reshape(-1, 2)
+    o, r = np.lexsort(ours.T[::-1]), np.lexsort(ref.T[::-1])
+    assert ours.shape == ref.shape and np.array_equal(ours[o], ref[r]), "the query points differ from the reference's"
+    idx = np.empty_like(o)
+    idx[r] = o
+    return idx
+
+
+def logit_tolerance(seg, features, src_points, src_mask, low32, prompts64, ref_low) -> float:
+    """End-to-end logit tolerance: ``DRIFT_FACTOR`` times how much the head's low-res
+    logits move when the target prompts derived from the reference's float32 first pass
+    (``low32``: the head already run on them) are replaced by those of its float64 first
+    pass (``prompts64``), same features; at least the fixtures' 1e-4 relative."""
+    with torch.inference_mode():
+        _, low64 = seg.decode(features, np_(src_points), [np.asarray(prompts64, np.float32)], np_(src_mask))
+    scale = max(1.0, float(torch.as_tensor(ref_low).abs().max()))
+    tol = max(1e-4 * scale, ptol.DRIFT_FACTOR * (torch.as_tensor(low32) - low64).abs().max().item())
+    assert tol < 0.1 * scale, f"derived tolerance {tol:.3g} is not small against the logits ({scale:.3g})"
+    return tol
 
 
 def network_logits(low: torch.Tensor, size: int) -> torch.Tensor:

@@ -7,6 +7,7 @@ only then compared output by output.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -104,31 +105,37 @@ def track_fixture():
     return load_fixture("vggt_track_tiny.pt")
 
 
-def _run_track_model(fx, dtype: torch.dtype):
-    """Build, fill, verify the weights, and run the tiny backbone once in ``dtype``."""
-    cfg = backbone_config_from_dict(fx["config"])
-    model = VGGTBackbone(cfg).eval()
-    fill_deterministic(model, fx["weight_seed"])
-    check_weight_sums(model, fx["weight_sums"], "vggt_track_tiny")
+@pytest.fixture(scope="module")
+def track_model(track_fixture):
+    """The tiny backbone, built and filled once (float32), weights verified."""
+    model = VGGTBackbone(backbone_config_from_dict(track_fixture["config"])).eval()
+    fill_deterministic(model, track_fixture["weight_seed"])
+    check_weight_sums(model, track_fixture["weight_sums"], "vggt_track_tiny")
+    return model
+
+
+def _run_track_model(fx, model, dtype: torch.dtype):
+    """Run the tiny backbone once in ``dtype`` (on a copy when casting: the cast is in place)."""
+    if dtype != torch.float32:
+        model = copy.deepcopy(model).to(dtype)
     _, frames, _, fh, fw = fx["feature_shape"]
     stride = model.track_head.feature_extractor.down_ratio
     images = _images(fx["image_seed"], frames, fh * stride, fw * stride)
-    model = model.to(dtype)
     with torch.no_grad():
         out = model(images.to(dtype), fx["query_points"].to(dtype), return_tokens=True)
     return {"model": model, "out": out}
 
 
 @pytest.fixture(scope="module")
-def track_run(track_fixture):
-    return _run_track_model(track_fixture, torch.float32)
+def track_run(track_fixture, track_model):
+    return _run_track_model(track_fixture, track_model, torch.float32)
 
 
 @pytest.fixture(scope="module")
-def track_run64(track_fixture):
+def track_run64(track_fixture, track_model):
     if "float64" not in track_fixture:
         pytest.fail("vggt_track_tiny.pt has no 'float64' entry (regenerate the reference fixtures)")
-    return _run_track_model(track_fixture, torch.float64)
+    return _run_track_model(track_fixture, track_model, torch.float64)
 
 
 def test_track_weight_sums(track_fixture, track_run):

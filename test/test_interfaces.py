@@ -95,6 +95,9 @@ def test_generated_fields_match_the_specification(interface_prefix):
     assert list(f["op"].items())[:6] == [
         ("object_id", "uint8"), ("source_xy", "sequence<float>"), ("target_xy", "sequence<float>"),
         ("visibility", "sequence<float>"), ("confidence", "sequence<float>"), ("score", "float")]
+    # added later, at the end: which path made the mask, and why an empty one is empty
+    assert list(f["op"].items())[-4:] == [("label", "string"), ("area", "uint32"), ("path", "string"),
+                                          ("reason", "string")]
     assert list(f["pp"].items()) == [
         ("header", "std_msgs/Header"), ("source_camera", "string"), ("target_camera", "string"),
         ("objects", "sequence<vggts_ros/ObjectPoints>")]
@@ -132,6 +135,23 @@ def test_service_and_message_round_trip_over_dds(interface_prefix):
         assert len(got["source_xy"]) == len(got["target_xy"]) == 10
         assert len(got["visibility"]) == len(got["confidence"]) == 5
         assert got == want
+
+
+def test_the_wheel_ships_the_interface_definitions(tmp_path):
+    """pip path: the package carries msg/*.msg and srv/*.srv to <prefix>/share/vggts_ros,
+    where `vggts replay` reads them when no source tree is around."""
+    import zipfile
+
+    src = _copy_package(tmp_path / "src")
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("vggts_ros-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        shipped = {n.split(".data/data/", 1)[1]: z.read(n) for n in z.namelist() if ".data/data/share/" in n}
+    expected = {f"share/vggts_ros/{p.parent.name}/{p.name}": p.read_bytes()
+                for p in sorted(REPO.glob("msg/*.msg")) + sorted(REPO.glob("srv/*.srv"))}
+    assert shipped == expected
 
 
 def test_colcon_workspace_build_installs_interfaces_and_python(tmp_path):

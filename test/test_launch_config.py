@@ -140,34 +140,20 @@ def test_node_under_a_namespace_and_another_name_loads_the_shipped_yaml():
     gets its parameters and subscribes to /robot1/<camera>/image_raw."""
     import numpy as np
 
-    from vggts_ros.ros import transport
-    from vggts_ros.ros.player import CameraPlayer, NodeProcess, OutputCollector, PlayedCamera, Spinner, wait_until
+    from helpers.node_graph import serving_node_process
+    from vggts_ros.ros.player import NodeProcess, PlayedCamera
 
     ns = f"robot{os.getpid()}"  # another run on the same domain must not cross-talk
-    transport.configure()
-    rclpy.init()
     node = NodeProcess(NodeConfig(), node_name=f"{ns}/arm", params_file=str(REPO / "config" / "multicam.yaml"),
-                       extra_args=["-p", "model.backend:=geometric", "-p", "model.device:=cpu"]).start()
+                       extra_args=["-p", "model.backend:=geometric", "-p", "model.device:=cpu"])
     rng = np.random.default_rng(0)
     cams = [PlayedCamera(n, f"/{ns}/{n}/image_raw", rng.integers(0, 255, (60, 80, 3), dtype=np.uint8))
             for n in ("ego", "exo1", "exo2")]
-    player = CameraPlayer(cams, rate_hz=5.0, name=f"{ns}_player")
-    collector = OutputCollector(f"{ns}/arm", ["ego", "exo1", "exo2"], name=f"{ns}_collector")
-    spinner = Spinner(player, collector)
-    try:
-        assert wait_until(lambda: collector._set.service_is_ready() or not node.alive(), 120), node.log()[-3000:]
-        assert node.alive(), node.log()[-3000:]
-        assert collector.wait_for_frames(["ego", "exo1", "exo2"], 30), node.log()[-3000:]
+    with serving_node_process(node, cams, f"{ns}/arm", player_name=f"{ns}_player",
+                              collector_name=f"{ns}_collector") as (player, collector):
         status = collector.camera_status("exo2")
         assert status["topic"] == f"/{ns}/exo2/image_raw"
         assert collector.pipeline_status()["backend"] == "geometric"
-    finally:
-        spinner.close()
-        code = node.stop()
-        player.destroy_node()
-        collector.destroy_node()
-        rclpy.shutdown()
-    assert code == 0, node.log()[-3000:]
 
 
 def test_device_may_name_a_cuda_index():

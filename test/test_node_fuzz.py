@@ -1,7 +1,6 @@
 """Hundreds of random and hostile SetSourceMask requests over DDS (seeded): every one is
 answered with a message, and the node keeps serving afterwards."""
 
-import os
 import random
 
 import numpy as np
@@ -10,13 +9,10 @@ import pytest
 rclpy = pytest.importorskip("rclpy", reason="rclpy (ros-kilted-rclpy) is not installed")
 
 from builtin_interfaces.msg import Time  # noqa: E402
-from rclpy.parameter import Parameter  # noqa: E402
 
-from vggts_ros.config import CameraConfig, InferenceConfig, ModelConfig, NodeConfig, PublishConfig, SyncConfig  # noqa: E402
-from vggts_ros.geometric import GeometricSegmentor  # noqa: E402
-from vggts_ros.ros import transport  # noqa: E402
-from vggts_ros.ros.node import VGGTSNode  # noqa: E402
-from vggts_ros.ros.player import CameraPlayer, OutputCollector, PlayedCamera, Spinner, wait_until  # noqa: E402
+from helpers.node_graph import NodeGraph, ros  # noqa: E402,F401
+from vggts_ros.config import InferenceConfig  # noqa: E402
+from vggts_ros.ros.player import wait_until  # noqa: E402
 from vggts_ros.scenes import synthetic_scene  # noqa: E402
 from vggts_ros.srv import SetSourceMask  # noqa: E402
 
@@ -66,31 +62,14 @@ def hostile_request(rng: random.Random, cameras, sizes, last_stamp: Time) -> Set
 
 
 @pytest.fixture()
-def graph():
-    transport.configure()
-    rclpy.init()
+def graph(ros):
     scene = synthetic_scene(seed=1)
-    name = f"vggts_fuzz_{os.getpid()}"  # another run on the same domain must not cross-talk
-    cfg = NodeConfig(
-        cameras=[CameraConfig(c, f"/{name}_cams/{c}", scene.role(c)) for c in scene.views],
-        sync=SyncConfig(slop=0.02, queue_size=5, stale_after=1.0),
-        model=ModelConfig(backend="geometric", device="cpu"),
-        inference=InferenceConfig(max_objects=8, max_label_length=256, max_image_pixels=1_000_000),
-        publish=PublishConfig(overlay=False, diagnostics_period=0.5),
-    )
-    node = VGGTSNode(name, segmentor=GeometricSegmentor(),
-                     parameter_overrides=[Parameter(k, value=v) for k, v in cfg.to_parameters().items()])
-    player = CameraPlayer([PlayedCamera(c.name, c.topic, scene.image(c.name)) for c in cfg.cameras], rate_hz=5.0,
-                          name=f"{name}_player")
-    collector = OutputCollector(name, list(scene.views), name=f"{name}_collector")
-    spinner = Spinner(node, player, collector)
+    g = NodeGraph(scene, "vggts_fuzz", diagnostics_period=0.5,
+                  inference=InferenceConfig(max_objects=8, max_label_length=256, max_image_pixels=1_000_000))
     try:
-        yield scene, node, player, collector
+        yield scene, g.node, g.player, g.collector
     finally:
-        spinner.close()
-        for n in (node, player, collector):
-            n.destroy_node()
-        rclpy.shutdown()
+        g.close()
 
 
 def test_hostile_set_source_mask_requests_are_all_answered_and_the_node_keeps_serving(graph):

@@ -3,93 +3,19 @@ geometric backend on a bundled scene with exact ground truth): clocks that loop,
 or lie, live parameters, clear/replace racing inference, stalls, sim time without
 /clock."""
 
-import os
 import threading
 import time
 
-import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy (ros-kilted-rclpy) is not installed")
 
 from rclpy.parameter import Parameter  # noqa: E402
 
-from vggts_ros import metrics  # noqa: E402
-from vggts_ros.config import CameraConfig, InferenceConfig, ModelConfig, NodeConfig, PublishConfig, SyncConfig  # noqa: E402
+from helpers.node_graph import graph_factory, iou_on, labels, ros, scene  # noqa: E402,F401
+from vggts_ros.config import InferenceConfig  # noqa: E402
 from vggts_ros.geometric import GeometricSegmentor  # noqa: E402
-from vggts_ros.ros import transport  # noqa: E402
-from vggts_ros.ros.node import VGGTSNode  # noqa: E402
-from vggts_ros.ros.player import CameraPlayer, OutputCollector, PlayedCamera, Spinner, wait_until  # noqa: E402
-from vggts_ros.scenes import synthetic_scene  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def scene():
-    return synthetic_scene(seed=0)
-
-
-@pytest.fixture()
-def ros():
-    transport.configure()  # this process publishes camera images
-    rclpy.init()
-    yield
-    rclpy.shutdown()
-
-
-class Graph:
-    def __init__(self, scene, name, segmentor=None, extra=(), inference_max_rate=0.0):
-        name = f"{name}_{os.getpid()}"  # another run on the same domain must not cross-talk
-        cfg = NodeConfig(
-            cameras=[CameraConfig(c, f"/{name}_cams/{c}", scene.role(c)) for c in scene.views],
-            sync=SyncConfig(slop=0.02, queue_size=5, stale_after=1.0),
-            model=ModelConfig(backend="geometric", device="cpu"),
-            inference=InferenceConfig(max_rate=inference_max_rate),
-            publish=PublishConfig(overlay=False, diagnostics_period=0.3),
-        )
-        overrides = [Parameter(k, value=v) for k, v in cfg.to_parameters().items()] + list(extra)
-        self.scene = scene
-        self.node = VGGTSNode(name, segmentor=segmentor or GeometricSegmentor(), parameter_overrides=overrides)
-        self.player = CameraPlayer([PlayedCamera(c.name, c.topic, scene.image(c.name)) for c in cfg.cameras],
-                                   rate_hz=5.0, name=f"{name}_player")
-        self.collector = OutputCollector(name, list(scene.views), name=f"{name}_collector")
-        self.spinner = Spinner(self.node, self.player, self.collector)
-
-    def status(self, camera=None):
-        return (self.collector.camera_status(camera) if camera else self.collector.pipeline_status()) or {}
-
-    def set_object(self, oid=1):
-        assert wait_until(lambda: len(self.player.stamps) >= 2, 20)
-        assert wait_until(lambda: self.node.history.latest("ego") is not None, 20)
-        resp = self.collector.set_source_mask("ego", self.scene.mask("ego", oid), object_id=oid)
-        assert resp.success, resp.message
-
-    def masks_since(self, camera, t):
-        with self.collector._lock:
-            return [r for r in self.collector.masks[camera] if r.arrival > t]
-
-    def close(self):
-        self.spinner.close()
-        for n in (self.node, self.player, self.collector):
-            n.destroy_node()
-
-
-@pytest.fixture()
-def graph_factory(ros):
-    made = []
-
-    def make(*args, **kwargs):
-        made.append(Graph(*args, **kwargs))
-        return made[-1]
-
-    yield make
-    for g in made:
-        g.close()
-
-
-def iou_on(received, scene, camera, oid=1):
-    msg = received.msg
-    pred = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width) == oid
-    return metrics.iou(scene.mask(camera, oid), pred)
+from vggts_ros.ros.player import wait_until  # noqa: E402
 
 
 def test_a_looped_recording_keeps_producing_after_time_jumps_back(graph_factory, scene):
@@ -158,6 +84,22 @@ def test_live_parameters_apply_and_read_only_ones_are_refused(graph_factory, sce
     assert g.node.sync.slop == 0.05 and g.node.cfg.inference.source_mode == "keyframe"
 
 
+def test_the_stale_limit_follows_the_camera_rate_once_switched_on_live(graph_factory, scene):
+    g = graph_factory(scene, "vggts_stalerate")
+    assert wait_until(lambda: g.status("exo1").get("stale_after_s") == "1.000", 20), g.status("exo1")
+    [bad] = g.collector.set_parameters(sync__stale_periods=-1.0)
+    assert not bad.successful and "sync.stale_periods" in bad.reason
+    [on] = g.collector.set_parameters(sync__stale_periods=2.0)
+    assert on.successful, on.reason
+    assert g.node.sync.stale_periods == 2.0
+    # 2 frame periods of the 5 Hz cameras (above the 0.25 s floor) replace the fixed 1 s.
+    assert wait_until(lambda: g.status("exo1").get("stale_after_s") not in ("", "1.000"), 10), g.status("exo1")
+    assert 0.25 <= float(g.status("exo1")["stale_after_s"]) < 1.0, g.status("exo1")
+    [off] = g.collector.set_parameters(sync__stale_periods=0.0)
+    assert off.successful, off.reason
+    assert wait_until(lambda: g.status("exo1").get("stale_after_s") == "1.000", 10), g.status("exo1")
+
+
 class Gate:
     """The geometric backend, held inside ``segment`` until released."""
 
@@ -194,7 +136,7 @@ def test_clear_or_replace_during_inference_publishes_nothing_stale(graph_factory
         masks = [r.msg for r in g.collector.masks["exo1"] if r.arrival > t_clear]
     # Exactly the explicit "cleared" output: no objects, an all-zero mask.
     assert [len(p.objects) for p in after] == [0], [len(p.objects) for p in after]
-    assert len(masks) == 1 and not np.frombuffer(bytes(masks[0].data), np.uint8).any()
+    assert len(masks) == 1 and not labels(masks[0]).any()
     assert int(g.status().get("sets_discarded_stale", 0)) >= 1 or wait_until(
         lambda: int(g.status().get("sets_discarded_stale", 0)) >= 1, 5)
 
@@ -215,9 +157,7 @@ def test_clear_or_replace_during_inference_publishes_nothing_stale(graph_factory
     # Every mask published after the replace shows the new object (ground truth id 2).
     for received in g.masks_since("exo1", t_replace):
         assert iou_on(received, scene, "exo1", oid=1) < 0.2
-        msg = received.msg
-        pred = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width) == 1
-        assert metrics.iou(scene.mask("exo1", 2), pred) > 0.5
+        assert iou_on(received, scene, "exo1", oid=1, truth_oid=2) > 0.5
 
 
 def test_a_stall_turns_diagnostics_to_error_and_recovery_back(graph_factory, scene):
@@ -249,7 +189,7 @@ def test_diagnostics_keep_coming_with_sim_time_and_no_clock(graph_factory, scene
 
 
 def test_max_rate_processes_the_newest_set_when_its_period_has_passed(graph_factory, scene):
-    g = graph_factory(scene, "vggts_maxrate", inference_max_rate=0.25)
+    g = graph_factory(scene, "vggts_maxrate", inference=InferenceConfig(max_rate=0.25))
     g.set_object()
     assert wait_until(lambda: g.collector.count("points", "exo1") >= 2, 60), g.status()
     with g.collector._lock:

@@ -3,7 +3,6 @@ process, weight-free geometric backend on a bundled scene with exact ground trut
 RViz/Foxglove markers and CameraInfo beside the masks, click to mask, the managed
 (lifecycle) node."""
 
-import os
 import threading
 import time
 
@@ -14,41 +13,13 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy (ros-kilted-rclpy) is not ins
 pytest.importorskip("visualization_msgs", reason="visualization_msgs (ros-kilted-visualization-msgs) is not installed")
 
 from rclpy.node import Node  # noqa: E402
-from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CameraInfo  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
+from helpers.node_graph import graph_factory, iou_on, labels, ros, scene  # noqa: E402,F401
 from vggts_ros import metrics  # noqa: E402
-from vggts_ros.config import CameraConfig, InferenceConfig, ModelConfig, NodeConfig, PublishConfig, SyncConfig  # noqa: E402
-from vggts_ros.geometric import GeometricSegmentor  # noqa: E402
 from vggts_ros.markers import nominal_intrinsics, rays_to_pixels  # noqa: E402
-from vggts_ros.ros import transport  # noqa: E402
-from vggts_ros.ros.node import VGGTSNode  # noqa: E402
-from vggts_ros.ros.player import CameraPlayer, OutputCollector, PlayedCamera, Spinner, wait_until  # noqa: E402
-from vggts_ros.scenes import synthetic_scene  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def scene():
-    return synthetic_scene(seed=0)
-
-
-@pytest.fixture()
-def ros():
-    transport.configure()  # this process publishes camera images
-    rclpy.init()
-    yield
-    rclpy.shutdown()
-
-
-def config(scene, name):
-    return NodeConfig(
-        cameras=[CameraConfig(c, f"/{name}_cams/{c}/image_raw", scene.role(c)) for c in scene.views],
-        sync=SyncConfig(slop=0.02, queue_size=5, stale_after=1.0),
-        model=ModelConfig(backend="geometric", device="cpu"),
-        inference=InferenceConfig(),
-        publish=PublishConfig(overlay=False, diagnostics_period=0.3),
-    )
+from vggts_ros.ros.player import wait_until  # noqa: E402
 
 
 class Listener(Node):
@@ -74,61 +45,49 @@ def stamp_of(header):
     return header.stamp.sec + header.stamp.nanosec * 1e-9
 
 
-def test_markers_and_camera_info_share_the_mask_header(ros, scene):
-    name = f"vggts_rviz_{os.getpid()}"
-    cfg = config(scene, name)
-    node = VGGTSNode(name, segmentor=GeometricSegmentor(),
-                     parameter_overrides=[Parameter(k, value=v) for k, v in cfg.to_parameters().items()])
-    player = CameraPlayer([PlayedCamera(c.name, c.topic, scene.image(c.name)) for c in cfg.cameras], rate_hz=5.0,
-                          name=f"{name}_player")
-    collector = OutputCollector(name, list(scene.views), name=f"{name}_collector")
+def test_markers_and_camera_info_share_the_mask_header(graph_factory, scene):
+    g = graph_factory(scene, "vggts_rviz", spin=False)
+    name, node, player, collector = g.name, g.node, g.player, g.collector
     listener = Listener(f"{name}_listener", [(f"/{name}/{c}/{kind}", t) for c in ("exo1", "exo2")
                                              for kind, t in (("markers", MarkerArray), ("camera_info", CameraInfo))])
     # exo1 has a calibrated camera_info (its intrinsics pass through); exo2 has none.
     h1, w1 = scene.image("exo1").shape[:2]
     K1 = np.array([[321.0, 0.0, 150.5], [0.0, 322.0, 100.25], [0.0, 0.0, 1.0]])
     info_pub = player.create_publisher(CameraInfo, f"/{name}_cams/exo1/camera_info", 10)
-    info_timer = player.create_timer(0.1, lambda: info_pub.publish(CameraInfo(
+    player.create_timer(0.1, lambda: info_pub.publish(CameraInfo(
         width=w1, height=h1, distortion_model="plumb_bob", d=[0.0] * 5, k=K1.reshape(-1).tolist(),
         r=np.eye(3).reshape(-1).tolist(), p=np.hstack([K1, np.zeros((3, 1))]).reshape(-1).tolist())))
-    spinner = Spinner(node, player, collector, listener)
-    try:
-        assert wait_until(lambda: node.history.latest("ego") is not None and "exo1" in node._infos, 20)
-        resp = collector.set_source_mask("ego", scene.mask("ego", 1), object_id=1, label="crate")
-        assert resp.success, resp.message
-        assert wait_until(lambda: all(len(listener.all(f"/{name}/{c}/markers")) >= 2 for c in ("exo1", "exo2")), 60)
-        for cam, K in (("exo1", K1), ("exo2", nominal_intrinsics(*scene.image("exo2").shape[1::-1]))):
-            arrays = listener.all(f"/{name}/{cam}/markers")
-            infos = listener.all(f"/{name}/{cam}/camera_info")
-            array = arrays[-1]
-            mask = collector.at_stamp("masks", cam, stamp_of(array.markers[0].header))
-            assert mask is not None, "no mask with the markers' stamp"
-            info = [i for i in infos if stamp_of(i.header) == mask.stamp]
-            assert info, "no CameraInfo with the mask's stamp"
-            for header in [info[0].header] + [m.header for m in array.markers]:
-                assert header.frame_id == mask.msg.header.frame_id
-                assert (header.stamp.sec, header.stamp.nanosec) == (mask.msg.header.stamp.sec,
-                                                                     mask.msg.header.stamp.nanosec)
-            h, w = scene.image(cam).shape[:2]
-            assert (info[0].height, info[0].width) == (h, w)
-            assert np.allclose(np.asarray(info[0].k).reshape(3, 3), K)
-            # The markers: reset, then per object its points and its label; the points lie on
-            # the viewing rays of the published target points.
-            assert array.markers[0].action == Marker.DELETEALL
-            points = [m for m in array.markers if m.type == Marker.POINTS]
-            texts = [m for m in array.markers if m.type == Marker.TEXT_VIEW_FACING]
-            assert len(points) == 1 and [t.text for t in texts] == ["crate"]
-            projected = collector.at_stamp("points", cam, mask.stamp).msg.objects[0]
-            xy = np.asarray(projected.target_xy).reshape(-1, 2)[np.asarray(projected.visibility) >= 0.5]
-            drawn = rays_to_pixels(np.array([[p.x, p.y, p.z] for p in points[0].points]), K)
-            assert drawn.shape == xy.shape and np.allclose(drawn, xy, atol=1e-3)
-            pred = np.frombuffer(bytes(mask.msg.data), np.uint8).reshape(h, w) == 1
-            assert metrics.iou(scene.mask(cam, 1), pred) > 0.5
-    finally:
-        spinner.close()
-        player.destroy_timer(info_timer)
-        for n in (node, player, collector, listener):
-            n.destroy_node()
+    g.spin(listener)
+    assert wait_until(lambda: node.history.latest("ego") is not None and "exo1" in node._infos, 20)
+    resp = collector.set_source_mask("ego", scene.mask("ego", 1), object_id=1, label="crate")
+    assert resp.success, resp.message
+    assert wait_until(lambda: all(len(listener.all(f"/{name}/{c}/markers")) >= 2 for c in ("exo1", "exo2")), 60)
+    for cam, K in (("exo1", K1), ("exo2", nominal_intrinsics(*scene.image("exo2").shape[1::-1]))):
+        arrays = listener.all(f"/{name}/{cam}/markers")
+        infos = listener.all(f"/{name}/{cam}/camera_info")
+        array = arrays[-1]
+        mask = collector.at_stamp("masks", cam, stamp_of(array.markers[0].header))
+        assert mask is not None, "no mask with the markers' stamp"
+        info = [i for i in infos if stamp_of(i.header) == mask.stamp]
+        assert info, "no CameraInfo with the mask's stamp"
+        for header in [info[0].header] + [m.header for m in array.markers]:
+            assert header.frame_id == mask.msg.header.frame_id
+            assert (header.stamp.sec, header.stamp.nanosec) == (mask.msg.header.stamp.sec,
+                                                                 mask.msg.header.stamp.nanosec)
+        h, w = scene.image(cam).shape[:2]
+        assert (info[0].height, info[0].width) == (h, w)
+        assert np.allclose(np.asarray(info[0].k).reshape(3, 3), K)
+        # The markers: reset, then per object its points and its label; the points lie on
+        # the viewing rays of the published target points.
+        assert array.markers[0].action == Marker.DELETEALL
+        points = [m for m in array.markers if m.type == Marker.POINTS]
+        texts = [m for m in array.markers if m.type == Marker.TEXT_VIEW_FACING]
+        assert len(points) == 1 and [t.text for t in texts] == ["crate"]
+        projected = collector.at_stamp("points", cam, mask.stamp).msg.objects[0]
+        xy = np.asarray(projected.target_xy).reshape(-1, 2)[np.asarray(projected.visibility) >= 0.5]
+        drawn = rays_to_pixels(np.array([[p.x, p.y, p.z] for p in points[0].points]), K)
+        assert drawn.shape == xy.shape and np.allclose(drawn, xy, atol=1e-3)
+        assert iou_on(mask, scene, cam) > 0.5
 
 
 def centre_of(mask):
@@ -139,18 +98,13 @@ def centre_of(mask):
     return float(x), float(y)
 
 
-def test_a_click_on_an_object_makes_masks_in_the_other_cameras_and_background_is_refused(ros, scene):
+def test_a_click_on_an_object_makes_masks_in_the_other_cameras_and_background_is_refused(graph_factory, scene):
     from geometry_msgs.msg import PointStamped
 
-    name = f"vggts_click_{os.getpid()}"
-    cfg = config(scene, name)
-    node = VGGTSNode(name, segmentor=GeometricSegmentor(),
-                     parameter_overrides=[Parameter(k, value=v) for k, v in cfg.to_parameters().items()])
-    player = CameraPlayer([PlayedCamera(c.name, c.topic, scene.image(c.name)) for c in cfg.cameras], rate_hz=5.0,
-                          name=f"{name}_player")
-    collector = OutputCollector(name, list(scene.views), name=f"{name}_collector")
+    g = graph_factory(scene, "vggts_click", spin=False)
+    name, node, player, collector = g.name, g.node, g.player, g.collector
     clicks = player.create_publisher(PointStamped, f"/{name}/click", 10)
-    spinner = Spinner(node, player, collector)
+    g.spin()
 
     def click(frame_id, x, y):
         msg = PointStamped()
@@ -162,52 +116,42 @@ def test_a_click_on_an_object_makes_masks_in_the_other_cameras_and_background_is
         with collector._lock:
             return [s.message for a in collector.diagnostics for s in a.status if s.name.endswith(": click")]
 
-    try:
-        assert wait_until(lambda: node.history.latest("ego") is not None and clicks.get_subscription_count() > 0, 20)
-        # Background (the sky in the image corner): refused with the reason, nothing stored.
-        click("ego", 5.0, 5.0)
-        assert wait_until(lambda: refusals(), 20), "no refusal on /diagnostics"
-        assert "background" in refusals()[0] and "'ego'" in refusals()[0], refusals()
-        assert len(node.registry) == 0
-        # An unknown camera is refused too.
-        click("nope", 5.0, 5.0)
-        assert wait_until(lambda: len(refusals()) >= 2, 20) and "unknown camera 'nope'" in refusals()[1]
-        # A click on object 1 in the source camera: masks of that object in the other cameras.
-        click("ego", *centre_of(scene.mask("ego", 1)))
-        assert wait_until(lambda: len(node.registry) == 1, 20), refusals()
-        oid = node.registry.snapshot()[1][0].object_id
-        assert wait_until(lambda: all(collector.count("masks", c) >= 1 for c in ("exo1", "exo2")), 60)
-        for cam in ("exo1", "exo2"):
-            msg = collector.latest("masks", cam).msg
-            pred = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width) == oid
-            assert metrics.iou(scene.mask(cam, 1), pred) > 0.5, cam
-        assert collector.count("masks", "ego") == 0
-        # The camera named by its images' frame_id (what RViz/Foxglove send on an image panel).
-        click("exo1_optical_frame", *centre_of(scene.mask("exo1", 2)))
-        assert wait_until(lambda: len(node.registry) == 2, 20), refusals()
-        assert {o.camera for o in node.registry.snapshot()[1]} == {"ego", "exo1"}
-    finally:
-        spinner.close()
-        for n in (node, player, collector):
-            n.destroy_node()
+    assert wait_until(lambda: node.history.latest("ego") is not None and clicks.get_subscription_count() > 0, 20)
+    # Background (the sky in the image corner): refused with the reason, nothing stored.
+    click("ego", 5.0, 5.0)
+    assert wait_until(lambda: refusals(), 20), "no refusal on /diagnostics"
+    assert "background" in refusals()[0] and "'ego'" in refusals()[0], refusals()
+    assert len(node.registry) == 0
+    # An unknown camera is refused too.
+    click("nope", 5.0, 5.0)
+    assert wait_until(lambda: len(refusals()) >= 2, 20) and "unknown camera 'nope'" in refusals()[1]
+    # A click on object 1 in the source camera: masks of that object in the other cameras.
+    click("ego", *centre_of(scene.mask("ego", 1)))
+    assert wait_until(lambda: len(node.registry) == 1, 20), refusals()
+    oid = node.registry.snapshot()[1][0].object_id
+    assert wait_until(lambda: all(collector.count("masks", c) >= 1 for c in ("exo1", "exo2")), 60)
+    for cam in ("exo1", "exo2"):
+        assert iou_on(collector.latest("masks", cam), scene, cam, oid=oid, truth_oid=1) > 0.5, cam
+    assert collector.count("masks", "ego") == 0
+    # The camera named by its images' frame_id (what RViz/Foxglove send on an image panel).
+    click("exo1_optical_frame", *centre_of(scene.mask("exo1", 2)))
+    assert wait_until(lambda: len(node.registry) == 2, 20), refusals()
+    assert {o.camera for o in node.registry.snapshot()[1]} == {"ego", "exo1"}
 
 
-def test_the_lifecycle_node_loads_on_configure_and_works_only_while_active(ros, scene):
+def test_the_lifecycle_node_loads_on_configure_and_works_only_while_active(graph_factory, scene):
     from lifecycle_msgs.msg import State, Transition
     from lifecycle_msgs.srv import ChangeState, GetState
 
     from vggts_ros.ros.lifecycle import VGGTSLifecycleNode
 
-    name = f"vggts_managed_{os.getpid()}"
-    cfg = config(scene, name)
     # No backend given: configure builds the geometric one from the parameters.
-    node = VGGTSLifecycleNode(name, parameter_overrides=[Parameter(k, value=v) for k, v in cfg.to_parameters().items()])
-    player = CameraPlayer([PlayedCamera(c.name, c.topic, scene.image(c.name)) for c in cfg.cameras], rate_hz=5.0,
-                          name=f"{name}_player")
-    collector = OutputCollector(name, list(scene.views), name=f"{name}_collector")
+    g = graph_factory(scene, "vggts_managed", spin=False,
+                      node_factory=lambda name, overrides: VGGTSLifecycleNode(name, parameter_overrides=overrides))
+    name, node, player, collector = g.name, g.node, g.player, g.collector
     change = collector.create_client(ChangeState, f"/{name}/change_state")
     get = collector.create_client(GetState, f"/{name}/get_state")
-    spinner = Spinner(node, player, collector)
+    g.spin()
 
     def state():
         return collector._call(get, GetState.Request(), 10).current_state.id
@@ -226,79 +170,62 @@ def test_the_lifecycle_node_loads_on_configure_and_works_only_while_active(ros, 
         time.sleep(2.0)
         return outputs() == before
 
-    try:
-        assert wait_until(lambda: get.service_is_ready() and change.service_is_ready(), 20)
-        assert state() == State.PRIMARY_STATE_UNCONFIGURED and node.segmentor is None
-        assert transition(Transition.TRANSITION_CONFIGURE) == State.PRIMARY_STATE_INACTIVE
-        loaded = node.segmentor
-        assert loaded is not None and loaded.name == "geometric"
-        assert not collector._set.service_is_ready() and node.count_subscribers(f"/{name}/exo1/mask") >= 1
-        assert node.history.latest("ego") is None  # not subscribed to the cameras yet
-        assert transition(Transition.TRANSITION_ACTIVATE) == State.PRIMARY_STATE_ACTIVE
-        assert wait_until(lambda: collector._set.service_is_ready() and node.history.latest("ego") is not None, 20)
-        resp = collector.set_source_mask("ego", scene.mask("ego", 1), object_id=1)
-        assert resp.success, resp.message
-        assert wait_until(lambda: all(collector.count("masks", c) >= 1 for c in ("exo1", "exo2")), 60)
-        msg = collector.latest("masks", "exo1").msg
-        pred = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width) == 1
-        assert metrics.iou(scene.mask("exo1", 1), pred) > 0.5
+    assert wait_until(lambda: get.service_is_ready() and change.service_is_ready(), 20)
+    assert state() == State.PRIMARY_STATE_UNCONFIGURED and node.segmentor is None
+    assert transition(Transition.TRANSITION_CONFIGURE) == State.PRIMARY_STATE_INACTIVE
+    loaded = node.segmentor
+    assert loaded is not None and loaded.name == "geometric"
+    assert not collector._set.service_is_ready() and node.count_subscribers(f"/{name}/exo1/mask") >= 1
+    assert node.history.latest("ego") is None  # not subscribed to the cameras yet
+    assert transition(Transition.TRANSITION_ACTIVATE) == State.PRIMARY_STATE_ACTIVE
+    assert wait_until(lambda: collector._set.service_is_ready() and node.history.latest("ego") is not None, 20)
+    resp = collector.set_source_mask("ego", scene.mask("ego", 1), object_id=1)
+    assert resp.success, resp.message
+    assert wait_until(lambda: all(collector.count("masks", c) >= 1 for c in ("exo1", "exo2")), 60)
+    assert iou_on(collector.latest("masks", "exo1"), scene, "exo1") > 0.5
 
-        assert transition(Transition.TRANSITION_DEACTIVATE) == State.PRIMARY_STATE_INACTIVE
-        assert silent_while_inactive(), "outputs continued while inactive"
-        assert node.segmentor is loaded, "deactivate unloaded the backend"
-        assert wait_until(lambda: not collector._set.service_is_ready(), 10)
-        # Activate again: the same backend and object, outputs resume.
-        assert transition(Transition.TRANSITION_ACTIVATE) == State.PRIMARY_STATE_ACTIVE
-        before = outputs()
-        assert wait_until(lambda: outputs() >= before + 2, 60)
-        assert transition(Transition.TRANSITION_DEACTIVATE) == State.PRIMARY_STATE_INACTIVE
-        assert transition(Transition.TRANSITION_CLEANUP) == State.PRIMARY_STATE_UNCONFIGURED
-        assert node.segmentor is None
-        assert silent_while_inactive()
-        assert transition(Transition.TRANSITION_UNCONFIGURED_SHUTDOWN) == State.PRIMARY_STATE_FINALIZED
-    finally:
-        spinner.close()
-        for n in (node, player, collector):
-            n.destroy_node()
+    assert transition(Transition.TRANSITION_DEACTIVATE) == State.PRIMARY_STATE_INACTIVE
+    assert silent_while_inactive(), "outputs continued while inactive"
+    assert node.segmentor is loaded, "deactivate unloaded the backend"
+    assert wait_until(lambda: not collector._set.service_is_ready(), 10)
+    # Activate again: the same backend and object, outputs resume.
+    assert transition(Transition.TRANSITION_ACTIVATE) == State.PRIMARY_STATE_ACTIVE
+    before = outputs()
+    assert wait_until(lambda: outputs() >= before + 2, 60)
+    assert transition(Transition.TRANSITION_DEACTIVATE) == State.PRIMARY_STATE_INACTIVE
+    assert transition(Transition.TRANSITION_CLEANUP) == State.PRIMARY_STATE_UNCONFIGURED
+    assert node.segmentor is None
+    assert silent_while_inactive()
+    assert transition(Transition.TRANSITION_UNCONFIGURED_SHUTDOWN) == State.PRIMARY_STATE_FINALIZED
 
 
-def test_the_click_to_mask_service_answers_with_the_mask_or_the_reason(ros, scene):
+def test_the_click_to_mask_service_answers_with_the_mask_or_the_reason(graph_factory, scene):
     try:
         from vggts_ros.srv import ClickToMask
     except ImportError:
         pytest.skip("vggts_ros/srv/ClickToMask not generated in this environment: run `bash run.sh setup`")
-    name = f"vggts_clicksrv_{os.getpid()}"
-    cfg = config(scene, name)
-    node = VGGTSNode(name, segmentor=GeometricSegmentor(),
-                     parameter_overrides=[Parameter(k, value=v) for k, v in cfg.to_parameters().items()])
-    player = CameraPlayer([PlayedCamera(c.name, c.topic, scene.image(c.name)) for c in cfg.cameras], rate_hz=5.0,
-                          name=f"{name}_player")
-    collector = OutputCollector(name, list(scene.views), name=f"{name}_collector")
+    g = graph_factory(scene, "vggts_clicksrv", spin=False)
+    name, node, player, collector = g.name, g.node, g.player, g.collector
     client = collector.create_client(ClickToMask, f"/{name}/click_to_mask")
-    spinner = Spinner(node, player, collector)
+    g.spin()
 
     def call(**fields):
         return collector._call(client, ClickToMask.Request(**fields), 30)
 
-    try:
-        assert wait_until(lambda: client.service_is_ready() and node.history.latest("ego") is not None, 20)
-        bg = call(camera="ego", points=[5.0, 5.0])
-        assert not bg.success and "background" in bg.message and len(node.registry) == 0
-        odd = call(camera="ego", points=[5.0, 5.0, 7.0])
-        assert not odd.success and "x, y pairs" in odd.message
-        # Object 3 sits on a busy texture: a point and a box around it.
-        x, y = centre_of(scene.mask("ego", 3))
-        ys, xs = np.nonzero(scene.mask("ego", 3))
-        box = [xs.min() - 4.0, ys.min() - 4.0, xs.max() + 5.0, ys.max() + 5.0]
-        ok = call(camera="ego", points=[x, y], labels=[1], box=box, object_id=9, label="clicked")
-        assert ok.success and ok.object_id == 9, ok.message
-        made = np.frombuffer(bytes(ok.mask.data), np.uint8).reshape(ok.mask.height, ok.mask.width) > 0
-        assert metrics.iou(scene.mask("ego", 3), made) > 0.8
-        assert ok.frame_stamp.sec > 0 or ok.frame_stamp.nanosec > 0
-        assert wait_until(lambda: collector.count("points", "exo1") >= 1, 60)
-        obj = collector.latest("points", "exo1").msg.objects[0]
-        assert (obj.object_id, obj.label) == (9, "clicked")
-    finally:
-        spinner.close()
-        for n in (node, player, collector):
-            n.destroy_node()
+    assert wait_until(lambda: client.service_is_ready() and node.history.latest("ego") is not None, 20)
+    bg = call(camera="ego", points=[5.0, 5.0])
+    assert not bg.success and "background" in bg.message and len(node.registry) == 0
+    odd = call(camera="ego", points=[5.0, 5.0, 7.0])
+    assert not odd.success and "x, y pairs" in odd.message
+    # Object 3 sits on a busy texture: a point and a box around it.
+    x, y = centre_of(scene.mask("ego", 3))
+    ys, xs = np.nonzero(scene.mask("ego", 3))
+    box = [xs.min() - 4.0, ys.min() - 4.0, xs.max() + 5.0, ys.max() + 5.0]
+    ok = call(camera="ego", points=[x, y], labels=[1], box=box, object_id=9, label="clicked")
+    assert ok.success and ok.object_id == 9, ok.message
+    made = labels(ok.mask) > 0
+    assert metrics.iou(scene.mask("ego", 3), made) > 0.8
+    assert ok.frame_stamp.sec > 0 or ok.frame_stamp.nanosec > 0
+    assert wait_until(lambda: collector.count("points", "exo1") >= 1, 60)
+    obj = collector.latest("points", "exo1").msg.objects[0]
+    assert (obj.object_id, obj.label) == (9, "clicked")

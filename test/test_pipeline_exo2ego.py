@@ -6,7 +6,8 @@ short-side square around the mask's mean x and resized (never letterboxed); 5 K-
 points of that square are tracked into the resized 704x704 ego view and, clipped, are the
 head's target prompts; the source crop is the R=2 zoom within the square; the head runs
 as the evaluation loop runs it (accumulating point identity); the ego logits are resized
-back to 704. Networks and float32 tolerances: ``pipeline_fixture.py``.
+back to 704. Networks, float32 tolerances and the work shared between tests:
+``pipeline_fixture.py`` (the first-pass tests read the end-to-end run's own first pass).
 """
 
 from __future__ import annotations
@@ -16,162 +17,143 @@ import pytest
 import torch
 
 import parity_tolerances as ptol
-from conftest import assert_close_ref, load_fixture
-from pipeline_fixture import (assert_close, assert_image, assert_points, build_networks, drift_tolerance,
-                              network_logits, np_)
-from vggts_ros.config import PipelineConfig
-from vggts_ros.pipeline import Tracks, VGGTSegmentor, is_cropped
+from conftest import assert_close_ref
+from pipeline_fixture import (assert_close, assert_image, assert_points, drift_tolerance, logit_tolerance,
+                              module_fixtures, network_logits, np_, reference_order, run_end_to_end,
+                              traced_first_pass)
+from vggts_ros.pipeline import Tracks, is_cropped
 from vggts_ros.types import TargetView
 
 
-@pytest.fixture(scope="module")
-def fx():
-    return load_fixture("pipeline_exo2ego.pt")
+pipe, segs, seg, seg64 = module_fixtures("pipeline_exo2ego.pt")
 
 
 @pytest.fixture(scope="module")
-def seg(fx):
-    backbone, head = build_networks(fx)
-    return VGGTSegmentor(backbone, head, PipelineConfig(), device="cpu")
+def source(seg, pipe):
+    return seg.prepare_source(np_(pipe["exo_image"]), np_(pipe["exo_mask"]) > 0, need_first=False, need_direct=True)
 
 
 @pytest.fixture(scope="module")
-def source(seg, fx):
-    return seg.prepare_source(np_(fx["exo_image"]), np_(fx["exo_mask"]) > 0, need_first=False, need_direct=True)
-
-
-@pytest.fixture(scope="module")
-def first_pass(seg, fx):
+def features(seg, pipe):
     with torch.inference_mode():
-        feats = seg.backbone_features([np_(fx["source_square"]), np_(fx["ego_resized"])])
-        return seg.track(feats, [np_(fx["first_pass_source_points"])])[0]
+        return seg.backbone_features([np_(pipe["source_crop_image"]), np_(pipe["ego_resized"])])
 
 
 @pytest.fixture(scope="module")
-def features(seg, fx):
+def end_to_end(seg, pipe):
+    """The default pipeline, exo -> ego: (result, trace)."""
+    return run_end_to_end(seg, pipe["exo_image"], pipe["exo_mask"], TargetView(np_(pipe["ego_image"]), role="ego"))
+
+
+@pytest.fixture(scope="module")
+def first_pass(end_to_end, pipe):
+    """The end-to-end run's first pass (its own source square and K-means points: the
+    reference's pixels and points, checked by the stage tests), in the reference's order."""
+    return traced_first_pass(end_to_end[1], True, pipe["first_pass_source_points"])
+
+
+@pytest.fixture(scope="module")
+def final_low_res(seg, features, pipe):
+    """The head on the reference's features input and prompts (default: accumulating)."""
     with torch.inference_mode():
-        return seg.backbone_features([np_(fx["source_crop_image"]), np_(fx["ego_resized"])])
+        return seg.decode(features, np_(pipe["source_points"]), [np_(pipe["target_points"])],
+                          np_(pipe["source_crop_mask"]))[1]
 
 
-def reference_tracks(fx) -> Tracks:
-    n = len(fx["target_points"])
-    return Tracks(coords=np.stack([np_(fx["first_pass_source_points"]), np_(fx["target_points"])]),
-                  vis=np.stack([np.ones(n, np.float32), np_(fx["first_pass_vis"])]),
-                  conf=np.stack([np.ones(n, np.float32), np_(fx["first_pass_conf"])]))
+def reference_tracks(pipe) -> Tracks:
+    n = len(pipe["target_points"])
+    return Tracks(coords=np.stack([np_(pipe["first_pass_source_points"]), np_(pipe["target_points"])]),
+                  vis=np.stack([np.ones(n, np.float32), np_(pipe["first_pass_vis"])]),
+                  conf=np.stack([np.ones(n, np.float32), np_(pipe["first_pass_conf"])]))
 
 
 # ------------------------------------------------------------------------ stages
-def test_source_square(source, fx):
-    h, w = fx["exo_image"].shape[:2]
+def test_source_square(source, pipe):
+    h, w = pipe["exo_image"].shape[:2]
     assert source.view.square.box[1::2] == (0, h) and source.view.square.box[2] - source.view.square.box[0] == h
-    assert_image(source.view.image, fx["source_square"], "source_square")
-    assert np.array_equal(source.view.mask, np_(fx["source_square_mask"])), "source_square_mask"
+    assert_image(source.view.image, pipe["source_square"], "source_square")
+    assert np.array_equal(source.view.mask, np_(pipe["source_square_mask"])), "source_square_mask"
 
 
-def test_first_pass_source_points(source, fx):
-    assert_points(source.direct_points, fx["first_pass_source_points"], "first_pass_source_points", ordered=False)
+def test_first_pass_source_points(source, pipe):
+    assert_points(source.direct_points, pipe["first_pass_source_points"], "first_pass_source_points", ordered=False)
 
 
-def test_ego_target_view(seg, source, fx):
-    view = TargetView(np_(fx["ego_image"]), role="ego")
+def test_ego_target_view(seg, source, pipe):
+    view = TargetView(np_(pipe["ego_image"]), role="ego")
     assert not is_cropped(view)
-    target = seg.direct_target(view.image, reference_tracks(fx), 1, source)
-    assert_image(target.image, fx["ego_resized"], "ego_resized")
-    assert_points(target.prompts, fx["target_points"], "target prompts = clipped tracks")
+    target = seg.direct_target(view.image, reference_tracks(pipe), 1, source)
+    assert_image(target.image, pipe["ego_resized"], "ego_resized")
+    assert_points(target.prompts, pipe["target_points"], "target prompts = clipped tracks")
 
 
-def test_first_pass_float32(first_pass, fx):
+def test_first_pass_float32(first_pass, pipe):
     """Float32 tracks within twice the reference's own float32-vs-float64 drift."""
-    f64 = fx["first_pass_float64"]
+    f64 = pipe["first_pass_float64"]
     clipped = np.clip(first_pass.coords[1], 0, 517)
-    tol = drift_tolerance(fx["target_points"], f64["target_points"])
+    tol = drift_tolerance(pipe["target_points"], f64["target_points"])
     assert tol < ptol.DRIFT_FACTOR * 1.0, f"stored drift {tol / ptol.DRIFT_FACTOR:.3g} px is not float32 rounding"
-    assert_points(clipped, fx["target_points"], "target_points", tol=tol)
-    assert_close(first_pass.vis[1], fx["first_pass_vis"], "visibility", drift_tolerance(fx["first_pass_vis"], f64["vis"]))
-    assert_close(first_pass.conf[1], fx["first_pass_conf"], "confidence", drift_tolerance(fx["first_pass_conf"], f64["conf"]))
+    assert_points(clipped, pipe["target_points"], "target_points", tol=tol)
+    assert_close(first_pass.vis[1], pipe["first_pass_vis"], "visibility", drift_tolerance(pipe["first_pass_vis"], f64["vis"]))
+    assert_close(first_pass.conf[1], pipe["first_pass_conf"], "confidence", drift_tolerance(pipe["first_pass_conf"], f64["conf"]))
 
 
-@pytest.fixture(scope="module")
-def seg64(fx):
-    backbone, head = build_networks(fx)  # own copies: the float64 cast is in place
-    return VGGTSegmentor(backbone, head, PipelineConfig(precision="float64"), device="cpu")
-
-
-def test_first_pass_float64(seg64, source, fx):
+def test_first_pass_float64(seg64, source, pipe):
     """``precision="float64"``: the reference's float64 first pass to 1e-6 px, fed the
-    pipeline's own source square and ego view."""
-    f64 = fx["first_pass_float64"]
-    order = np.lexsort(np_(fx["first_pass_source_points"]).T[::-1])
-    ours = np.lexsort(source.direct_points.T[::-1])
-    assert np.array_equal(source.direct_points[ours], np_(fx["first_pass_source_points"])[order])
-    target = seg64.direct_target(np_(fx["ego_image"]), reference_tracks(fx), 1, source)
+    pipeline's own source square and ego view (points in the reference's order)."""
+    f64 = pipe["first_pass_float64"]
+    queries = source.direct_points[reference_order(source.direct_points, pipe["first_pass_source_points"])]
+    target = seg64.direct_target(np_(pipe["ego_image"]), reference_tracks(pipe), 1, source)
     with torch.inference_mode():
         feats = seg64.backbone_features([source.view.image, target.image])
-        tracks = seg64.track(feats, [source.direct_points[ours]])[0]
+        tracks = seg64.track(feats, [queries])[0]
     assert feats.dtype == torch.float64
     clipped = np.clip(tracks.coords[1], 0, seg64.image_size - 1)
-    assert_points(clipped, np_(f64["target_points"])[order], "float64 target points", tol=ptol.F64_COORD_TOL_PX)
-    assert_close(tracks.vis[1], np_(f64["vis"])[order], "float64 visibility", ptol.f64_tolerance(f64["vis"]))
-    assert_close(tracks.conf[1], np_(f64["conf"])[order], "float64 confidence", ptol.f64_tolerance(f64["conf"]))
+    assert_points(clipped, f64["target_points"], "float64 target points", tol=ptol.F64_COORD_TOL_PX)
+    assert_close(tracks.vis[1], f64["vis"], "float64 visibility", ptol.f64_tolerance(f64["vis"]))
+    assert_close(tracks.conf[1], f64["conf"], "float64 confidence", ptol.f64_tolerance(f64["conf"]))
 
 
-def test_source_crop(source, fx):
-    assert_image(source.crop_image, fx["source_crop_image"], "source_crop_image")
-    assert np.array_equal(source.crop_mask, np_(fx["source_crop_mask"])), "source_crop_mask"
-    assert_points(source.prompts, fx["source_points"], "source_points", ordered=False)
+def test_source_crop(source, pipe):
+    assert_image(source.crop_image, pipe["source_crop_image"], "source_crop_image")
+    assert np.array_equal(source.crop_mask, np_(pipe["source_crop_mask"])), "source_crop_mask"
+    assert_points(source.prompts, pipe["source_points"], "source_points", ordered=False)
 
 
-def test_features(features, fx):
-    assert_close_ref(features.flatten()[fx["feature_sample_index"]], fx["feature_sample"], "feature sample")
+def test_features(features, pipe):
+    assert_close_ref(features.flatten()[pipe["feature_sample_index"]], pipe["feature_sample"], "feature sample")
 
 
-def test_final_low_res(seg, features, fx):
-    with torch.inference_mode():
-        _, low = seg.decode(features, np_(fx["source_points"]), [np_(fx["target_points"])], np_(fx["source_crop_mask"]))
-    assert_close_ref(low, fx["final_low_res"], "final_low_res")  # 1e-4 relative
+def test_final_low_res(final_low_res, pipe):
+    assert_close_ref(final_low_res, pipe["final_low_res"], "final_low_res")  # 1e-4 relative
 
 
-def test_recovery(seg, source, fx):
-    target = seg.direct_target(np_(fx["ego_image"]), reference_tracks(fx), 1, source)
-    frame, points = seg.recover(network_logits(fx["final_low_res"], seg.image_size), target)
-    assert frame.shape == fx["final_mask"].shape
-    assert np.array_equal(frame.numpy() > 0, np_(fx["final_mask"]) > 0), "final_mask"
-    assert_points(points, fx["final_points"], "final_points")
+def test_recovery(seg, source, pipe):
+    target = seg.direct_target(np_(pipe["ego_image"]), reference_tracks(pipe), 1, source)
+    frame, points = seg.recover(network_logits(pipe["final_low_res"], seg.image_size), target)
+    assert frame.shape == pipe["final_mask"].shape
+    assert np.array_equal(frame.numpy() > 0, np_(pipe["final_mask"]) > 0), "final_mask"
+    assert_points(points, pipe["final_points"], "final_points")
 
 
 # ------------------------------------------------------------------------ end to end
-@pytest.fixture(scope="module")
-def end_to_end(seg, fx):
-    trace = {}
-    with torch.inference_mode():
-        result = seg._run(np_(fx["exo_image"]), [np_(fx["exo_mask"]) > 0], [TargetView(np_(fx["ego_image"]), role="ego")],
-                          trace)[0][0]
-    return result, trace["targets"][0][0]
-
-
-def test_end_to_end_logits(seg, features, end_to_end, fx):
+def test_end_to_end_logits(seg, features, final_low_res, end_to_end, pipe):
     """The default pipeline against the reference, on logits in the 704x704 ego frame. The
-    tolerance: DRIFT_FACTOR times the logit change caused by the stored float32-vs-float64 drift of the
-    target prompts (``pipeline_fixture``), at least the fixtures' 1e-4 relative."""
-    result, target = end_to_end
-    with torch.inference_mode():
-        args = (features, np_(fx["source_points"]))
-        _, a = seg.decode(*args, [np_(fx["target_points"])], np_(fx["source_crop_mask"]))
-        _, b = seg.decode(*args, [np_(fx["first_pass_float64"]["target_points"]).astype(np.float32)],
-                          np_(fx["source_crop_mask"]))
-    scale = max(1.0, float(fx["final_low_res"].abs().max()))
-    tol = max(1e-4 * scale, ptol.DRIFT_FACTOR * (a - b).abs().max().item())
-    assert tol < 0.1 * scale
-    expected = target.transform.logits_to_frame(network_logits(fx["final_low_res"], seg.image_size))
+    tolerance: DRIFT_FACTOR times the logit change caused by the stored float32-vs-float64
+    drift of the target prompts (``logit_tolerance``), at least the fixtures' 1e-4 relative."""
+    result, trace = end_to_end
+    target = trace["targets"][0][0]
+    tol = logit_tolerance(seg, features, pipe["source_points"], pipe["source_crop_mask"], final_low_res,
+                          pipe["first_pass_float64"]["target_points"], pipe["final_low_res"])
+    expected = target.transform.logits_to_frame(network_logits(pipe["final_low_res"], seg.image_size))
     assert_close(result.logits, expected, "end-to-end logits", tol)
-    tol_pts = drift_tolerance(fx["target_points"], fx["first_pass_float64"]["target_points"]) * 704 / 518
-    assert_points(result.target_points, fx["final_points"], "final_points", ordered=False, tol=tol_pts)
+    tol_pts = drift_tolerance(pipe["target_points"], pipe["first_pass_float64"]["target_points"]) * 704 / 518
+    assert_points(result.target_points, pipe["final_points"], "final_points", ordered=False, tol=tol_pts)
 
 
-
-def test_end_to_end_source_points(source, end_to_end, fx):
+def test_end_to_end_source_points(source, end_to_end, pipe):
     """The reported source points are the tracked K-means points of the square, in exo pixels."""
     result, _ = end_to_end
-    expected = source.view.square.points_to_frame(np_(fx["first_pass_source_points"]))
+    expected = source.view.square.points_to_frame(np_(pipe["first_pass_source_points"]))
     assert_points(result.source_points, expected, "source points", ordered=False)
     assert (expected[:, 0] >= source.view.square.box[0]).all() and (expected[:, 0] < source.view.square.box[2]).all()

@@ -1,7 +1,9 @@
 """The inference pipeline reproduces the reference ego->exo run (fixture ``pipeline_ego2exo.pt``).
 
-Networks and float32 tolerances: see ``pipeline_fixture.py``. Every stage is fed the
-stored reference inputs of that stage. ``final_low_res`` holds the head with fresh point
+Networks, float32 tolerances and the work shared between tests: see
+``pipeline_fixture.py``. Every stage from the target crop on is fed the stored reference
+inputs of that stage; the first pass is the end-to-end run's own (its view and points are
+the reference's, checked first). ``final_low_res`` holds the head with fresh point
 features per pass (``accumulate_point_identity=False``); ``eval_loop`` holds it as the
 reference evaluation loop runs it (accumulating point identity, the pipeline's default).
 The end-to-end run (default settings) is compared with ``eval_loop`` on logits.
@@ -16,24 +18,16 @@ import pytest
 import torch
 
 import parity_tolerances as ptol
-from conftest import assert_close_ref, load_fixture
-from pipeline_fixture import (assert_close, assert_image, assert_points, build_networks, drift_tolerance,
-                              network_logits, np_)
+from conftest import assert_close_ref
+from pipeline_fixture import (assert_close, assert_image, assert_points, drift_tolerance, logit_tolerance,
+                              module_fixtures, network_logits, np_, reference_order, run_end_to_end,
+                              traced_first_pass)
 from vggts_ros import prompts, transforms
-from vggts_ros.config import PipelineConfig
 from vggts_ros.pipeline import Tracks, VGGTSegmentor
 from vggts_ros.types import TargetView
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    return load_fixture("pipeline_ego2exo.pt")
-
-
-@pytest.fixture(scope="module")
-def seg(pipe):
-    backbone, head = build_networks(pipe)
-    return VGGTSegmentor(backbone, head, PipelineConfig(), device="cpu")
+pipe, segs, seg, seg64 = module_fixtures("pipeline_ego2exo.pt")
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +42,29 @@ def crop_features(seg, pipe):
 
 
 @pytest.fixture(scope="module")
-def first_pass(seg, pipe):
+def end_to_end(seg, pipe):
+    """The default pipeline, ego -> exo: (result, trace)."""
+    view = TargetView(np_(pipe["exo_image"]), role="exo", name="exo")
+    return run_end_to_end(seg, pipe["ego_image"], pipe["ego_mask"], view)
+
+
+@pytest.fixture(scope="module")
+def first_pass(end_to_end, pipe):
+    """The end-to-end run's first pass (its own ego view and K-means points: the
+    reference's pixels and points, checked by test_source_view_and_first_points), with the
+    points in the reference's order."""
+    return traced_first_pass(end_to_end[1], False, pipe["first_pass_source_points"])
+
+
+@pytest.fixture(scope="module")
+def final_low_res(seg, crop_features, pipe):
+    """The head on the reference crops' features and prompts, ``refine_iterations=1``:
+    ``{"eval_loop": accumulating point identity (the default), "fresh": per pass}``."""
+    assert seg.accumulate_point_identity and seg.cfg.refine_iterations == 1
+    fresh = VGGTSegmentor(seg.backbone, seg.head, seg.cfg, accumulate_point_identity=False)
+    args = (crop_features, np_(pipe["source_points"]), [np_(pipe["target_points"])], np_(pipe["source_crop_mask"]))
     with torch.inference_mode():
-        feats = seg.backbone_features([np_(pipe["ego_letterbox"]), np_(pipe["exo_letterbox"])])
-        return seg.track(feats, [np_(pipe["first_pass_source_points"])])[0]
+        return {"eval_loop": seg.decode(*args)[1], "fresh": fresh.decode(*args)[1]}
 
 
 def reference_target(seg, pipe):
@@ -87,28 +100,20 @@ def test_first_pass_float32(first_pass, pipe):
     assert_points(first_pass.coords[0], pipe["first_pass_source_points"], "frame-0 tracks")
 
 
-@pytest.fixture(scope="module")
-def seg64(pipe):
-    backbone, head = build_networks(pipe)  # own copies: the float64 cast is in place
-    return VGGTSegmentor(backbone, head, PipelineConfig(precision="float64"), device="cpu")
-
-
 def test_first_pass_float64(seg64, source, pipe):
     """``precision="float64"``: the reference's float64 first pass to 1e-6 px, fed the
-    pipeline's own source view and K-means points (as sets: compared after sorting)."""
+    pipeline's own source view and K-means points (in the reference's order)."""
     f64 = pipe["first_pass_float64"]
-    order = np.lexsort(np_(pipe["first_pass_source_points"]).T[::-1])
-    ours = np.lexsort(source.first_points.T[::-1])
-    assert np.array_equal(source.first_points[ours], np_(pipe["first_pass_source_points"])[order])
+    queries = source.first_points[reference_order(source.first_points, pipe["first_pass_source_points"])]
     lb = transforms.letterbox(pipe["exo_image"].shape[:2], seg64.image_size)
     with torch.inference_mode():
         feats = seg64.backbone_features([source.view.image, lb.image(np_(pipe["exo_image"]))])
-        tracks = seg64.track(feats, [source.first_points[ours]])[0]
+        tracks = seg64.track(feats, [queries])[0]
     assert feats.dtype == torch.float64 and tracks.coords.dtype == np.float64
     clipped = np.clip(tracks.coords[1], 0, seg64.image_size - 1)
-    assert_points(clipped, np_(f64["projected_518"])[order], "float64 projections", tol=ptol.F64_COORD_TOL_PX)
-    assert_close(tracks.vis[1], np_(f64["vis"])[order], "float64 visibility", ptol.f64_tolerance(f64["vis"]))
-    assert_close(tracks.conf[1], np_(f64["conf"])[order], "float64 confidence", ptol.f64_tolerance(f64["conf"]))
+    assert_points(clipped, f64["projected_518"], "float64 projections", tol=ptol.F64_COORD_TOL_PX)
+    assert_close(tracks.vis[1], f64["vis"], "float64 visibility", ptol.f64_tolerance(f64["vis"]))
+    assert_close(tracks.conf[1], f64["conf"], "float64 confidence", ptol.f64_tolerance(f64["conf"]))
 
 
 def test_target_crop_stages(seg, source, pipe):
@@ -150,18 +155,13 @@ def test_features(crop_features, pipe):
     assert_close_ref(flat[pipe["feature_sample_index"]], pipe["feature_sample"], "feature sample")
 
 
-@pytest.mark.parametrize("accumulate,key", [(False, None), (True, "eval_loop")], ids=["fresh", "eval_loop"])
-def test_final_low_res(seg, crop_features, pipe, accumulate, key):
-    stage = VGGTSegmentor(seg.backbone, seg.head, seg.cfg, accumulate_point_identity=accumulate)
-    assert stage.cfg.refine_iterations == 1
-    with torch.inference_mode():
-        _, low = stage.decode(
-            crop_features, np_(pipe["source_points"]), [np_(pipe["target_points"])], np_(pipe["source_crop_mask"])
-        )
-    ref = pipe[key] if key else pipe
+@pytest.mark.parametrize("key", ["fresh", "eval_loop"])
+def test_final_low_res(final_low_res, pipe, key):
+    low = final_low_res[key]
+    ref = pipe["eval_loop"] if key == "eval_loop" else pipe
     assert_close_ref(low, ref["final_low_res"], "final_low_res")
     # The two semantics are told apart by the comparison.
-    other = pipe["final_low_res"] if key else pipe["eval_loop"]["final_low_res"]
+    other = pipe["final_low_res"] if key == "eval_loop" else pipe["eval_loop"]["final_low_res"]
     assert (low - other).abs().max() > 1e-2
 
 
@@ -190,39 +190,26 @@ def _dummy_target(window, pipe):
 
 
 # ------------------------------------------------------------------------ end to end
-@pytest.fixture(scope="module")
-def end_to_end(seg, pipe):
-    trace = {}
-    view = TargetView(np_(pipe["exo_image"]), role="exo", name="exo")
-    with torch.inference_mode():
-        result = seg._run(np_(pipe["ego_image"]), [np_(pipe["ego_mask"]) > 0], [view], trace)[0][0]
-    return result, trace["targets"][0][0]
-
-
-def first_pass_drift_logits(seg, crop_features, pipe) -> float:
-    """How much the head's logits move when the target prompts come from the reference's
-    float64 first pass instead of its float32 one (same crop, same features)."""
-    window = reference_target(seg, pipe)
+def first_pass_drift_tolerance(seg, crop_features, final_low_res, pipe) -> float:
+    """``logit_tolerance`` with the target prompts the reference's float64 first pass gives
+    (same crop, same features): how much the stored float32-vs-float64 drift moves the logits."""
     lb = transforms.letterbox(pipe["exo_image"].shape[:2], seg.image_size)
     frame64 = lb.reference_points_to_frame(np_(pipe["first_pass_float64"]["projected_518"]))
     kept, _ = prompts.median_outlier_split(frame64, seg.cfg.outlier_k)
-    _, prompts64 = prompts.cluster_points(window.points(frame64[kept]).astype(np.float32), seg.cfg.prompt_points)
-    args = (np_(pipe["source_points"]),)
-    with torch.inference_mode():
-        _, a = seg.decode(crop_features, *args, [np_(pipe["target_points"])], np_(pipe["source_crop_mask"]))
-        _, b = seg.decode(crop_features, *args, [prompts64.astype(np.float32)], np_(pipe["source_crop_mask"]))
-    return (a - b).abs().max().item()
+    _, prompts64 = prompts.cluster_points(reference_target(seg, pipe).points(frame64[kept]).astype(np.float32),
+                                          seg.cfg.prompt_points)
+    return logit_tolerance(seg, crop_features, pipe["source_points"], pipe["source_crop_mask"],
+                           final_low_res["eval_loop"], prompts64, pipe["eval_loop"]["final_low_res"])
 
 
-def test_end_to_end_logits(seg, crop_features, end_to_end, pipe):
+def test_end_to_end_logits(seg, crop_features, final_low_res, end_to_end, pipe):
     """The default pipeline against the reference evaluation loop, on logits in the exo frame."""
-    result, target = end_to_end
+    result, trace = end_to_end
+    target = trace["targets"][0][0]
     assert target.transform == reference_target(seg, pipe), (
         "the first pass moved the target crop: float32 drift beyond the reference's float32-vs-float64 drift")
     expected = target.transform.logits_to_frame(network_logits(pipe["eval_loop"]["final_low_res"], seg.image_size))
-    scale = max(1.0, float(pipe["eval_loop"]["final_low_res"].abs().max()))
-    tol = max(1e-4 * scale, ptol.DRIFT_FACTOR * first_pass_drift_logits(seg, crop_features, pipe))
-    assert tol < 0.1 * scale, f"derived tolerance {tol:.3g} is not small against the logits ({scale:.3g})"
+    tol = first_pass_drift_tolerance(seg, crop_features, final_low_res, pipe)
     assert_close(result.logits, expected, "end-to-end logits", tol)
     assert np.array_equal(result.mask, result.logits > 0)
 

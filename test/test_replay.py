@@ -294,6 +294,14 @@ def test_empty_mask_reasons_are_reported(tmp_path, capsys):
     reasons = result.empty_reasons()
     assert sum(reasons.values()) == 2 and set(reasons) == {r["reason"] for r in result.results}
     assert all("object" in why for why in reasons)  # e.g. "3 feature matches on the object (need 8)"
+    # the MCAP's ProjectedPoints carry the same path and reason for each empty target
+    got = read_bag(tmp_path / "o.mcap")
+    for camera in ("exo1", "exo2"):
+        (_, msg), = got[f"/vggts/{camera}/points"]
+        (obj,) = msg.objects
+        (row,) = [r for r in result.results if r["camera"] == camera]
+        assert (obj.object_id, obj.area, obj.path, obj.reason) == (1, 0, "geometric", row["reason"])
+        assert obj.reason and not labels_of(got[f"/vggts/{camera}/mask"][0][1]).any()
 
 
 def test_replay_with_the_node_parameters_file(data, tmp_path, capsys):
@@ -326,8 +334,8 @@ def test_replay_track_mode_moves_the_source_mask(data, tmp_path, scene):
 
 
 def test_points_msg_fills_fields_added_to_the_msg_later(monkeypatch):
-    """When ObjectPoints.msg gains fields (e.g. the path and reason of each mask), the
-    replay fills those it knows and zeroes the others instead of failing."""
+    """When ObjectPoints.msg gains fields the replay does not know yet, it fills those it
+    knows (path and reason included) and zeroes the others instead of failing."""
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
     from vggts_ros.replay import _Object, points_msg
@@ -335,8 +343,7 @@ def test_points_msg_fills_fields_added_to_the_msg_later(monkeypatch):
 
     msg_dir = Path(bags.__file__).resolve().parent.parent / "msg"
     store = get_typestore(Stores.LATEST)
-    types = get_types_from_msg((msg_dir / "ObjectPoints.msg").read_text() + "\nstring path\nstring reason\n"
-                               "float32[] extra\n", "vggts_ros/msg/ObjectPoints")
+    types = get_types_from_msg((msg_dir / "ObjectPoints.msg").read_text() + "\nfloat32[] extra\n", "vggts_ros/msg/ObjectPoints")
     types.update(get_types_from_msg((msg_dir / "ProjectedPoints.msg").read_text(), "vggts_ros/msg/ProjectedPoints"))
     store.register(types)
     monkeypatch.setattr(bags, "_TYPESTORE", store)

@@ -374,3 +374,120 @@ def test_a_lasting_jump_forward_is_accepted_after_three_messages():
         out += sync.add("b", r(100 + 0.1 * k), "b", now=r(0.1 * k))
     assert sync.stats()["dropped_by_reason"]["a"]["future"] == 2
     assert [round(s.stamp, 6) for s in out] == [r(100 + 0.1 * k) for k in range(12, 20)]
+
+
+# ---------------------------------------------------------------- rate-following staleness
+def _stream(sync, rates, until, delay=0.01):
+    """Feed cameras at the given rates (Hz), stamps from 0 up to ``until`` inclusive,
+    arriving ``delay`` after their stamp, in arrival order; returns the sets."""
+    events = []
+    for cam, hz in rates.items():
+        n = int(round(until * hz))
+        events += [(cam, r(i / hz), r(i / hz + delay)) for i in range(n + 1)]
+    events.sort(key=lambda e: (e[2], e[0]))
+    return feed(sync, events)
+
+
+def test_a_slow_camera_is_not_stale_between_its_frames_but_a_fast_one_is():
+    rates = {"fast": 30.0, "slow": 1.0}
+    fixed = ApproximateTimeSync(list(rates), slop=0.02, queue_size=60, stale_after=0.5)
+    adaptive = ApproximateTimeSync(list(rates), slop=0.02, queue_size=60, stale_after=0.5,
+                                   stale_periods=5, stale_after_min=0.25)
+    _stream(fixed, rates, 5.0)
+    _stream(adaptive, rates, 5.0)
+    last = 5.01  # both cameras' last message arrived then
+    # 0.6 s of silence: k x 1 s has not passed for the 1 Hz camera, k x 1/30 s has for the 30 Hz one.
+    assert adaptive.stale_cameras(now=last + 0.6) == ("fast",)
+    assert fixed.stale_cameras(now=last + 0.6) == ("fast", "slow")  # the fixed limit ignores rates
+    limits = adaptive.stale_limits()
+    assert limits["fast"] == pytest.approx(0.25)  # 5/30 s is below the floor
+    assert limits["slow"] == pytest.approx(5.0)
+    assert fixed.stale_limits() == {"fast": 0.5, "slow": 0.5}
+    assert adaptive.stale_cameras(now=last + 0.24) == ()
+    assert adaptive.stale_cameras(now=last + 0.26) == ("fast",)
+    assert adaptive.stale_cameras(now=last + 4.9) == ("fast",)
+    assert adaptive.stale_cameras(now=last + 5.1) == ("fast", "slow")
+
+
+def test_a_slow_camera_followed_by_its_rate_is_in_every_set():
+    # Three cameras, one at 1 Hz: with a fixed 0.5 s limit it is stale between its frames
+    # and most sets leave it out; following its rate it is waited for, so every set has it.
+    rates = {"a": 10.0, "b": 10.0, "slow": 1.0}
+    fixed = ApproximateTimeSync(list(rates), slop=0.02, queue_size=30, stale_after=0.5)
+    adaptive = ApproximateTimeSync(list(rates), slop=0.02, queue_size=30, stale_after=0.5, stale_periods=5)
+    fixed_sets = _stream(fixed, rates, 6.0)
+    adaptive_sets = _stream(adaptive, rates, 6.0)
+    assert any("slow" in s.missing for _, s in fixed_sets)
+    # Once its rate is known (3 gaps: from 3 s on) the slow camera is in every set.
+    later = [s for _, s in adaptive_sets if s.stamp > 3.0 + 1e-6]
+    assert [r(s.stamp) for s in later] == [4.0, 5.0, 6.0]
+    assert all(s.missing == () for s in later)
+    assert adaptive.unmatched_cameras(now=6.01) == ()
+
+
+def test_a_camera_whose_rate_drops_is_stale_after_k_periods_of_its_old_rate():
+    sync = ApproximateTimeSync(["a", "b"], slop=0.02, stale_after=2.0, stale_periods=5, stale_after_min=0.1)
+    _stream(sync, {"a": 10.0, "b": 10.0}, 2.0)  # last arrivals at 2.01
+    assert sync.stale_limits() == {"a": pytest.approx(0.5), "b": pytest.approx(0.5)}
+    # b drops to 1 Hz: its next frame (3.0) is a second away; a keeps 10 Hz.
+    for i in range(21, 31):
+        sync.add("a", r(i / 10), "a", now=r(i / 10 + 0.01))
+        if i * 0.1 < 2.5:
+            assert sync.stale_cameras(now=r(i / 10 + 0.01)) == ()
+    assert sync.stale_cameras(now=2.50) == ()
+    assert sync.stale_cameras(now=2.52) == ("b",)  # 5 x 0.1 s after its last frame, not 2 s
+    sync.add("b", 3.0, "b", now=3.01)
+    assert sync.stale_cameras(now=3.02) == ()  # live again with its next message
+    # Off (stale_periods=0): the fixed limit applies whatever the rate.
+    fixed = ApproximateTimeSync(["a", "b"], slop=0.02, stale_after=2.0)
+    _stream(fixed, {"a": 10.0, "b": 10.0}, 2.0)
+    assert fixed.stale_cameras(now=2.52) == ()
+    assert fixed.stale_cameras(now=4.0) == ()
+    assert fixed.stale_cameras(now=4.02) == ("a", "b")
+
+
+def test_rate_following_falls_back_to_the_fixed_limit_until_the_rate_is_known():
+    sync = ApproximateTimeSync(["a", "b"], slop=0.02, stale_after=1.0, stale_periods=5)
+    for i in range(3):  # 3 frames = 2 gaps: not enough
+        sync.add("a", r(5 + i / 30), "a", now=r(i / 30))
+    assert sync.stale_limits()["a"] == 1.0
+    assert sync.stale_cameras(now=r(2 / 30 + 0.9)) == ()  # not 0.25 s: the fixed 1 s applies
+    assert sync.stale_cameras(now=1.01) == ("b",)  # b never published: 1 s from the start
+    sync.add("a", r(5 + 3 / 30), "a", now=r(3 / 30))
+    assert sync.stale_limits()["a"] == pytest.approx(0.25)
+    # A clock jump back restarts the camera: its rate is forgotten, the fixed limit is back.
+    sync.add("a", 0.2, "a", now=0.2)
+    assert sync.stale_limits()["a"] == 1.0
+    for i in range(1, 4):
+        sync.add("a", r(0.2 + i / 30), "a", now=r(0.2 + i / 30))
+    assert sync.stale_limits()["a"] == pytest.approx(0.25)
+
+
+def test_rate_following_uses_the_slower_of_stamp_and_arrival_gaps():
+    # A recording played at half speed: stamps 0.1 s apart arrive 0.2 s apart.
+    sync = ApproximateTimeSync(["a", "b"], slop=0.02, stale_after=1.0, stale_periods=5, stale_after_min=0.1)
+    for i in range(6):
+        sync.add("a", r(0.1 * i), "a", now=r(0.2 * i))
+    assert sync.stale_limits()["a"] == pytest.approx(1.0)  # 5 x 0.2 s, not 5 x 0.1 s
+    assert sync.stale_cameras(now=1.0 + 0.9) == ("b",)
+    # Bursty delivery: frames 0.1 s apart in stamps arrive in pairs.
+    burst = ApproximateTimeSync(["a", "b"], slop=0.02, stale_after=1.0, stale_periods=5, stale_after_min=0.1)
+    for i in range(8):
+        burst.add("a", r(0.1 * i), "a", now=r(0.2 * (i // 2) + 0.2))
+    assert burst.stale_limits()["a"] == pytest.approx(0.5)  # 5 x the stamp period
+
+
+def test_rate_following_can_be_switched_live_and_is_validated():
+    sync = ApproximateTimeSync(["a", "b"], slop=0.02, stale_after=1.0)
+    _stream(sync, {"a": 30.0, "b": 30.0}, 1.0)
+    assert sync.stale_cameras(now=1.61) == ()
+    sync.configure(stale_periods=5)
+    assert sync.stale_cameras(now=1.61) == ("a", "b")  # measured rates were kept while off
+    sync.configure(stale_periods=0)
+    assert sync.stale_cameras(now=1.61) == ()
+    for bad in ({"stale_periods": -1}, {"stale_periods": math.inf}, {"stale_after_min": 0},
+                {"stale_after_min": math.nan}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ApproximateTimeSync(["a", "b"], **bad)
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            sync.configure(**bad)

@@ -10,6 +10,7 @@ exactly as the node's publisher would (CDR) and its definition is stored in the 
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
@@ -27,9 +28,13 @@ class BagError(ValueError):
 
 
 def _msg_dir() -> Path:
-    """``msg/`` of the source tree, or of the installed ROS package share directory."""
+    """``msg/`` of the source tree, of a pip install (``<prefix>/share/vggts_ros/msg``,
+    setup.py's data files), or of the installed ROS package share directory."""
+    import sysconfig
+
     here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "msg", here / "msg"):
+    prefixes = dict.fromkeys([sysconfig.get_path("data"), sys.prefix])
+    for candidate in (here.parent / "msg", here / "msg", *(Path(p) / "share" / PACKAGE / "msg" for p in prefixes)):
         if (candidate / "ProjectedPoints.msg").is_file():
             return candidate
     try:  # an installed ROS package (colcon) keeps msg/ in its share directory

@@ -222,6 +222,10 @@ class SyncConfig:
     min_cameras: int = 2  # a set has at least this many cameras
     jump_threshold: float = 1.0  # s; stamps going back (or ahead) more than this are a time jump
     correct_offset_above: float = 0.25  # s; larger estimated camera clock offsets are corrected (0: never)
+    # Rate-following staleness: k > 0 makes a camera stale after max(stale_after_min, k x its
+    # measured frame period) instead of stale_after (used until its rate is known); 5 is a good k.
+    stale_periods: float = 0.0
+    stale_after_min: float = 0.25  # s; floor of the rate-following limit
 
 
 @dataclass
@@ -287,6 +291,10 @@ class NodeConfig:
             errors.append(f"sync.jump_threshold must be > 0, got {self.sync.jump_threshold}")
         if self.sync.correct_offset_above < 0:
             errors.append(f"sync.correct_offset_above must be >= 0, got {self.sync.correct_offset_above}")
+        if not 0 <= self.sync.stale_periods < float("inf"):
+            errors.append(f"sync.stale_periods must be >= 0 (0: fixed stale_after), got {self.sync.stale_periods}")
+        if not 0 < self.sync.stale_after_min < float("inf"):
+            errors.append(f"sync.stale_after_min must be > 0, got {self.sync.stale_after_min}")
         if self.model.backend not in BACKENDS:
             errors.append(f"model.backend: {self.model.backend!r} is not one of {BACKENDS}")
         if self.model.config not in MODEL_PRESETS:
@@ -394,6 +402,11 @@ PARAMETERS: Dict[str, Tuple[str, bool, Optional[Tuple[float, float]]]] = {
     "sync.min_cameras": ("cameras a set holds at least", True, (1, 64)),
     "sync.jump_threshold": ("s, stamps going back/ahead more than this are a time jump", True, (1e-3, 1e6)),
     "sync.correct_offset_above": ("s, camera clock offsets above this are corrected (0: never)", True, (0.0, 1e9)),
+    "sync.stale_periods": ("k > 0: a camera is stale after max(sync.stale_after_min, k x its measured frame "
+                           "period), sync.stale_after until its rate is known; 0: always sync.stale_after "
+                           "(5 is a good k)", True, (0.0, 1000.0)),
+    "sync.stale_after_min": ("s, floor of the rate-following stale limit (sync.stale_periods > 0)", True,
+                             (1e-3, 3600.0)),
     "model.backend": ("vggts | geometric", False, None),
     "model.config": ("vggt-1b | test-tiny", False, None),
     "model.vggt_checkpoint": ("VGGT-1B weights: local file, directory or repo id", False, None),

@@ -4,7 +4,11 @@ For each scene a real ``vggts_node`` process starts with the scene's cameras; a 
 node publishes the views as synchronised camera streams, a client sets every object's
 source mask by service, and the masks the node publishes are compared with the scene's
 exact ground truth. Output: one overlay mosaic PNG per scene, ``results.json`` and a
-table of IoU per target view, with the backend that produced them.
+table of IoU per target view, with the backend that produced them, the path that made
+each mask and, for each object the node published empty, its "not found" reason.
+
+The default scenes include the hard cases of the weight-free backend (tall boxes at
+wide baselines, a flat-coloured box, a painted wall), whatever their IoU.
 
 Without checkpoints the node runs the weight-free geometric backend (a baseline, not
 VGGT-S); with ``--vggt-checkpoint`` and ``--head-checkpoint`` (local files) it runs the
@@ -16,15 +20,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import subprocess
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
 from vggts_ros.config import BACKENDS, MODEL_PRESETS, CameraConfig, InferenceConfig, ModelConfig, NodeConfig, PublishConfig, SyncConfig
 
-DEFAULT_SCENES = "synthetic:0,synthetic:1,motorcycle"
+# The easy scenes, then the hard cases for the weight-free backend (vggts_ros.scenes):
+# tall boxes at wide baselines, a flat-coloured box, a painted wall.
+DEFAULT_SCENES = "synthetic:0,synthetic:1,motorcycle,tall:0,textureless:0,wall:0"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head-checkpoint", default="", help="VGGT-S main_exp.pth (local path)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--scenes", default=DEFAULT_SCENES,
-                        help="comma-separated: synthetic:<seed> and/or motorcycle (default %(default)s)")
+                        help="comma-separated: synthetic:<seed>, tall:<seed>, textureless:<seed>, wall:<seed>, "
+                             "motorcycle (default %(default)s)")
     parser.add_argument("--out", default="out/demo", help="directory for mosaics and results.json")
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds to wait for a scene's outputs")
     parser.set_defaults(func=run)
@@ -58,16 +67,7 @@ def choose_model(args: argparse.Namespace) -> ModelConfig:
 def load_scenes(spec: str):
     from vggts_ros import scenes
 
-    out = []
-    for item in [s.strip() for s in spec.split(",") if s.strip()]:
-        kind, _, arg = item.partition(":")
-        if kind == "synthetic":
-            out.append(scenes.synthetic_scene(seed=int(arg or 0)))
-        elif kind == "motorcycle":
-            out.append(scenes.motorcycle_scene())
-        else:
-            raise ValueError(f"unknown scene {item!r}; use synthetic:<seed> or motorcycle")
-    return out
+    return [scenes.load_scene(item) for item in [s.strip() for s in spec.split(",") if s.strip()]]
 
 
 def _scene_config(scene, model: ModelConfig, prefix: str = "/vggts_demo") -> NodeConfig:
@@ -81,27 +81,61 @@ def _scene_config(scene, model: ModelConfig, prefix: str = "/vggts_demo") -> Nod
     )
 
 
-def run_scene(scene, model: ModelConfig, out_dir: Path, timeout: float) -> Dict:
-    """Run one scene through a node process; return its metrics rows and timings."""
+class SceneNode:
+    """One scene's node process, started ahead of time: while a scene's outputs are
+    scored and its graph torn down, the next scene's node is already loading."""
+
+    def __init__(self, scene, model: ModelConfig, index: int) -> None:
+        from vggts_ros.ros.player import NodeProcess
+
+        # Names unique to this run and scene: two demos on one host and domain, or two
+        # scenes' nodes alive at once, must not cross-talk.
+        self.base = f"vggts_demo_{os.getpid()}_{index}"
+        self.cfg = _scene_config(scene, model, prefix=f"/{self.base}")
+        # The demo's camera streams are reliable end to end (player and the node's
+        # subscriptions, through the node's REP-2003 qos_overrides): a best-effort image
+        # that loses one 64 KB fragment is lost whole, and under load that starved the
+        # node of frames for > 30 s even with large transport buffers. Real cameras keep
+        # sensor-data QoS (README).
+        reliable = {"reliability": "reliable", "history": "keep_last", "depth": 5}
+        overrides = {c.topic: {"subscription": dict(reliable)} for c in self.cfg.cameras}
+        self.process = NodeProcess(self.cfg, node_name=self.base, extra_params={"qos_overrides": overrides}).start()
+        self.started = time.monotonic()
+        self.interrupted = False
+
+    def interrupt(self) -> None:
+        """Ask the node to exit (SIGINT) without waiting: its clean shutdown (which may
+        finish an inference first) takes seconds the next scene can use."""
+        if self.process.alive() and not self.interrupted:
+            self.process.proc.send_signal(signal.SIGINT)
+            self.interrupted = True
+
+    def finish(self, timeout: float = 30.0) -> None:
+        """Wait for the node to exit (asked to, if not yet); killed after ``timeout``."""
+        if self.interrupted and self.process.alive():
+            try:
+                self.process.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.proc.kill()
+        self.process.stop(timeout)  # SIGINT and wait if still running; closes its log
+
+
+def run_scene(scene, model: ModelConfig, out_dir: Path, timeout: float, started: Optional[SceneNode] = None,
+              when_done: Optional[Callable[[], None]] = None) -> Dict:
+    """Run one scene through a node process (``started``, or one started here); return
+    its metrics rows and timings. ``when_done`` is called once the outputs are in."""
     from vggts_ros import metrics
-    from vggts_ros.ros.player import CameraPlayer, NodeProcess, OutputCollector, PlayedCamera, Spinner, wait_until
+    from vggts_ros.ros.player import CameraPlayer, OutputCollector, PlayedCamera, Spinner, wait_until
     from vggts_ros.visualize import mosaic, overlay_masks
 
-    # Names unique to this run: two demos on one host and domain must not cross-talk.
-    base = f"vggts_demo_{os.getpid()}"
-    cfg = _scene_config(scene, model, prefix=f"/{base}")
-    # The demo's camera streams are reliable end to end (player and the node's subscriptions,
-    # through the node's REP-2003 qos_overrides): a best-effort image that loses one 64 KB
-    # fragment is lost whole, and under load that starved the node of frames for > 30 s
-    # even with large transport buffers. Real cameras keep sensor-data QoS (README).
-    reliable = {"reliability": "reliable", "history": "keep_last", "depth": 5}
-    overrides = {c.topic: {"subscription": dict(reliable)} for c in cfg.cameras}
-    node = NodeProcess(cfg, node_name=base, extra_params={"qos_overrides": overrides}).start()
+    own = started is None
+    started = started or SceneNode(scene, model, 0)
+    base, cfg, node = started.base, started.cfg, started.process
     player = CameraPlayer([PlayedCamera(c.name, c.topic, scene.image(c.name)) for c in cfg.cameras], rate_hz=5.0,
                           name=f"{base}_cameras", reliable=True)
     collector = OutputCollector(base, [c.name for c in cfg.cameras], name=f"{base}_client")
     spinner = Spinner(player, collector)
-    t0 = time.monotonic()
+    t0 = started.started
     try:
         if not wait_until(lambda: collector._set.service_is_ready() or not node.alive(), 120) or not node.alive():
             raise RuntimeError(f"the node did not start:\n{node.log()[-3000:]}")
@@ -131,6 +165,8 @@ def run_scene(scene, model: ModelConfig, out_dir: Path, timeout: float) -> Dict:
         if not wait_until(complete, timeout, period=0.1):
             raise RuntimeError(f"no complete output within {timeout:.0f} s:\n{node.log()[-3000:]}")
         first_output = time.monotonic() - t_set
+        if when_done is not None:
+            when_done()
         status = collector.pipeline_status() or {}
         rows: List[Dict] = []
         tiles = [overlay_masks(scene.image(scene.source), _labels(scene, scene.source))]
@@ -141,6 +177,7 @@ def run_scene(scene, model: ModelConfig, out_dir: Path, timeout: float) -> Dict:
             labels = np.frombuffer(bytes(mask_msg.data), np.uint8).reshape(mask_msg.height, mask_msg.width)
             points = {o.object_id: np.asarray(o.target_xy, np.float32).reshape(-1, 2)
                       for o in points_msg.msg.objects}
+            published = {o.object_id: o for o in points_msg.msg.objects}
             ious = []
             for oid in ids:
                 gt = scene.mask(cam, oid)
@@ -148,7 +185,9 @@ def run_scene(scene, model: ModelConfig, out_dir: Path, timeout: float) -> Dict:
                 row = dict(scene=scene.name, target=cam, role=scene.role(cam), object=oid,
                            iou=metrics.iou(gt, pred), location_error=metrics.location_error(gt, pred),
                            contour_accuracy=metrics.contour_accuracy(gt, pred),
-                           gt_area=int(gt.sum()), pred_area=int(pred.sum()))
+                           gt_area=int(gt.sum()), pred_area=int(pred.sum()),
+                           # as published: the path that made the mask, and why it is empty if it is
+                           path=published[oid].path, reason=published[oid].reason)
                 rows.append(row)
                 ious.append(row["iou"])
             tile = overlay_masks(scene.image(cam), labels, [points[o] for o in ids if o in points])
@@ -163,7 +202,10 @@ def run_scene(scene, model: ModelConfig, out_dir: Path, timeout: float) -> Dict:
                     diagnostics=status)
     finally:
         spinner.close()
-        node.stop()
+        if own:
+            started.finish()
+        else:
+            started.interrupt()  # the caller waits for it (finish) while the next scene runs
         player.destroy_node()
         collector.destroy_node()
 
@@ -189,11 +231,16 @@ def _outline(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def format_table(rows: List[Dict], backend: str) -> str:
+    """IoU, location error and contour accuracy per target and object, with the path that
+    made each mask and, for an empty one, the published "not found" reason."""
     lines = [f"backend: {backend}",
-             f"{'scene':<14} {'target':<8} {'role':<7} {'obj':>3} {'IoU':>6} {'LE':>6} {'CA':>6}"]
+             f"{'scene':<14} {'target':<8} {'role':<7} {'obj':>3} {'IoU':>6} {'LE':>6} {'CA':>6}  path"]
     for r in rows:
-        lines.append(f"{r['scene']:<14} {r['target']:<8} {r['role']:<7} {r['object']:>3} {r['iou']:>6.3f} "
-                     f"{r['location_error']:>6.3f} {r['contour_accuracy']:>6.3f}")
+        line = (f"{r['scene']:<14} {r['target']:<8} {r['role']:<7} {r['object']:>3} {r['iou']:>6.3f} "
+                f"{r['location_error']:>6.3f} {r['contour_accuracy']:>6.3f}  {r.get('path', '')}")
+        if r.get("reason"):
+            line += f" ({r['reason']})"
+        lines.append(line)
     per_view: Dict = {}
     for r in rows:
         per_view.setdefault((r["scene"], r["target"]), []).append(r["iou"])
@@ -201,6 +248,8 @@ def format_table(rows: List[Dict], backend: str) -> str:
     for (scene, target), values in per_view.items():
         lines.append(f"  {scene:<14} {target:<8} {np.mean(values):.3f}")
     lines.append(f"overall mean IoU: {np.mean([r['iou'] for r in rows]):.3f}")
+    empty = [r for r in rows if r["pred_area"] == 0]
+    lines.append(f"not found: {len(empty)} of {len(rows)} object/view pairs (reasons above)")
     return "\n".join(lines)
 
 
@@ -226,15 +275,29 @@ def run(args: argparse.Namespace) -> int:
         print(f"backend: vggts ({model.config}, {model.vggt_checkpoint}, {model.head_checkpoint})", flush=True)
     rclpy.init()
     results = []
+    nodes: List[SceneNode] = []
+
+    def start_upto(index: int) -> None:
+        """Start the nodes of the scenes up to ``index`` (those not started yet)."""
+        while len(nodes) <= min(index, len(scenes) - 1):
+            nodes.append(SceneNode(scenes[len(nodes)], model, len(nodes)))
+
     try:
-        for scene in scenes:
-            t0 = time.monotonic()
-            result = run_scene(scene, model, out_dir, args.timeout)
+        for i, scene in enumerate(scenes):
+            start_upto(i)
+            t0 = nodes[i].started
+            # the next scene's node loads while this one is scored and closed
+            result = run_scene(scene, model, out_dir, args.timeout, started=nodes[i],
+                               when_done=lambda i=i: start_upto(i + 1))
+            if i > 0:
+                nodes[i - 1].finish()  # long gone in general: at most three node processes at once
             result["wall_seconds"] = time.monotonic() - t0
             results.append(result)
             print(f"{scene.name}: {len(result['rows'])} object/view pairs in {result['wall_seconds']:.1f} s "
                   f"-> {result['mosaic']}", flush=True)
     finally:
+        for started in nodes:
+            started.finish()
         rclpy.shutdown()
     rows = [r for res in results for r in res["rows"]]
     table = format_table(rows, model.backend)

@@ -105,7 +105,7 @@ class ReplayResult:
     results: List[Dict] = field(default_factory=list)  # per target frame and object: path, reason, area
 
     def empty_reasons(self) -> Dict[str, int]:
-        """Why target masks came out empty (reason -> count); '' = the backend gave none."""
+        """Why target masks came out empty (reason -> count; every empty mask has one)."""
         out: Dict[str, int] = {}
         for r in self.results:
             if r["area"] == 0:
@@ -201,9 +201,7 @@ def points_msg(header, source_camera: str, target_camera: str, entries):
     for obj, res, area in entries:
         values = dict(object_id=int(obj.object_id), source_xy=f32(res.source_points), target_xy=f32(res.target_points),
                       visibility=f32(res.visibility), confidence=f32(res.confidence), score=float(res.score),
-                      label=obj.label, area=int(area),
-                      # filled when msg/ObjectPoints.msg has them (which path found the mask, or why not)
-                      path=str(getattr(res, "path", "")), reason=str(getattr(res, "reason", "")))
+                      label=obj.label, area=int(area), path=str(res.path), reason=str(res.reason))
         objects.append(Obj(**{k: values.get(k, _default(Obj, k)) for k in fields}))
     return Points(header=header, source_camera=source_camera, target_camera=target_camera, objects=objects)
 
@@ -375,7 +373,8 @@ class _Replayer:
             names, slop=s.slop, queue_size=s.queue_size, stale_after=s.stale_after,
             required=[c.name for c in self.cameras if getattr(c, "required", False)],
             min_cameras=min(getattr(s, "min_cameras", 2), len(names)),
-            **{k: getattr(s, k) for k in ("jump_threshold", "correct_offset_above") if hasattr(s, k)},
+            **{k: getattr(s, k) for k in ("jump_threshold", "correct_offset_above", "stale_periods", "stale_after_min")
+               if hasattr(s, k)},
         )
         conns = [c for c in self.reader.connections if c.topic in self.topic_camera]
         total = sum(int(getattr(c, "msgcount", 0) or 0) for c in conns)
@@ -475,7 +474,13 @@ class _Replayer:
 
         frame, image = frame_image
         header = frame.msg.header
+        from vggts_ros import outcome
+
         labels = compose_labels(image.shape[:2], [(o.object_id, r) for o, r in pairs])
+        # as the node: each result's path, and a reason for every empty mask
+        backend = getattr(self.segmentor, "name", type(self.segmentor).__name__)
+        told = outcome.annotate(labels, [(o.object_id, r) for o, r in pairs], backend)
+        pairs = [(o, t) for (o, _), t in zip(pairs, told)]
         entries = [(o, r, int((labels == o.object_id).sum())) for o, r in pairs]
         sources = ",".join(sorted({o.camera for o, _ in pairs}))
         ns = self.opt.namespace.rstrip("/")
@@ -491,8 +496,7 @@ class _Replayer:
         self.outputs[camera].append(frame.stamp_ns)
         for obj, res, area in sorted(entries, key=lambda e: e[0].object_id):
             self.results.append(dict(camera=camera, stamp_ns=frame.stamp_ns, object_id=obj.object_id,
-                                     area=area, score=float(res.score), path=getattr(res, "path", ""),
-                                     reason=getattr(res, "reason", "")))
+                                     area=area, score=float(res.score), path=res.path, reason=res.reason))
         gt = self.gt.get(camera, {}).get(frame.stamp_ns)
         if gt is None:
             return

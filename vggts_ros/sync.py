@@ -11,6 +11,18 @@ Semantics (deterministic; all times in seconds, stamps are the header stamps):
 * A camera is *live* while its last accepted message arrived at most ``stale_after``
   seconds ago on the ``now`` clock (``time.monotonic`` unless ``now`` is passed). A
   camera that never published counts from the first ``add``/``poll`` call.
+  With ``stale_periods = k > 0`` the limit follows each camera's own rate: it is
+  ``max(stale_after_min, k x period)``, where ``period`` is the larger of the median of
+  its last 8 stamp gaps and the median of the 8 matching arrival gaps (so neither a bag
+  played slower than recorded nor bursty delivery makes it stale early), measured over
+  every message with a usable stamp, late ones included (a slow camera that always
+  arrives just after the set still has a rate); until 3 gaps are known (and after the
+  camera restarts on a time jump) the fixed ``stale_after`` applies.
+  A camera that slows down or stops is thus stale after k periods of its old rate, and
+  is live again with its next message. k = 5 (the node's suggested value) rides out a
+  few lost frames; the floor ``stale_after_min`` (0.25 s) keeps a scheduling hiccup from
+  making a fast camera stale. ``stale_after=None`` turns staleness off altogether.
+  Below, "stale limit" means whichever of the two applies.
   ``required`` cameras are always waited for; the other cameras are waited for only
   while live. Stale cameras may still contribute a queued message that fits (and when
   no camera is waited for, the stale ones' queues are grouped as if they were).
@@ -36,12 +48,12 @@ Semantics (deterministic; all times in seconds, stamps are the header stamps):
   than the last emitted set is dropped on arrival (``"late"``), as are non-finite
   stamps (``"invalid"``) and a second message with a stamp already queued
   (``"duplicate"``). Accepted messages refresh a camera's liveness, and so do late ones
-  less than ``stale_after`` older than the last set (a camera that rejoins with the
+  less than the camera's stale limit older than the last set (a camera that rejoins with the
   stamp of a set just emitted without it is live again for the next one); invalid or
   far-too-old stamps do not, so a camera with a broken clock cannot stall the others.
 * A set needs at least ``min_cameras`` messages (default: 2, or 1 for a single
   camera); a pivot that cannot reach that is dropped (``"unmatched"``).
-* A live camera that has been in no set for ``max(stale_after, 4 x its frame gap)``
+* A live camera that has been in no set for ``max(stale limit, 4 x its frame gap)``
   (its stamps never fall within ``slop`` of the others', e.g. an uncorrected clock
   offset) is no longer waited for (``unmatched_cameras()``); it may still join a set
   with a message that fits, and is waited for again once it does.
@@ -85,6 +97,7 @@ DROP_REASONS = ("overflow", "unmatched", "late", "duplicate", "invalid", "future
 _DELAYS = 15
 _MIN_DELAYS = 5
 _FUTURE_STREAK = 3
+_MIN_GAPS = 3  # gaps needed before a camera's period counts as known
 _EPS = 1e-9
 
 
@@ -115,6 +128,12 @@ class _Camera:
     delays: deque = field(default_factory=lambda: deque(maxlen=_DELAYS))
     offset: float = 0.0  # applied to this camera's stamps
     last_delay: Optional[float] = None
+    # Rate, from every message with a usable stamp (late ones too): newest stamp seen, its
+    # arrival time, and the gaps in stamps and in arrival times between successive ones.
+    rate_stamp: Optional[float] = None
+    rate_arrival: float = 0.0
+    stamp_gaps: deque = field(default_factory=lambda: deque(maxlen=8))
+    arrival_gaps: deque = field(default_factory=lambda: deque(maxlen=8))
     future_streak: int = 0
     received: int = 0
     dropped: Dict[str, int] = field(default_factory=lambda: {r: 0 for r in DROP_REASONS})
@@ -130,6 +149,17 @@ class _Camera:
         self.gaps.clear()
         self.delays.clear()
         self.last_delay = None
+        self.rate_stamp = None
+        self.stamp_gaps.clear()
+        self.arrival_gaps.clear()
+
+    def measure_rate(self, stamp: float, now: float) -> None:
+        if self.rate_stamp is not None and stamp <= self.rate_stamp:
+            return  # out of order: says nothing about the rate
+        if self.rate_stamp is not None:
+            self.stamp_gaps.append(stamp - self.rate_stamp)
+            self.arrival_gaps.append(max(0.0, now - self.rate_arrival))
+        self.rate_stamp, self.rate_arrival = stamp, now
 
 
 class ApproximateTimeSync:
@@ -147,6 +177,8 @@ class ApproximateTimeSync:
         clock: Callable[[], float] = time.monotonic,
         jump_threshold: float = 1.0,
         correct_offset_above: float = 0.25,
+        stale_periods: float = 0.0,
+        stale_after_min: float = 0.25,
     ) -> None:
         names = list(cameras)
         if not names:
@@ -181,6 +213,11 @@ class ApproximateTimeSync:
             raise ValueError(f"jump_threshold must be a finite number > 0, got {jump_threshold!r}")
         if not (correct_offset_above >= 0 and math.isfinite(correct_offset_above)):
             raise ValueError(f"correct_offset_above must be a finite number >= 0, got {correct_offset_above!r}")
+        if not (stale_periods >= 0 and math.isfinite(stale_periods)):
+            raise ValueError(f"stale_periods must be a finite number >= 0 (0: fixed stale_after), "
+                             f"got {stale_periods!r}")
+        if not (stale_after_min > 0 and math.isfinite(stale_after_min)):
+            raise ValueError(f"stale_after_min must be a finite number > 0, got {stale_after_min!r}")
 
         self.cameras: Tuple[str, ...] = tuple(names)
         self.slop = float(slop)
@@ -192,6 +229,8 @@ class ApproximateTimeSync:
         self._clock = clock
         self.jump_threshold = float(jump_threshold)
         self.correct_offset_above = float(correct_offset_above)
+        self.stale_periods = float(stale_periods)
+        self.stale_after_min = float(stale_after_min)
         self._lock = threading.RLock()
         self._seq = 0
         self.reset()
@@ -208,8 +247,10 @@ class ApproximateTimeSync:
 
     def configure(self, slop: Optional[float] = None, queue_size: Optional[int] = None,
                   stale_after: Optional[float] = None, min_cameras: Optional[int] = None,
-                  jump_threshold: Optional[float] = None, correct_offset_above: Optional[float] = None) -> None:
-        """Change settings while running (None keeps one); queued messages are kept."""
+                  jump_threshold: Optional[float] = None, correct_offset_above: Optional[float] = None,
+                  stale_periods: Optional[float] = None, stale_after_min: Optional[float] = None) -> None:
+        """Change settings while running (None keeps one, ``stale_periods=0`` turns the
+        rate-following limit off); queued messages and measured rates are kept."""
         checks = {
             "slop": (slop, lambda v: v >= 0 and math.isfinite(v)),
             "queue_size": (queue_size, lambda v: int(v) >= 1),
@@ -217,6 +258,8 @@ class ApproximateTimeSync:
             "min_cameras": (min_cameras, lambda v: 1 <= int(v) <= len(self.cameras)),
             "jump_threshold": (jump_threshold, lambda v: v > 0 and math.isfinite(v)),
             "correct_offset_above": (correct_offset_above, lambda v: v >= 0 and math.isfinite(v)),
+            "stale_periods": (stale_periods, lambda v: v >= 0 and math.isfinite(v)),
+            "stale_after_min": (stale_after_min, lambda v: v > 0 and math.isfinite(v)),
         }
         for name, (value, ok) in checks.items():
             if value is not None and not ok(value):
@@ -234,6 +277,10 @@ class ApproximateTimeSync:
                 self.jump_threshold = float(jump_threshold)
             if correct_offset_above is not None:
                 self.correct_offset_above = float(correct_offset_above)
+            if stale_periods is not None:
+                self.stale_periods = float(stale_periods)
+            if stale_after_min is not None:
+                self.stale_after_min = float(stale_after_min)
 
     def time_jumped(self) -> None:
         """Time went back (signalled from outside): drop every queued message and the
@@ -274,12 +321,14 @@ class ApproximateTimeSync:
             cam.future_streak = 0
             cam.last_delay = delay
             cam.delays.append(delay)
+            cam.measure_rate(raw, now)
             self._update_offsets()
             stamp = raw + cam.offset
             if stamp <= self._watermark:
                 cam.dropped["late"] += 1
                 # Lost this round but still in step with the others: it counts as live.
-                if self.stale_after is None or stamp > self._watermark - self.stale_after:
+                limit = self._stale_limit(cam)
+                if limit is None or stamp > self._watermark - limit:
                     cam.last_arrival = now
                     if cam.first_arrival is None:
                         cam.first_arrival = now
@@ -309,10 +358,15 @@ class ApproximateTimeSync:
             return self._drain(self._now(now))
 
     def stale_cameras(self, now: Optional[float] = None) -> Tuple[str, ...]:
-        """Cameras with no accepted message for more than ``stale_after`` seconds."""
+        """Cameras with no accepted message for longer than their stale limit."""
         with self._lock:
             now = self._now(now)
             return tuple(n for n in self.cameras if self._is_stale(self._cams[n], now))
+
+    def stale_limits(self) -> Dict[str, Optional[float]]:
+        """Seconds of silence after which each camera is stale now (None: never)."""
+        with self._lock:
+            return {n: self._stale_limit(c) for n, c in self._cams.items()}
 
     def unmatched_cameras(self, now: Optional[float] = None) -> Tuple[str, ...]:
         """Live cameras no longer waited for because none of their messages made a set."""
@@ -358,17 +412,28 @@ class ApproximateTimeSync:
             self._start = now
         return now
 
+    def _stale_limit(self, cam: _Camera) -> Optional[float]:
+        """The fixed ``stale_after``, or k periods of the camera's measured rate."""
+        if self.stale_after is None or self.stale_periods <= 0:
+            return self.stale_after
+        if len(cam.stamp_gaps) < _MIN_GAPS:
+            return self.stale_after  # rate not known yet
+        period = max(_median(cam.stamp_gaps), _median(cam.arrival_gaps))
+        return max(self.stale_after_min, self.stale_periods * period)
+
     def _is_stale(self, cam: _Camera, now: float) -> bool:
-        if self.stale_after is None:
+        limit = self._stale_limit(cam)
+        if limit is None:
             return False
         seen = cam.last_arrival if cam.last_arrival is not None else self._start
-        return seen is not None and now - seen > self.stale_after
+        return seen is not None and now - seen > limit
 
     def _is_unmatched(self, cam: _Camera, now: float) -> bool:
-        if self.stale_after is None or cam.first_arrival is None or self._is_stale(cam, now):
+        limit = self._stale_limit(cam)
+        if limit is None or cam.first_arrival is None or self._is_stale(cam, now):
             return False
         since = cam.last_matched if cam.last_matched is not None else cam.first_arrival
-        patience = max(self.stale_after, 4 * max(cam.gaps)) if cam.gaps else self.stale_after
+        patience = max(limit, 4 * max(cam.gaps)) if cam.gaps else limit
         return now - since > patience
 
     def _restart_all(self) -> None:

@@ -38,7 +38,9 @@ def expected_objects(digest: str, object_id: int):
                 confidence=rng.uniform(0, 1, n).astype(np.float32).tolist(),
                 score=float(np.float32(rng.uniform())),
                 label=f"object-{k}",
-                area=int(rng.integers(0, 10**6)),
+                area=0 if k == 2 else int(rng.integers(1, 10**6)),
+                path="object_features" if k < 2 else "geometric",
+                reason="" if k < 2 else "3 feature matches on the object (need 8)",
             )
         )
     return objects
@@ -117,7 +119,8 @@ def client():
                 objects=[
                     dict(object_id=o.object_id, source_xy=list(map(float, o.source_xy)),
                          target_xy=list(map(float, o.target_xy)), visibility=list(map(float, o.visibility)),
-                         confidence=list(map(float, o.confidence)), score=float(o.score), label=o.label, area=o.area)
+                         confidence=list(map(float, o.confidence)), score=float(o.score), label=o.label, area=o.area,
+                         path=o.path, reason=o.reason)
                     for o in m.objects
                 ],
             )

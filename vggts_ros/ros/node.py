@@ -51,6 +51,7 @@ from vggts_ros.config import CAMERA_KEYS, CAMERA_PARAMETERS, PARAMETERS, NodeCon
 from vggts_ros.frame_history import Frame, FrameHistory, SizeTracker
 from vggts_ros.health import ERROR, OK, WARN, Health, Throttle
 from vggts_ros.markers import ObjectPointsView, camera_info_fields, projected_point_markers
+from vggts_ros import outcome
 from vggts_ros.msg import ObjectPoints, ProjectedPoints
 from vggts_ros.registry import ObjectRegistry, RegistryError, TrackedObject
 from vggts_ros.ros.conversions import (ImageError, check_pixels, check_size, compressed_size, compressed_to_rgb,
@@ -148,6 +149,7 @@ class VGGTSNode(Node):
         self.sets_processed = 0
         self.last: Optional[SetTiming] = None
         self._published_on: set = set()
+        self._active = False
 
         if not getattr(self, "_managed", False):  # the lifecycle node runs these on its transitions
             self._load(segmentor)
@@ -173,8 +175,13 @@ class VGGTSNode(Node):
         self.segmentor = segmentor
 
     def _start(self) -> None:
-        """Subscriptions, publishers, services, timers and the inference thread (activate)."""
-        kinds = ("subscriptions", "publishers", "services", "timers")
+        """Subscriptions, publishers, services, timers and the inference thread (activate).
+
+        Subscriptions and publishers are made once and kept across deactivate/activate (images
+        are ignored while inactive): destroying them while a multi-threaded executor builds
+        its wait set can raise InvalidHandle in the executor's own thread (their QoS event
+        handlers), which stops all spinning. Services and timers are safe to destroy."""
+        kinds = ("services", "timers")
         before = {kind: set(getattr(self, kind)) for kind in kinds}
         names = [c.name for c in self.cfg.cameras]
         s = self.cfg.sync
@@ -182,11 +189,47 @@ class VGGTSNode(Node):
             names, slop=s.slop, queue_size=s.queue_size, stale_after=s.stale_after,
             required=[c.name for c in self.cfg.cameras if c.required], min_cameras=min(s.min_cameras, len(names)),
             jump_threshold=s.jump_threshold, correct_offset_above=s.correct_offset_above,
+            stale_periods=s.stale_periods, stale_after_min=s.stale_after_min,
         )
+        if not hasattr(self, "_subs"):
+            self._io_group = ReentrantCallbackGroup()
+            self._service_group = MutuallyExclusiveCallbackGroup()
+            self._timer_group = MutuallyExclusiveCallbackGroup()
+            self._create_io()
+        self._active = True
+        self.create_service(SetSourceMask, "~/set_source_mask", self._on_set_source_mask,
+                            callback_group=self._service_group)
+        self.create_service(ClearObjects, "~/clear_objects", self._on_clear_objects,
+                            callback_group=self._service_group)
+        if ClickToMask is not None:
+            self.create_service(ClickToMask, "~/click_to_mask", self._on_click_to_mask,
+                                callback_group=self._service_group)
+        self.create_timer(0.1, self._on_poll, callback_group=self._timer_group, clock=self._steady)
+        self.create_timer(self.cfg.publish.diagnostics_period, self._publish_diagnostics,
+                          callback_group=self._timer_group, clock=self._steady)
+        self._jump_handle = self.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-int(s.jump_threshold * 1e9)),
+                          on_clock_change=True),
+            post_callback=self._on_time_jump)
+        if getattr(self, "_parameter_callbacks", False):
+            pass  # a managed node activated again
+        elif hasattr(self, "add_post_set_parameters_callback"):
+            self.add_on_set_parameters_callback(self._validate_parameters)
+            self.add_post_set_parameters_callback(self._apply_parameters)
+        else:  # Humble: no post-set callbacks; apply once validated
+            self.add_on_set_parameters_callback(self._validate_and_apply)
+        self._parameter_callbacks = True
 
-        self._io_group = ReentrantCallbackGroup()
-        self._service_group = MutuallyExclusiveCallbackGroup()
-        self._timer_group = MutuallyExclusiveCallbackGroup()
+        self._pending: Optional[Tuple[SyncSet, float]] = None
+        self._wake = threading.Condition()
+        self._running = True
+        self._worker = threading.Thread(target=self._worker_loop, name="vggts-inference", daemon=True)
+        self._worker.start()
+        self._started = [(getattr(self, "destroy_" + kind[:-1]), e) for kind in kinds
+                         for e in getattr(self, kind) if e not in before[kind]]
+
+    def _create_io(self) -> None:
+        """The camera subscriptions and every publisher (first activate only)."""
         qos_options = QoSOverridingOptions.with_default_policies()
         self._subs = {}
         for cam in self.cfg.cameras:
@@ -216,43 +259,14 @@ class VGGTSNode(Node):
                 CameraInfo, camera_info_topic(cam.topic), lambda msg, name=cam.name: self._infos.__setitem__(name, msg),
                 qos_profile_sensor_data, callback_group=self._io_group)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_service(SetSourceMask, "~/set_source_mask", self._on_set_source_mask,
-                            callback_group=self._service_group)
-        self.create_service(ClearObjects, "~/clear_objects", self._on_clear_objects,
-                            callback_group=self._service_group)
         self.create_subscription(PointStamped, "~/click", self._on_click, 10, callback_group=self._service_group)
-        if ClickToMask is not None:
-            self.create_service(ClickToMask, "~/click_to_mask", self._on_click_to_mask,
-                                callback_group=self._service_group)
-        self.create_timer(0.1, self._on_poll, callback_group=self._timer_group, clock=self._steady)
-        self.create_timer(self.cfg.publish.diagnostics_period, self._publish_diagnostics,
-                          callback_group=self._timer_group, clock=self._steady)
-        self._jump_handle = self.get_clock().create_jump_callback(
-            JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-int(s.jump_threshold * 1e9)),
-                          on_clock_change=True),
-            post_callback=self._on_time_jump)
-        if getattr(self, "_parameter_callbacks", False):
-            pass  # a managed node activated again
-        elif hasattr(self, "add_post_set_parameters_callback"):
-            self.add_on_set_parameters_callback(self._validate_parameters)
-            self.add_post_set_parameters_callback(self._apply_parameters)
-        else:  # Humble: no post-set callbacks; apply once validated
-            self.add_on_set_parameters_callback(self._validate_and_apply)
-        self._parameter_callbacks = True
-
-        self._pending: Optional[Tuple[SyncSet, float]] = None
-        self._wake = threading.Condition()
-        self._running = True
-        self._worker = threading.Thread(target=self._worker_loop, name="vggts-inference", daemon=True)
-        self._worker.start()
-        self._started = [(getattr(self, "destroy_" + kind[:-1]), e) for kind in kinds
-                         for e in getattr(self, kind) if e not in before[kind]]
 
     def _stop(self) -> None:
         """Undo :meth:`_start` (deactivate): a set in inference finishes first; the backend
         and the objects stay."""
         if not getattr(self, "_started", None):
             return
+        self._active = False
         with self._wake:
             self._running = False
             self._wake.notify_all()
@@ -323,7 +337,8 @@ class VGGTSNode(Node):
         if getattr(self, "_started", None):  # else (a managed node not active) _start reads self.cfg
             self.sync.configure(slop=s.slop, queue_size=s.queue_size, stale_after=s.stale_after,
                                 min_cameras=min(s.min_cameras, len(cfg.cameras)), jump_threshold=s.jump_threshold,
-                                correct_offset_above=s.correct_offset_above)
+                                correct_offset_above=s.correct_offset_above, stale_periods=s.stale_periods,
+                                stale_after_min=s.stale_after_min)
         self.registry.max_objects, self.registry.max_label_length = inf.max_objects, inf.max_label_length
         self.history.seconds = inf.keyframe_history
         cfg.model.device = self.cfg.model.device
@@ -332,6 +347,8 @@ class VGGTSNode(Node):
 
     # ------------------------------------------------------------------ input
     def _on_image(self, camera: str, msg) -> None:
+        if not self._active:  # a managed node between deactivate and activate
+            return
         now = time.monotonic()
         cam = self.cfg.camera(camera)
         image = Image_(msg, cam.compressed, self.cfg.inference.max_image_pixels)
@@ -448,6 +465,9 @@ class VGGTSNode(Node):
     def _on_click(self, msg) -> None:
         """``~/click``: ``header.frame_id`` names the camera (its name, or the ``frame_id`` of its
         images), ``point.x, point.y`` a pixel on the object in that camera's newest frame."""
+        if not self._active:
+            self.get_logger().warning("click ignored: the node is not active")
+            return
         try:
             ok, message, _, _ = self.click_to_mask(msg.header.frame_id, [(msg.point.x, msg.point.y)])
         except Exception as exc:  # a bad click must not take the node down
@@ -686,7 +706,10 @@ class VGGTSNode(Node):
         points.source_camera = ",".join(sorted({obj.camera for obj, _ in pairs}))
         for obj, result in sorted(pairs, key=lambda p: p[1].score):
             labels[result.mask.astype(bool)] = obj.object_id
-        for obj, result in pairs:
+        # Which path made each mask, and why an empty one is empty (never left unsaid).
+        backend = getattr(self.segmentor, "name", type(self.segmentor).__name__)
+        described = outcome.annotate(labels, [(o.object_id, r) for o, r in pairs], backend)
+        for (obj, result), told in zip(pairs, described):
             entry = ObjectPoints()
             entry.object_id = obj.object_id
             entry.source_xy = np.asarray(result.source_points, dtype=np.float32).reshape(-1).tolist()
@@ -696,6 +719,9 @@ class VGGTSNode(Node):
             entry.score = float(result.score)
             entry.label = obj.label
             entry.area = int((labels == obj.object_id).sum())
+            if hasattr(entry, "reason"):  # interfaces generated before the msg had them: rebuild (run.sh setup)
+                entry.path = told.path
+                entry.reason = told.reason
             points.objects.append(entry)
         mask_msg = Image()
         mask_msg.header = header
@@ -811,6 +837,7 @@ class VGGTSNode(Node):
                 "role": cam.role,
                 "required": str(cam.required).lower(),
                 "stale": str(is_stale).lower(),
+                "stale_after_s": f"{self.sync.stale_limits()[n]:.3f}",  # rate-following or fixed
                 "unmatched": str(is_unmatched).lower(),
                 **cam_values,
                 "sync_received": str(sync_stats["received"][n]),

@@ -265,16 +265,24 @@ class Spinner:
         self.nodes = list(nodes)
         for node in nodes:
             self.executor.add_node(node)
-        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
 
+    def _spin(self) -> None:
+        while not self._closing.is_set():
+            self.executor.spin_once(timeout_sec=0.05)
+
     def close(self) -> None:
-        # Detach the nodes before stopping, so that no callback is still scheduled on a
-        # node its owner is about to destroy.
+        # Stop the spin loop before shutting the executor down: shutdown destroys the
+        # executor's guard condition at once, and a spin still inside the executor would
+        # raise InvalidHandle on it. Detach the nodes before destroying them, so that no
+        # callback is still scheduled on a node its owner is about to destroy.
+        self._closing.set()
+        self._thread.join(timeout=5)
         for node in self.nodes:
             self.executor.remove_node(node)
         self.executor.shutdown(timeout_sec=2)
-        self._thread.join(timeout=5)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, period: float = 0.05) -> bool:
