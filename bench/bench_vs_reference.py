@@ -14,7 +14,9 @@ replaced by empty stand-ins when not installed.
 1. Components: each piece built in both code bases, the *same* deterministic state dict
    loaded into both (the fixtures' weight rule, strict key matching), the same inputs,
    1 thread, float32, ``torch.inference_mode``; one warm-up each, then interleaved runs
-   (the order alternates) and the median; the outputs' max abs difference is printed.
+   (the order alternates) and the median of the process CPU time (``--clock wall``: wall
+   time; with one thread both agree on an idle machine, while on a shared one the wall
+   clock also counts the neighbours' load; the wall ratio is printed too); the outputs' max abs difference is printed.
 2. The whole job: one synchronised set of 3 cameras (ego 704x704 source, 2 exo 960x540
    targets) with 2 objects (``--quick``: 1). The project runs ``segment_objects`` once.
    The reference recipe runs every (object, target) pair alone, the way a user of the
@@ -155,25 +157,40 @@ def ref_track_head(R, cfg: BackboneConfig):
 # =======================================================================================
 # Timing
 # =======================================================================================
+CLOCK = {"name": "cpu"}  # set by --clock
+WALL: dict = {}  # the other clock's medians of the last interleaved() call
+
+
+def _clocks():
+    return time.perf_counter(), time.process_time()
+
+
 def interleaved(ref_fn: Callable, our_fn: Callable, repeats: int, warmup: bool = True):
-    """(median ref s, median ours s, last ref output, last our output); order alternates."""
+    """(median ref s, median ours s, last ref output, last our output); order alternates.
+    Seconds of process CPU time (``--clock cpu``, default) or of the wall clock; the wall
+    medians are also left in ``WALL``."""
     out_r = out_o = None
     if warmup:
         out_r, out_o = ref_fn(), our_fn()
-    tr, to = [], []
+    times = {"r": ([], []), "o": ([], [])}  # (wall, cpu)
     for i in range(repeats):
-        order = [(ref_fn, tr, "r"), (our_fn, to, "o")]
+        order = [(ref_fn, "r"), (our_fn, "o")]
         if i % 2:
             order.reverse()
-        for fn, bucket, who in order:
-            t0 = time.perf_counter()
+        for fn, who in order:
+            w0, c0 = _clocks()
             out = fn()
-            bucket.append(time.perf_counter() - t0)
+            w1, c1 = _clocks()
+            times[who][0].append(w1 - w0)
+            times[who][1].append(c1 - c0)
             if who == "r":
                 out_r = out
             else:
                 out_o = out
-    return statistics.median(tr), statistics.median(to), out_r, out_o
+    med = {k: (statistics.median(v[0]), statistics.median(v[1])) for k, v in times.items()}
+    WALL.update(ref=med["r"][0], ours=med["o"][0])
+    pick = 1 if CLOCK["name"] == "cpu" else 0
+    return med["r"][pick], med["o"][pick], out_r, out_o
 
 
 def max_diff(a, b) -> float:
@@ -193,7 +210,8 @@ def components(R, repeats: int, quick: bool) -> List[dict]:
         ref = ref_aggregator(R, cfg)
         load_same(ours, ref, 0)
         tr, to, out_r, out_o = interleaved(lambda: ref(images), lambda: ours(images), repeats)
-        rows.append(dict(name=name, ref=tr, ours=to, diff=max_diff(out_r[0][-1], out_o[0][-1])))
+        rows.append(dict(name=name, ref=tr, ours=to,
+                     wall=WALL['ref'] / WALL['ours'], diff=max_diff(out_r[0][-1], out_o[0][-1])))
         return ours, out_o
 
     if not quick:
@@ -216,13 +234,15 @@ def components(R, repeats: int, quick: bool) -> List[dict]:
     ref_th.eval()
     tr, to, f_r, f_o = interleaved(lambda: ref_th.feature_extractor(tokens, images, start),
                                    lambda: ours_th.features(tokens, images, start), repeats)
-    rows.append(dict(name="DPT track features 2x518", ref=tr, ours=to, diff=max_diff(f_r, f_o)))
+    rows.append(dict(name="DPT track features 2x518", ref=tr, ours=to,
+                     wall=WALL['ref'] / WALL['ours'], diff=max_diff(f_r, f_o)))
     print(f"  done: {rows[-1]['name']}", flush=True)
 
     query = torch.rand(1, 50, 2, generator=gen) * (SIZE - 1)
     tr, to, t_r, t_o = interleaved(lambda: ref_th.tracker(query_points=query, fmaps=f_o, iters=4),
                                    lambda: ours_th.track(f_o, query, 4), repeats)
-    rows.append(dict(name="tracker, 50 points, 4 iterations", ref=tr, ours=to, diff=max_diff(t_r[0][-1], t_o[0][-1])))
+    rows.append(dict(name="tracker, 50 points, 4 iterations", ref=tr, ours=to,
+                     wall=WALL['ref'] / WALL['ours'], diff=max_diff(t_r[0][-1], t_o[0][-1])))
     print(f"  done: {rows[-1]['name']}", flush=True)
 
     ours_h = UnionSegmentationHead(HeadConfig(img_size=SIZE, sa_tokens=37))
@@ -252,7 +272,8 @@ def components(R, repeats: int, quick: bool) -> List[dict]:
         return full
 
     tr, to, h_r, h_o = interleaved(ref_head, our_head, repeats)
-    rows.append(dict(name="head at 518, 2 targets, pass + 1 refinement", ref=tr, ours=to, diff=max_diff(h_r, h_o)))
+    rows.append(dict(name="head at 518, 2 targets, pass + 1 refinement", ref=tr, ours=to,
+                     wall=WALL['ref'] / WALL['ours'], diff=max_diff(h_r, h_o)))
     print(f"  done: {rows[-1]['name']}", flush=True)
     return rows
 
@@ -393,7 +414,8 @@ def whole_set(R, objects: int, repeats: int, profile: bool):
         with torch_profile(activities=[ProfilerActivity.CPU]) as p:
             ours()
         prof = p.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=40)
-    return dict(ref=tr, ours=to, ious=ious, fg=fg, stages=stages, profile=prof, objects=objects,
+    return dict(ref=tr, ours=to, wall=(WALL['ref'], WALL['ours']),
+                ious=ious, fg=fg, stages=stages, profile=prof, objects=objects,
                 ref_pairs=objects * len(exos))
 
 
@@ -408,8 +430,12 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="1 run per component, no width-1024 aggregator, whole set with 1 object, 1 run")
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                    help="what the ratios use: process CPU time (default; with 1 thread it equals the wall time "
+                         "on an idle machine and does not count the neighbours' load on a shared one) or wall time")
     ap.add_argument("--skip-components", action="store_true")
     args = ap.parse_args(argv)
+    CLOCK["name"] = args.clock
     vggt_dir, vggts_dir = reference_dirs(args)
     if args.quick:
         args.repeats, args.set_repeats, args.objects = 1, 1, 1
@@ -424,20 +450,25 @@ def main(argv=None) -> int:
 
     with torch.inference_mode():
         if not args.skip_components:
-            print(f"\nComponents (median of {args.repeats} interleaved runs after a warm-up, seconds)", flush=True)
+            print(f"\nComponents (median of {args.repeats} interleaved runs after a warm-up, seconds of "
+                  f"{'process CPU time' if args.clock == 'cpu' else 'wall time'})", flush=True)
             rows = components(R, args.repeats, args.quick)
-            header = f"| {'component':<64} | {'reference':>9} | {'project':>9} | {'ratio':>6} | {'max diff':>9} |"
+            header = (f"| {'component':<64} | {'reference':>9} | {'project':>9} | {'ratio':>6} | {'wall ratio':>10} "
+                      f"| {'max diff':>9} |")
             print(header)
             print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
             for r in rows:
                 print(f"| {r['name']:<64} | {r['ref']:8.2f}s | {r['ours']:8.2f}s | {r['ref'] / r['ours']:5.2f}x "
-                      f"| {r['diff']:9.2g} |")
+                      f"| {r['wall']:9.2f}x | {r['diff']:9.2g} |")
         print(f"\nWhole set: ego 704x704 source, 2 exo 960x540 targets, {args.objects} object(s); backbone "
               f"conv w64 d24 + full track head at 518, head 518/37, 1 refinement; median of {args.set_repeats} "
               "interleaved run(s)" + (" after a warm-up" if args.set_repeats > 1 else ""), flush=True)
     res = whole_set(R, args.objects, args.set_repeats, not args.no_profile)
-    print(f"  reference recipe, {res['ref_pairs']} pairs one by one: {res['ref']:7.2f} s")
-    print(f"  project segment_objects, one call:            {res['ours']:7.2f} s")
+    print(f"  reference recipe, {res['ref_pairs']} pairs one by one: {res['ref']:7.2f} s {CLOCK['name']} "
+          f"({res['wall'][0]:.2f} s wall)")
+    print(f"  project segment_objects, one call:            {res['ours']:7.2f} s {CLOCK['name']} "
+          f"({res['wall'][1]:.2f} s wall)")
+    print(f"  wall-clock ratio: {res['wall'][0] / res['wall'][1]:.2f}x")
     print("  mask IoU project vs reference per (object, target): " + ", ".join(f"{x:.3f}" for x in res["ious"]))
     print("  foreground fraction project/reference per (object, target): "
           + ", ".join(f"{a:.3f}/{b:.3f}" for a, b in res["fg"]) + "  (random weights: the masks carry no meaning)")

@@ -95,6 +95,15 @@ class PipelineConfig:
     temporal: bool = False
     memory_frames: int = 6
     temporal_weights: str = ""
+    # Stream reuse (vggts_ros.stream_reuse; off by default, its accuracy with the published
+    # weights is unmeasured): a cropped target whose previous masks were confident skips
+    # the first pass (crop from the last mask, prompts tracked in the features pass); a
+    # full pass every ``reuse_full_every`` sets, or when a score is below
+    # ``reuse_min_score`` or fell more than ``reuse_max_drop`` since the last full pass.
+    stream_reuse: bool = False
+    reuse_full_every: int = 5
+    reuse_min_score: float = 0.6
+    reuse_max_drop: float = 0.1
 
 
 @dataclass

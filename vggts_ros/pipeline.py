@@ -67,7 +67,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from vggts_ros import crops, precision, prompts, transforms
+from vggts_ros import crops, precision, prompts, stream_reuse, transforms
 from vggts_ros.config import ModelConfig, ModelPreset, PipelineConfig, model_preset
 from vggts_ros.device import resolve_device
 from vggts_ros.models.union_head.refinement import check_identity, decode_with_refinement
@@ -398,23 +398,31 @@ class VGGTSegmentor:
         clock = _StageClock(self._sync)
         t_start = time.perf_counter()
         cropped = [is_cropped(v) for v in targets]
+        # stream reuse (off by default): targets whose last masks stand in for the first pass
+        reuse = stream_reuse.for_segmentor(self)
+        prev = reuse.plan(len(masks), targets, cropped) if reuse is not None else [None] * len(targets)
+        full = [t for t in range(len(targets)) if prev[t] is None]  # targets of the first pass
+        pos = {t: i + 1 for i, t in enumerate(full)}  # their frame index in it
         with clock("prompts"):
-            sources = [self.prepare_source(source_image, m, any(cropped), not all(cropped)) for m in masks]
+            sources = [self.prepare_source(source_image, m, any(cropped[t] for t in full),
+                                           not all(cropped)) for m in masks]
             first_views = [transforms.letterbox(v.image.shape[:2], self.image_size) for v in targets]
         with clock("first_pass"):
-            tracks = self.first_pass(sources, [t.image(v.image) for t, v in zip(first_views, targets)])
+            tracks = (self.first_pass(sources, [first_views[t].image(targets[t].image) for t in full]) if full
+                      else [(None, None)] * len(sources))
         shared = dict(clock.times)
         results = []
         for o, (src, (tr_first, tr_direct)) in enumerate(zip(sources, tracks)):
             clock.times = dict(shared)
             with clock("remap"):
                 inputs = [
-                    self.cropped_target(v.image, first_views[t], tr_first, t + 1, src) if cropped[t]
-                    else self.direct_target(v.image, tr_direct, t + 1, src)
+                    self.reused_target(v.image, prev[t][o]) if prev[t] is not None
+                    else self.cropped_target(v.image, first_views[t], tr_first, pos[t], src) if cropped[t]
+                    else self.direct_target(v.image, tr_direct, pos[t], src)
                     for t, v in enumerate(targets)
                 ]
             refs = stream.refs(o, targets) if stream is not None and self.temporal is not None else None
-            logits = self.features_and_head(src, inputs, clock, refs)
+            logits = self.features_and_head(src, inputs, clock, refs, retrack=[p is not None for p in prev])
             with clock("recover"):
                 per_object = [self.recover_result(lg, ti) for lg, ti in zip(logits, inputs)]
             for r in per_object:
@@ -427,6 +435,8 @@ class VGGTSegmentor:
         total = time.perf_counter() - t_start
         for r in (r for per_object in results for r in per_object):
             r.timings["total"] = total
+        if reuse is not None:
+            reuse.record(targets, results, [p is not None for p in prev])
         return results
 
     # ------------------------------------------------------------------ stages
@@ -523,6 +533,17 @@ class VGGTSegmentor:
                         crop_points=crop_points),
         )
 
+    def reused_target(self, image: np.ndarray, previous_mask: np.ndarray) -> TargetInput:
+        """Stage 3 under stream reuse: the crop around the object's previous mask
+        (:func:`stream_reuse.crop_from_mask`); its prompts come from the features pass."""
+        crop = stream_reuse.crop_from_mask(image.shape[:2], previous_mask, self.image_size, self.cfg)
+        k = self.cfg.prompt_points
+        zeros = np.zeros(k, np.float32)
+        return TargetInput(image=crop.window.image(image), prompts=np.zeros((k, 2), np.float32),
+                           transform=crop.window, source_points=np.zeros((k, 2), np.float32),
+                           visibility=zeros, confidence=zeros,
+                           stages=dict(reused=True, box_size=crop.box_size, crop_size=crop.crop_size))
+
     def direct_target(self, image: np.ndarray, tracks: Tracks, view_index: int, src: SourceInput) -> TargetInput:
         """Stage 3, square ego target: the frame resized; the prompts are the tracked
         K-means points clipped to the view (the reference exo->ego recipe)."""
@@ -538,19 +559,23 @@ class VGGTSegmentor:
         )
 
     def features_and_head(self, src: SourceInput, inputs: List[TargetInput], clock: _StageClock,
-                          refs: Optional[List[StreamRef]] = None) -> List[torch.Tensor]:
+                          refs: Optional[List[StreamRef]] = None,
+                          retrack: Sequence[bool] = ()) -> List[torch.Tensor]:
         """Stages 4-5: features of ``[source zoom, target inputs]`` (one pass, or one per
-        target with ``multi_view_features=False``), optional second pass, then the head
-        (``refs``: each target's temporal stream, see :meth:`decode`).
+        target with ``multi_view_features=False``), optional second pass (always for the
+        targets flagged in ``retrack``: stream reuse), then the head (``refs``: each
+        target's temporal stream, see :meth:`decode`).
         Returns each target's last network-size logits ``[size, size]`` (on the device)."""
         fulls: List[torch.Tensor] = [None] * len(inputs)  # type: ignore[list-item]
         groups = [list(range(len(inputs)))] if self.multi_view_features else [[t] for t in range(len(inputs))]
         for group in groups:
             with clock("features"):
                 f = self.backbone_features([src.crop_image] + [inputs[t].image for t in group])
-                if self.cfg.second_pass:
-                    for j, t in enumerate(group):
-                        inputs[t] = self.second_pass(f, src, j + 1, inputs[t])
+                tracked = None  # one tracker call serves every target of the group
+                for j, t in enumerate(group):
+                    if self.cfg.second_pass or (t < len(retrack) and retrack[t]):
+                        tracked = tracked or self.second_pass_tracks(f, src)
+                        inputs[t] = self.second_pass(f, src, j + 1, inputs[t], tracked)
             with clock("head"):
                 full, _ = self.decode(f, src.prompts, [inputs[t].prompts for t in group], src.crop_mask,
                                       refs=[refs[t] for t in group] if refs is not None else None)
@@ -616,12 +641,18 @@ class VGGTSegmentor:
             timings={},
         )
 
-    def second_pass(self, features: torch.Tensor, src: SourceInput, view_index: int, target: TargetInput) -> TargetInput:
+    def second_pass_tracks(self, features: torch.Tensor, src: SourceInput) -> Tuple[np.ndarray, Tracks]:
+        """K-means points of the source zoom and their tracks through the features pass."""
+        queries = prompts.kmeans_sample_points(src.crop_mask, self.cfg.first_pass_points)
+        return queries, self.track(features, [queries])[0]
+
+    def second_pass(self, features: torch.Tensor, src: SourceInput, view_index: int, target: TargetInput,
+                    tracked: Optional[Tuple[np.ndarray, Tracks]] = None) -> TargetInput:
         """Re-project K-means points of the source zoom into the target input with the
-        features pass (no extra backbone pass) and re-cluster them into the prompts."""
+        features pass (no extra backbone pass) and re-cluster them into the prompts.
+        ``tracked``: :meth:`second_pass_tracks` of these features, when already made."""
         cfg, k = self.cfg, self.cfg.prompt_points
-        queries = prompts.kmeans_sample_points(src.crop_mask, cfg.first_pass_points)
-        tr = self.track(features, [queries])[0]
+        queries, tr = tracked if tracked is not None else self.second_pass_tracks(features, src)
         pts = np.clip(tr.coords[view_index], 0, self.image_size - 1)
         kept, _ = prompts.median_outlier_split(pts, cfg.outlier_k)
         labels, centres = prompts.cluster_points(pts[kept], k)

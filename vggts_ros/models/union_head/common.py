@@ -7,11 +7,13 @@ are part of the checkpoint format and must not change.
 from __future__ import annotations
 
 import math
-from typing import Tuple, Type
+from typing import Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..cpu_linear import linear, linear_add
 
 
 class LayerNorm2d(nn.Module):
@@ -46,10 +48,17 @@ class MLP(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.act = activation()
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        """The stack on ``x``; with ``residual``, returns ``residual + stack(x)``."""
         last = len(self.layers) - 1
-        for i, linear in enumerate(self.layers):
-            x = linear(x)
+        relu = type(self.act) is nn.ReLU
+        for i, layer in enumerate(self.layers):
+            if i == last and residual is not None:
+                return linear_add(x, layer.weight, layer.bias, residual)
+            if i < last and relu:
+                x = linear(x, layer.weight, layer.bias, relu=True)
+                continue
+            x = linear(x, layer.weight, layer.bias)
             if i < last:
                 x = self.act(x)
         return x
@@ -106,9 +115,15 @@ class Attention(nn.Module):
         b, n, c = x.shape
         return x.view(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        """Attention output; with ``residual``, returns ``residual + output``."""
         out = F.scaled_dot_product_attention(
-            self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
+            self._heads(linear(q, self.q_proj.weight, self.q_proj.bias)),
+            self._heads(linear(k, self.k_proj.weight, self.k_proj.bias)),
+            self._heads(linear(v, self.v_proj.weight, self.v_proj.bias)),
         )
         b, _, n, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
+        out = out.transpose(1, 2).reshape(b, n, -1)
+        if residual is None:
+            return linear(out, self.out_proj.weight, self.out_proj.bias)
+        return linear_add(out, self.out_proj.weight, self.out_proj.bias, residual)

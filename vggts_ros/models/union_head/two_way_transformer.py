@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..cpu_linear import derived, linear
 from .common import MLP, Attention
 
 
@@ -27,20 +28,35 @@ def patchify(conv: nn.Conv2d, grid: Tensor) -> Tensor:
     r = conv.stride[0]
     s_h, s_w = h // r, w // r
     patches = grid.reshape(b, s_h, r, s_w, r, c).permute(0, 1, 3, 2, 4, 5).reshape(b * s_h * s_w, r * r * c)
-    weight = conv.weight.permute(2, 3, 1, 0).reshape(r * r * c, conv.out_channels)
-    return torch.addmm(conv.bias, patches, weight).view(b, s_h, s_w, conv.out_channels)
+    (weight,) = derived(conv, "patch_matrix",
+                        lambda: (conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, r * r * c),))
+    return linear(patches, weight, conv.bias).view(b, s_h, s_w, conv.out_channels)
+
+
+def _unpatch_matrix(deconv: nn.ConvTranspose2d) -> Tuple[Tensor, Tensor]:
+    """``deconv``'s weight as a ``[r * r * C_out, C_in]`` matrix (rows ordered y, x, channel)
+    and its bias repeated to match."""
+    r = deconv.stride[0]
+    c_in, c_out = deconv.in_channels, deconv.out_channels
+    return derived(deconv, "unpatch_matrix",
+                   lambda: (deconv.weight.permute(2, 3, 1, 0).reshape(r * r * c_out, c_in), deconv.bias.repeat(r * r)))
+
+
+def _unpatch_cells(deconv: nn.ConvTranspose2d, cells: Tensor) -> Tensor:
+    """``[B, s_h, s_w, C_in]`` -> a ``[B, s_h, r, s_w, r, C_out]`` view (not contiguous)."""
+    b, s_h, s_w, c_in = cells.shape
+    r = deconv.stride[0]
+    weight, bias = _unpatch_matrix(deconv)
+    out = linear(cells.reshape(-1, c_in), weight, bias)
+    return out.view(b, s_h, s_w, r, r, deconv.out_channels).permute(0, 1, 3, 2, 4, 5)
 
 
 def unpatchify(deconv: nn.ConvTranspose2d, cells: Tensor) -> Tensor:
     """``deconv`` (kernel == stride == r) applied to ``cells`` ``[B, s_h, s_w, C_in]``,
     returned channels last ``[B, s_h * r, s_w * r, C_out]``."""
-    b, s_h, s_w, c_in = cells.shape
+    b, s_h, s_w, _ = cells.shape
     r = deconv.stride[0]
-    c_out = deconv.out_channels
-    weight = deconv.weight.permute(0, 2, 3, 1).reshape(c_in, r * r * c_out)
-    out = torch.addmm(deconv.bias.repeat(r * r), cells.reshape(-1, c_in), weight)
-    out = out.view(b, s_h, s_w, r, r, c_out).permute(0, 1, 3, 2, 4, 5)
-    return out.reshape(b, s_h * r, s_w * r, c_out)
+    return _unpatch_cells(deconv, cells).reshape(b, s_h * r, s_w * r, deconv.out_channels)
 
 
 class TwoWayBlock(nn.Module):
@@ -78,21 +94,19 @@ class TwoWayBlock(nn.Module):
         b, _, c = keys.shape
         h, w = grid_hw
         grid = keys.reshape(b, h, 2 * w, c)
-        if src_down is None:
-            src_down = patchify(self.downsampling, grid[:, :, :w])
-        coarse = torch.cat([src_down, patchify(self.downsampling, grid[:, :, w:])], dim=2)
+        if src_down is None:  # both views in one product (patches never straddle the seam)
+            coarse = patchify(self.downsampling, grid)
+        else:
+            coarse = torch.cat([src_down, patchify(self.downsampling, grid[:, :, w:])], dim=2)
         _, s_h, s_w2, c2 = coarse.shape
         t = coarse.reshape(b, s_h * s_w2, c2)
         qk = t + sa_pe
-        t = self.norm0(t + self.self_attn_img(qk, qk, t))
-        t = self.norm_ffn(t + self.img_mlp(t))
-        coarse = t.view(b, s_h, s_w2, c2)
-        half = s_w2 // 2
-        fine = torch.cat(
-            [unpatchify(self.upsampling, coarse[:, :, :half]), unpatchify(self.upsampling, coarse[:, :, half:])],
-            dim=2,
-        )
-        return self.norm_nf(keys + fine.view(b, h * 2 * w, c))
+        t = self.norm0(self.self_attn_img(qk, qk, t, residual=t))
+        t = self.norm_ffn(self.img_mlp(t, residual=t))
+        # un-patchify both views at once, added to the keys in the same pass
+        r = h // s_h
+        fine = _unpatch_cells(self.upsampling, t.view(b, s_h, s_w2, c2))
+        return self.norm_nf((keys.reshape(b, s_h, r, s_w2, r, c) + fine).view(b, h * 2 * w, c))
 
     def forward(
         self,
@@ -110,16 +124,16 @@ class TwoWayBlock(nn.Module):
             queries = self.self_attn_token(queries, queries, queries)
         else:
             q = queries + query_pe
-            queries = queries + self.self_attn_token(q, q, queries)
+            queries = self.self_attn_token(q, q, queries, residual=queries)
         queries = self.norm1(queries)
 
         q = queries + query_pe
         k = keys + ca_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
-        queries = self.norm3(queries + self.token_mlp(queries))
+        queries = self.norm2(self.cross_attn_token_to_image(q, k, keys, residual=queries))
+        queries = self.norm3(self.token_mlp(queries, residual=queries))
 
         q = queries + query_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
+        keys = self.norm4(self.cross_attn_image_to_token(k, q, queries, residual=keys))
         return queries, keys
 
 
@@ -147,12 +161,15 @@ class TwoWayTransformer(nn.Module):
         """``src_map``/``tar_map``: ``[B, C, g, g]`` with the mask priors already added.
         ``ca_pe``/``sa_pe`` are token-shaped (``[1, L, C]``). Returns (tokens, image tokens)."""
         b, c, h, w = src_map.shape
-        keys = torch.cat([src_map, tar_map], dim=-1).permute(0, 2, 3, 1).reshape(b, h * 2 * w, c)
+        keys = src_map.new_empty(b, h, 2 * w, c)  # side by side, channels last: one copy per view
+        keys[:, :, :w] = src_map.permute(0, 2, 3, 1)
+        keys[:, :, w:] = tar_map.permute(0, 2, 3, 1)
+        keys = keys.view(b, h * 2 * w, c)
         queries = tokens
         for i, layer in enumerate(self.layers):
             queries, keys = layer(
                 queries, keys, tokens, ca_pe, sa_pe, (h, w), src_down=src_down0 if i == 0 else None
             )
         q = queries + tokens
-        queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, keys + ca_pe, keys))
+        queries = self.norm_final_attn(self.final_attn_token_to_image(q, keys + ca_pe, keys, residual=queries))
         return queries, keys

@@ -1,0 +1,80 @@
+"""The oneDNN float32 linear path (vggts_ros.models.cpu_linear): same products as
+``F.linear`` within float32 rounding, plain path for autograd and float64, cached weight
+layouts rebuilt when a parameter changes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vggts_ros.config import HeadConfig
+from vggts_ros.models import cpu_linear
+from vggts_ros.models.deterministic import deterministic_state_dict
+from vggts_ros.models.union_head import UnionSegmentationHead, decode_with_refinement
+
+needs_onednn = pytest.mark.skipif(not cpu_linear.available(), reason="this torch build has no oneDNN linear kernel")
+
+
+@needs_onednn
+def test_linear_relu_and_residual_match_f_linear():
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(2, 300, 96, generator=g), torch.randn(40, 96, generator=g), torch.randn(40, generator=g)
+    res = torch.randn(2, 300, 40, generator=g)
+    ref = F.linear(x, w, b)
+    with torch.inference_mode():
+        assert torch.allclose(cpu_linear.linear(x, w, b), ref, atol=1e-4, rtol=1e-5)
+        assert torch.allclose(cpu_linear.linear(x, w, b, relu=True), F.relu(ref), atol=1e-4, rtol=1e-5)
+        assert torch.allclose(cpu_linear.linear_add(x, w, b, res), res + ref, atol=1e-4, rtol=1e-5)
+        assert torch.equal(cpu_linear.linear(x.double(), w.double(), b.double()), F.linear(x.double(), w.double(),
+                                                                                          b.double()))
+
+
+def test_gradients_flow_on_the_plain_path():
+    layer = nn.Linear(8, 4)
+    x = torch.randn(3, 8, requires_grad=True)
+    cpu_linear.linear_add(x, layer.weight, layer.bias, torch.zeros(3, 4)).sum().backward()
+    assert x.grad is not None and layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+
+
+def small_head():
+    head = UnionSegmentationHead(HeadConfig(img_size=126, sa_tokens=9))
+    head.load_state_dict(deterministic_state_dict(head, 1))
+    g = torch.Generator().manual_seed(1)
+    feat = torch.randn(2, 2, 128, 63, 63, generator=g)
+    src, tar = torch.rand(2, 5, 2, generator=g) * 125, torch.rand(2, 5, 2, generator=g) * 125
+    mask = torch.zeros(2, 126, 126)
+    mask[:, 30:80, 40:90] = 1
+
+    def run(**kw):
+        with torch.inference_mode():
+            return decode_with_refinement(head, head.encode(feat, src, tar, mask), 1, **kw)[0]
+
+    return head, run
+
+
+@needs_onednn
+def test_head_output_matches_the_plain_path_and_follows_weight_updates():
+    head, run = small_head()
+    fast = run()
+    with cpu_linear.enabled(False):
+        plain = run()
+    scale = float(plain.abs().max())
+    assert float((fast - plain).abs().max()) <= 1e-5 * scale
+    with torch.no_grad():  # an in-place update must rebuild the cached conv-as-matrix weights
+        head.mask_decoder.transformer.layers[0].downsampling.weight.mul_(1.5)
+        head.mask_decoder.transformer.layers[1].upsampling.weight.mul_(0.5)
+    updated = run()
+    with cpu_linear.enabled(False):
+        updated_plain = run()
+    assert float((updated - fast).abs().max()) > 1e-3 * scale
+    assert float((updated - updated_plain).abs().max()) <= 1e-5 * scale
+
+
+def test_head_built_under_inference_mode_runs():
+    with torch.inference_mode():  # inference-tensor parameters carry no version counter
+        head = UnionSegmentationHead(HeadConfig(img_size=126, sa_tokens=9))
+        out = head(torch.randn(1, 2, 128, 63, 63), torch.rand(1, 5, 2) * 125, torch.rand(1, 5, 2) * 125,
+                   torch.ones(1, 126, 126))[0]
+    assert out.shape == (1, 1, 126, 126) and torch.isfinite(out).all()
