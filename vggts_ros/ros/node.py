@@ -198,7 +198,6 @@ class VGGTSNode(Node):
             self._service_group = MutuallyExclusiveCallbackGroup()
             self._timer_group = MutuallyExclusiveCallbackGroup()
             self._create_io()
-        self._active = True
         self.create_service(SetSourceMask, "~/set_source_mask", self._on_set_source_mask,
                             callback_group=self._service_group)
         self.create_service(ClearObjects, "~/clear_objects", self._on_clear_objects,
@@ -227,6 +226,7 @@ class VGGTSNode(Node):
         self._running = True
         self._worker = threading.Thread(target=self._worker_loop, name="vggts-inference", daemon=True)
         self._worker.start()
+        self._active = True  # last: an image may arrive as soon as this is set
         self._started = [(getattr(self, "destroy_" + kind[:-1]), e) for kind in kinds
                          for e in getattr(self, kind) if e not in before[kind]]
 
@@ -351,6 +351,15 @@ class VGGTSNode(Node):
     def _on_image(self, camera: str, msg) -> None:
         if not self._active:  # a managed node between deactivate and activate
             return
+        try:
+            self._take_image(camera, msg)
+        except Exception as exc:  # noqa: BLE001 - an exception here would stop the executor for good
+            now = time.monotonic()
+            self.health.rejected(camera, now, f"internal error: {type(exc).__name__}: {exc}")
+            if self.throttle.ready(f"image:{camera}", now):
+                self.get_logger().error(f"camera {camera!r}: frame dropped: {type(exc).__name__}: {exc}")
+
+    def _take_image(self, camera: str, msg) -> None:
         now = time.monotonic()
         cam = self.cfg.camera(camera)
         image = Image_(msg, cam.compressed, self.cfg.inference.max_image_pixels)
