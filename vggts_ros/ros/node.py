@@ -636,6 +636,17 @@ class VGGTSNode(Node):
         return usable
 
     def _process(self, item: SyncSet, queued: float = 0.0) -> None:
+        try:
+            self._process_set(item, queued)
+        finally:
+            temporal = getattr(self.segmentor, "temporal", None)
+            if temporal is not None:
+                # A set in inference during a clear may have written memory for objects that
+                # are gone (also when it failed part-way): only current objects keep a stream.
+                with self.registry.lock:
+                    temporal.retain(self.registry.ids())
+
+    def _process_set(self, item: SyncSet, queued: float = 0.0) -> None:
         t_start = time.monotonic()
         frames = self._usable_frames(item)
         generation, objects = self.registry.snapshot()
@@ -693,8 +704,6 @@ class VGGTSNode(Node):
                 # Objects were cleared or replaced while this set was in inference; the
                 # memory it wrote for cleared objects goes too.
                 self.health.stale_discarded += 1
-                if temporal is not None:
-                    temporal.retain(self.registry.ids())
                 return
             for obj, frame_image, result in advances:
                 self._advance_source(obj, frame_image, result)
@@ -831,9 +840,13 @@ class VGGTSNode(Node):
         temporal = getattr(self.segmentor, "temporal", None)
         values["temporal"] = str(temporal is not None).lower()
         if temporal is not None:  # Temporal VGGT-S: entries and writes since the last reset per stream
+            # Streams of current objects only: a set still in inference after a clear may
+            # write to a cleared object's stream until it ends (then the stream is dropped).
+            current = {str(i) for i in self.registry.ids()}
             for key, n in temporal.bank_sizes().items():
-                values[f"memory_bank_{key}"] = n
-            for key, n in temporal.bank_writes().items():
+                if key.split("/", 1)[0] in current:
+                    values[f"memory_bank_{key}"] = n
+            for key, n in ((k, n) for k, n in temporal.bank_writes().items() if k.split("/", 1)[0] in current):
                 values[f"memory_writes_{key}"] = n
         last = self.last
         if last is not None:
