@@ -40,7 +40,7 @@ from ..scenes import random_texture
 from .augment import GREY, photometric
 from .config import DataSection
 from .pairs import box_to_crop, condense_projections, crop_to_box, cut, single_threaded, square_box
-from .self_training import _bbox, _coco_images_dir, coco_instances, load_instance, png_pair_instances
+from .self_training import _bbox, load_instance, select_instances
 
 CLIP_STACKED = ("src_img", "src_mask", "src_points", "tar_img", "tar_mask", "tar_points", "amodal_mask",
                 "occlusion", "blurred")
@@ -254,13 +254,7 @@ class ImageClips(Dataset):
         self.data = data
         self.clips = clips.validate()
         self.size = int(img_size)
-        if data.coco:
-            self.instances = coco_instances(data.coco, _coco_images_dir(data), data.min_instance_area)
-        else:
-            self.instances = png_pair_instances(data.root, data.min_instance_area)
-        if data.limit is not None:
-            self.instances = self.instances[: int(data.limit)]
-        self.instances = self.instances[:: max(1, int(data.step))]
+        self.instances = select_instances(data)
         self.epoch = 0
         self._memo: Dict[int, Dict[str, Any]] = {}
 

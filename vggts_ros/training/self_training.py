@@ -151,6 +151,18 @@ def _bbox(mask: np.ndarray) -> Optional[Tuple[int, int, int, int]]:
     return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
 
 
+def select_instances(data: DataSection) -> list:
+    """The object instances a data section names (COCO annotations or PNG mask pairs),
+    after its ``limit`` and ``step``: what both self-training datasets sample from."""
+    if data.coco:
+        instances = coco_instances(data.coco, _coco_images_dir(data), data.min_instance_area)
+    else:
+        instances = png_pair_instances(data.root, data.min_instance_area)
+    if data.limit is not None:
+        instances = instances[: int(data.limit)]
+    return instances[:: max(1, int(data.step))]
+
+
 class SelfTrainingPairs(Dataset):
     """Pseudo pairs from single images; see the module docstring.
 
@@ -164,13 +176,7 @@ class SelfTrainingPairs(Dataset):
     def __init__(self, data: DataSection, img_size: int) -> None:
         self.data = data
         self.size = int(img_size)
-        if data.coco:
-            self.instances = coco_instances(data.coco, _coco_images_dir(data), data.min_instance_area)
-        else:
-            self.instances = png_pair_instances(data.root, data.min_instance_area)
-        if data.limit is not None:
-            self.instances = self.instances[: int(data.limit)]
-        self.instances = self.instances[:: max(1, int(data.step))]
+        self.instances = select_instances(data)
         self.epoch = 0
         self._family_epoch: Optional[int] = None
         self._family = np.zeros(0, dtype=bool)
