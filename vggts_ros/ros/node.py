@@ -914,6 +914,9 @@ def main(argv: Optional[List[str]] = None, node_class=None) -> int:
     argv = list(sys.argv if argv is None else argv)
     from vggts_ros.ros import transport
 
+    import faulthandler
+
+    faulthandler.enable()  # a native crash (driver, DDS, torch) prints every thread's Python stack
     transport.configure()  # before the context: the node publishes images too
     rclpy.init(args=argv)
     node = None
