@@ -15,8 +15,7 @@ import pytest
 rclpy = pytest.importorskip("rclpy", reason="rclpy (ros-kilted-rclpy) is not installed")
 
 from vggts_ros.config import CameraConfig, InferenceConfig, ModelConfig, NodeConfig, PublishConfig, SyncConfig  # noqa: E402
-from vggts_ros.ros import transport  # noqa: E402
-from vggts_ros.ros.player import CameraPlayer, NodeProcess, OutputCollector, PlayedCamera, Spinner, wait_until  # noqa: E402
+from vggts_ros.ros.player import NodeProcess, PlayedCamera, wait_until  # noqa: E402
 
 SIZES = {"ego": (240, 320), "exo": (270, 480)}
 NODE = f"vggts_temporal_{os.getpid()}"
@@ -42,8 +41,6 @@ def box(y0, y1, x0, x1):
 
 
 def test_memory_banks_grow_and_reset_on_a_replaced_mask_and_on_clear():
-    transport.configure()
-    rclpy.init()
     cfg = NodeConfig(
         cameras=[CameraConfig(n, f"{CAMS}/{n}/image_raw", n) for n in SIZES],
         # a set processed more than stale_after after the previous one restarts the memory:
@@ -53,15 +50,12 @@ def test_memory_banks_grow_and_reset_on_a_replaced_mask_and_on_clear():
         inference=InferenceConfig(refine_iterations=1, temporal=True, memory_frames=MEMORY_FRAMES),
         publish=PublishConfig(overlay=False, diagnostics_period=0.3),
     )
-    node = NodeProcess(cfg, node_name=NODE).start()
-    player = CameraPlayer([PlayedCamera(n, f"{CAMS}/{n}/image_raw", textured(*SIZES[n], seed=i))
-                           for i, n in enumerate(SIZES)], rate_hz=5.0)
-    collector = OutputCollector(NODE, list(SIZES))
-    spinner = Spinner(player, collector)
-    try:
-        assert wait_until(lambda: collector._set.service_is_ready() or not node.alive(), 120) and node.alive(), \
-            node.log()[-4000:]
-        assert collector.wait_for_frames(list(SIZES), 30), node.log()[-4000:]
+    from helpers.node_graph import serving_node_process
+
+    node = NodeProcess(cfg, node_name=NODE)
+    cameras = [PlayedCamera(n, f"{CAMS}/{n}/image_raw", textured(*SIZES[n], seed=i)) for i, n in enumerate(SIZES)]
+    with serving_node_process(node, cameras, NODE, player_name=f"{NODE}_player",
+                              collector_name=f"{NODE}_collector") as (_, collector):
         assert wait_until(lambda: (collector.pipeline_status() or {}).get("temporal") == "true", 20)
 
         resp = collector.set_source_mask("ego", box(80, 140, 107, 187), label="box")
@@ -94,10 +88,3 @@ def test_memory_banks_grow_and_reset_on_a_replaced_mask_and_on_clear():
         time.sleep(1.0)  # a set in flight during the clear must not bring the stream back
         assert not any(k.startswith("memory_") for k in collector.pipeline_status())
         assert node.alive()
-    finally:
-        spinner.close()
-        code = node.stop()
-        player.destroy_node()
-        collector.destroy_node()
-        rclpy.shutdown()
-    assert code == 0, node.log()[-4000:]
