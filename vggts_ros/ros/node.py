@@ -33,7 +33,6 @@ import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType, JumpThreshold
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -899,6 +898,10 @@ class VGGTSNode(Node):
             array.status.append(cam_status)
         self._diag_pub.publish(array)
 
+    def stop_processing(self) -> None:
+        """Stop taking sets; the one in inference finishes and is published first."""
+        self._stop()
+
     def destroy_node(self):
         self._stop()  # nothing to stop when construction failed part-way or not active
         return super().destroy_node()
@@ -911,46 +914,17 @@ class VGGTSNode(Node):
 
 def main(argv: Optional[List[str]] = None, node_class=None) -> int:
     """``vggts_node [--ros-args --params-file config.yaml ...]`` (also ``ros2 run``)."""
-    argv = list(sys.argv if argv is None else argv)
-    from vggts_ros.ros import transport
+    from vggts_ros.ros import runner, transport
 
-    import faulthandler
-
-    faulthandler.enable()  # a native crash (driver, DDS, torch) prints every thread's Python stack
-    transport.configure()  # before the context: the node publishes images too
-    rclpy.init(args=argv)
-    node = None
-    executor = None
-    try:
+    def make_node():
         try:
-            node = (node_class or VGGTSNode)()
-        except (ValueError, CheckpointError) as exc:  # configuration or weights: one clear message
-            print(f"vggts_node: {exc}", file=sys.stderr)
-            return 2
+            return (node_class or VGGTSNode)()
         except ParameterException as exc:  # a value outside its descriptor's range or type
-            print(f"vggts_node: bad parameter: {exc}", file=sys.stderr)
-            return 2
-        executor = MultiThreadedExecutor(num_threads=4)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        # Order matters for a clean exit: stop the executor's threads, then the inference
-        # thread, then the context. try_shutdown also uninstalls rclpy's signal handlers
-        # when Ctrl-C already shut the context down; a handler thread left behind aborts
-        # the process at exit ("terminate called without an active exception").
-        if executor is not None:
-            executor.shutdown(timeout_sec=5)
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-        if node is not None and node.busy:
-            print("vggts_node: inference still running at exit; leaving without waiting", file=sys.stderr)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(0)
-    return 0
+            raise ValueError(f"bad parameter: {exc}") from exc
+
+    # transport before the context: the node publishes images too
+    return runner.run(make_node, list(sys.argv if argv is None else argv), configure=transport.configure,
+                      refusals=(ValueError, CheckpointError))
 
 
 if __name__ == "__main__":
