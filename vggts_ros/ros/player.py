@@ -29,6 +29,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from vggts_ros.config import NodeConfig
 from vggts_ros.msg import ProjectedPoints
 from vggts_ros.ros.conversions import fill_image, to_uint8_array
+from vggts_ros.ros.runner import stop_executor
 from vggts_ros.srv import ClearObjects, SetSourceMask
 
 
@@ -282,7 +283,7 @@ class Spinner:
         self._thread.join(timeout=5)
         for node in self.nodes:
             self.executor.remove_node(node)
-        self.executor.shutdown(timeout_sec=2)
+        stop_executor(self.executor, 2.0)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, period: float = 0.05) -> bool:

@@ -46,6 +46,21 @@ def flush_publishers(node, timeout: float = FLUSH_TIMEOUT) -> bool:
     return complete
 
 
+def stop_executor(executor, timeout: float = 5.0) -> None:
+    """Shut ``executor`` down once the callbacks it already handed to its threads have run
+    (its spin loop must have stopped). rclpy 9's shutdown destroys the executor's guard
+    condition before it joins its threads, so a callback just starting raised
+    InvalidHandle ("exception was never retrieved" at exit)."""
+    deadline = time.monotonic() + timeout
+    handed = list(getattr(executor, "_futures", ()))  # rclpy internals; absent: nothing to wait for
+    while any(not task.done() for task in handed) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for task in handed:
+        if task.done() and task.exception() is not None:
+            sys.stderr.write(f"vggts: a callback failed while stopping: {task.exception()}\n")
+    executor.shutdown(timeout_sec=max(0.0, deadline - time.monotonic()))
+
+
 class _Stop:
     """The stop request: the first signal sets it; a second one exits the process now."""
 
@@ -106,7 +121,7 @@ def run(make_node: Callable[[], object], argv: List[str], configure: Optional[Ca
         if executor is not None:
             if node is not None:
                 executor.remove_node(node)
-            executor.shutdown(timeout_sec=5)
+            stop_executor(executor, 5.0)
         if node is not None:
             stopping = getattr(node, "stop_processing", None)
             if stopping is not None:
