@@ -156,3 +156,25 @@ def test_bad_inputs_exit_2_naming_the_problem(world, tmp_path, capsys):
         assert message in err, (message, err)
     assert vggts_main(["evaluate", *common, "--temporal-weights", str(run)]) == 2
     assert "add --clips" in capsys.readouterr().err
+
+
+def test_egoexo_clips_report_no_occlusion_and_reject_short_takes(tmp_path, capsys):
+    """Ego-Exo4D clips (consecutive annotated moments): occlusion is not annotated, so no
+    frame counts as occluded and every unblurred frame is in the rest."""
+    from test_egoexo_dataset import build_segswap
+
+    root = build_segswap(tmp_path / "egoexo")
+    zero = tmp_path / "zero"
+    zero.mkdir()
+    save_temporal(TemporalMemory.seeded(smoke_head(112), TCFG, 0), zero / "temporal.pth")
+    args = ["--preset", "smoke", "--img-size", "112", "--vggt-checkpoint", "none", "--device", "cpu",
+            "--data", "egoexo", "--data-root", str(root), "--split", "val", "--temporal-weights", str(zero)]
+    report, table = _evaluate([*args, "--frames", "2"], tmp_path / "out")
+    for arm in ("plain", "temporal"):
+        s = report["summary"][arm]
+        assert s["overall"]["frames"] == 4 and s["rest"]["frames"] == 4  # 2 clips (one per direction) x 2
+        assert s["occluded"] == {"iou": None, "frames": 0} and s["blurred"]["frames"] == 0
+    assert [f["iou"] for f in report["frames"]["temporal"]] == [f["iou"] for f in report["frames"]["plain"]]
+    assert "n/a (0)" in table
+    assert vggts_main(["evaluate", "--clips", *args, "--frames", "3", "--out", str(tmp_path / "o3")]) == 2
+    assert "annotated moments" in capsys.readouterr().err
