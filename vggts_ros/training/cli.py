@@ -226,7 +226,8 @@ def add_commands(subparsers) -> None:
                                            "accuracy per direction; table, JSON and worst-case overlays.")
     _common(ev)
     ev.add_argument("--head-checkpoint", help="head weights (main_exp.pth or a training checkpoint); "
-                                              "default zbbhhh/VGGT-S for vggt-1b")
+                                              "default zbbhhh/VGGT-S for vggt-1b (with --clips: the plain arm, "
+                                              "default the temporal run's model.init_head)")
     ev.add_argument("--refine", type=int, help="refinement passes (default 1)")
     ev.add_argument("--worst", type=int, help="overlays of the k worst pairs (default 8)")
     ev.add_argument("--name", default="eval", help="base name of the output files")
