@@ -137,7 +137,11 @@ def test_bad_inputs_exit_2_naming_the_problem(world, tmp_path, capsys):
     save_temporal(TemporalMemory.seeded(smoke_head(84), TemporalConfig(memory_frames=2, tokens=None), 0),
                   wrong_grid / "temporal.pth")
     (tmp_path / "empty").mkdir()
+    asked = tmp_path / "k3.yaml"  # a configuration whose temporal section asks for another memory size
+    asked.write_text("temporal:\n  memory_frames: 3\n  tokens: 14\n  blocks: 1\n  num_heads: 1\n")
     cases = [
+        ([*common, "--temporal-weights", str(world["zero"]), "--config", str(asked)],
+         "memory_frames (file 2, requested 3)"),
         ([*common, "--temporal-weights", str(tmp_path / "missing")], "no such file or directory"),
         ([*common, "--temporal-weights", str(tmp_path)], "has no temporal.pth"),
         ([*common, "--temporal-weights", str(base / "plain_head.pth")], "not temporal weights"),

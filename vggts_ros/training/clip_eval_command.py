@@ -56,7 +56,8 @@ def temporal_model_files(source: str) -> Dict[str, Optional[str]]:
 
 
 def _config(args: argparse.Namespace, files: Optional[Dict[str, Optional[str]]]):
-    """The evaluation configuration and whether it came from a file."""
+    """The evaluation configuration, and whether its file names a temporal architecture."""
+    from .config import read_sections
     from .temporal_train import TemporalTrainConfig
 
     source = args.config or (files or {}).get("config")
@@ -66,11 +67,13 @@ def _config(args: argparse.Namespace, files: Optional[Dict[str, Optional[str]]])
         if not args.config:
             print(f"note: model, clip and data settings of the training run: {source}", file=sys.stderr)
         try:
-            cfg = TemporalTrainConfig.load(source)
+            sections = read_sections(source)
+            cfg = TemporalTrainConfig.from_dict(sections)
         except (ValueError, TypeError) as exc:
             raise UsageError(f"{source}: {exc}") from exc
+        asks = bool(sections and sections.get("temporal"))
     else:
-        cfg = TemporalTrainConfig()
+        cfg, asks = TemporalTrainConfig(), False
     if cfg.base.eval_data is None:  # clips prepared like the training data, from the given root/split
         cfg.base.eval_data = dataclasses.replace(cfg.base.data, split=args.split or "val", fixed_pairs=True)
     pairs = MODEL_PAIRS + RUN_PAIRS + _data_pairs("eval_data") + [
@@ -88,7 +91,7 @@ def _config(args: argparse.Namespace, files: Optional[Dict[str, Optional[str]]])
         cfg = cfg.override(sets + list(args.sets or []))
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    return cfg, bool(source)
+    return cfg, asks
 
 
 def evaluate_clips_command(args: argparse.Namespace) -> int:
@@ -105,11 +108,12 @@ def evaluate_clips_command(args: argparse.Namespace) -> int:
     files = temporal_model_files(args.temporal_weights) if args.temporal_weights else None
     if files is None and (args.memory_off or args.temporal_head or args.memory_frames is not None):
         raise UsageError("--memory-off, --temporal-head and --memory-frames need --temporal-weights")
-    cfg, from_file = _config(args, files)
+    cfg, asks = _config(args, files)
     base, data = cfg.base, cfg.base.eval_data
     _check_data(data)
-    # the architecture the weights must have: what a configuration or the command line asked for
-    requested = from_file or args.memory_frames is not None or any(
+    # the architecture the weights must have: what a configuration's temporal section or the
+    # command line asked for (nothing asked: the file's own)
+    requested = asks or args.memory_frames is not None or any(
         s.strip().startswith("temporal.") for s in args.sets or [])
     plain_ckpt = args.head_checkpoint
     if plain_ckpt is None and not base.model.init_head and base.model.preset == "vggt-1b":
