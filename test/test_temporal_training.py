@@ -119,7 +119,7 @@ def test_two_process_clip_training(tmp_path):
 # frozen head (no teacher forcing, carried mask fused into the logits), so the plain arm
 # is the stage-A head itself and the memory is all that differs.
 MARGIN_SEED = 0
-MARGIN = 0.02  # occluded-frame IoU, temporal minus plain; lowest seen +0.040 (15 runs, seeds 0-8, 3 ISAs; README)
+MARGIN = 0.015  # occluded-frame IoU, temporal minus plain; lowest seen +0.038 (21 runs, seeds 0-8, 3 ISAs; README)
 CLIP_SETTINGS = {"model.img_size": SIZE, "clips.frames": 5, "clips.truth": "amodal", "clips.scale": [0.9, 1.1],
                  "clips.rotate_deg": 6.0, "clips.shift": 0.06, "run.log_every": 0}
 
