@@ -65,7 +65,7 @@ def run_arm(base: Path, name: str, train_root: str, val_root: str, use_memory: b
     report = trainer.evaluate()
     ablation = None
     if use_memory:  # the same trained weights streamed with the memory switched off
-        from vggts_ros.training.temporal_train import evaluate_clips
+        from vggts_ros.training.clip_eval import evaluate_clips
 
         ablation = evaluate_clips(trainer.head, None, trainer.eval_dataset, trainer.extractor,
                                   cfg.base.run.refine_iterations)["summary"]

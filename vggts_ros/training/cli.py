@@ -14,6 +14,10 @@ Examples::
     vggts evaluate --data egoexo --data-root /data/egoexo --split val \\
         --head-checkpoint runs/ft/ckpts/epoch_12.pth --out runs/ft/eval
 
+    # clips: per-frame head vs Temporal VGGT-S, overall / occluded / blurred / rest
+    vggts evaluate --clips --data self --data-root /data/val_images \\
+        --head-checkpoint runs/plain/head.pth --temporal-weights runs/temporal --out runs/temporal/eval
+
 Every option maps onto :class:`~vggts_ros.training.config.TrainConfig`; ``--set
 section.key=value`` reaches the rest, ``--config FILE`` (YAML/JSON) gives a starting point.
 """
@@ -140,6 +144,16 @@ def _check_data(data) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import dataclasses
 
+    if args.clips:
+        from .clip_eval_command import evaluate_clips_command
+
+        return evaluate_clips_command(args)
+    for option in ("temporal_weights", "temporal_head", "frames", "memory_frames", "truth", "seed"):
+        if getattr(args, option) is not None:
+            raise UsageError(f"--{option.replace('_', '-')} applies to clips: add --clips")
+    if args.memory_off:
+        raise UsageError("--memory-off applies to clips: add --clips")
+
     import torch
 
     from ..checkpoint import CheckpointError
@@ -206,16 +220,34 @@ def add_commands(subparsers) -> None:
     tr.add_argument("--eval-split", help="split of the evaluation data (egoexo)")
     tr.set_defaults(func=cmd_train)
 
-    ev = subparsers.add_parser("evaluate", help="correspondence metrics of a head on paired data",
+    ev = subparsers.add_parser("evaluate", help="correspondence metrics of a head on paired data; "
+                                                "plain vs temporal on clips (--clips)",
                                description="IoU, location error, contour accuracy and visibility balanced "
                                            "accuracy per direction; table, JSON and worst-case overlays.")
     _common(ev)
     ev.add_argument("--head-checkpoint", help="head weights (main_exp.pth or a training checkpoint); "
-                                              "default zbbhhh/VGGT-S for vggt-1b")
+                                              "default zbbhhh/VGGT-S for vggt-1b (with --clips: the plain arm, "
+                                              "default the temporal run's model.init_head)")
     ev.add_argument("--refine", type=int, help="refinement passes (default 1)")
     ev.add_argument("--worst", type=int, help="overlays of the k worst pairs (default 8)")
     ev.add_argument("--name", default="eval", help="base name of the output files")
     ev.add_argument("--json", help="also write the JSON report here")
+    cl = ev.add_argument_group("clips (Temporal VGGT-S)", "--clips scores clips frame by frame: the per-frame "
+                               "head (plain) against the temporal model, overall and on occluded, blurred and "
+                               "the remaining frames")
+    cl.add_argument("--clips", action="store_true", help="evaluate on clips instead of image pairs")
+    cl.add_argument("--temporal-weights", help="the temporal model: a temporal training run's output directory "
+                                               "(temporal.pth, with head.pth and config.json when there) or a "
+                                               "temporal.pth file")
+    cl.add_argument("--temporal-head", help="head of the temporal arm (default: head.pth beside the temporal "
+                                            "weights, else the plain head)")
+    cl.add_argument("--memory-off", action="store_true",
+                    help="also score the temporal arm's head with its memory switched off")
+    cl.add_argument("--frames", type=int, help="frames per clip (clips.frames)")
+    cl.add_argument("--memory-frames", type=int,
+                    help="memory size K the temporal weights must have (checked, not changed)")
+    cl.add_argument("--truth", choices=("visible", "amodal"), help="self: ground truth of the synthetic clips")
+    cl.add_argument("--seed", type=int, help="self: seed the synthetic clips are drawn from")
     ev.set_defaults(func=cmd_evaluate)
 
 

@@ -1,4 +1,4 @@
-"""Training and evaluation of Temporal VGGT-S on clips.
+"""Training of Temporal VGGT-S on clips (scoring: :mod:`.clip_eval`).
 
 The backbone stays frozen (features of every (source, target frame) pair come from the
 feature cache when possible). Each step decodes a batch of clips frame by frame: the head
@@ -26,7 +26,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -38,14 +38,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..checkpoint import save_state_dict
 from ..models.temporal import TemporalConfig, TemporalMemory, load_temporal, save_temporal
-from ..models.union_head.union_head import LOW_RES_CLAMP, HeadContext, UnionSegmentationHead
+from ..models.union_head.union_head import LOW_RES_CLAMP, UnionSegmentationHead
+from .clip_eval import OCCLUDED, clip_features, clip_inputs, context_rows, evaluate_clips, summarise  # noqa: F401
 from .clips import ClipSection, ImageClips, collate_clips
 from .config import DataSection, ModelSection, OptimSection, RunSection, TrainConfig, read_sections
 from .losses import batch_iou, segmentation_loss
 from .pairs import EpochTaggedSampler
 from .runtime import DistEnv, FeatureExtractor, build_backbone, build_head, check_sizes, setup_distributed
 
-OCCLUDED = 0.5  # a frame counts as occluded when more than this share of the object is hidden
 
 
 # ---------------------------------------------------------------------------------------
@@ -168,11 +168,6 @@ def smoke_temporal_config(out_dir: str, data_root: str, use_memory: bool = True,
 # ---------------------------------------------------------------------------------------
 # the clip forward
 # ---------------------------------------------------------------------------------------
-def _rows(ctx: HeadContext, start: int, stop: int) -> HeadContext:
-    return replace(ctx, tokens=ctx.tokens[start:stop], src_map=ctx.src_map[start:stop],
-                   tar_feat=ctx.tar_feat[start:stop], src_down0=ctx.src_down0[start:stop])
-
-
 class ClipTrainStep(nn.Module):
     """Decode a batch of clips frame by frame (one module call, so DDP sees one forward).
 
@@ -198,11 +193,11 @@ class ClipTrainStep(nn.Module):
             cond, prior = temporal.prepare_rows(head, ctx, [bank]) if temporal is not None else (ctx, None)
             full_parts, low_parts = [], []
             if n_plain > 0:
-                full, low = head.decode(_rows(cond, 0, n_plain))
+                full, low = head.decode(context_rows(cond, 0, n_plain))
                 full_parts.append(full)
                 low_parts.append(low)
             if n_plain < b:
-                sub = _rows(cond, n_plain, b)
+                sub = context_rows(cond, n_plain, b)
                 low = None
                 with torch.no_grad():
                     for _ in range(max(1, int(refine_time))):
@@ -221,75 +216,6 @@ class ClipTrainStep(nn.Module):
                     low = torch.where(forced.view(-1, 1, 1, 1), (2.0 * gt - 1.0) * LOW_RES_CLAMP, low)
                 bank.add(temporal.memorise(ctx, low), confident=(t == 0))
         return torch.stack(outs, dim=1)
-
-
-def clip_features(extractor: FeatureExtractor, batch: Dict[str, Any]) -> torch.Tensor:
-    """``[B, T, 2, C, g, g]`` backbone features of every (source, frame) pair."""
-    b, T = batch["tar_img"].shape[:2]
-    flat = {"src_img": batch["src_img"].reshape(b * T, *batch["src_img"].shape[2:]),
-            "tar_img": batch["tar_img"].reshape(b * T, *batch["tar_img"].shape[2:])}
-    f = extractor.features(flat)
-    return f.view(b, T, *f.shape[1:])
-
-
-def clip_inputs(batch: Dict[str, Any], device: torch.device):
-    def t(key):
-        return torch.from_numpy(np.ascontiguousarray(batch[key])).to(device).float()
-
-    return t("src_points"), t("tar_points"), t("src_mask"), t("tar_mask")
-
-
-# ---------------------------------------------------------------------------------------
-# evaluation
-# ---------------------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate_clips(head: UnionSegmentationHead, temporal: Optional[TemporalMemory], dataset,
-                   extractor: FeatureExtractor, refine_iterations: int = 1) -> Dict[str, Any]:
-    """Stream every clip of ``dataset`` through the head (``temporal``: with a
-    :class:`vggts_ros.temporal.TargetStream` per clip, exactly as the node would) and
-    score every frame. Returns ``{"frames": [...], "summary": {...}}``; the summary has
-    the mean IoU ``overall``, on ``occluded`` frames (more than half of the object
-    hidden), on ``blurred`` frames and on the ``rest``, with frame counts."""
-    from ..temporal import TargetStream
-
-    was = head.training
-    head.eval()
-    if temporal is not None:
-        temporal.eval()
-    frames: List[Dict[str, Any]] = []
-    device = next(head.parameters()).device
-    for i in range(len(dataset)):
-        clip = collate_clips([dataset[i]])
-        feats = clip_features(extractor, clip)[0]
-        src_points, tar_points, src_mask, tar_mask = clip_inputs(clip, device)
-        ctx_all = head.encode(feats, src_points[0], tar_points[0], src_mask[0])
-        stream = TargetStream(temporal) if temporal is not None else None
-        size = tuple(clip["tar_img"].shape[2:4])
-        for t in range(feats.shape[0]):
-            ctx = _rows(ctx_all, t, t + 1)
-            if stream is None:
-                full, low = head.decode(ctx)
-                for _ in range(int(refine_iterations)):
-                    full, low = head.decode(ctx, low)
-            else:
-                full, low = stream.step(head, ctx, stamp=0.1 * t, source_version=clip["key"][0], size=size,
-                                        refine_iterations=refine_iterations)
-            iou = float(batch_iou(full, tar_mask[0, t][None, None])[0])
-            frames.append({"clip": clip["key"][0], "frame": t, "iou": iou,
-                           "occlusion": float(clip["occlusion"][0, t]), "blurred": bool(clip["blurred"][0, t])})
-    head.train(was)
-    return {"frames": frames, "summary": summarise(frames)}
-
-
-def summarise(frames: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
-    groups = {
-        "overall": [f for f in frames],
-        "occluded": [f for f in frames if f["occlusion"] > OCCLUDED],
-        "blurred": [f for f in frames if f["blurred"]],
-        "rest": [f for f in frames if f["occlusion"] <= OCCLUDED and not f["blurred"]],
-    }
-    return {k: {"iou": float(np.mean([f["iou"] for f in v])) if v else float("nan"), "frames": len(v)}
-            for k, v in groups.items()}
 
 
 # ---------------------------------------------------------------------------------------

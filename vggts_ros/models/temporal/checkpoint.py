@@ -50,7 +50,7 @@ def load_temporal(path: Union[str, os.PathLike], head_cfg: HeadConfig, cfg: Opti
     except Exception as exc:
         raise CheckpointError(f"cannot read temporal checkpoint {p}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(obj, dict) or "temporal" not in obj or "temporal_config" not in obj:
-        what = "a head checkpoint (main_exp.pth layout)" if isinstance(obj, dict) and "model" in obj else "not"
+        what = "a head checkpoint (main_exp.pth layout), not" if isinstance(obj, dict) and "model" in obj else "not"
         raise CheckpointError(f"{p} is {what} temporal weights: expected 'temporal' and 'temporal_config' entries")
     try:
         file_cfg = TemporalConfig.from_dict(dict(obj["temporal_config"]))
