@@ -148,7 +148,10 @@ def serving_node_process(node: NodeProcess, cameras: Sequence[PlayedCamera], out
     try:
         ok = wait_until(lambda: collector._set.service_is_ready() or not node.alive(), 120)
         assert ok and node.alive(), f"node did not come up:\n{node.log()[-4000:]}"
-        assert collector.wait_for_frames(names, 30), f"node received no frames:\n{node.log()[-4000:]}"
+        assert collector.wait_for_frames(names, 30), (
+            # None: no diagnostics reached this process; else the node's own per-camera counts
+            f"node received no frames: {({n: collector.camera_status(n) for n in names})}, player sent "
+            f"{len(player.stamps)} ticks, {player.count_subscribers(cameras[0].topic)} subscriber(s) on {cameras[0].topic}:\n{node.log()[-4000:]}")
         yield player, collector
     finally:
         spinner.close()
