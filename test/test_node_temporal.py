@@ -1,6 +1,8 @@
 """The node with Temporal VGGT-S on (``inference.temporal``), over real DDS: masks are
 published, each (object, camera) memory bank grows set after set, and /diagnostics shows
-it restart when the object's source mask is replaced and vanish on clear_objects.
+it restart when the object's source mask is replaced and vanish on clear_objects; with
+the untrained memory (zero gate) the node publishes exactly what it publishes with
+temporal off (points, scores, areas and mask bytes of the first sets).
 
 The node runs as its own process (test-tiny networks, deterministic weights, untrained
 memory: a zero gate, so its masks are the per-frame ones); cameras and the client are
@@ -88,3 +90,43 @@ def test_memory_banks_grow_and_reset_on_a_replaced_mask_and_on_clear():
         time.sleep(1.0)  # a set in flight during the clear must not bring the stream back
         assert not any(k.startswith("memory_") for k in collector.pipeline_status())
         assert node.alive()
+
+
+def _first_outputs(temporal: bool, n: int = 3):
+    """The node (temporal on or off, untrained memory) on a static rig: the first ``n``
+    outputs for the exo camera after one object is set, as (objects repr, mask bytes)."""
+    from helpers.node_graph import serving_node_process
+
+    name = f"vggts_identity_{'on' if temporal else 'off'}_{os.getpid()}"
+    topics = f"/identity_{'on' if temporal else 'off'}_{os.getpid()}"
+    cfg = NodeConfig(
+        cameras=[CameraConfig(c, f"{topics}/{c}/image_raw", c) for c in SIZES],
+        sync=SyncConfig(slop=0.02, queue_size=5, stale_after=30.0),
+        model=ModelConfig(backend="vggts", config="test-tiny", device="cpu"),
+        inference=InferenceConfig(refine_iterations=1, temporal=temporal, memory_frames=MEMORY_FRAMES),
+        publish=PublishConfig(overlay=False, diagnostics_period=0.3),
+    )
+    node = NodeProcess(cfg, node_name=name)
+    cameras = [PlayedCamera(c, f"{topics}/{c}/image_raw", textured(*SIZES[c], seed=i)) for i, c in enumerate(SIZES)]
+    with serving_node_process(node, cameras, name, player_name=f"{name}_player",
+                              collector_name=f"{name}_collector") as (_, collector):
+        assert collector.set_source_mask("ego", box(80, 140, 107, 187), label="box").success
+
+        def outputs():
+            with collector._lock:
+                points = [r for r in collector.points["exo"] if r.msg.objects]
+            pairs = [(p, collector.at_stamp("masks", "exo", p.stamp)) for p in points]
+            return [(repr(list(p.msg.objects)), bytes(m.msg.data)) for p, m in pairs if m is not None][:n]
+
+        assert wait_until(lambda: len(outputs()) >= n, 120), node.log()[-3000:]
+        if temporal:  # the memory was really written and read: the bank holds more than one entry
+            assert wait_until(lambda: int((collector.pipeline_status() or {}).get("memory_writes_1/exo", 0)) >= n, 60)
+        return outputs()
+
+
+def test_temporal_on_with_untrained_memory_publishes_exactly_what_off_publishes():
+    off, on = _first_outputs(False), _first_outputs(True)
+    assert any(np.frombuffer(mask, np.uint8).any() for _, mask in off), "the object was not found at all"
+    for i, ((objects_off, mask_off), (objects_on, mask_on)) in enumerate(zip(off, on)):
+        assert objects_on == objects_off, f"output {i}: points, scores or areas differ"
+        assert mask_on == mask_off, f"output {i}: mask differs"
