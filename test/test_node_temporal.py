@@ -42,20 +42,26 @@ def box(y0, y1, x0, x1):
     return mask
 
 
-def test_memory_banks_grow_and_reset_on_a_replaced_mask_and_on_clear():
+def temporal_rig(name: str, topics: str, temporal: bool):
+    """The node process (test-tiny, temporal on or off, untrained memory) and its two
+    static cameras publishing under ``topics``."""
     cfg = NodeConfig(
-        cameras=[CameraConfig(n, f"{CAMS}/{n}/image_raw", n) for n in SIZES],
+        cameras=[CameraConfig(n, f"{topics}/{n}/image_raw", n) for n in SIZES],
         # a set processed more than stale_after after the previous one restarts the memory:
         # generous, so that a loaded test machine does not reset it between sets
         sync=SyncConfig(slop=0.02, queue_size=5, stale_after=30.0),
         model=ModelConfig(backend="vggts", config="test-tiny", device="cpu"),
-        inference=InferenceConfig(refine_iterations=1, temporal=True, memory_frames=MEMORY_FRAMES),
+        inference=InferenceConfig(refine_iterations=1, temporal=temporal, memory_frames=MEMORY_FRAMES),
         publish=PublishConfig(overlay=False, diagnostics_period=0.3),
     )
+    cameras = [PlayedCamera(n, f"{topics}/{n}/image_raw", textured(*SIZES[n], seed=i)) for i, n in enumerate(SIZES)]
+    return NodeProcess(cfg, node_name=name), cameras
+
+
+def test_memory_banks_grow_and_reset_on_a_replaced_mask_and_on_clear():
     from helpers.node_graph import serving_node_process
 
-    node = NodeProcess(cfg, node_name=NODE)
-    cameras = [PlayedCamera(n, f"{CAMS}/{n}/image_raw", textured(*SIZES[n], seed=i)) for i, n in enumerate(SIZES)]
+    node, cameras = temporal_rig(NODE, CAMS, temporal=True)
     with serving_node_process(node, cameras, NODE, player_name=f"{NODE}_player",
                               collector_name=f"{NODE}_collector") as (_, collector):
         assert wait_until(lambda: (collector.pipeline_status() or {}).get("temporal") == "true", 20)
@@ -99,15 +105,7 @@ def _first_outputs(temporal: bool, n: int = 3):
 
     name = f"vggts_identity_{'on' if temporal else 'off'}_{os.getpid()}"
     topics = f"/identity_{'on' if temporal else 'off'}_{os.getpid()}"
-    cfg = NodeConfig(
-        cameras=[CameraConfig(c, f"{topics}/{c}/image_raw", c) for c in SIZES],
-        sync=SyncConfig(slop=0.02, queue_size=5, stale_after=30.0),
-        model=ModelConfig(backend="vggts", config="test-tiny", device="cpu"),
-        inference=InferenceConfig(refine_iterations=1, temporal=temporal, memory_frames=MEMORY_FRAMES),
-        publish=PublishConfig(overlay=False, diagnostics_period=0.3),
-    )
-    node = NodeProcess(cfg, node_name=name)
-    cameras = [PlayedCamera(c, f"{topics}/{c}/image_raw", textured(*SIZES[c], seed=i)) for i, c in enumerate(SIZES)]
+    node, cameras = temporal_rig(name, topics, temporal)
     with serving_node_process(node, cameras, name, player_name=f"{name}_player",
                               collector_name=f"{name}_collector") as (_, collector):
         assert collector.set_source_mask("ego", box(80, 140, 107, 187), label="box").success

@@ -45,7 +45,9 @@ def _base_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig()
 
 
-def _apply(cfg: TrainConfig, args: argparse.Namespace, pairs, extra: List[str]) -> TrainConfig:
+def assignments(args: argparse.Namespace, pairs) -> List[str]:
+    """``section.key=value`` overrides for the (argument, config key) ``pairs`` given on
+    the command line (``--vggt-checkpoint none``: no backbone weights)."""
     sets = []
     for attr, key in pairs:
         value = getattr(args, attr, None)
@@ -54,6 +56,11 @@ def _apply(cfg: TrainConfig, args: argparse.Namespace, pairs, extra: List[str]) 
         if key == "model.vggt_checkpoint" and str(value).lower() == "none":
             value = None
         sets.append(f"{key}={json.dumps(value)}")
+    return sets
+
+
+def _apply(cfg: TrainConfig, args: argparse.Namespace, pairs, extra: List[str]) -> TrainConfig:
+    sets = assignments(args, pairs)
     try:
         return cfg.override(sets + list(extra or []))
     except ValueError as exc:

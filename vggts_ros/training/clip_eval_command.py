@@ -25,11 +25,11 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 from vggts_ros.cli import UsageError
 
-from .cli import MODEL_PAIRS, RUN_PAIRS, _check_data, _data_pairs
+from .cli import MODEL_PAIRS, RUN_PAIRS, _check_data, _data_pairs, assignments
 
 HEAD_FILENAME = "head.pth"
 CONFIG_FILENAME = "config.json"
@@ -79,14 +79,7 @@ def _config(args: argparse.Namespace, files: Optional[Dict[str, Optional[str]]])
     pairs = MODEL_PAIRS + RUN_PAIRS + _data_pairs("eval_data") + [
         ("refine", "run.refine_iterations"), ("frames", "clips.frames"), ("truth", "clips.truth"),
         ("seed", "eval_data.seed"), ("memory_frames", "temporal.memory_frames")]
-    sets: List[str] = []
-    for attr, key in pairs:
-        value = getattr(args, attr, None)
-        if value is None:
-            continue
-        if key == "model.vggt_checkpoint" and str(value).lower() == "none":
-            value = None
-        sets.append(f"{key}={json.dumps(value)}")
+    sets = assignments(args, pairs)
     try:
         cfg = cfg.override(sets + list(args.sets or []))
     except ValueError as exc:
