@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from conftest import load_fixture  # noqa: E402
-from pipeline_fixture import build_networks, network_logits, np_  # noqa: E402
+from helpers.pipeline_fixture import build_networks, network_logits, np_  # noqa: E402
 from vggts_ros.config import PipelineConfig  # noqa: E402
 from vggts_ros.pipeline import VGGTSegmentor  # noqa: E402
 from vggts_ros.types import TargetView  # noqa: E402

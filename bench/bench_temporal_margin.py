@@ -1,5 +1,5 @@
 """How reliable is the margin test of Temporal VGGT-S? Its exact setup
-(``margin_run`` in ``test/test_temporal_training.py``: stage-A per-frame head on clips,
+(``margin_run`` in ``test/training/test_temporal_training.py``: stage-A per-frame head on clips,
 memory modules trained on that frozen head, ``vggts evaluate --clips``) over seeds and
 CPU instruction sets (other CPUs give other float32 bits, and training amplifies them).
 
@@ -61,7 +61,7 @@ def child(seed: int, out: str, continued: bool = False) -> None:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    spec = importlib.util.spec_from_file_location("margin_test", ROOT / "test" / "test_temporal_training.py")
+    spec = importlib.util.spec_from_file_location("margin_test", ROOT / "test" / "training" / "test_temporal_training.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""Training smoke benchmark: the CPU smoke configuration of test/test_training.py, with
+"""Training smoke benchmark: the CPU smoke configuration of test/training/test_training.py, with
 its loss/IoU curve and timings.
 
     .venv/bin/python bench/bench_training.py [--epochs 18] [--threads 2] [--out DIR]

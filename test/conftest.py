@@ -75,3 +75,15 @@ def pytest_sessionfinish(session, exitstatus):
         return
     if not reporter.stats.get("passed"):
         session.exitstatus = 1
+
+
+# Test groups (directories) and the ``ros`` marker: ``pytest -m "not ros" test`` runs what
+# needs no ROS installation (rclpy, the generated interfaces over DDS).
+ROS_DIRS = ("node",)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        rel = Path(str(item.fspath)).resolve().relative_to(HERE)
+        if rel.parts and rel.parts[0] in ROS_DIRS:
+            item.add_marker(pytest.mark.ros)

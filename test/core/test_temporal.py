@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import assert_close_ref, load_fixture
-from head_fixture import fixture_features, head_config
+from helpers.head_fixture import fixture_features, head_config
 from vggts_ros.checkpoint import CheckpointError, save_state_dict
 from vggts_ros.models.deterministic import fill_deterministic
 from vggts_ros.models.temporal import MemoryBank, TemporalConfig, TemporalMemory, load_temporal, save_temporal

@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 import torch
 
-import parity_tolerances as ptol
+from helpers import parity_tolerances as ptol
 from conftest import load_fixture
 from vggts_ros.config import HeadConfig, PipelineConfig
 from vggts_ros.models.backbone import VGGTBackbone, backbone_config_from_dict

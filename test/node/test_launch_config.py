@@ -12,7 +12,7 @@ import yaml
 
 from vggts_ros.config import NodeConfig, flatten_parameters, load_node_config, load_params_file
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LAUNCH = REPO / "launch" / "multicam.launch.py"
 CONFIGS = sorted((REPO / "config").glob("*.yaml"))
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import assert_close_ref, load_fixture, reference_dir
-from head_fixture import fixture_features, head_config
+from helpers.head_fixture import fixture_features, head_config
 from vggts_ros.config import HeadConfig
 from vggts_ros.models.deterministic import fill_deterministic, weight_sums
 from vggts_ros.models.union_head import UnionSegmentationHead, sample_point_features

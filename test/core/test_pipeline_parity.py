@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-import parity_tolerances as ptol
+from helpers import parity_tolerances as ptol
 from conftest import assert_close_ref
-from pipeline_fixture import (assert_close, assert_image, assert_points, drift_tolerance, logit_tolerance,
+from helpers.pipeline_fixture import (assert_close, assert_image, assert_points, drift_tolerance, logit_tolerance,
                               module_fixtures, network_logits, np_, reference_order, run_end_to_end,
                               traced_first_pass)
 from vggts_ros import prompts, transforms

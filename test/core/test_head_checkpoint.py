@@ -6,7 +6,7 @@ import torch
 
 from conftest import load_fixture
 from vggts_ros.checkpoint import CheckpointError
-from head_fixture import fixture_features, head_config
+from helpers.head_fixture import fixture_features, head_config
 from vggts_ros.models.deterministic import fill_deterministic
 from vggts_ros.models.union_head import CHECKPOINT_FILENAME, UnionSegmentationHead
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PEER = REPO / "test" / "helpers" / "interface_peer.py"
 PYVER = f"python{sys.version_info.major}.{sys.version_info.minor}"
 PACKAGE_FILES = ["CMakeLists.txt", "package.xml", "setup.py", "README.md", "msg", "srv", "vggts_ros", "scripts", "launch", "config"]

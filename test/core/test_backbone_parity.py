@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-import parity_tolerances as tol
+from helpers import parity_tolerances as tol
 from conftest import assert_close_ref, load_fixture
 from vggts_ros.config import AggregatorConfig, from_dict
 from vggts_ros.models.aggregator import Aggregator

@@ -165,7 +165,7 @@ def test_bad_inputs_exit_2_naming_the_problem(world, tmp_path, capsys):
 def test_egoexo_clips_report_no_occlusion_and_reject_short_takes(tmp_path, capsys):
     """Ego-Exo4D clips (consecutive annotated moments): occlusion is not annotated, so no
     frame counts as occluded and every unblurred frame is in the rest."""
-    from test_egoexo_dataset import build_segswap
+    from helpers.egoexo_data import build_segswap
 
     root = build_segswap(tmp_path / "egoexo")
     zero = tmp_path / "zero"

@@ -104,7 +104,7 @@ def test_clip_section_errors():
 
 
 def test_egoexo_clips_are_consecutive_annotated_moments(tmp_path):
-    from test_egoexo_dataset import EGO, EXO, build_segswap
+    from helpers.egoexo_data import EGO, EXO, build_segswap
     from vggts_ros.training.clips import EgoExoClips
     from vggts_ros.training.egoexo import EgoExoPairs
 

@@ -9,6 +9,7 @@ import cv2
 import pytest
 
 pytest.importorskip("rclpy", reason="rclpy (ros-kilted-rclpy) is not installed")
+pytestmark = pytest.mark.ros
 
 
 def test_demo_runs_the_graph_and_the_geometric_backend_finds_every_object(tmp_path):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from test_egoexo_dataset import EGO, EXO, build_segswap
+from helpers.egoexo_data import EGO, EXO, build_segswap
 from vggts_ros import transforms
 from vggts_ros.config import PipelineConfig
 from vggts_ros.pipeline import Tracks, VGGTSegmentor
