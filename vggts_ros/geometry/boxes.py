@@ -132,22 +132,40 @@ def min_area_rectangle(xy: np.ndarray):
     return centre, p, (float(ext_b[k]), float(ext_a[k]))
 
 
+#: Cones (degrees) of the successive inlier selections in :func:`dominant_normal`.
+NORMAL_CONES = (25.0, 10.0, 5.0)
+
+
 def dominant_normal(normals: np.ndarray) -> np.ndarray:
-    """The principal eigenvector of the normals' scatter matrix ``sum n n^T`` (unsigned)."""
+    """The principal eigenvector of the normals' scatter matrix ``sum n n^T`` (unsigned).
+
+    Normals that belong to no face (across an edge between two faces, noise) pull the
+    eigenvectors off the faces' axes, so the matrix is recomputed from the normals within
+    a narrowing cone (``NORMAL_CONES``) of the current three axes; for a box the result is
+    one of its face normals."""
     n = np.asarray(normals, np.float64)
-    M = n.T @ n
-    w, V = np.linalg.eigh(M)
+    w, V = np.linalg.eigh(n.T @ n)
+    for cone in NORMAL_CONES:
+        near = np.abs(n @ V).max(axis=1) >= np.cos(np.radians(cone))
+        if near.sum() < 3:
+            break
+        w, V = np.linalg.eigh(n[near].T @ n[near])
     return V[:, int(np.argmax(w))]
 
 
 def fit_box(points: np.ndarray, *, normals: Optional[np.ndarray] = None, up=None,
-            viewpoint=None) -> OrientedBox:
+            viewpoint=None, trim: float = 0.0) -> OrientedBox:
     """The oriented box around ``points`` (Nx3), see the module docstring for the method.
 
     ``up``: a known vertical (box z = up). ``normals``: unit surface normals (Mx3, any
     subset of the points'), used when ``up`` is not given. ``viewpoint``: where the cameras
     are (default the frame's origin), to orient a box axis found without ``up`` toward them.
-    Box x is the longer side of the rectangle across z, y = z x x."""
+    Box x is the longer side of the rectangle across z, y = z x x.
+
+    ``trim`` > 0 makes the box robust to noisy depth: the rectangle is fitted to the points
+    within the ``1 - trim`` quantile of distance from the median across z, and each extent
+    spans the ``[trim, 1 - trim]`` quantiles of the points along its axis instead of their
+    extremes."""
     pts = np.asarray(points, np.float64).reshape(-1, 3)
     if len(pts) == 0 or not np.isfinite(pts).all():
         raise ValueError("fit_box needs at least one point, all finite")
@@ -166,14 +184,23 @@ def fit_box(points: np.ndarray, *, normals: Optional[np.ndarray] = None, up=None
             a = -a
     e1, e2 = _perpendicular_basis(a)
     xy = np.stack([centred @ e1, centred @ e2], axis=1)
-    c2, d, (long_side, short_side) = min_area_rectangle(xy)
+    if trim > 0 and len(xy) >= 10:
+        r = np.linalg.norm(xy - np.median(xy, axis=0), axis=1)
+        xy_fit = xy[r <= np.quantile(r, 1.0 - trim)]
+    else:
+        xy_fit = xy
+    _, d, _ = min_area_rectangle(xy_fit)
     x_axis = d[0] * e1 + d[1] * e2
     x_axis /= np.linalg.norm(x_axis)
     y_axis = np.cross(a, x_axis)
-    h = centred @ a
-    centre = mean + c2[0] * e1 + c2[1] * e2 + 0.5 * (h.max() + h.min()) * a
     R = np.stack([x_axis, y_axis, a], axis=1)
-    return OrientedBox(centre, np.array([long_side, short_side, float(h.max() - h.min())]), R)
+    proj = centred @ R  # coordinates along the box axes
+    if trim > 0 and len(proj) >= 10:
+        lo, hi = np.quantile(proj, [trim, 1.0 - trim], axis=0)
+    else:
+        lo, hi = proj.min(axis=0), proj.max(axis=0)
+    centre = mean + R @ (0.5 * (lo + hi))
+    return OrientedBox(centre, hi - lo, R)
 
 
 def compare_boxes(estimate: OrientedBox, truth: OrientedBox) -> Dict[str, object]:
