@@ -6,10 +6,9 @@ on their convex hull):
 
 * ``up`` known (gravity, e.g. a robot's base frame): the box stands upright, its z axis is
   ``up`` and its size z is the height. Right for objects resting on a floor or table.
-* else the surface normals of the points (from the depth image): the dominant direction of
-  the normals' scatter matrix ``sum n n^T``. For a box, whose faces are orthogonal, the
-  eigenvectors of that matrix are exactly the box's axes whatever share of each face is
-  seen, so the first axis is a face normal and the calipers find the other two.
+* else the surface normals of the points (from the depth image): the direction most of
+  them share (:func:`dominant_normal`), i.e. the normal of the most seen face; for a box
+  that is one of its axes, and the calipers find the other two.
 * else (no normals): the direction of least spread of the points (PCA), i.e. the normal
   of a mostly flat visible surface.
 
@@ -132,25 +131,31 @@ def min_area_rectangle(xy: np.ndarray):
     return centre, p, (float(ext_b[k]), float(ext_a[k]))
 
 
-#: Cones (degrees) of the successive inlier selections in :func:`dominant_normal`.
-NORMAL_CONES = (25.0, 10.0, 5.0)
+#: Cone (degrees) within which normals count as one face, then the narrowing refinements.
+NORMAL_CONES = (10.0, 5.0, 2.0)
 
 
-def dominant_normal(normals: np.ndarray) -> np.ndarray:
-    """The principal eigenvector of the normals' scatter matrix ``sum n n^T`` (unsigned).
+def dominant_normal(normals: np.ndarray, candidates: int = 64, votes: int = 2000) -> np.ndarray:
+    """The direction most normals share (unsigned): the most populated face's normal.
 
-    Normals that belong to no face (across an edge between two faces, noise) pull the
-    eigenvectors off the faces' axes, so the matrix is recomputed from the normals within
-    a narrowing cone (``NORMAL_CONES``) of the current three axes; for a box the result is
-    one of its face normals."""
+    Each of ``candidates`` normals (evenly strided) counts the normals (``votes`` of them,
+    strided) within ``NORMAL_CONES[0]`` of it; the winner is refined by the sign-aligned
+    mean of the normals within each narrowing cone. Unlike the principal eigenvector of
+    ``sum n n^T`` this does not depend on the faces' relative weights (three equally seen
+    faces make that matrix isotropic) nor on normals across edges."""
     n = np.asarray(normals, np.float64)
-    w, V = np.linalg.eigh(n.T @ n)
+    sub = n[:: max(1, len(n) // votes)]
+    cand = n[:: max(1, len(n) // candidates)]
+    counts = (np.abs(sub @ cand.T) >= np.cos(np.radians(NORMAL_CONES[0]))).sum(axis=0)
+    best = cand[int(np.argmax(counts))]
     for cone in NORMAL_CONES:
-        near = np.abs(n @ V).max(axis=1) >= np.cos(np.radians(cone))
-        if near.sum() < 3:
+        d = n @ best
+        near = np.abs(d) >= np.cos(np.radians(cone))
+        if not near.any():
             break
-        w, V = np.linalg.eigh(n[near].T @ n[near])
-    return V[:, int(np.argmax(w))]
+        m = (n[near] * np.sign(d[near])[:, None]).sum(axis=0)
+        best = m / np.linalg.norm(m)
+    return best
 
 
 def fit_box(points: np.ndarray, *, normals: Optional[np.ndarray] = None, up=None,

@@ -70,6 +70,7 @@ class Object3DConfig:
     outlier_k: float = 3.5  # MAD multiplier (Iglewicz-Hoaglin's 3.5)
     outlier_floor: float = 0.005  # sigma never below this fraction of the median depth
     normal_step: int = 2  # px between the neighbours that give a surface normal
+    max_normals: int = 4000  # normals per camera and object (evenly strided): enough for the box's axes
     # Support surface and completion (step 2).
     complete: bool = True
     support_window: float = 1.0  # searched around the mask's box, in box sizes per side
@@ -347,9 +348,10 @@ def _complete_on_support(m: np.ndarray, grid: _Grid, valid: np.ndarray, edge: np
     return region, plane, ""
 
 
-def _normals(grid: _Grid, usable: np.ndarray, step: int) -> np.ndarray:
+def _normals(grid: _Grid, usable: np.ndarray, step: int, limit: int) -> np.ndarray:
     """Unit normals (Mx3, toward the camera) at usable pixels whose 4 neighbours ``step``
-    away are usable too (cross product of the central differences)."""
+    away are usable too (cross product of the central differences); at most about
+    ``limit`` of them, evenly strided over those pixels."""
     h, w = usable.shape
     s = step
     if h <= 2 * s or w <= 2 * s:
@@ -359,7 +361,8 @@ def _normals(grid: _Grid, usable: np.ndarray, step: int) -> np.ndarray:
     v, u = np.nonzero(c)
     if not len(v):
         return np.zeros((0, 3))
-    v, u = v + s, u + s
+    k = max(1, len(v) // max(limit, 1))
+    v, u = v[::k] + s, u[::k] + s
     n = np.cross(grid.points(v, u + s) - grid.points(v, u - s), grid.points(v + s, u) - grid.points(v - s, u))
     norm = np.linalg.norm(n, axis=1)
     ok = norm > 0
@@ -404,7 +407,7 @@ def object_points(mask: np.ndarray, depth: np.ndarray, intrinsics: Intrinsics,
     m = mask[y0:y1, x0:x1]
     z = depth[y0:y1, x0:x1].astype(np.float64)
     with np.errstate(invalid="ignore"):
-        valid = (z >= cfg.min_depth) & (z <= cfg.max_depth)  # NaN compares False
+        valid = np.isfinite(z) & (z >= cfg.min_depth) & (z <= cfg.max_depth)
     if confidence is not None and cfg.min_depth_confidence > 0:
         conf = np.asarray(confidence, np.float64)[y0:y1, x0:x1]
         with np.errstate(invalid="ignore"):
@@ -435,7 +438,7 @@ def object_points(mask: np.ndarray, depth: np.ndarray, intrinsics: Intrinsics,
     if not usable.any():
         return ObjectPoints(np.zeros((0, 3)), np.zeros((0, 3)), 0.0, n_region, dropped, support, note)
     v, u = np.nonzero(usable)
-    return ObjectPoints(grid.points(v, u), _normals(grid, usable, cfg.normal_step),
+    return ObjectPoints(grid.points(v, u), _normals(grid, usable, cfg.normal_step, cfg.max_normals),
                         float(len(v)) / max(n_region, 1), n_region, dropped, support, note)
 
 
@@ -677,11 +680,15 @@ def objects_in_3d(cameras: Sequence[CameraGeometry], *, labels: Optional[Mapping
             est = estimate_object(cam.masks[oid], depth, intr, object_id=int(oid), label=labels.get(oid, ""),
                                   camera=cam.name, confidence=conf, score=score, up=up_cam, config=cfg)
             objs.append(est)
-            if pose is not None and depth is not None and depth_units == fused_units:
-                estimates[int(oid)][cam.name] = est
-                if intr is not None:
-                    evidence[int(oid)][cam.name] = ViewEvidence(np.asarray(cam.masks[oid]) > 0, depth, intr, pose)
-        if pose is not None and depth is not None and depth_units == fused_units:
+            if pose is None:
+                continue
+            if depth is not None and depth_units != fused_units:
+                est = _no_estimate(int(oid), est.label, cam.name,
+                                   f"its depth is {depth_units} but the poses are {fused_units}")
+            estimates[int(oid)][cam.name] = est
+            if est.ok and intr is not None:
+                evidence[int(oid)][cam.name] = ViewEvidence(np.asarray(cam.masks[oid]) > 0, depth, intr, pose)
+        if pose is not None:
             poses[cam.name] = pose
         if depth_units == "metric" and cam.depth is not None:
             per_cam[cam.name] = Objects3D(cam.name, objs, "metric", f"depth:{cam.name}")
