@@ -34,6 +34,7 @@ ABLATION = [
     ("all steps (default)", {}),
     ("erosion 1 px on", {"erode_px": 1}),
     ("erosion 2 px on", {"erode_px": 2}),
+    ("box not upright on the support plane (axes from normals, no contact)", {"upright_on_support": False}),
     ("no multi-view consistency", {"consistency": False}),
     ("no completion on the support plane", {"consistency": False, "complete": False}),
     ("no completion, no edge filter", {"consistency": False, "complete": False, "edge_jump": 0.0}),

@@ -304,3 +304,38 @@ def test_vggt_depth_and_poses_become_metric_through_the_scale(scene):
     assert "ego" not in rel.fused.get(1).cameras and rel.fused.get(1).cameras == ("exo1", "exo2")
     assert rel_err(rel.fused.get(1).box.center * k, ref.fused.get(1).box.center) < 1e-3
     assert isinstance(Scale(), Scale)
+
+
+def test_one_set_of_the_set_processor_in_3d(scene):
+    """The per-set call as the node makes it: the set processor's output (weight-free
+    backend), each camera's depth and intrinsics, static poses -> per camera and fused."""
+    from vggts_ros.geometric import GeometricSegmentor
+    from vggts_ros.geometry.objects3d import cameras_from_set
+    from vggts_ros.registry import TrackedObject
+    from vggts_ros.set_processor import CameraFrame, SetProcessor
+
+    proc = SetProcessor(GeometricSegmentor(), {n: scene.role(n) for n in scene.views})
+    frames = {n: CameraFrame(n, 10.0, scene.image(n)) for n in scene.views}
+    objects = [TrackedObject(oid, "ego", f"box{oid}", scene.image("ego"), scene.mask("ego", oid), 10.0, 1)
+               for oid in scene.object_ids]
+    out = proc.process(10.0, frames, objects)
+    geo = scene_geometry(scene, {})
+    cams, labels = cameras_from_set(out, frames, objects, depth={c.name: c.depth for c in geo},
+                                    intrinsics={c.name: c.intrinsics for c in geo},
+                                    poses={c.name: c.pose for c in geo})
+    assert [c.name for c in cams] == ["ego", "exo1", "exo2"] and labels == {1: "box1", 2: "box2", 3: "box3"}
+    assert all(np.array_equal(cams[0].masks[o], scene.mask("ego", o)) for o in scene.object_ids)  # drawn here
+    res = objects_in_3d(cams, labels=labels)
+    for oid in scene.object_ids:
+        for name in ("exo1", "exo2"):
+            est = res.cameras[name].get(oid)
+            assert est.ok and est.label == f"box{oid}" and 0 < est.confidence <= 1
+            assert rel_err(est.centroid, scene.surface_points(name, oid).mean(0)) < 0.01
+        f = res.fused.get(oid)
+        truth = scene.box(oid, "ego")
+        assert compare_boxes(f.box, truth)["size_error"] < 0.2
+        assert np.linalg.norm(f.box.center - truth.center) < 0.05 * np.linalg.norm(truth.center)
+    # a set whose source frame is not the drawing's (keyframe drawn earlier): ego adds nothing
+    later = {n: CameraFrame(n, 11.0, scene.image(n)) for n in scene.views}
+    cams2, _ = cameras_from_set(proc.process(11.0, later, objects), later, objects)
+    assert [c.name for c in cams2] == ["exo1", "exo2"] and cams2[0].depth is None

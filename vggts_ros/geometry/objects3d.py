@@ -80,6 +80,7 @@ class Object3DConfig:
     support_min_share: float = 0.3  # plane inliers / samples, below: no support surface found
     footprint_margin: float = 0.15  # the mask's footprint grows by this share of its size
     max_growth: float = 5.0  # completed region / mask pixels, above: completion refused
+    upright_on_support: bool = True  # the box stands on the support plane (else: axes from the normals)
     contact_band: float = 2.0  # x plane_tol x depth: a box ending this close to the plane stands on it
     # Noisy depth (the support plane's residuals measure it, relative to the depth): the
     # plane's band widens to 3 sigma, and box extents span the [box_trim, 1 - box_trim]
@@ -448,13 +449,17 @@ def _confidence(n: int, usable_fraction: float, cfg: Object3DConfig, score: floa
 
 def _box(points: np.ndarray, normals: Optional[np.ndarray], up, support: Optional[SupportPlane],
          cfg: Object3DConfig, viewpoint=None) -> OrientedBox:
-    """Upright on ``up`` (given) or the support plane, else from the normals; the bottom
-    brought down to the support plane when the box ends within its band; extents trimmed
-    when the depth is noisy (or its noise unknown)."""
+    """Upright on ``up`` (given) or the support plane, else from the normals. Quiet depth:
+    extents from the extremes, the bottom brought down to the support plane when it ends
+    within the plane's band. Noisy depth (or noise unknown): extents from trimmed quantiles
+    and no extension (the trimmed ends already lie about as far out as the band is deep)."""
+    quiet = support is not None and support.noise < cfg.quiet_depth
+    trim = 0.0 if quiet else cfg.box_trim
+    if not cfg.upright_on_support:
+        support = None
     axis = up if up is not None else (support.normal if support is not None else None)
-    trim = cfg.box_trim if support is None or support.noise >= cfg.quiet_depth else 0.0
     box = fit_box(points, normals=normals, up=axis, viewpoint=viewpoint, trim=trim)
-    if support is None or abs(float(box.rotation[:, 2] @ support.normal)) < 0.999:
+    if not quiet or support is None or abs(float(box.rotation[:, 2] @ support.normal)) < 0.999:
         return box
     zc = box.rotation[:, 2] * np.sign(box.rotation[:, 2] @ support.normal)
     gap = float(support.height(box.center - 0.5 * box.size[2] * zc))
@@ -706,3 +711,37 @@ def objects_in_3d(cameras: Sequence[CameraGeometry], *, labels: Optional[Mapping
     else:
         fused_scale = ("metric", "depth:" + "+".join(c for c in sensor_cams if c in poses))
     return SetObjects3D(per_cam, Objects3D(frame or cameras[0].name, objs, *fused_scale))
+
+
+def cameras_from_set(output, frames: Mapping[str, object], objects: Sequence[object], *,
+                     depth: Optional[Mapping[str, Optional[np.ndarray]]] = None,
+                     intrinsics: Optional[Mapping[str, Optional[Intrinsics]]] = None,
+                     poses: Optional[Mapping[str, np.ndarray]] = None
+                     ) -> Tuple[List[CameraGeometry], Dict[int, str]]:
+    """:func:`objects_in_3d`'s cameras from one set of :class:`vggts_ros.set_processor.SetProcessor`
+    (``output`` = its ``SetOutput``, ``frames`` = the set's usable frames by camera, ``objects``
+    = the registry's objects), plus per camera its depth (metres at the colour size, or
+    None), intrinsics and pose (``T_ref_from_cam``).
+
+    Each target camera's masks are its label image's objects (one owner per pixel) with the
+    backend's scores; a source camera adds the operator's mask when the set holds the very
+    frame it was drawn on (same stamp). Returns (cameras in the set's order, labels)."""
+    depth, intrinsics, poses = depth or {}, intrinsics or {}, poses or {}
+    masks: Dict[str, Dict[int, np.ndarray]] = {name: {} for name in frames}
+    scores: Dict[str, Dict[int, float]] = {name: {} for name in frames}
+    labels: Dict[int, str] = {}
+    for cam_out in output.cameras:
+        for o in cam_out.objects:
+            oid = int(o.object.object_id)
+            masks[cam_out.camera][oid] = cam_out.labels == oid
+            scores[cam_out.camera][oid] = float(o.result.score)
+    for obj in objects:
+        oid = int(obj.object_id)
+        labels[oid] = obj.label
+        frame = frames.get(obj.camera)
+        if frame is not None and frame.stamp == obj.stamp and oid not in masks[obj.camera]:
+            masks[obj.camera][oid] = np.asarray(obj.mask) > 0
+            scores[obj.camera][oid] = 1.0
+    cams = [CameraGeometry(name, masks[name], depth=depth.get(name), intrinsics=intrinsics.get(name),
+                           pose=poses.get(name), scores=scores[name]) for name in frames if masks[name]]
+    return cams, labels
