@@ -24,10 +24,13 @@ y down, z forward):
 4. **Points**: unprojected as ``depth_image_proc`` does, ``x = (u - cx) z / fx``,
    ``y = (v - cy) z / fy``, ``z``.
 5. **Summary**: centroid = mean of the points (the visible surface's centroid); an oriented
-   box (:func:`vggts_ros.geometry.boxes.fit_box`) upright on the support plane when one
-   was found (else on a given ``up``, else from the surface normals), its bottom extended
-   to the plane when it ends within ``contact_band`` of it (the band in which the object
-   cannot be told from the floor); confidence = usable share of the region x
+   box (:func:`vggts_ros.geometry.boxes.fit_box`) upright on a given ``up``, else on the
+   support plane when one was found, else with axes from the surface normals. The support
+   plane's residuals measure the depth's noise: on quiet depth the box spans the points'
+   extremes and its bottom is brought down to the plane when it ends within
+   ``contact_band`` of it (the band in which the object cannot be told from the floor); on
+   noisy depth (relative sigma >= ``quiet_depth``, or unknown) it spans the
+   ``[box_trim, 1 - box_trim]`` quantiles. Confidence = usable share of the region x
    min(1, points / full_points) x the mask's score.
 
 No mask, depth, intrinsics or too few usable points give no estimate and a ``reason``.
@@ -83,9 +86,9 @@ class Object3DConfig:
     upright_on_support: bool = True  # the box stands on the support plane (else: axes from the normals)
     contact_band: float = 2.0  # x plane_tol x depth: a box ending this close to the plane stands on it
     # Noisy depth (the support plane's residuals measure it, relative to the depth): the
-    # plane's band widens to 3 sigma, and box extents span the [box_trim, 1 - box_trim]
-    # quantiles of the points instead of their extremes when sigma >= quiet_depth (or
-    # when no plane was found to measure it).
+    # plane's band widens to 2 sigma, and when sigma >= quiet_depth (or no plane was found
+    # to measure it) box extents span the [box_trim, 1 - box_trim] quantiles of the points
+    # instead of their extremes, without the contact extension.
     box_trim: float = 0.01
     quiet_depth: float = 0.001
     # Fusion.
