@@ -123,8 +123,9 @@ def main() -> None:
             for label, overrides in ABLATION:
                 cfg = dataclasses.replace(Object3DConfig(), **overrides)
                 s = summarize([score_scene(sc, masks[sc.name], depth=mode, config=cfg) for sc in scenes])
-                print(f"| {label} | {100 * s['centroid_median']:.2f} % | {100 * s['centroid_p95']:.2f} % | "
-                      f"{100 * s['centroid_max']:.2f} % | {100 * s['box_size']:.1f} % | {100 * s['box_centre']:.2f} % |")
+                cells = [f"{100 * s[k]:.2f} %" for k in ("centroid_median", "centroid_p95", "centroid_max")]
+                cells += [f"{100 * s['box_size']:.1f} %", f"{100 * s['box_centre']:.2f} %"]
+                print(f"| {label} | " + " | ".join(cells) + " |")
     if args.cost:
         cost(seg)
 

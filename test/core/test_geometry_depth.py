@@ -121,7 +121,8 @@ def test_intrinsics_parameter_and_precedence():
     assert resolve_intrinsics((640, 480), parameter=(400, 410, 320, 240), camera_info_K=info_K).fx == 400.0
     assert resolve_intrinsics((640, 480), camera_info_K=info_K, camera_info_size=(640, 480)).fx == 500.0
     assert resolve_intrinsics((320, 240), camera_info_K=info_K, camera_info_size=(640, 480)).fx == 250.0
-    with pytest.raises(IntrinsicsError, match=r"camera 'front' has no intrinsics: no camera_info .* camera.front.intrinsics"):
+    with pytest.raises(IntrinsicsError,
+                       match=r"camera 'front' has no intrinsics: no camera_info .* camera.front.intrinsics"):
         resolve_intrinsics((640, 480), camera="front")
 
 

@@ -662,8 +662,9 @@ def objects_in_3d(cameras: Sequence[CameraGeometry], *, labels: Optional[Mapping
     estimates: Dict[int, Dict[str, Object3D]] = {i: {} for i in ids}
     poses: Dict[str, np.ndarray] = {}
     evidence: Dict[int, Dict[str, ViewEvidence]] = {i: {} for i in ids}
-    fused_units = "metric" if all(c.vggt_pose is None for c in cameras if c.pose is not None or c.vggt_pose is not None) \
-        else set_scale[0]
+    # Fused units: metres when every posed camera has a static pose, else the set's scale.
+    vggt_posed = any(c.vggt_pose is not None and c.pose is None for c in cameras)
+    fused_units = set_scale[0] if vggt_posed else "metric"
     up_ref = None if up is None else np.asarray(up, np.float64)
     sensor_cams = []
     for cam in cameras:
@@ -671,7 +672,8 @@ def objects_in_3d(cameras: Sequence[CameraGeometry], *, labels: Optional[Mapping
             depth, depth_units, conf = cam.depth, "metric", None
             sensor_cams.append(cam.name)
         elif cam.vggt_depth is not None:
-            depth, depth_units, conf = np.asarray(cam.vggt_depth, np.float64) * factor, set_scale[0], cam.vggt_confidence
+            depth = np.asarray(cam.vggt_depth, np.float64) * factor
+            depth_units, conf = set_scale[0], cam.vggt_confidence
         else:
             depth, depth_units, conf = None, "", None
         intr = cam.intrinsics if cam.intrinsics is not None else cam.vggt_intrinsics
