@@ -339,3 +339,16 @@ def test_one_set_of_the_set_processor_in_3d(scene):
     later = {n: CameraFrame(n, 11.0, scene.image(n)) for n in scene.views}
     cams2, _ = cameras_from_set(proc.process(11.0, later, objects), later, objects)
     assert [c.name for c in cams2] == ["exo1", "exo2"] and cams2[0].depth is None
+
+
+def test_relative_depth_is_not_cut_by_metric_limits(scene):
+    # VGGT's relative units can be anything: depths of 0.02 "units" are not "too near"
+    k = 100.0
+    cams = [CameraGeometry(c.name, c.masks, vggt_depth=c.depth / k, vggt_intrinsics=c.intrinsics,
+                           vggt_pose=np.diag([1.0, 1.0, 1.0, 1.0]) if i == 0 else None)
+            for i, c in enumerate(scene_geometry(scene, {}))]
+    res = objects_in_3d(cams)
+    est = res.cameras["exo1"].get(1)
+    assert res.cameras["exo1"].scale == "relative" and est.ok
+    assert rel_err(est.centroid * k, scene.surface_points("exo1", 1).mean(0)) < 0.005
+    assert res.fused.get(1).cameras == ("ego",)

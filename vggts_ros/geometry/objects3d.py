@@ -48,6 +48,7 @@ All arithmetic is float64 and deterministic.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -684,11 +685,13 @@ def objects_in_3d(cameras: Sequence[CameraGeometry], *, labels: Optional[Mapping
             pose = np.asarray(cam.vggt_pose, np.float64).copy()
             pose[:3, 3] *= factor
         up_cam = None if up_ref is None or pose is None else pose[:3, :3].T @ up_ref
+        # min_depth / max_depth are metres: they do not apply to depth in relative units
+        cam_cfg = cfg if depth_units != "relative" else dataclasses.replace(cfg, min_depth=0.0, max_depth=math.inf)
         objs = []
         for oid in sorted(cam.masks):
             score = 1.0 if cam.scores is None else float(cam.scores.get(oid, 1.0))
             est = estimate_object(cam.masks[oid], depth, intr, object_id=int(oid), label=labels.get(oid, ""),
-                                  camera=cam.name, confidence=conf, score=score, up=up_cam, config=cfg)
+                                  camera=cam.name, confidence=conf, score=score, up=up_cam, config=cam_cfg)
             objs.append(est)
             if pose is None:
                 continue
