@@ -121,6 +121,13 @@ def test_intrinsics_parameter_and_precedence():
     assert resolve_intrinsics((640, 480), parameter=(400, 410, 320, 240), camera_info_K=info_K).fx == 400.0
     assert resolve_intrinsics((640, 480), camera_info_K=info_K, camera_info_size=(640, 480)).fx == 500.0
     assert resolve_intrinsics((320, 240), camera_info_K=info_K, camera_info_size=(640, 480)).fx == 250.0
+    # P (the rectified camera, as depth_image_proc and the markers use it) before K, unless all zero
+    P = [520, 0, 330, 0, 0, 515, 250, 0, 0, 0, 1, 0]
+    assert resolve_intrinsics((640, 480), camera_info_K=info_K, camera_info_P=P).cx == 330.0
+    assert resolve_intrinsics((640, 480), camera_info_K=info_K, camera_info_P=[0.0] * 12).cx == 319.5
+    assert Intrinsics.from_P(P, (640, 480), image_size=(320, 240)).fx == 260.0
+    with pytest.raises(IntrinsicsError, match="P has 9 numbers"):
+        Intrinsics.from_P(info_K, (640, 480))
     with pytest.raises(IntrinsicsError,
                        match=r"camera 'front' has no intrinsics: no camera_info .* camera.front.intrinsics"):
         resolve_intrinsics((640, 480), camera="front")

@@ -184,6 +184,16 @@ class Intrinsics:
         return intr.scaled_to(image_size) if image_size is not None else intr
 
     @classmethod
+    def from_P(cls, P, size: Size, image_size: Optional[Size] = None) -> "Intrinsics":
+        """From a camera_info's ``P`` (12 numbers, row-major 3x4): the camera of the
+        rectified image, as ``image_geometry`` (and so ``depth_image_proc``) and RViz use it.
+        Its fourth column (a stereo pair's baseline term) is not part of the intrinsics."""
+        p = np.asarray(P, np.float64).reshape(-1)
+        if p.size != 12:
+            raise IntrinsicsError(f"camera_info P has {p.size} numbers, expected 12")
+        return cls.from_K(p.reshape(3, 4)[:, :3], size, image_size)
+
+    @classmethod
     def from_parameter(cls, values: Sequence[float], image_size: Size) -> "Intrinsics":
         """From ``camera.<name>.intrinsics`` = ``(fx, fy, cx, cy)`` in the colour image's pixels."""
         vals = [float(v) for v in values]
@@ -194,12 +204,16 @@ class Intrinsics:
 
 def resolve_intrinsics(image_size: Size, *, parameter: Optional[Sequence[float]] = None,
                        camera_info_K=None, camera_info_size: Optional[Size] = None,
-                       camera: str = "") -> Intrinsics:
+                       camera_info_P=None, camera: str = "") -> Intrinsics:
     """The intrinsics for a colour image of ``image_size``: the ``camera.<name>.intrinsics``
-    parameter when set (explicit configuration wins), else the camera_info's ``K`` (scaled
-    from its size). Raises :class:`IntrinsicsError` naming the camera when neither exists."""
+    parameter when set (explicit configuration wins), else the camera_info's ``P`` when it
+    is set (not all zero; what ``depth_image_proc`` and the node's markers use), else its
+    ``K``, scaled from the camera_info's size. Raises :class:`IntrinsicsError` naming the
+    camera when there is none."""
     if parameter is not None and len(parameter) > 0:
         return Intrinsics.from_parameter(parameter, image_size)
+    if camera_info_P is not None and np.any(np.asarray(camera_info_P, np.float64)):
+        return Intrinsics.from_P(camera_info_P, camera_info_size or image_size, image_size)
     if camera_info_K is not None:
         return Intrinsics.from_K(camera_info_K, camera_info_size or image_size, image_size)
     who = camera or "<name>"
