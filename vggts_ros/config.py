@@ -259,12 +259,20 @@ class PublishConfig:
 
 
 @dataclass
+class ObjectsConfig:
+    # Directory where every object is saved when it changes and restored from at start
+    # (vggts_ros.object_store); "" = objects live in memory only.
+    state_dir: str = ""
+
+
+@dataclass
 class NodeConfig:
     cameras: List[CameraConfig] = field(default_factory=list)
     sync: SyncConfig = field(default_factory=SyncConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
+    objects: ObjectsConfig = field(default_factory=ObjectsConfig)
 
     def camera(self, name: str) -> CameraConfig:
         for cam in self.cameras:
@@ -351,7 +359,7 @@ class NodeConfig:
             params[f"camera.{cam.name}.role"] = cam.role
             params[f"camera.{cam.name}.compressed"] = cam.compressed
             params[f"camera.{cam.name}.required"] = cam.required
-        for section in ("sync", "model", "inference", "publish"):
+        for section in ("sync", "model", "inference", "publish", "objects"):
             for key, value in dataclasses.asdict(getattr(self, section)).items():
                 params[f"{section}.{key}"] = value
         return params
@@ -369,7 +377,7 @@ class NodeConfig:
                 if full in params:
                     setattr(cam, key, params.pop(full))
             cameras.append(cam)
-        sections: Dict[str, Dict[str, Any]] = {"sync": {}, "model": {}, "inference": {}, "publish": {}}
+        sections: Dict[str, Dict[str, Any]] = {"sync": {}, "model": {}, "inference": {}, "publish": {}, "objects": {}}
         unknown = []
         for key, value in params.items():
             head, _, rest = key.partition(".")
@@ -385,6 +393,7 @@ class NodeConfig:
             raise ValueError(f"unknown vggts parameter(s): {sorted(unknown)}")
         typed = {
             "sync": SyncConfig, "model": ModelConfig, "inference": InferenceConfig, "publish": PublishConfig,
+            "objects": ObjectsConfig,
         }
         built = {}
         for section, values in sections.items():
@@ -445,6 +454,8 @@ PARAMETERS: Dict[str, Tuple[str, bool, Optional[Tuple[float, float]]]] = {
                                    False, None),
     "publish.overlay": ("also publish ~/<camera>/overlay images", False, None),
     "publish.diagnostics_period": ("s between /diagnostics messages", False, (1e-2, 3600.0)),
+    "objects.state_dir": ("directory where objects are saved when they change and restored from at start "
+                          "(survive a restart); empty = in memory only", False, None),
     "publish.stall_timeout": ("s without output (objects set) before ERROR; 0 = max(2 periods, 3 x median set time)",
                               True, (0.0, 1e6)),
 }

@@ -50,6 +50,7 @@ from vggts_ros.config import NodeConfig
 from vggts_ros.frame_history import Frame, FrameHistory
 from vggts_ros.health import Health, Throttle
 from vggts_ros.intake import ObjectIntake
+from vggts_ros.object_store import ObjectStore
 from vggts_ros.registry import ObjectRegistry
 from vggts_ros.ros import diagnostics
 from vggts_ros.ros.conversions import ReceivedImage, check_size
@@ -122,6 +123,7 @@ class VGGTSNode(LifecycleNode):
             self.cfg = self.parameters.config()
             self._reset_state()
             self._load()
+            self._restore_objects()
             self._create_io()
             self._start_diagnostics()
         except Exception as exc:  # noqa: BLE001 - reported; a plain node re-raises it (refused start)
@@ -177,6 +179,21 @@ class VGGTSNode(LifecycleNode):
                                       self.cfg.inference.source_mode, stale_after=self.cfg.sync.stale_after)
         self.get_logger().info(f"backend {self.processor.backend} ready on {self.device} in "
                                f"{loaded + warm:.1f} s (load {loaded:.1f} s, warm-up {warm:.1f} s)")
+
+    def _restore_objects(self) -> None:
+        """``objects.state_dir``: the objects saved before a restart come back, and every
+        change is saved from now on (vggts_ros.object_store)."""
+        if not self.cfg.objects.state_dir:
+            return
+        store = ObjectStore(self.cfg.objects.state_dir)
+        ids, problems = store.restore_into(self.registry, {c.name: None for c in self.cfg.cameras})
+        for problem in problems:
+            self.get_logger().warning(f"objects.state_dir: {problem}")
+        if ids:
+            self.get_logger().info(f"restored {len(ids)} object(s) from {store.dir}: ids {ids}")
+        store.follow(self.registry, lambda: self.cfg.inference.source_mode,
+                     lambda error: self.get_logger().error(error))
+        self.health.objects_changed(len(self.registry), time.monotonic())
 
     def _unload(self) -> None:
         self.segmentor = self.processor = None
