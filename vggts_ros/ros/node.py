@@ -35,7 +35,7 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from diagnostic_msgs.msg import DiagnosticArray
-from geometry_msgs.msg import PointStamped
+from geometry_msgs.msg import Point, PointStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType, JumpThreshold
 from rclpy.duration import Duration
@@ -220,9 +220,14 @@ class VGGTSNode(LifecycleNode):
                 CompressedImage if cam.compressed else Image, cam.topic,
                 lambda msg, name=cam.name: self._on_image(name, msg),
                 qos_profile_sensor_data, callback_group=self._io_group, qos_overriding_options=qos_options)
+        for cam in self.cfg.cameras:  # rqt_image_view's clicks on each camera's stream
+            subs[f"{cam.name}:mouse"] = self.create_subscription(
+                Point, mouse_topic(subs[cam.name].topic_name), self.object_services.mouse_click(cam.name), 10,
+                callback_group=self._service_group)
         if self._io is None:
-            self.create_subscription(PointStamped, "~/click", self.object_services.click, 10, callback_group=self._service_group)
-        self.topics = {name: sub.topic_name for name, sub in subs.items()}
+            self.create_subscription(PointStamped, "~/click", self.object_services.click, 10,
+                                     callback_group=self._service_group)
+        self.topics = {c.name: subs[c.name].topic_name for c in self.cfg.cameras}
         self.intake.topics = dict(self.topics)
         self.get_logger().info("cameras: " + ", ".join(
             f"{c.name} ({c.role}{', required' if c.required else ''}, {self.topics[c.name]})" for c in self.cfg.cameras))
