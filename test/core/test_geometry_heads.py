@@ -18,7 +18,7 @@ from vggts_ros.config import (
     TrackHeadConfig,
 )
 from vggts_ros.models.backbone import GeometryOutput, VGGTBackbone, backbone_config_from_dict
-from vggts_ros.models.deterministic import fill_deterministic
+from vggts_ros.models.deterministic import fill_deterministic, fill_deterministic_in_place
 
 
 def geo_config(on: bool = True) -> BackboneConfig:
@@ -137,6 +137,8 @@ def test_deterministic_weights_per_reference_group():
     on = VGGTBackbone(geo_config(True)).fill_deterministic(5).state_dict()
     off = VGGTBackbone(geo_config(False)).fill_deterministic(5).state_dict()
     plain = fill_deterministic(VGGTBackbone(geo_config(True)), 5).state_dict()
+    in_place = fill_deterministic_in_place(VGGTBackbone(geo_config(True)), 5).state_dict()
+    assert all(torch.equal(plain[k], v) for k, v in in_place.items())  # the benchmarks' low-memory fill
     for k, v in off.items():
         assert torch.equal(on[k], v), k
     geometry = [k for k in on if k.startswith(("aggregator.", "camera_head.", "depth_head."))]

@@ -139,22 +139,35 @@ def deterministic_state_dict(model: nn.Module, seed: int) -> Dict[str, torch.Ten
     return deterministic_values(model.state_dict(), seed)
 
 
+def _rule_value(key: str, tensor: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The next draw of the rule for one floating-point tensor."""
+    x = standard_normal(tuple(tensor.shape), gen)
+    if tensor.dim() <= 1:
+        value = 1.0 + 0.02 * x if key.endswith(".weight") else 0.02 * x
+    else:
+        value = x / math.sqrt(math.prod(tensor.shape[1:]))
+    return value.to(tensor.dtype)
+
+
 def deterministic_values(current: Mapping[str, torch.Tensor], seed: int) -> Dict[str, torch.Tensor]:
     """The rule's values for a state dict's keys and shapes (drawn in sorted key order)."""
     gen = torch.Generator().manual_seed(int(seed))
-    values: Dict[str, torch.Tensor] = {}
-    for key in sorted(current):
-        tensor = current[key]
-        if not torch.is_floating_point(tensor):
-            values[key] = tensor
-            continue
-        x = standard_normal(tuple(tensor.shape), gen)
-        if tensor.dim() <= 1:
-            value = 1.0 + 0.02 * x if key.endswith(".weight") else 0.02 * x
-        else:
-            value = x / math.sqrt(math.prod(tensor.shape[1:]))
-        values[key] = value.to(tensor.dtype)
-    return values
+    return {key: _rule_value(key, current[key], gen) if torch.is_floating_point(current[key]) else current[key]
+            for key in sorted(current)}
+
+
+@torch.no_grad()
+def fill_deterministic_in_place(model: nn.Module, seed: int) -> nn.Module:
+    """:func:`fill_deterministic` one tensor at a time, never holding a second copy of the
+    weights (the full-size networks of the benchmarks)."""
+    state = model.state_dict()
+    if any(t.is_meta for t in state.values()):
+        raise ValueError("cannot fill a model that lives on the meta device")
+    gen = torch.Generator().manual_seed(int(seed))
+    for key in sorted(state):
+        if torch.is_floating_point(state[key]):
+            state[key].copy_(_rule_value(key, state[key], gen))
+    return model
 
 
 @torch.no_grad()
