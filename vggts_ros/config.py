@@ -132,6 +132,11 @@ class PipelineConfig:
     reuse_full_every: int = 5
     reuse_min_score: float = 0.6
     reuse_max_drop: float = 0.1
+    # VGGT's camera and depth heads on the first pass's tokens (vggts_ros.geometry.camera):
+    # each result then carries its target's and its source's ViewGeometry in frame pixels
+    # (depth, confidence, intrinsics, pose relative to the source camera; unknown scale).
+    # Needs a backbone with BackboneConfig.geometry_heads (the constructors build one).
+    geometry_heads: bool = False
 
 
 @dataclass
