@@ -282,6 +282,7 @@ class InferenceConfig:
     temporal: bool = False  # Temporal VGGT-S memory per (object, camera); off until trained weights exist
     memory_frames: int = 6  # recent frames in each memory bank
     temporal_weights: str = ""  # temporal.pth; "" = untrained memory (zero gate: outputs unchanged)
+    warm_up: bool = True  # run the backend once on a synthetic pair at configure (the first mask is not slow)
 
 
 @dataclass
@@ -470,6 +471,8 @@ PARAMETERS: Dict[str, Tuple[str, bool, Optional[Tuple[float, float]]]] = {
     "inference.max_label_length": ("characters of an object label", True, (0, 65536)),
     "inference.max_image_pixels": ("largest width x height of a frame or mask, checked before decoding", True,
                                    (1, 1 << 31)),
+    "inference.warm_up": ("run the backend once on a synthetic pair at start, so the first mask is not slow",
+                          False, None),
     "inference.temporal": ("Temporal VGGT-S: memory of earlier sets per (object, camera)", False, None),
     "inference.memory_frames": ("recent frames kept per (object, camera) memory bank", False, (1, 64)),
     "inference.temporal_weights": ("temporal.pth of the memory modules; empty = untrained (outputs unchanged)",
