@@ -62,7 +62,8 @@ def test_loaded_only_when_on(tmp_path, model, images):
     with torch.no_grad():
         a, b, c = model(images, geometry=True), on(images, geometry=True), off(images)
     assert torch.equal(a.features, c.features), "the geometry heads changed the track features"
-    assert torch.equal(a.geometry.depth, b.geometry.depth) and torch.equal(a.geometry.pose_encoding, b.geometry.pose_encoding)
+    assert torch.equal(a.geometry.depth, b.geometry.depth)
+    assert torch.equal(a.geometry.pose_encoding, b.geometry.pose_encoding)
     with pytest.raises(RuntimeError, match="geometry_heads"):
         off.geometry([None] * 24, images, 5)
 
@@ -71,7 +72,8 @@ def test_loaded_only_when_on(tmp_path, model, images):
     "edit,message",
     [
         (lambda s: s.pop("camera_head.trunk.1.mlp.fc2.bias"), r"missing keys: .*camera_head\.trunk\.1\.mlp\.fc2\.bias"),
-        (lambda s: s.pop("depth_head.scratch.output_conv2.2.weight"), r"missing keys: .*depth_head\.scratch\.output_conv2\.2\.weight"),
+        (lambda s: s.pop("depth_head.scratch.output_conv2.2.weight"),
+         r"missing keys: .*depth_head\.scratch\.output_conv2\.2\.weight"),
         (lambda s: s.__setitem__("depth_head.scratch.output_conv3.weight", torch.zeros(1)),
          r"unexpected keys: .*depth_head\.scratch\.output_conv3\.weight"),
         (lambda s: s.__setitem__("camera_head.embed_pose.weight", torch.zeros(64, 8)),

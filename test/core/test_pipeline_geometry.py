@@ -16,7 +16,8 @@ from vggts_ros.geometry.camera import view_geometries
 from vggts_ros.pipeline import VGGTSegmentor
 from vggts_ros.types import TargetView
 
-TARGETS = [TargetView(noise(150, 200, 1), role="exo", name="exo1"), TargetView(noise(128, 128, 2), role="ego", name="ego")]
+TARGETS = [TargetView(noise(150, 200, 1), role="exo", name="exo1"),
+           TargetView(noise(128, 128, 2), role="ego", name="ego")]
 
 
 @pytest.fixture(scope="module")

@@ -88,7 +88,9 @@ def intrinsics_from_fov(fov: torch.Tensor, image_hw: Tuple[int, int]) -> torch.T
     return K
 
 
-def pose_encoding_to_cameras(pose_encoding: torch.Tensor, image_hw: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+def pose_encoding_to_cameras(
+    pose_encoding: torch.Tensor, image_hw: Tuple[int, int]
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """``[..., 9]`` pose encodings -> (extrinsics ``[..., 3, 4]`` camera-from-world,
     intrinsics ``[..., 3, 3]`` in the pixels of the ``image_hw`` network input), in the
     encoding's dtype."""
