@@ -272,6 +272,7 @@ def test_view_geometries_agree_on_a_shared_point():
     assert [g.depth.shape for g in geo] == [(200, 200), (180, 320)]
     assert all(g.scale == "relative" for g in geo)
     np.testing.assert_allclose(geo[0].T_cam_from_ref, np.eye(4), atol=1e-15)
+    np.testing.assert_allclose(geo[1].T_ref_from_cam @ geo[1].T_cam_from_ref, np.eye(4), atol=1e-15)
     seen = []
     for g in geo:
         x_cam = (X @ g.extrinsic[:, :3].T + g.extrinsic[:, 3])[0]

@@ -289,6 +289,12 @@ class ViewGeometry:
     def frame_hw(self) -> Tuple[int, int]:
         return tuple(self.depth.shape[:2])
 
+    @property
+    def T_ref_from_cam(self) -> np.ndarray:
+        """4x4 float64, the reference camera from this camera (the pose of this camera in
+        the reference frame, as :class:`vggts_ros.geometry.objects3d.CameraGeometry` takes it)."""
+        return invert_pose(torch.from_numpy(self.T_cam_from_ref)).numpy()
+
     def camera_points(self) -> np.ndarray:
         """``HxWx3`` float64 points in this camera's frame (NaN where depth is NaN)."""
         pts = depth_to_camera_points(torch.from_numpy(self.depth.astype(np.float64)), torch.from_numpy(self.K))
@@ -296,9 +302,8 @@ class ViewGeometry:
 
     def reference_points(self) -> np.ndarray:
         """``HxWx3`` float64 points in the reference camera's frame."""
-        pts = torch.from_numpy(self.camera_points())
-        T_ref_from_cam = invert_pose(torch.from_numpy(self.T_cam_from_ref))
-        return (pts @ T_ref_from_cam[:3, :3].T + T_ref_from_cam[:3, 3]).numpy()
+        T = self.T_ref_from_cam
+        return self.camera_points() @ T[:3, :3].T + T[:3, 3]
 
 
 def view_geometries(
