@@ -49,9 +49,37 @@ class TrackHeadConfig:
 
 
 @dataclass
+class CameraHeadConfig:
+    """VGGT camera head (``camera_head.*``): trunk of transformer blocks over the views'
+    camera tokens, refined ``iterations`` times."""
+
+    trunk_depth: int = 4
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    init_values: float = 0.01
+    iterations: int = 4
+
+
+@dataclass
+class DepthHeadConfig:
+    """VGGT depth head (``depth_head.*``): a DPT decoder with 2 output channels, ``exp``
+    depth and ``1 + exp`` confidence."""
+
+    features: int = 256
+    out_channels: List[int] = field(default_factory=lambda: [256, 512, 1024, 1024])
+    intermediate_layer_idx: List[int] = field(default_factory=lambda: [4, 11, 17, 23])
+    frames_chunk_size: int = 8
+
+
+@dataclass
 class BackboneConfig:
     aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
     track_head: TrackHeadConfig = field(default_factory=TrackHeadConfig)
+    # VGGT's camera and depth heads (``camera_head.*``, ``depth_head.*`` of model.pt); off:
+    # they are neither built nor loaded.
+    geometry_heads: bool = False
+    camera_head: CameraHeadConfig = field(default_factory=CameraHeadConfig)
+    depth_head: DepthHeadConfig = field(default_factory=DepthHeadConfig)
 
 
 @dataclass
@@ -104,6 +132,11 @@ class PipelineConfig:
     reuse_full_every: int = 5
     reuse_min_score: float = 0.6
     reuse_max_drop: float = 0.1
+    # VGGT's camera and depth heads on the first pass's tokens (vggts_ros.geometry.camera):
+    # each result then carries its target's and its source's ViewGeometry in frame pixels
+    # (depth, confidence, intrinsics, pose relative to the source camera; unknown scale).
+    # Needs a backbone with BackboneConfig.geometry_heads (the constructors build one).
+    geometry_heads: bool = False
 
 
 @dataclass
@@ -189,7 +222,8 @@ def from_dict(cls, data: Dict[str, Any]):
 
 _DATACLASSES = {
     c.__name__: c
-    for c in (AggregatorConfig, TrackHeadConfig, BackboneConfig, HeadConfig, PipelineConfig, ModelConfig)
+    for c in (AggregatorConfig, TrackHeadConfig, CameraHeadConfig, DepthHeadConfig, BackboneConfig, HeadConfig,
+              PipelineConfig, ModelConfig)
 }
 
 
