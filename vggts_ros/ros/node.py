@@ -48,13 +48,13 @@ from sensor_msgs.msg import CompressedImage, Image
 from vggts_ros.checkpoint import CheckpointError
 from vggts_ros.config import NodeConfig
 from vggts_ros.frame_history import Frame, FrameHistory
-from vggts_ros.health import Health, Throttle
+from vggts_ros.health import CameraEvents, Health, Throttle
 from vggts_ros.intake import ObjectIntake
 from vggts_ros.object_store import ObjectStore
 from vggts_ros.registry import ObjectRegistry
 from vggts_ros.ros import diagnostics
 from vggts_ros.ros.conversions import ReceivedImage, check_size
-from vggts_ros.ros.outputs import Outputs
+from vggts_ros.ros.outputs import Outputs, mouse_topic
 from vggts_ros.ros.parameters import NodeParameters
 from vggts_ros.ros.services import ObjectServices, stamp_to_sec
 from vggts_ros.set_processor import SetProcessor, apply_advances
@@ -110,6 +110,7 @@ class VGGTSNode(LifecycleNode):
         self.history = FrameHistory(names, inf.keyframe_history, _FRAMES_KEPT)
         self.health = Health(names, window=5.0, start=time.monotonic())
         self.throttle = Throttle(5.0)
+        self.camera_events = CameraEvents()
         self.sets_processed = 0
         self.sync: Optional[ApproximateTimeSync] = None
         self.intake = ObjectIntake(self.registry, self.history, names, max(self.cfg.sync.slop, 1e-3),
@@ -444,6 +445,13 @@ class VGGTSNode(LifecycleNode):
                 backend=processor.backend if processor is not None else "", lifecycle_state=self.lifecycle_state)]
             statuses += diagnostics.camera_statuses(self.status_name, now=now, cfg=self.cfg, health=self.health,
                                                     sync=self.sync, sizes=processor.sizes, topics=self.topics)
+            sizes = {c.name: processor.sizes.size(c.name) for c in self.cfg.cameras}
+            for level, line in self.camera_events.update(self.sync.stale_cameras(now), dict(processor.sizes.changes),
+                                                         sizes, self.sync.stale_limits()):
+                if level == diagnostics.WARN:  # rclpy: one severity per call site
+                    self.get_logger().warning(line)
+                else:
+                    self.get_logger().info(line)
         self._diag_pub.publish(diagnostics.array(self.get_clock().now().to_msg(), statuses))
 
     # ------------------------------------------------------------------ stopping
