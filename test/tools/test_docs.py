@@ -22,9 +22,7 @@ import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
-
-import pytest
+from typing import Dict, Iterator, List, Optional, Tuple
 
 REPO = Path(__file__).resolve().parents[2]
 PAGES = [REPO / "README.md"] + sorted((REPO / "docs").glob("*.md"))
@@ -159,8 +157,8 @@ class Mapped:
 
 MAPPED = (
     # set-up and CI
-    Mapped(r"bash run\.sh demo", ("test/tools/test_demo.py::test_demo_runs_the_graph_and_the_geometric_backend_finds_every_object",
-                                  "run.sh"),
+    Mapped(r"bash run\.sh demo",
+           ("test/tools/test_demo.py::test_demo_runs_the_graph_and_the_geometric_backend_finds_every_object", "run.sh"),
            "the test runs `python -m vggts_ros.cli demo`, which is what run.sh's demo job executes",
            ('demo) exec "$VENV/bin/python" -m vggts_ros.cli demo "$@"',)),
     Mapped(r"bash run\.sh test", (".ci/run",), "CI runs exactly this command", ("bash run.sh test",)),
@@ -196,8 +194,8 @@ MAPPED = (
     Mapped(r"vggts_node --ros-args --params-file config/multicam\.yaml -p model\.backend:=geometric",
            ("test/node/test_launch_config.py::test_node_under_a_namespace_and_another_name_loads_the_shipped_yaml",),
            "the node process with the shipped YAML and -p model.backend:=geometric"),
-    Mapped(r"(vggts_lifecycle_node|ros2 run vggts_ros vggts_lifecycle_node) --ros-args --params-file config/multicam\.yaml"
-           r"( -p model\.backend:=geometric)?",
+    Mapped(r"(vggts_lifecycle_node|ros2 run vggts_ros vggts_lifecycle_node) --ros-args "
+           r"--params-file config/multicam\.yaml( -p model\.backend:=geometric)?",
            ("test/node/test_node_tools.py::test_the_lifecycle_node_loads_on_configure_and_works_only_while_active",
             "test/node/test_lifecycle_semantics.py::test_parameters_cleanup_and_diagnostics_follow_the_lifecycle"),
            "the managed node over DDS (in the test's process)"),
@@ -236,10 +234,12 @@ MAPPED = (
     # benchmarks
     Mapped(r"git -C <mirror of [^>]+> archive HEAD( vggt)? \| tar -x -C /tmp/ref_\w+|"
            r"pip install --target /tmp/ref_pydeps einops|"
-           r"PYTHONPATH=/tmp/ref_pydeps REF_VGGT=/tmp/ref_vggt REF_VGGTS=/tmp/ref_vggts python bench/bench_vs_reference\.py \[--quick\]",
+           r"PYTHONPATH=/tmp/ref_pydeps REF_VGGT=/tmp/ref_vggt REF_VGGTS=/tmp/ref_vggts "
+           r"python bench/bench_vs_reference\.py \[--quick\]",
            ("test/tools/test_bench.py::test_bench_vs_reference_names_what_is_missing",),
            "without the reference checkouts the script must name what is missing (the reference is never in the repo)"),
-    Mapped(r"python bench/bench_gpu\.py( .*)?", ("test/tools/test_bench.py::test_bench_gpu_dry_run_prints_a_sane_table",),
+    Mapped(r"python bench/bench_gpu\.py( .*)?",
+           ("test/tools/test_bench.py::test_bench_gpu_dry_run_prints_a_sane_table",),
            "the test runs --dry-run (the other modes need a GPU); the options are checked here"),
     # training and evaluation
     Mapped(r"vggts train --data self --coco ann\.json --images-dir images/ --out runs/self",
@@ -292,7 +292,8 @@ def test_every_command_is_run_or_mapped_to_a_test_that_exists():
             if name and not re.search(rf"^def {re.escape(name)}\(", text, re.M):
                 problems.append(f"{mapped.pattern}: {path} has no test {name}")
             if not name:
-                problems += [f"{mapped.pattern}: {path} does not contain {s!r}" for s in mapped.contains if s not in text]
+                problems += [f"{mapped.pattern}: {path} does not contain {s!r}"
+                             for s in mapped.contains if s not in text]
     used = {classify(c)[1] for c in cmds} | {None}
     problems += [f"MAPPED entry matches no command any more: {m.pattern}" for m in MAPPED if m not in used]
     texts = {c.text for c in cmds}
@@ -341,7 +342,8 @@ def test_readme_python_example_and_the_cheap_commands_run(tmp_path):
     help_text = dict(ran)["vggts --help"]
     assert all(sub in help_text for sub in ("segment", "replay", "demo", "train", "evaluate"))
     # vggts segment found the object the README's scene file names, in both targets
-    truth = {c: cv2.imread(str(tmp_path / "scene" / f"{c}_object1.png"), cv2.IMREAD_UNCHANGED) > 0 for c in ("exo1", "exo2")}
+    truth = {c: cv2.imread(str(tmp_path / "scene" / f"{c}_object1.png"), cv2.IMREAD_UNCHANGED) > 0
+             for c in ("exo1", "exo2")}
     for camera, mask in truth.items():
         found = cv2.imread(str(tmp_path / "out" / "segment" / f"{camera}_mask.png"), cv2.IMREAD_UNCHANGED) > 0
         iou = np.count_nonzero(found & mask) / max(1, np.count_nonzero(found | mask))
@@ -445,7 +447,8 @@ def _bench_problems(text: str) -> List[str]:
 def _launch_arguments() -> set:
     tree = ast.parse((REPO / "launch" / "multicam.launch.py").read_text())
     names = {n.args[0].value for n in ast.walk(tree) if isinstance(n, ast.Call)
-             and getattr(n.func, "id", "") == "DeclareLaunchArgument" and n.args and isinstance(n.args[0], ast.Constant)}
+             and getattr(n.func, "id", "") == "DeclareLaunchArgument" and n.args
+             and isinstance(n.args[0], ast.Constant)}
     for node in ast.walk(tree):  # DeclareLaunchArgument(name, ...) for name in DEFAULT_TOPICS
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict) and \
                 any(getattr(t, "id", "") == "DEFAULT_TOPICS" for t in node.targets):
@@ -531,7 +534,8 @@ def test_commands_agree_with_the_code():
         for line, span in inline_spans(page):
             if span.startswith(("vggts ", "bash run.sh vggts ")):
                 argv = _vggts_argv(span)
-                problems += [f"{page.relative_to(REPO)}:{line}: `{span}`: {p}" for p in _option_problems(argv or [], subs)]
+                problems += [f"{page.relative_to(REPO)}:{line}: `{span}`: {p}"
+                             for p in _option_problems(argv or [], subs)]
             if "bench/" in span and ".py" in span:
                 problems += [f"{page.relative_to(REPO)}:{line}: `{span}`: {p}" for p in _bench_problems(span)]
     assert not problems, "\n".join(problems)
@@ -643,9 +647,11 @@ def test_the_readme_stays_short():
 def test_the_checks_catch_what_they_are_for(tmp_path):
     """Each check, given a command or page that is wrong in the way it looks for, says so."""
     _, subs = _vggts_parser()
-    assert _option_problems(["segment", "--source", "a.png", "--bogus"], subs) == ["vggts segment has no option --bogus"]
+    assert _option_problems(["segment", "--source", "a.png", "--bogus"], subs) == [
+        "vggts segment has no option --bogus"]
     assert _option_problems(["segmnet"], subs)[0].startswith("no subcommand 'segmnet'")
-    assert _bench_problems("python bench/bench_gpu.py --no-such-flag") == ["bench/bench_gpu.py has no option --no-such-flag"]
+    assert _bench_problems("python bench/bench_gpu.py --no-such-flag") == [
+        "bench/bench_gpu.py has no option --no-such-flag"]
     assert _bench_problems("python bench/bench_nothing.py") == ["bench/bench_nothing.py does not exist"]
     assert _ros_problems("ros2 launch vggts_ros multicam.launch.py camera_topic:=/x") == [
         "launch argument camera_topic is not declared in launch/multicam.launch.py"]
@@ -653,15 +659,17 @@ def test_the_checks_catch_what_they_are_for(tmp_path):
         "model.backend is not live: `ros2 param set` is refused while the node runs"]
     assert _ros_problems("vggts_node --ros-args --params-file config/nothing.yaml -p sync.slope:=1") == [
         "config/nothing.yaml does not exist in the repository", "no parameter sync.slope"]
-    assert _ros_problems('ros2 service call /vggts/click_to_mask vggts_ros/srv/ClickToMask "{camera: a, boxes: []}"') == [
+    bad_field = 'ros2 service call /vggts/click_to_mask vggts_ros/srv/ClickToMask "{camera: a, boxes: []}"'
+    assert _ros_problems(bad_field) == [
         "vggts_ros/srv/ClickToMask has no field boxes"]
     assert _ros_problems('ros2 service call /vggts/forget vggts_ros/srv/ClearObjects "{object_id: 0}"') == [
         "the node has no ~/forget"]
     page = tmp_path / "page.md"
-    page.write_text("# T\n\n```bash\nvggts segment --x 1 \\\n  --y 2   # why\n```\n\n```console\n$ ls -l\ntotal 0\n```\n")
+    page.write_text("# T\n\n```bash\nvggts segment --x 1 \\\n  --y 2   # why\n```\n\n"
+                    "```console\n$ ls -l\ntotal 0\n```\n")
     assert [(c.line, c.text) for c in commands(page)] == [(4, "vggts segment --x 1 --y 2"), (9, "ls -l")]
     assert classify(Command(page, 4, "rm -rf /tmp/x"))[0] == "neither"
-    assert _slug("Against the reference, side by side (`bench/x_y.py`)") == "against-the-reference-side-by-side-benchx_ypy"
+    assert _slug("Against the reference, side (`bench/x_y.py`)") == "against-the-reference-side-benchx_ypy"
     page.write_text("# Top\n\n[a](nowhere.md) [b](#top) [c](#bottom) [e](https://x.org/y)\n")
     assert link_problems(page)[0] == [f"{os.path.relpath(page, REPO)}:3: nowhere.md: "
                                       f"{os.path.relpath(tmp_path / 'nowhere.md', REPO)} does not exist",
