@@ -19,7 +19,7 @@ def create_segmentor(model: ModelConfig, pipeline: Optional[PipelineConfig] = No
     if model.backend == "geometric":
         from vggts_ros.geometric import GeometricSegmentor
 
-        return GeometricSegmentor()
+        return GeometricSegmentor(model.geometric)
     if model.backend == "vggts":
         from vggts_ros.pipeline import VGGTSegmentor
 
