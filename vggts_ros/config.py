@@ -105,15 +105,13 @@ class HeadConfig:
 _REFINE = dict(doc="refinement passes of the head per target view (they reuse the backbone features)",
                range=(0, 16))
 _PRECISION = dict(
-    doc="numeric mode", choices=PRECISION_MODES,
-    details="`float32`: TF32 off on CUDA, so GPU and CPU agree; `tf32`: TF32 allowed; `bf16`: the backbone's "
-            "aggregator under bfloat16 autocast; `release`: the released scripts' CUDA bf16 autocast around "
-            "backbone and head (on a CPU the same as float32); `float64`: networks and inputs in float64 "
-            "(reference runs). See `vggts_ros/precision.py`.")
+    doc="numeric mode (float32: TF32 off on CUDA, so GPU and CPU agree; bf16: backbone autocast; release: the "
+        "released scripts' CUDA bf16 autocast)", choices=PRECISION_MODES,
+    details="`tf32`: TF32 allowed on CUDA; `release` on a CPU computes float32 (its autocast is CUDA's); "
+            "`float64`: networks and inputs in float64 (reference runs). See `vggts_ros/precision.py`.")
 _POINT_IDENTITY = dict(
-    doc="refinement semantics of the source points' identity", choices=POINT_IDENTITY,
-    details="`accumulate`: the reference evaluation and training loops (what the published head saw); "
-            "`per_pass`: once per pass.")
+    doc="refinement semantics of the source points' identity (accumulate: the reference loops, what the "
+        "published head saw; per_pass: once per pass)", choices=POINT_IDENTITY)
 _TEMPORAL = dict(doc="Temporal VGGT-S: each (object, target camera) decodes with a memory of its earlier sets",
                  details="Off: the per-frame pipeline. Without trained weights the memory's zero gate leaves "
                          "every output unchanged (no trained temporal weights are published).")
@@ -157,7 +155,9 @@ class PipelineConfig:
 
 @dataclass
 class GeometricConfig:
-    """The weight-free backend (``vggts_ros.geometric``); node parameters ``model.geometric.*``."""
+    """The weight-free backend (``vggts_ros/geometric.py``, ``model.backend: geometric``): SIFT
+    with simulated tilts, RANSAC homography plus a local correction, GrabCut, and a
+    scene-homography + colour fallback."""
 
     n_points: int = param(5, doc="prompt points sampled in the source mask (K-means, as the learned pipeline)",
                           range=(1, 64))
@@ -214,12 +214,12 @@ class GeometricConfig:
 
 @dataclass
 class ModelConfig:
-    """Which network to run and where its weights come from."""
+    """Which backend and network run, where their weights come from and on which device."""
 
-    backend: str = param("vggts", doc="vggts (the learned model) or geometric (the weight-free baseline)",
-                         choices=BACKENDS)
-    config: str = param("vggt-1b", doc="network: vggt-1b (published weights) or test-tiny (deterministic test "
-                                       "weights, meaningless on real images)", choices=MODEL_PRESETS)
+    backend: str = param("vggts", doc="segmentation backend (geometric: the weight-free baseline, settings "
+                                      "model.geometric.*)", choices=BACKENDS)
+    config: str = param("vggt-1b", doc="network preset (test-tiny: deterministic test weights, meaningless on real "
+                                       "images)", choices=MODEL_PRESETS)
     vggt_checkpoint: str = param("facebook/VGGT-1B", doc="VGGT-1B model.pt: a local file, a directory or a "
                                                          "Hugging Face repo id")
     head_checkpoint: str = param("zbbhhh/VGGT-S", doc="VGGT-S head main_exp.pth: a local file, a directory or "
@@ -290,13 +290,15 @@ def model_preset(name: str) -> ModelPreset:
 # ---------------------------------------------------------------------------------------
 @dataclass
 class CameraConfig:
-    """One camera; its fields with a ``param`` are the ``camera.<name>.<key>`` parameters."""
+    """The cameras: ``cameras`` names them in order, ``camera.<name>.*`` sets each one.
+
+    Every field with a ``param`` is a ``camera.<name>.<field>`` parameter."""
 
     name: str
-    topic: str = param("", doc="image topic (empty: <name>/image_raw, + /compressed); relative names resolve "
-                                "in the node namespace")
-    role: str = param("exo", doc="what the camera sees: exo/aerial/ground targets are cropped around the "
-                                 "projected points, ego targets resized whole", choices=ROLES,
+    topic: str = param("", doc="image topic (empty: <name>/image_raw[/compressed]); relative names resolve in "
+                                "the node namespace")
+    role: str = param("exo", doc="exo/aerial/ground targets are cropped around the projected points, ego "
+                                 "ones resized whole", choices=ROLES,
                       details="A square ego target is resized whole (the reference); a non-square one takes the "
                               "crop path (README, Fidelity).")
     compressed: bool = param(False, doc="sensor_msgs/CompressedImage instead of Image")
@@ -310,6 +312,9 @@ class CameraConfig:
 
 @dataclass
 class SyncConfig:
+    """The approximate-time synchroniser that groups the cameras' frames into sets
+    (``vggts_ros/sync.py``)."""
+
     slop: float = param(0.05, doc="s, largest stamp difference inside one synchronised set", range=(1e-6, 10.0),
                         live=True)
     queue_size: int = param(10, doc="messages kept per camera while waiting for partners", range=(1, 1000),
@@ -332,6 +337,8 @@ class SyncConfig:
 
 @dataclass
 class InferenceConfig:
+    """How each synchronised set is processed: pipeline settings, object limits, rate."""
+
     refine_iterations: int = param(1, **_REFINE)
     precision: str = param("float32", **_PRECISION)
     point_identity: str = param("accumulate", **_POINT_IDENTITY)
@@ -361,6 +368,8 @@ class InferenceConfig:
 
 @dataclass
 class PublishConfig:
+    """What the node publishes besides masks and points, and its health reporting."""
+
     overlay: bool = param(False, doc="also publish ~/<camera>/overlay images")
     diagnostics_period: float = param(1.0, doc="s between /diagnostics messages", range=(1e-2, 3600.0))
     stall_timeout: float = param(0.0, doc="s without output (objects set) before diagnostics say ERROR; "

@@ -46,7 +46,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from vggts_ros.checkpoint import CheckpointError
 from vggts_ros.click_mask import ClickMaskError, mask_from_clicks
-from vggts_ros.config import CAMERA_KEYS, CAMERA_PARAMETERS, PARAMETERS, NodeConfig, PipelineConfig
+from vggts_ros.config import CAMERA_DEFAULTS, CAMERA_KEYS, CAMERA_PARAMETERS, PARAMETERS, NodeConfig, PipelineConfig
 from vggts_ros.frame_history import Frame, FrameHistory, SizeTracker
 from vggts_ros.health import ERROR, OK, WARN, Health, Throttle
 from vggts_ros.markers import ObjectPointsView, camera_info_fields, projected_point_markers
@@ -285,7 +285,7 @@ class VGGTSNode(Node):
         cameras = self.declare_parameter("cameras", Parameter.Type.STRING_ARRAY, _descriptor("cameras")).value or []
         cameras = list(cameras)
         flat: Dict[str, Any] = {"cameras": cameras}
-        camera_defaults = {"topic": "", "role": "exo", "compressed": False, "required": False}
+        camera_defaults = CAMERA_DEFAULTS
         for name in cameras:
             for key in CAMERA_KEYS:
                 full = f"camera.{name}.{key}"
