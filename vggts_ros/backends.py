@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from vggts_ros.config import BACKENDS, ModelConfig, PipelineConfig
+from vggts_ros.config import BACKENDS, InferenceConfig, ModelConfig, PipelineConfig, precision_of
 from vggts_ros.device import resolve_device  # noqa: F401  (re-exported: the node imports it from here)
 from vggts_ros.types import Segmentor
 
@@ -25,3 +25,10 @@ def create_segmentor(model: ModelConfig, pipeline: Optional[PipelineConfig] = No
 
         return VGGTSegmentor.from_config(model, pipeline)
     raise ValueError(f"model.backend must be one of {BACKENDS}, got {model.backend!r}")
+
+
+def pipeline_config(inference: InferenceConfig, model: Optional[ModelConfig] = None) -> PipelineConfig:
+    """The pipeline recipe a node configuration's ``inference`` (and ``model``) section asks
+    for: the one mapping the node, ``vggts replay --params-file`` and the demo share
+    (:meth:`InferenceConfig.pipeline`, with a deprecated ``model.dtype`` folded in)."""
+    return precision_of(model or ModelConfig(), inference.pipeline())

@@ -30,10 +30,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from vggts_ros.schema import fold_renamed, from_dict, param, parameters, renamed_value, to_dict  # noqa: F401
 from vggts_ros.schema import check, field_errors, flatten, unflatten
-from vggts_ros.types import ROLES
 
 # Allowed values, shared by the node, the command line and the checks.
 MODEL_PRESETS = ("vggt-1b", "test-tiny")
+ROLES = ("ego", "exo", "aerial", "ground")  # camera roles (vggts_ros.types.CROPPED_ROLES: cropped targets)
 SOURCE_MODES = ("keyframe", "track")
 DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("float32", "bfloat16")  # the deprecated model.dtype / PipelineConfig.backbone_dtype
@@ -396,10 +396,6 @@ class NodeConfig:
             if cam.name == name:
                 return cam
         raise KeyError(name)
-
-    def pipeline(self) -> PipelineConfig:
-        """The pipeline settings of this node configuration."""
-        return self.inference.pipeline()
 
     def validate(self) -> "NodeConfig":
         """Raise one ValueError naming every invalid setting; return self."""

@@ -7,11 +7,15 @@ object), points are ``(x, y)`` in pixels of the image they belong to.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, List, Optional, Protocol, Sequence
 
 import numpy as np
 
-ROLES = ("ego", "exo", "aerial", "ground")
+from vggts_ros.config import ROLES  # noqa: F401  (camera roles, declared with the camera settings)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vggts_ros.stream import StreamState, StreamStep
+
 # Targets whose view is wide and far away get the square crop around the projected
 # points before decoding; close views are resized whole (SPEC pipeline step 3).
 CROPPED_ROLES = ("exo", "aerial", "ground")
@@ -47,11 +51,27 @@ class SegmentationResult:
 
 
 class Segmentor(Protocol):
-    """Any backend that finds the source object in other views."""
+    """Any backend that finds the source object in other views (the VGGT-S pipeline, the
+    weight-free geometric backend, a test backend). Every method a caller uses is here.
+
+    ``init_stream()`` returns the caller-owned state of one stream
+    (:class:`vggts_ros.stream.StreamState`); ``segment_objects(..., state=, step=)`` uses it
+    for one synchronised set (a :class:`vggts_ros.stream.StreamStep`); without them a call is
+    stateless. ``result[o][t]`` is object ``o`` in target ``t``.
+    """
 
     name: str
+
+    def init_stream(self) -> "StreamState":
+        ...
 
     def segment(
         self, source_image: np.ndarray, source_mask: np.ndarray, targets: Sequence[TargetView]
     ) -> List[SegmentationResult]:
+        ...
+
+    def segment_objects(
+        self, source_image: np.ndarray, masks: Sequence[np.ndarray], targets: Sequence[TargetView],
+        *, state: Optional["StreamState"] = None, step: Optional["StreamStep"] = None,
+    ) -> List[List[SegmentationResult]]:
         ...

@@ -272,7 +272,7 @@ def test_model_dtype_in_a_params_file_becomes_inference_precision_with_a_warning
     assert cfg.inference.precision == "bf16" and cfg.model.dtype == ""
     assert [r.getMessage() for r in caplog.records] == [
         "model.dtype is deprecated: use inference.precision (model.dtype: bfloat16 is inference.precision: bf16)"]
-    assert cfg.pipeline().precision == "bf16"
+    assert cfg.inference.pipeline().precision == "bf16"
     # mapped once: the folded configuration round-trips without a second warning
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="vggts_ros.config"):
