@@ -382,3 +382,17 @@ def test_points_msg_fills_fields_added_to_the_msg_later(monkeypatch):
     back = bags.deserialize(bags.serialize(msg), "vggts_ros/msg/ProjectedPoints")
     (o,) = back.objects
     assert (o.object_id, o.label, o.reason, o.path, len(o.extra)) == (7, "cup", "3 feature matches", "", 0)
+
+
+def test_replay_set_tunes_the_geometric_backend(data, tmp_path):
+    """--set NAME=VALUE (node parameter names) reaches the backend the replay builds: an
+    unreachable match count with the fallback off leaves every mask empty, with its reason;
+    without a params file the backend stays the weight-free default."""
+    report = tmp_path / "r.json"
+    assert run_replay(data, tmp_path / "s.mcap", "--set", "model.geometric.min_matches=1000000",
+                      "--set", "model.geometric.fallback=false", "--report", str(report)) == 0
+    rows = json.loads(report.read_text())["results"]
+    assert json.loads(report.read_text())["backend"] == "geometric"
+    assert rows and all(r["area"] == 0 and "matches" in r["reason"] for r in rows), rows[:3]
+    assert run_replay(data, tmp_path / "d.mcap", "--report", str(report)) == 0
+    assert any(r["area"] > 0 for r in json.loads(report.read_text())["results"])
