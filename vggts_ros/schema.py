@@ -20,8 +20,9 @@ bool       ``true``/``false`` or the strings true/false/yes/no/on/off (any case)
 int        integers, integral floats (``2.0``) and numeric strings (``"3"``, ``"1e3"``); not bool
 float      numbers and numeric strings (YAML 1.1 reads ``5e-5`` as a string); not bool
 str        strings only
-lists      any sequence, element by element; a single value becomes a one-element list
-           (``Tuple[X, ...]`` / ``List[X]``); fixed tuples need exactly their length
+lists      any sequence, element by element; a single value becomes a one-element list and
+           null an empty one (ROS reads ``[]`` in a params file as "not set") for
+           ``List[X]``/``Tuple[X, ...]``; fixed tuples need exactly their length
 Optional   ``None`` (YAML ``null``) accepted
 dataclass  a mapping, through :func:`from_dict`
 ========== ==================================================================================
@@ -159,6 +160,11 @@ def _number(value: Any) -> Optional[float]:
     return None
 
 
+def _fixed(origin: Any, args: Tuple[Any, ...]) -> bool:
+    """A fixed-length tuple annotation (``Tuple[int, int]``, not ``Tuple[int, ...]``)."""
+    return origin is tuple and not (len(args) == 2 and args[1] is Ellipsis)
+
+
 def coerce(value: Any, annotation: Any, name: str) -> Any:
     """``value`` converted to ``annotation`` by the rules of the module docstring; a
     ValueError naming ``name`` and the value when it does not fit."""
@@ -170,6 +176,8 @@ def coerce(value: Any, annotation: Any, name: str) -> Any:
             return None
         rest = [a for a in args if a is not type(None)]
         return coerce(value, rest[0], name) if len(rest) == 1 else value
+    if value is None and origin in (list, tuple) and not _fixed(origin, args):
+        return [] if origin is list else ()  # ROS reads an empty YAML list as "not set"
     if value is None:
         raise ValueError(f"{name}: a value is required, got null")
     if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
@@ -197,7 +205,7 @@ def coerce(value: Any, annotation: Any, name: str) -> Any:
             raise ValueError(f"{name}: expected a string, got {value!r}")
         return value
     if origin in (list, tuple):
-        fixed = origin is tuple and not (len(args) == 2 and args[1] is Ellipsis)
+        fixed = _fixed(origin, args)
         items = list(value) if _is_sequence(value) else None
         if items is None:
             if fixed:

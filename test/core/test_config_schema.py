@@ -244,6 +244,10 @@ def test_a_new_declaration_is_flattened_loaded_checked_and_overridden():
     flat = schema.flatten(_Tree())
     assert flat == {"section.mode": "a", "section.intrinsics": [], "section.note": None, "section.inner.gain": 1.0,
                     "section.inner.bins": (4, 8)}
+    # an empty list in a ROS params file arrives as None (not set): an empty list again
+    assert schema.from_dict(_Tree, schema.unflatten({**flat, "section.intrinsics": None})) == _Tree()
+    with pytest.raises(ValueError, match=r"section.inner.gain: a value is required, got null"):
+        schema.from_dict(_Tree, schema.unflatten({**flat, "section.inner.gain": None}))
     tree = schema.from_dict(_Tree, schema.unflatten({**flat, "section.intrinsics": ["500", 501, 320.5, 240],
                                                      "section.inner.bins": [2]}))
     assert tree.section.intrinsics == [500.0, 501.0, 320.5, 240.0] and tree.section.inner.bins == (2,)

@@ -144,8 +144,24 @@ class RunSection:
     worst_overlays: int = 8
 
 
+class SectionsFile:
+    """File round trip and ``section.key=value`` overrides of a configuration made of
+    sections (a subclass provides ``from_dict`` and ``to_dict``)."""
+
+    @classmethod
+    def load(cls, path: str):
+        return cls.from_dict(read_sections(path))
+
+    def save(self, path: str) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
+
+    def override(self, assignments: Sequence[str]):
+        """Apply ``section.key=value`` strings (values parsed as YAML: numbers, lists, null)."""
+        return type(self).from_dict(assign(self.to_dict(), assignments, EMPTY_SECTIONS))
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(SectionsFile):
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
@@ -164,17 +180,6 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"TrainConfig: unknown section(s) {unknown}; known: {sorted(known)}")
         return from_dict(cls, data, "").validate()
-
-    @classmethod
-    def load(cls, path: str) -> "TrainConfig":
-        return cls.from_dict(read_sections(path))
-
-    def save(self, path: str) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
-
-    def override(self, assignments: Sequence[str]) -> "TrainConfig":
-        """Apply ``section.key=value`` strings (values parsed as YAML: numbers, lists, null)."""
-        return TrainConfig.from_dict(assign(self.to_dict(), assignments, EMPTY_SECTIONS))
 
     # -- checks --------------------------------------------------------------------------
     def validate(self) -> "TrainConfig":

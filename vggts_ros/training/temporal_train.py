@@ -41,8 +41,8 @@ from ..models.temporal import TemporalConfig, TemporalMemory, load_temporal, sav
 from ..models.union_head.union_head import LOW_RES_CLAMP, UnionSegmentationHead
 from .clip_eval import OCCLUDED, clip_features, clip_inputs, context_rows, evaluate_clips, summarise  # noqa: F401
 from .clips import ClipSection, ImageClips, collate_clips
-from ..schema import assign, from_dict
-from .config import EMPTY_SECTIONS, DataSection, ModelSection, OptimSection, RunSection, TrainConfig, read_sections
+from ..schema import from_dict
+from .config import DataSection, ModelSection, OptimSection, RunSection, SectionsFile, TrainConfig
 from .losses import batch_iou, segmentation_loss
 from .pairs import EpochTaggedSampler
 from .runtime import DistEnv, FeatureExtractor, build_backbone, build_head, check_sizes, setup_distributed
@@ -70,7 +70,7 @@ class ModeSection:
 
 
 @dataclass
-class TemporalTrainConfig:
+class TemporalTrainConfig(SectionsFile):
     base: TrainConfig = field(default_factory=TrainConfig)
     clips: ClipSection = field(default_factory=ClipSection)
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
@@ -101,16 +101,6 @@ class TemporalTrainConfig:
             raise ValueError("mode.use_memory=false and mode.train_head=false leave nothing to train")
         return self
 
-    @classmethod
-    def load(cls, path: str) -> "TemporalTrainConfig":
-        return cls.from_dict(read_sections(path))
-
-    def save(self, path: str) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
-
-    def override(self, assignments: Sequence[str]) -> "TemporalTrainConfig":
-        """``section.key=value`` strings (YAML values) for any section."""
-        return TemporalTrainConfig.from_dict(assign(self.to_dict(), assignments, EMPTY_SECTIONS))
 
 
 def smoke_temporal_config(out_dir: str, data_root: str, use_memory: bool = True,
