@@ -32,3 +32,24 @@ def pipeline_config(inference: InferenceConfig, model: Optional[ModelConfig] = N
     for: the one mapping the node, ``vggts replay --params-file`` and the demo share
     (:meth:`InferenceConfig.pipeline`, with a deprecated ``model.dtype`` folded in)."""
     return precision_of(model or ModelConfig(), inference.pipeline())
+
+
+def warm_up(segmentor: Segmentor) -> float:
+    """Run ``segmentor`` once on a small synthetic pair (a textured box seen from two sides)
+    so that its first real call does not pay for lazy initialisation (imports, kernels,
+    allocator, caches). Returns the seconds it took."""
+    import time
+
+    import numpy as np
+
+    from vggts_ros.types import TargetView
+
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(0)
+    texture = np.kron(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), np.ones((10, 10, 1), np.uint8))
+    source = np.ascontiguousarray(texture)
+    target = np.ascontiguousarray(np.roll(texture, (6, 9), axis=(0, 1)))
+    mask = np.zeros(source.shape[:2], np.uint8)
+    mask[40:80, 50:110] = 1
+    segmentor.segment(source, mask, [TargetView(target, "exo", "warm_up")])
+    return time.perf_counter() - t0

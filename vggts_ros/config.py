@@ -358,6 +358,8 @@ class InferenceConfig:
     temporal: bool = param(False, **_TEMPORAL)
     memory_frames: int = param(6, **_MEMORY_FRAMES)
     temporal_weights: str = param("", **_TEMPORAL_WEIGHTS)
+    warm_up: bool = param(True, doc="run the backend once on a synthetic pair at start, so the first mask is not "
+                                    "slow")
 
     def pipeline(self, base: Optional[PipelineConfig] = None) -> PipelineConfig:
         """``base`` (default: the paper's recipe) with the settings this section shares

@@ -13,10 +13,12 @@ from vggts_ros import metrics  # noqa: E402
 from vggts_ros.config import InferenceConfig  # noqa: E402
 from vggts_ros.geometric import GeometricSegmentor  # noqa: E402
 from vggts_ros.ros.player import wait_until  # noqa: E402
+from vggts_ros.stream import StatelessSegmentor  # noqa: E402
 
 
-class FailsOnce:
-    """A real backend whose first call fails the way a CUDA OOM does."""
+class FailsOnce(StatelessSegmentor):
+    """A real backend whose first call on camera frames fails the way a CUDA OOM does (the
+    node's warm-up call at configure, on its synthetic pair, goes through)."""
 
     name = "geometric"
 
@@ -24,11 +26,13 @@ class FailsOnce:
         self.inner = GeometricSegmentor()
         self.calls = 0
 
-    def segment(self, *args, **kwargs):
+    def segment(self, image, mask, targets):
+        if all(t.name == "warm_up" for t in targets):
+            return self.inner.segment(image, mask, targets)
         self.calls += 1
         if self.calls == 1:
             raise RuntimeError("CUDA out of memory (injected)")
-        return self.inner.segment(*args, **kwargs)
+        return self.inner.segment(image, mask, targets)
 
 
 def test_inference_failure_is_counted_and_the_node_keeps_serving(graph_factory, scene):
