@@ -49,7 +49,7 @@ def test_core_modules_import_nothing_from_ros():
     mods = modules(REPO, PACKAGE)
     touches_ros = {m: sorted({n for n in imported_names(p, m) if is_ros(n, PACKAGE)}) for m, p in mods.items()}
     # the adapter really is where ROS is imported (the check sees it)
-    assert "rclpy" in touches_ros["vggts_ros.ros.node"]
+    assert any(n.split(".")[0] == "rclpy" for n in touches_ros["vggts_ros.ros.node"])
     offending = {}
     for module, names in touches_ros.items():
         if ros_facing(module):

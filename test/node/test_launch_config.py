@@ -97,7 +97,7 @@ def test_node_declares_exactly_the_config_parameters():
 
 
 def test_node_descriptors_deprecated_precision_and_geometric_settings(caplog):
-    """The node's descriptors are the declarations' (text, read-only, range); model.dtype is
+    """The node's descriptors are the declarations' (text, live or not, range); model.dtype is
     folded into inference.precision with a warning; model.geometric.* (arrays included)
     reach the geometric backend the node builds."""
     import logging
@@ -118,11 +118,12 @@ def test_node_descriptors_deprecated_precision_and_geometric_settings(caplog):
             assert (seg.ratio, seg.tilts, seg.colour_bins) == (0.7, (1.0, 3.0), (2, 8, 8))
             slop, ratio, backend, role = node.describe_parameters(
                 ["sync.slop", "model.geometric.ratio", "model.backend", "camera.exo1.role"])
-            assert slop.description == PARAMETERS["sync.slop"][0] and not slop.read_only
+            assert slop.description == PARAMETERS["sync.slop"][0]  # live: no read-only note
             assert (slop.floating_point_range[0].from_value, slop.floating_point_range[0].to_value) == (1e-6, 10.0)
-            assert ratio.read_only and ratio.floating_point_range[0].to_value == 1.0
-            assert backend.read_only and backend.description.startswith(PARAMETERS["model.backend"][0])
-            assert role.description.startswith("exo/aerial/ground targets are cropped") and role.read_only
+            assert ratio.description.startswith("Lowe's ratio test threshold (read-only")
+            assert ratio.floating_point_range[0].to_value == 1.0
+            assert backend.description.startswith(PARAMETERS["model.backend"][0] + " (read-only")
+            assert role.description.startswith("exo/aerial/ground targets are cropped")
             [bad] = node.set_parameters([Parameter("sync.slop", value=20.0)])
             assert not bad.successful and node.cfg.sync.slop == 0.05
         finally:
