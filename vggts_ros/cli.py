@@ -93,8 +93,7 @@ def node_settings(base: NodeConfig, flags: Dict[str, Any], sets: Optional[List[s
         settings = base.with_parameters(changes)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    errors = [e for section in ("sync", "model", "inference", "publish")
-              for e in field_errors(getattr(settings, section), section)]
+    errors = field_errors(settings)  # every section (the cameras are checked by NodeConfig.validate)
     if errors:
         raise UsageError("; ".join(errors))
     return settings

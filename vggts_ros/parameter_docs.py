@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from vggts_ros import config
-from vggts_ros.schema import Entry, parameters
+from vggts_ros.schema import Entry, parameters, type_hints
 
 REPO = Path(__file__).resolve().parent.parent
 PAGE = Path("docs") / "parameters.md"
@@ -28,10 +28,11 @@ REFERENCE_YAML = Path("config") / "multicam.yaml"
 def _entries() -> Dict[str, Entry]:
     """Every node parameter (``camera.<name>.*`` with the placeholder name), in the order
     the node declares them."""
-    out = dict(parameters(config.NodeConfig, skip=("sync", "model", "inference", "publish")))
+    everything = parameters(config.NodeConfig)
+    out = {"cameras": everything.pop("cameras")}
     out.update({f"camera.<name>.{k}": dataclasses.replace(e, name=f"camera.<name>.{k}")
                 for k, e in parameters(config.CameraConfig).items()})
-    out.update(parameters(config.NodeConfig, skip=("cameras",)))
+    out.update(everything)
     return out
 
 
@@ -41,11 +42,14 @@ def _group(name: str) -> str:
     return name.rpartition(".")[0]
 
 
-_GROUP_CLASSES = {
-    "cameras": config.CameraConfig, "sync": config.SyncConfig, "model": config.ModelConfig,
-    "model.geometric": config.GeometricConfig, "inference": config.InferenceConfig,
-    "publish": config.PublishConfig,
-}
+def _section_class(group: str):
+    """The dataclass declaring a group's parameters (``model.geometric`` -> GeometricConfig)."""
+    if group == "cameras":
+        return config.CameraConfig
+    cls = config.NodeConfig
+    for part in group.split("."):
+        cls = type_hints(cls)[part]
+    return cls
 
 
 def _value(value: Any) -> str:
@@ -112,7 +116,7 @@ def markdown() -> str:
     for group, entries in groups.items():
         title = "`cameras`, `camera.<name>.*`" if group == "cameras" else f"`{group}.*`"
         lines += [f"## {title}", ""]
-        intro = inspect.getdoc(_GROUP_CLASSES[group]) or ""
+        intro = inspect.getdoc(_section_class(group)) or ""
         if intro:
             lines += [_text(intro.split("\n\n")[0].replace("\n", " ")), ""]
         lines += ["| parameter | default | values | live | meaning |", "| --- | --- | --- | --- | --- |"]
