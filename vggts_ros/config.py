@@ -83,9 +83,37 @@ class TrackHeadConfig:
 
 
 @dataclass
+class CameraHeadConfig:
+    """VGGT camera head (``camera_head.*``): trunk of transformer blocks over the views'
+    camera tokens, refined ``iterations`` times."""
+
+    trunk_depth: int = 4
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    init_values: float = 0.01
+    iterations: int = 4
+
+
+@dataclass
+class DepthHeadConfig:
+    """VGGT depth head (``depth_head.*``): a DPT decoder with 2 output channels, ``exp``
+    depth and ``1 + exp`` confidence."""
+
+    features: int = 256
+    out_channels: List[int] = field(default_factory=lambda: [256, 512, 1024, 1024])
+    intermediate_layer_idx: List[int] = field(default_factory=lambda: [4, 11, 17, 23])
+    frames_chunk_size: int = 8
+
+
+@dataclass
 class BackboneConfig:
     aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
     track_head: TrackHeadConfig = field(default_factory=TrackHeadConfig)
+    # VGGT's camera and depth heads (``camera_head.*``, ``depth_head.*`` of model.pt); off:
+    # they are neither built nor loaded.
+    geometry_heads: bool = False
+    camera_head: CameraHeadConfig = field(default_factory=CameraHeadConfig)
+    depth_head: DepthHeadConfig = field(default_factory=DepthHeadConfig)
 
 
 @dataclass
@@ -147,6 +175,11 @@ class PipelineConfig:
     reuse_min_score: float = param(0.6, doc="stream reuse: a full pass when a score is below this")
     reuse_max_drop: float = param(0.1, doc="stream reuse: a full pass when a score fell more than this "
                                            "since the last full pass")
+    geometry_heads: bool = param(
+        False, doc="VGGT's camera and depth heads on the first pass's tokens (vggts_ros.geometry.camera)",
+        details="Each result then carries its target's and its source's ViewGeometry in frame pixels (depth, "
+                "confidence, intrinsics, pose relative to the source camera; unknown scale). Needs a backbone "
+                "with BackboneConfig.geometry_heads (the constructors build one).")
     backbone_dtype: str = param("", doc="", renamed_to="precision", value_map=_DTYPE_TO_PRECISION)
 
     def __post_init__(self) -> None:
@@ -378,6 +411,16 @@ class PublishConfig:
                                           "0 = max(2 periods, 3 x median set time)", range=(0.0, 1e6), live=True)
 
 
+@dataclass
+class ObjectsConfig:
+    """The objects the node follows, beyond its lifetime."""
+
+    state_dir: str = param("", doc="directory where objects are saved when they change and restored from at start "
+                                   "(survive a restart); empty = in memory only",
+                           details="One file per object, written atomically (`vggts_ros/object_store.py`); the "
+                                   "launch file sets one.")
+
+
 # ROS parameters the node accepts besides its own (never an error, never read).
 _FOREIGN = ("use_sim_time", "qos_overrides.")
 
@@ -389,6 +432,7 @@ class NodeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
+    objects: ObjectsConfig = field(default_factory=ObjectsConfig)
 
     def __post_init__(self) -> None:
         fold_renamed(self)  # model.dtype -> inference.precision, with a deprecation warning

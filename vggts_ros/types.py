@@ -14,6 +14,7 @@ import numpy as np
 from vggts_ros.config import ROLES  # noqa: F401  (camera roles, declared with the camera settings)
 
 if TYPE_CHECKING:  # pragma: no cover
+    from vggts_ros.geometry.camera import ViewGeometry
     from vggts_ros.stream import StreamState, StreamStep
 
 # Targets whose view is wide and far away get the square crop around the projected
@@ -48,6 +49,11 @@ class SegmentationResult:
     # "object_features" or "scene_homography+colour"), and why it is empty when it is.
     path: str = ""
     reason: str = ""
+    # VGGT's geometry heads (PipelineConfig.geometry_heads): the target camera's and the
+    # source camera's vggts_ros.geometry.camera.ViewGeometry, None when off (or when a
+    # reused target skipped the first pass).
+    geometry: Optional["ViewGeometry"] = None
+    source_geometry: Optional["ViewGeometry"] = None
 
 
 class Segmentor(Protocol):

@@ -180,3 +180,19 @@ def test_set_reaches_the_geometric_backend_and_bad_settings_are_named(tmp_path):
                           (["model.geometric.ratio"], "expected name=value")]:
         proc = run_cli(*base, "--out", str(tmp_path / "bad"), *[a for s in sets for a in ("--set", s)], cwd=tmp_path)
         assert message in one_line_error(proc), proc.stderr
+
+
+def test_segment_defaults_to_the_backend_that_needs_no_download(files):
+    """First contact: no checkpoints at hand, no --backend: the weight-free backend runs
+    (``auto``, as replay and demo choose); naming missing weights says how to do without."""
+    out = files["dir"] / "auto"
+    proc = run_cli("segment", "--source", str(files["source"]), "--source-mask", str(files["mask"]),
+                   "--target", str(files["exo"]), "--out", str(out), cwd=files["dir"])
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["backend"] == "geometric"
+    proc = run_cli("segment", "--source", str(files["source"]), "--source-mask", str(files["mask"]),
+                   "--target", str(files["exo"]), "--out", str(out), "--backend", "vggts",
+                   "--vggt-checkpoint", str(files["dir"] / "missing.pt"), "--head-checkpoint",
+                   str(files["dir"] / "missing.pth"), cwd=files["dir"])
+    line = one_line_error(proc)
+    assert "checkpoint file not found" in line and "--backend geometric" in line

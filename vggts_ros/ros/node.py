@@ -32,89 +32,38 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
-from geometry_msgs.msg import PointStamped
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from geometry_msgs.msg import Point, PointStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType, JumpThreshold
 from rclpy.duration import Duration
 from rclpy.exceptions import ParameterException
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
-from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CompressedImage, Image
 
 from vggts_ros.checkpoint import CheckpointError
-from vggts_ros.config import CAMERA_DEFAULTS, CAMERA_KEYS, CAMERA_PARAMETERS, PARAMETERS, NodeConfig
+from vggts_ros.config import NodeConfig
 from vggts_ros.frame_history import Frame, FrameHistory
-from vggts_ros.health import Health, Throttle
-from vggts_ros.intake import IntakeError, ObjectIntake
-from vggts_ros.registry import ObjectRegistry, RegistryError
+from vggts_ros.health import CameraEvents, Health, Throttle
+from vggts_ros.intake import ObjectIntake
+from vggts_ros.object_store import ObjectStore
+from vggts_ros.registry import ObjectRegistry
 from vggts_ros.ros import diagnostics
-from vggts_ros.ros.conversions import (ImageError, check_size, compressed_size, compressed_to_rgb, fill_image,
-                                       image_to_rgb, mask_from_image)
-from vggts_ros.ros.outputs import Outputs, latest_header
+from vggts_ros.ros.conversions import ReceivedImage, check_size
+from vggts_ros.ros.outputs import Outputs, mouse_topic
+from vggts_ros.ros.parameters import NodeParameters
+from vggts_ros.ros.services import ObjectServices, stamp_to_sec
 from vggts_ros.set_processor import SetProcessor, apply_advances
 from vggts_ros.srv import ClearObjects, ClickToMask, SetSourceMask
 from vggts_ros.sync import ApproximateTimeSync, SyncSet
 from vggts_ros.worker import LatestWorker
 
 _FRAMES_KEPT = 120  # per camera, whatever keyframe_history says (memory bound)
-_CAMERA_DEFAULTS = CAMERA_DEFAULTS  # declared with CameraConfig (vggts_ros/config.py)
 ERRORS = (ValueError, CheckpointError, RuntimeError)  # a configuration or backend that cannot start
-
-
-def stamp_to_sec(stamp) -> float:
-    return float(stamp.sec) + float(stamp.nanosec) * 1e-9
-
-
-@dataclass
-class ReceivedImage:
-    """A received camera message, decoded lazily (decoding costs time) and once."""
-
-    msg: Any
-    compressed: bool
-    max_pixels: int
-    _rgb: Optional[np.ndarray] = None
-
-    def rgb(self) -> np.ndarray:
-        if self._rgb is None:
-            self._rgb = (compressed_to_rgb(self.msg, self.max_pixels) if self.compressed
-                         else image_to_rgb(self.msg))
-        return self._rgb
-
-    def size(self) -> Optional[Tuple[int, int]]:
-        """(height, width) without decoding."""
-        return compressed_size(self.msg.data) if self.compressed else (int(self.msg.height), int(self.msg.width))
-
-    @property
-    def frame_id(self) -> str:
-        return self.msg.header.frame_id
-
-
-def _descriptor(name: str) -> ParameterDescriptor:
-    if name in PARAMETERS:
-        text, live, bounds = PARAMETERS[name]
-    else:  # camera.<name>.<key>
-        text, live, bounds = CAMERA_PARAMETERS[name.rsplit(".", 1)[-1]], False, None
-    desc = ParameterDescriptor(name=name, description=text + ("" if live else " (read-only once configured)"),
-                               dynamic_typing=name != "cameras")
-    if bounds is not None:
-        lo, hi = bounds
-        if isinstance(lo, int) and isinstance(hi, int):
-            desc.integer_range = [IntegerRange(from_value=lo, to_value=hi, step=0)]
-        else:
-            desc.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
-    return desc
-
-
-def _is_live(name: str) -> bool:
-    return name in PARAMETERS and PARAMETERS[name][1]
 
 
 class VGGTSNode(LifecycleNode):
@@ -136,19 +85,17 @@ class VGGTSNode(LifecycleNode):
         self._io: Optional[Tuple[Tuple, Outputs, Dict]] = None  # (camera config key, outputs, subscriptions)
         self._entities: List[Tuple[Any, Any]] = []  # (destroy, entity) made by activate
         self.worker: Optional[LatestWorker] = None
+        self.object_services = ObjectServices(self)
         self._io_group = ReentrantCallbackGroup()
         self._service_group = MutuallyExclusiveCallbackGroup()
         self._timer_group = MutuallyExclusiveCallbackGroup()
-        self.cfg = self._declare_parameters()
+        self.parameters = NodeParameters(self, managed, lambda: self.lifecycle_state not in ("unconfigured", "finalized"),
+                                         self._parameters_changed)
+        self.cfg = self.parameters.config()
         self._reset_state()
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_timer = None
         self._start_diagnostics()
-        if hasattr(self, "add_post_set_parameters_callback"):
-            self.add_on_set_parameters_callback(self._validate_parameters)
-            self.add_post_set_parameters_callback(self._apply_parameters)
-        else:  # Humble: no post-set callbacks; apply once validated
-            self.add_on_set_parameters_callback(self._validate_and_apply)
         if not managed:
             self.trigger_configure()
             if self._configure_error is not None:
@@ -163,6 +110,7 @@ class VGGTSNode(LifecycleNode):
         self.history = FrameHistory(names, inf.keyframe_history, _FRAMES_KEPT)
         self.health = Health(names, window=5.0, start=time.monotonic())
         self.throttle = Throttle(5.0)
+        self.camera_events = CameraEvents()
         self.sets_processed = 0
         self.sync: Optional[ApproximateTimeSync] = None
         self.intake = ObjectIntake(self.registry, self.history, names, max(self.cfg.sync.slop, 1e-3),
@@ -172,10 +120,11 @@ class VGGTSNode(LifecycleNode):
     def on_configure(self, state) -> TransitionCallbackReturn:
         self._configure_error = None
         try:
-            self._declare_cameras()
-            self.cfg = self._config_from_parameters()
+            self.parameters.declare_cameras()
+            self.cfg = self.parameters.config()
             self._reset_state()
             self._load()
+            self._restore_objects()
             self._create_io()
             self._start_diagnostics()
         except Exception as exc:  # noqa: BLE001 - reported; a plain node re-raises it (refused start)
@@ -232,6 +181,21 @@ class VGGTSNode(LifecycleNode):
         self.get_logger().info(f"backend {self.processor.backend} ready on {self.device} in "
                                f"{loaded + warm:.1f} s (load {loaded:.1f} s, warm-up {warm:.1f} s)")
 
+    def _restore_objects(self) -> None:
+        """``objects.state_dir``: the objects saved before a restart come back, and every
+        change is saved from now on (vggts_ros.object_store)."""
+        if not self.cfg.objects.state_dir:
+            return
+        store = ObjectStore(self.cfg.objects.state_dir)
+        ids, problems = store.restore_into(self.registry, {c.name: None for c in self.cfg.cameras})
+        for problem in problems:
+            self.get_logger().warning(f"objects.state_dir: {problem}")
+        if ids:
+            self.get_logger().info(f"restored {len(ids)} object(s) from {store.dir}: ids {ids}")
+        store.follow(self.registry, lambda: self.cfg.inference.source_mode,
+                     lambda error: self.get_logger().error(error))
+        self.health.objects_changed(len(self.registry), time.monotonic())
+
     def _unload(self) -> None:
         self.segmentor = self.processor = None
         self._reset_state()
@@ -257,9 +221,14 @@ class VGGTSNode(LifecycleNode):
                 CompressedImage if cam.compressed else Image, cam.topic,
                 lambda msg, name=cam.name: self._on_image(name, msg),
                 qos_profile_sensor_data, callback_group=self._io_group, qos_overriding_options=qos_options)
+        for cam in self.cfg.cameras:  # rqt_image_view's clicks on each camera's stream
+            subs[f"{cam.name}:mouse"] = self.create_subscription(
+                Point, mouse_topic(subs[cam.name].topic_name), self.object_services.mouse_click(cam.name), 10,
+                callback_group=self._service_group)
         if self._io is None:
-            self.create_subscription(PointStamped, "~/click", self._on_click, 10, callback_group=self._service_group)
-        self.topics = {name: sub.topic_name for name, sub in subs.items()}
+            self.create_subscription(PointStamped, "~/click", self.object_services.click, 10,
+                                     callback_group=self._service_group)
+        self.topics = {c.name: subs[c.name].topic_name for c in self.cfg.cameras}
         self.intake.topics = dict(self.topics)
         self.get_logger().info("cameras: " + ", ".join(
             f"{c.name} ({c.role}{', required' if c.required else ''}, {self.topics[c.name]})" for c in self.cfg.cameras))
@@ -278,11 +247,11 @@ class VGGTSNode(LifecycleNode):
         before = {kind: set(getattr(self, kind)) for kind in ("services", "timers")}
         s = self.cfg.sync
         self.sync = ApproximateTimeSync.from_config(s, self.cfg.cameras)
-        self.create_service(SetSourceMask, "~/set_source_mask", self._on_set_source_mask,
+        self.create_service(SetSourceMask, "~/set_source_mask", self.object_services.set_source_mask,
                             callback_group=self._service_group)
-        self.create_service(ClearObjects, "~/clear_objects", self._on_clear_objects,
+        self.create_service(ClearObjects, "~/clear_objects", self.object_services.clear_objects,
                             callback_group=self._service_group)
-        self.create_service(ClickToMask, "~/click_to_mask", self._on_click_to_mask,
+        self.create_service(ClickToMask, "~/click_to_mask", self.object_services.click_to_mask_service,
                             callback_group=self._service_group)
         self.create_timer(0.1, self._on_poll, callback_group=self._timer_group, clock=self._steady)
         jump = self.get_clock().create_jump_callback(
@@ -316,91 +285,8 @@ class VGGTSNode(LifecycleNode):
                                              clock=self._steady)
 
     # ------------------------------------------------------------------ parameters
-    def _declare_parameters(self) -> NodeConfig:
-        """Declare every parameter (unknown overrides are refused) and return the configuration."""
-        defaults = NodeConfig().to_parameters()
-        self.declare_parameter("cameras", Parameter.Type.STRING_ARRAY, _descriptor("cameras"))
-        for key, default in defaults.items():
-            if key != "cameras":
-                self.declare_parameter(key, default, _descriptor(key))
-        self._declare_cameras()
-        overrides = getattr(self, "_parameter_overrides", {}) or {}
-        unknown = sorted(k for k in overrides if not self.has_parameter(k) and k != "use_sim_time"
-                         and not k.startswith("qos_overrides."))
-        if unknown:
-            raise ValueError(f"unknown vggts parameter(s): {unknown}")
-        return self._config_from_parameters()
-
-    def _declare_cameras(self) -> None:
-        for name in self.get_parameter("cameras").value or []:
-            for key in CAMERA_KEYS:
-                full = f"camera.{name}.{key}"
-                if not self.has_parameter(full):
-                    self.declare_parameter(full, _CAMERA_DEFAULTS[key], _descriptor(full))
-
-    def _flat_parameters(self) -> Dict[str, Any]:
-        names = list(self.get_parameter("cameras").value or [])
-        flat: Dict[str, Any] = {"cameras": names}
-        for key in NodeConfig().to_parameters():
-            if key != "cameras":
-                flat[key] = self.get_parameter(key).value
-        for name in names:
-            for key in CAMERA_KEYS:
-                full = f"camera.{name}.{key}"
-                flat[full] = self.get_parameter(full).value if self.has_parameter(full) else _CAMERA_DEFAULTS[key]
-        return flat
-
-    def _config_from_parameters(self, changes=()) -> NodeConfig:
-        """The configuration of the current parameter values with ``changes`` applied."""
-        flat = self._flat_parameters()
-        for p in changes:
-            flat[p.name] = p.value
-        if "cameras" in {p.name for p in changes}:  # cameras named only now: their defaults
-            for name in flat["cameras"] or []:
-                for key in CAMERA_KEYS:
-                    flat.setdefault(f"camera.{name}.{key}", _CAMERA_DEFAULTS[key])
-        flat = {k: v for k, v in flat.items() if not k.startswith("camera.") or k.split(".")[1] in flat["cameras"]}
-        cfg = NodeConfig.from_parameters(flat)
-        for cam in cfg.cameras:
-            cam.topic = cam.resolved_topic()
-        return cfg.validate()
-
-    @staticmethod
-    def _mine(params) -> list:
-        return [p for p in params if p.name in PARAMETERS or p.name.startswith("camera.")]
-
-    def _validate_parameters(self, params) -> SetParametersResult:
-        mine = self._mine(params)
-        if not mine:
-            return SetParametersResult(successful=True)
-        if self.lifecycle_state not in ("unconfigured", "finalized"):
-            fixed = [p.name for p in mine if not _is_live(p.name)]
-            if fixed:
-                how = "deactivate and clean up the lifecycle node first" if self.managed else "restart the node"
-                return SetParametersResult(successful=False, reason=(
-                    f"read-only while the node is configured: {', '.join(fixed)} ({how} to change it)"))
-        try:
-            self._config_from_parameters(mine)
-        except ValueError as exc:
-            return SetParametersResult(successful=False, reason=str(exc))
-        return SetParametersResult(successful=True)
-
-    def _validate_and_apply(self, params) -> SetParametersResult:
-        result = self._validate_parameters(params)
-        if result.successful:
-            self._apply_parameters(params, pending=True)
-        return result
-
-    def _apply_parameters(self, params, pending: bool = False) -> None:
-        """Live parameters take effect at once; the others at the next configure."""
-        mine = self._mine(params)
-        if not mine:
-            return
-        if self.lifecycle_state in ("unconfigured", "finalized"):
-            if any(p.name == "cameras" for p in mine) and not pending:
-                self._declare_cameras()  # the new cameras' parameters, settable before configure
-            return
-        cfg = self._config_from_parameters(mine if pending else ())
+    def _parameters_changed(self, cfg: NodeConfig, changed: list) -> None:
+        """Live parameters take effect at once (the others wait for the next configure)."""
         cfg.model.device = self.cfg.model.device
         s, inf = cfg.sync, cfg.inference
         if self.sync is not None:
@@ -411,7 +297,7 @@ class VGGTSNode(LifecycleNode):
         if self.processor is not None:
             self.processor.source_mode, self.processor.stale_after = inf.source_mode, s.stale_after
         self.cfg = cfg
-        self.get_logger().info("parameters changed: " + ", ".join(f"{p.name}={p.value!r}" for p in mine))
+        self.get_logger().info("parameters changed: " + ", ".join(f"{p.name}={p.value!r}" for p in changed))
 
     # ------------------------------------------------------------------ camera input
     def _on_image(self, camera: str, msg) -> None:
@@ -466,106 +352,10 @@ class VGGTSNode(LifecycleNode):
                 self.health.replaced += 1
 
     # ------------------------------------------------------------------ objects
-    def _answer(self, what: str, ok: bool, message: str) -> None:
-        if ok:
-            self.get_logger().info(f"{what}: {message}")
-        else:
-            self.get_logger().warning(f"{what} refused: {message[:500]}")
-
-    def _on_set_source_mask(self, request, response):
-        try:
-            m = request.mask
-            self.intake.camera(request.camera)
-            self.intake.check(request.object_id, request.label)
-            problem = check_size(int(m.height), int(m.width), self.cfg.inference.max_image_pixels, "mask")
-            if problem:
-                raise IntakeError(f"bad mask image: {problem}")
-            accepted = self.intake.set_mask(request.camera, lambda: mask_from_image(m), stamp_to_sec(request.stamp),
-                                            request.object_id, request.label, (int(m.height), int(m.width)))
-            self._objects_changed()
-            response.success, response.message, response.object_id = True, accepted.message, accepted.object.object_id
-            response.frame_stamp = accepted.frame.payload.msg.header.stamp
-        except IntakeError as exc:
-            response.success, response.message, response.object_id = False, str(exc), 0
-        except Exception as exc:  # noqa: BLE001 - the node must answer, whatever went wrong
-            self.get_logger().error(f"set_source_mask failed: {type(exc).__name__}: {exc}")
-            response.success, response.message, response.object_id = False, f"internal error: {type(exc).__name__}: {exc}", 0
-        self._answer("set_source_mask", response.success, response.message)
-        return response
-
     def click_to_mask(self, camera: str, points=None, labels=None, box=None, object_id: int = 0, label: str = ""):
         """Points/box on a camera's newest frame -> GrabCut mask -> a stored object.
         Returns (accepted, mask); raises IntakeError naming the problem."""
-        accepted, mask = self.intake.click(camera, points, labels, box, object_id, label)
-        self._objects_changed()
-        return accepted, mask
-
-    def _on_click(self, msg) -> None:
-        """``~/click``: ``header.frame_id`` names the camera (its name, or the ``frame_id`` of its
-        images), ``point.x, point.y`` a pixel on the object in that camera's newest frame."""
-        if not self._active:
-            self.get_logger().warning("click ignored: the node is not active")
-            return
-        try:
-            ok, message = True, self.click_to_mask(msg.header.frame_id, [(msg.point.x, msg.point.y)])[0].message
-        except IntakeError as exc:
-            ok, message = False, str(exc)
-        except Exception as exc:  # noqa: BLE001 - a bad click must not take the node down
-            ok, message = False, f"internal error: {type(exc).__name__}: {exc}"
-        self._answer("click", ok, message)
-        level = diagnostics.OK if ok else diagnostics.WARN
-        self._diag_pub.publish(diagnostics.array(self.get_clock().now().to_msg(), [diagnostics.status(
-            level, self.status_name("click"), message if ok else f"click refused: {message}", {})]))
-
-    def _on_click_to_mask(self, request, response):
-        pts = np.asarray(request.points, np.float64)
-        try:
-            if len(pts) % 2:
-                raise IntakeError(f"points must be x, y pairs; got {len(pts)} numbers")
-            accepted, mask = self.click_to_mask(
-                request.camera, pts.reshape(-1, 2).tolist() if len(pts) else None,
-                list(request.labels) if len(request.labels) else None,
-                list(request.box) if len(request.box) else None, request.object_id, request.label)
-            response.success, response.message, response.object_id = True, accepted.message, accepted.object.object_id
-            response.frame_stamp = accepted.frame.payload.msg.header.stamp
-            fill_image(response.mask, mask.astype(np.uint8) * 255, "mono8")
-        except IntakeError as exc:
-            response.success, response.message, response.object_id = False, str(exc), 0
-        except Exception as exc:  # noqa: BLE001 - the node must answer, whatever went wrong
-            response.success, response.message, response.object_id = False, f"internal error: {type(exc).__name__}: {exc}", 0
-        self._answer("click_to_mask", response.success, response.message)
-        return response
-
-    def _objects_changed(self) -> None:
-        self.health.objects_changed(len(self.registry), time.monotonic())
-
-    def _on_clear_objects(self, request, response):
-        oid = int(request.object_id)
-        try:
-            with self.registry.lock:
-                removed = self.registry.clear(oid)
-                for gone in removed:
-                    self.processor.remove_object(gone)
-                self._publish_cleared()
-            response.success = True
-            response.message = f"cleared {len(removed)} object(s)" if oid == 0 else f"cleared object {oid}"
-        except RegistryError as exc:
-            response.success, response.message = False, str(exc)
-        if response.success:
-            self._objects_changed()
-            if not len(self.registry):
-                self.worker.discard()
-        self.get_logger().info(f"clear_objects: {response.message}")
-        return response
-
-    def _publish_cleared(self) -> None:
-        """Cameras that no remaining object will update get an empty output (their newest
-        frame's stamp)."""
-        _, objects = self.registry.snapshot()
-        track = self.cfg.inference.source_mode == "track"
-        still = {c.name for c in self.cfg.cameras for o in objects if o.camera != c.name or track}
-        self.outputs.publish_cleared(self.outputs.published_on - still,
-                                     lambda camera: latest_header(self.history, self.processor.sizes, camera))
+        return self.object_services.click_to_mask(camera, points, labels, box, object_id, label)
 
     # ------------------------------------------------------------------ inference
     def _on_failure(self, item: SyncSet, exc: BaseException) -> None:
@@ -655,6 +445,13 @@ class VGGTSNode(LifecycleNode):
                 backend=processor.backend if processor is not None else "", lifecycle_state=self.lifecycle_state)]
             statuses += diagnostics.camera_statuses(self.status_name, now=now, cfg=self.cfg, health=self.health,
                                                     sync=self.sync, sizes=processor.sizes, topics=self.topics)
+            sizes = {c.name: processor.sizes.size(c.name) for c in self.cfg.cameras}
+            for level, line in self.camera_events.update(self.sync.stale_cameras(now), dict(processor.sizes.changes),
+                                                         sizes, self.sync.stale_limits()):
+                if level == diagnostics.WARN:  # rclpy: one severity per call site
+                    self.get_logger().warning(line)
+                else:
+                    self.get_logger().info(line)
         self._diag_pub.publish(diagnostics.array(self.get_clock().now().to_msg(), statuses))
 
     # ------------------------------------------------------------------ stopping
