@@ -164,8 +164,9 @@ class VGGTSNode(LifecycleNode):
         segmentor = self._given
         self.device = "cpu"
         if segmentor is None:
-            self.device = resolve_device(self.cfg.model.device)
-            self.cfg.model.device = self.device
+            if self.cfg.model.backend == "vggts":  # the weight-free backend never imports torch
+                self.device = resolve_device(self.cfg.model.device)
+                self.cfg.model.device = self.device
             segmentor = create_segmentor(self.cfg.model, pipeline_config(self.cfg.inference, self.cfg.model))
         loaded = time.monotonic() - t0
         warm = 0.0
@@ -371,6 +372,8 @@ class VGGTSNode(LifecycleNode):
 
     @staticmethod
     def _release_cuda_memory() -> None:
+        if "torch" not in sys.modules:  # nothing to release (and no reason to import it)
+            return
         try:
             import torch
 
