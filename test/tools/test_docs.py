@@ -31,7 +31,6 @@ SHELL_LANGS = {"bash", "sh", "shell", "console", "zsh"}
 # Pages other engineers write (linked from the index and the README); a link to one of them
 # may dangle until it lands. Remove an entry once its page is on main.
 PENDING_PAGES = {
-    "docs/parameters.md": "generated from the configuration (issue 19, item 5)",
     "docs/ros_distributions.md": "Humble/Jazzy/Kilted (issue 21)",
     "docs/performance.md": "full-size figures on a GPU (issue 23)",
     "docs/propagation.md": "masks at camera rate (issue 22)",
