@@ -97,6 +97,31 @@ def image_msg(array: np.ndarray, encoding: str, stamp_ns: int, frame_id: str = "
                  data=array.reshape(-1).view(np.uint8))
 
 
+def depth_msg(depth: np.ndarray, encoding: str, stamp_ns: int, frame_id: str = ""):
+    """``sensor_msgs/msg/Image`` of a depth map in metres (NaN = no reading) as REP 118
+    publishes it: ``32FC1`` (metres) or ``16UC1`` (millimetres)."""
+    from vggts_ros.geometry.depth import encode_depth
+
+    arr = encode_depth(depth, encoding)
+    Image = typestore().types[IMAGE]
+    return Image(header=header(stamp_ns, frame_id), height=int(arr.shape[0]), width=int(arr.shape[1]),
+                 encoding=encoding, is_bigendian=0, step=int(arr.shape[1] * arr.itemsize),
+                 data=arr.reshape(-1).view(np.uint8))
+
+
+def camera_info_msg(K: np.ndarray, size: Tuple[int, int], stamp_ns: int, frame_id: str = ""):
+    """``sensor_msgs/msg/CameraInfo`` of a pinhole camera without distortion (``K`` 3x3,
+    ``size`` = (width, height)); ``P = [K | 0]``."""
+    K = np.asarray(K, np.float64).reshape(3, 3)
+    P = np.hstack([K, np.zeros((3, 1))])
+    ts = typestore()
+    Info = ts.types["sensor_msgs/msg/CameraInfo"]
+    Roi = ts.types["sensor_msgs/msg/RegionOfInterest"]
+    return Info(header=header(stamp_ns, frame_id), height=int(size[1]), width=int(size[0]), distortion_model="plumb_bob",
+                d=np.zeros(5), k=K.reshape(-1), r=np.eye(3).reshape(-1), p=P.reshape(-1), binning_x=0, binning_y=0,
+                roi=Roi(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
+
+
 def compressed_msg(rgb: np.ndarray, stamp_ns: int, frame_id: str = "", fmt: str = "png"):
     """``sensor_msgs/msg/CompressedImage`` of an RGB image (PNG or JPEG)."""
     import cv2

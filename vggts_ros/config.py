@@ -198,7 +198,7 @@ _DATACLASSES = {
 # ---------------------------------------------------------------------------------------
 
 SOURCE_MODES = ("keyframe", "track")
-CAMERA_KEYS = ("topic", "role", "compressed", "required")
+CAMERA_KEYS = ("topic", "role", "compressed", "required", "depth_topic", "intrinsics", "pose")
 DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("float32", "bfloat16")
 PRECISION_MODES = ("float32", "tf32", "bf16", "release", "float64")  # vggts_ros.precision
@@ -213,6 +213,14 @@ class CameraConfig:
     role: str = "exo"
     compressed: bool = False
     required: bool = False  # sets are never made without this camera
+    # Objects in 3D (vggts_ros.geometry): a registered depth topic (sensor_msgs/Image 32FC1
+    # metres or 16UC1 millimetres, aligned to this camera's colour image; "" = none), the
+    # intrinsics (fx, fy, cx, cy in the colour image's pixels; empty = from the camera_info
+    # beside the image topic) and the camera's static pose in geometry.frame (x y z qx qy qz qw
+    # of its optical frame; empty = unknown).
+    depth_topic: str = ""
+    intrinsics: List[float] = field(default_factory=list)
+    pose: List[float] = field(default_factory=list)
 
     def resolved_topic(self) -> str:
         """The topic as given, else ``<name>/image_raw[/compressed]``, relative so that a
@@ -259,12 +267,24 @@ class PublishConfig:
 
 
 @dataclass
+class GeometryConfig:
+    """Objects in 3D (docs/geometry.md): per camera from its depth topic or VGGT's depth head,
+    fused over the cameras whose poses are known (camera.<name>.pose or VGGT's camera head)."""
+
+    enabled: bool = True  # objects in 3D for the cameras with depth (depth_topic or vggt_heads)
+    vggt_heads: bool = False  # VGGT's camera and depth heads (model.backend vggts): depth and poses
+    baseline: str = ""  # "cam_a,cam_b,metres": a known distance that makes VGGT's geometry metric
+    frame: str = ""  # fused reference frame: a camera name (its optical frame) or a frame the poses are in; "" = first camera
+
+
+@dataclass
 class NodeConfig:
     cameras: List[CameraConfig] = field(default_factory=list)
     sync: SyncConfig = field(default_factory=SyncConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
 
     def camera(self, name: str) -> CameraConfig:
         for cam in self.cameras:
@@ -337,9 +357,61 @@ class NodeConfig:
             errors.append(f"publish.diagnostics_period must be > 0, got {self.publish.diagnostics_period}")
         if self.publish.stall_timeout < 0:
             errors.append(f"publish.stall_timeout must be >= 0, got {self.publish.stall_timeout}")
+        errors += self._geometry_errors(names, topics)
         if errors:
             raise ValueError("invalid vggts configuration:\n  " + "\n  ".join(errors))
         return self
+
+    def reference_frame(self) -> str:
+        """``geometry.frame``, or the first camera's name when it is empty."""
+        return self.geometry.frame or (self.cameras[0].name if self.cameras else "")
+
+    def _geometry_errors(self, names: List[str], topics: List[str]) -> List[str]:
+        """Depth topics, intrinsics, poses and the baseline (objects in 3D)."""
+        import math
+
+        errors = []
+        norm = lambda t: "/" + t.strip("/")  # noqa: E731 - relative and absolute names of one topic
+        images = {norm(t) for t in topics}
+        depth_topics = [c.depth_topic for c in self.cameras if c.depth_topic]
+        for cam in self.cameras:
+            key = f"camera.{cam.name}"
+            if cam.depth_topic and norm(cam.depth_topic) in images:
+                errors.append(f"{key}.depth_topic: {cam.depth_topic!r} is a camera image topic; give the "
+                              "registered depth image's topic (e.g. <camera>/aligned_depth_to_color/image_raw)")
+            if cam.depth_topic and depth_topics.count(cam.depth_topic) > 1:
+                errors.append(f"{key}.depth_topic: {cam.depth_topic!r} is the depth topic of several cameras")
+            if cam.intrinsics:
+                v = cam.intrinsics
+                if len(v) != 4:
+                    errors.append(f"{key}.intrinsics: needs 4 numbers fx, fy, cx, cy (or empty for camera_info), "
+                                  f"got {len(v)}: {list(v)}")
+                elif not all(math.isfinite(x) for x in v) or v[0] <= 0 or v[1] <= 0:
+                    errors.append(f"{key}.intrinsics: fx and fy must be positive and all four finite, got {list(v)}")
+            if cam.pose:
+                v = cam.pose
+                if len(v) != 7:
+                    errors.append(f"{key}.pose: needs 7 numbers x y z qx qy qz qw (the camera's optical frame in "
+                                  f"geometry.frame; empty = unknown), got {len(v)}: {list(v)}")
+                elif not all(math.isfinite(x) for x in v):
+                    errors.append(f"{key}.pose: every number must be finite, got {list(v)}")
+                elif abs(math.sqrt(sum(x * x for x in v[3:])) - 1.0) > 1e-3:
+                    errors.append(f"{key}.pose: the quaternion (qx qy qz qw) {list(v[3:])} is not a unit quaternion "
+                                  f"(norm {math.sqrt(sum(x * x for x in v[3:])):.4g})")
+        g = self.geometry
+        if g.vggt_heads and self.model.backend != "vggts":
+            errors.append(f"geometry.vggt_heads needs model.backend vggts (the {self.model.backend} backend has no "
+                          "camera or depth head)")
+        if g.baseline:
+            from vggts_ros.geometry.scale import ScaleError, check_baseline, parse_baseline
+
+            try:
+                check_baseline(parse_baseline(g.baseline), names)
+            except ScaleError as exc:
+                errors.append(str(exc))
+        if g.frame and g.frame != g.frame.strip():
+            errors.append(f"geometry.frame: {g.frame!r} has leading or trailing spaces")
+        return errors
 
     # -- flat ROS parameters ------------------------------------------------------------
 
@@ -351,7 +423,11 @@ class NodeConfig:
             params[f"camera.{cam.name}.role"] = cam.role
             params[f"camera.{cam.name}.compressed"] = cam.compressed
             params[f"camera.{cam.name}.required"] = cam.required
-        for section in ("sync", "model", "inference", "publish"):
+            params[f"camera.{cam.name}.depth_topic"] = cam.depth_topic
+            # "" for empty: a ROS parameters file cannot hold an empty list ([] is "not set")
+            params[f"camera.{cam.name}.intrinsics"] = [float(v) for v in cam.intrinsics] or ""
+            params[f"camera.{cam.name}.pose"] = [float(v) for v in cam.pose] or ""
+        for section in ("sync", "model", "inference", "publish", "geometry"):
             for key, value in dataclasses.asdict(getattr(self, section)).items():
                 params[f"{section}.{key}"] = value
         return params
@@ -369,7 +445,7 @@ class NodeConfig:
                 if full in params:
                     setattr(cam, key, params.pop(full))
             cameras.append(cam)
-        sections: Dict[str, Dict[str, Any]] = {"sync": {}, "model": {}, "inference": {}, "publish": {}}
+        sections: Dict[str, Dict[str, Any]] = {"sync": {}, "model": {}, "inference": {}, "publish": {}, "geometry": {}}
         unknown = []
         for key, value in params.items():
             head, _, rest = key.partition(".")
@@ -385,6 +461,7 @@ class NodeConfig:
             raise ValueError(f"unknown vggts parameter(s): {sorted(unknown)}")
         typed = {
             "sync": SyncConfig, "model": ModelConfig, "inference": InferenceConfig, "publish": PublishConfig,
+            "geometry": GeometryConfig,
         }
         built = {}
         for section, values in sections.items():
@@ -401,6 +478,9 @@ class NodeConfig:
             cam.required = _coerce(cam.required, False, f"camera.{cam.name}.required")
             cam.topic = _coerce(cam.topic, "", f"camera.{cam.name}.topic")
             cam.role = _coerce(cam.role, "", f"camera.{cam.name}.role")
+            cam.depth_topic = _coerce(cam.depth_topic, "", f"camera.{cam.name}.depth_topic")
+            cam.intrinsics = _numbers(cam.intrinsics, f"camera.{cam.name}.intrinsics")
+            cam.pose = _numbers(cam.pose, f"camera.{cam.name}.pose")
         return cls(cameras=cameras, **built)
 
 
@@ -447,12 +527,24 @@ PARAMETERS: Dict[str, Tuple[str, bool, Optional[Tuple[float, float]]]] = {
     "publish.diagnostics_period": ("s between /diagnostics messages", False, (1e-2, 3600.0)),
     "publish.stall_timeout": ("s without output (objects set) before ERROR; 0 = max(2 periods, 3 x median set time)",
                               True, (0.0, 1e6)),
+    "geometry.enabled": ("objects in 3D for the cameras with depth (camera.<name>.depth_topic or "
+                         "geometry.vggt_heads)", False, None),
+    "geometry.vggt_heads": ("VGGT's camera and depth heads (model.backend vggts): depth and poses of every camera",
+                            False, None),
+    "geometry.baseline": ("'cam_a,cam_b,metres': known distance between two cameras (metric scale for VGGT's "
+                          "geometry without a depth topic); empty = none", False, None),
+    "geometry.frame": ("fused objects' frame: a camera name (its optical frame) or the frame camera.<name>.pose "
+                       "is given in; empty = the first camera", False, None),
 }
 CAMERA_PARAMETERS = {
     "topic": "image topic (relative names resolve in the node namespace)",
     "role": "ego | exo | aerial | ground",
     "compressed": "sensor_msgs/CompressedImage instead of Image",
     "required": "sets are never made without this camera",
+    "depth_topic": "registered depth image (32FC1 metres or 16UC1 millimetres, aligned to the colour image); "
+                   "empty = none",
+    "intrinsics": "fx, fy, cx, cy in the colour image's pixels; empty = from the camera_info beside the image topic",
+    "pose": "x y z qx qy qz qw: the camera's optical frame in geometry.frame (static extrinsics); empty = unknown",
 }
 
 
@@ -477,6 +569,25 @@ def _coerce(value: Any, default: Any, name: str) -> Any:
             raise ValueError(f"{name}: expected a string, got {value!r}")
         return value
     return value
+
+
+def _numbers(value: Any, name: str) -> List[float]:
+    """A list of numbers given as a list (ROS double or integer array), a string of numbers
+    separated by spaces or commas, or empty ("", None, [])."""
+    if value is None or (isinstance(value, (str, list, tuple)) and len(value) == 0):
+        return []
+    items = value.replace(",", " ").split() if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ValueError(f"{name}: expected a list of numbers, got {value!r}")
+    out = []
+    for item in items:
+        try:
+            if isinstance(item, bool):
+                raise ValueError
+            out.append(float(item))
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: {item!r} is not a number (in {value!r})") from None
+    return out
 
 
 def flatten_parameters(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, List, Optional, Protocol, Sequence
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
+    from vggts_ros.geometry.objects3d import Object3D
     from vggts_ros.stream import StreamState, StreamStep
 
 ROLES = ("ego", "exo", "aerial", "ground")
@@ -47,6 +48,10 @@ class SegmentationResult:
     # "object_features" or "scene_homography+colour"), and why it is empty when it is.
     path: str = ""
     reason: str = ""
+    # The object in 3D in this target camera's optical frame (vggts_ros.geometry.objects3d.Object3D),
+    # when the caller had depth for it (vggts_ros.geometry.api.results_in_3d, the set processor's
+    # 3D step); None otherwise.
+    object3d: Optional["Object3D"] = None
 
 
 class Segmentor(Protocol):

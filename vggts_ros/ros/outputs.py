@@ -20,17 +20,12 @@ from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, Image
 from visualization_msgs.msg import Marker, MarkerArray
 
+from vggts_ros.geometry.depth import camera_info_topic  # noqa: F401  (re-exported)
 from vggts_ros.markers import ObjectPointsView, camera_info_fields, projected_point_markers
 from vggts_ros.msg import ObjectPoints, ProjectedPoints
 from vggts_ros.ros.conversions import fill_image
 from vggts_ros.set_processor import CameraOutput
 from vggts_ros.visualize import overlay_masks
-
-
-def camera_info_topic(image_topic: str) -> str:
-    """``<camera>/camera_info`` beside an image topic (``/cam/image_raw[/compressed]``)."""
-    base = image_topic[: -len("/compressed")] if image_topic.endswith("/compressed") else image_topic
-    return base.rsplit("/", 1)[0] + "/camera_info" if "/" in base.strip("/") else "camera_info"
 
 
 def viewer_matrix(info: CameraInfo) -> np.ndarray:

@@ -19,7 +19,10 @@ from rclpy.parameter import Parameter
 
 from vggts_ros.config import CAMERA_KEYS, CAMERA_PARAMETERS, PARAMETERS, NodeConfig
 
-CAMERA_DEFAULTS = {"topic": "", "role": "exo", "compressed": False, "required": False}
+# intrinsics and pose are number lists; "" (a string) stands for empty, since a ROS
+# parameters file cannot hold an empty list ([] means "not set").
+CAMERA_DEFAULTS = {"topic": "", "role": "exo", "compressed": False, "required": False, "depth_topic": "",
+                   "intrinsics": "", "pose": ""}
 
 
 def descriptor(name: str) -> ParameterDescriptor:

@@ -1,0 +1,165 @@
+"""One camera's depth stream, kept briefly and matched to the colour frames of the sets.
+
+A registered depth camera publishes its depth images next to (not together with) its
+colour images; a set is processed some time after its colour frames arrived. A
+:class:`DepthStream` keeps the last ``keep`` seconds of depth messages (by stamp, at most
+``capacity`` of them; the messages are decoded only when matched) and gives, for a
+colour frame's stamp, the depth image whose stamp is nearest within ``slop`` seconds
+(:meth:`DepthStream.match`). No match is never filled in with an older image: a stream
+that stopped, or a set older than what is kept, gets no depth and a reason that says
+which. Thread-safe: a subscription callback adds while the inference thread matches
+(and may wait briefly for a depth image that is still on its way).
+
+Counters for diagnostics (:meth:`DepthStream.values`): images received, their rate,
+sets matched and missed, the last reason a set got no depth.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+
+
+@dataclass
+class DepthMatch:
+    """The depth message matched to a colour frame (``message`` None: no match, ``reason`` says why)."""
+
+    message: Any = None
+    stamp: float = 0.0
+    reason: str = ""
+
+
+class DepthStream:
+    """See the module docstring. ``topic`` is only for messages; ``clock`` gives arrival times (s)."""
+
+    def __init__(self, topic: str = "", *, keep: float = 2.0, capacity: int = 90,
+                 clock: Callable[[], float] = time.monotonic, rate_window: float = 5.0) -> None:
+        if keep <= 0 or capacity < 1:
+            raise ValueError(f"a depth stream keeps > 0 s and >= 1 image, got keep={keep}, capacity={capacity}")
+        self.topic = topic
+        self.keep = float(keep)
+        self.capacity = int(capacity)
+        self.clock = clock
+        self.rate_window = float(rate_window)
+        self._cond = threading.Condition()
+        self._stamps: List[float] = []  # sorted
+        self._messages: List[Any] = []
+        self._arrivals: Deque[float] = deque()
+        self.received = 0
+        self.matched = 0
+        self.missed = 0
+        self.last_reason = ""  # why the last set without depth had none (kept after a later match)
+        self.last_ok: Optional[bool] = None  # whether the last set got usable depth
+        self.last_arrival: Optional[float] = None
+
+    # ------------------------------------------------------------------ input
+    def add(self, stamp: float, message: Any) -> None:
+        """A depth image arrived (``stamp``: its header stamp, s)."""
+        now = self.clock()
+        with self._cond:
+            i = bisect.bisect_right(self._stamps, stamp)
+            if i > 0 and self._stamps[i - 1] == stamp:  # the same stamp again: the newer message wins
+                self._messages[i - 1] = message
+            else:
+                self._stamps.insert(i, stamp)
+                self._messages.insert(i, message)
+            newest = self._stamps[-1]
+            drop = bisect.bisect_left(self._stamps, newest - self.keep)
+            drop = max(drop, len(self._stamps) - self.capacity)
+            if drop > 0:
+                del self._stamps[:drop]
+                del self._messages[:drop]
+            self.received += 1
+            self.last_arrival = now
+            self._arrivals.append(now)
+            while self._arrivals and self._arrivals[0] < now - self.rate_window:
+                self._arrivals.popleft()
+            self._cond.notify_all()
+
+    def reset(self) -> None:
+        """Forget the kept images (a time jump back: their stamps no longer compare)."""
+        with self._cond:
+            self._stamps.clear()
+            self._messages.clear()
+
+    # ------------------------------------------------------------------ matching
+    def _nearest(self, stamp: float) -> Optional[int]:
+        if not self._stamps:
+            return None
+        i = bisect.bisect_left(self._stamps, stamp)
+        near = [j for j in (i - 1, i) if 0 <= j < len(self._stamps)]
+        return min(near, key=lambda j: (abs(self._stamps[j] - stamp), -j))
+
+    def match(self, stamp: float, slop: float, wait: float = 0.0) -> DepthMatch:
+        """The depth message nearest to ``stamp`` within ``slop`` s. While every kept image
+        is older than ``stamp`` (the matching one may still be on its way) wait up to
+        ``wait`` s for a newer one."""
+        deadline = self.clock() + max(0.0, wait)
+        with self._cond:
+            while wait > 0 and (not self._stamps or self._stamps[-1] < stamp):
+                left = deadline - self.clock()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            j = self._nearest(stamp)
+            if j is not None and abs(self._stamps[j] - stamp) <= slop:
+                self.matched += 1
+                self.last_ok = True
+                return DepthMatch(self._messages[j], self._stamps[j])
+            reason = self._why_none(stamp, slop, j)
+            self.missed += 1
+            self.last_reason, self.last_ok = reason, False
+            return DepthMatch(None, 0.0, reason)
+
+    def unusable(self, reason: str) -> None:
+        """The matched image could not be used (its encoding, size or readings): counted as missed."""
+        with self._cond:
+            self.matched -= 1
+            self.missed += 1
+            self.last_reason, self.last_ok = reason, False
+
+    def _why_none(self, stamp: float, slop: float, j: Optional[int]) -> str:
+        where = f" on {self.topic}" if self.topic else ""
+        if self.received == 0:
+            return f"no depth image received{where}"
+        if j is None:
+            return f"no depth image kept{where}"
+        nearest = self._stamps[j]
+        newest = self._stamps[-1]
+        if newest < stamp - slop:
+            since = "" if self.last_arrival is None else f", the last one arrived {self.clock() - self.last_arrival:.1f} s ago"
+            return (f"no depth image within {slop:g} s of the colour frame at {stamp:.3f} s{where}: the newest is "
+                    f"{stamp - newest:.3f} s older (the depth stream stopped or lags{since})")
+        if self._stamps[0] > stamp + slop:
+            return (f"no depth image within {slop:g} s of the colour frame at {stamp:.3f} s{where}: the kept depth "
+                    f"images start {self._stamps[0] - stamp:.3f} s later (the set is older than the {self.keep:g} s "
+                    "of depth kept)")
+        return (f"no depth image within {slop:g} s of the colour frame at {stamp:.3f} s{where} (nearest "
+                f"{nearest - stamp:+.3f} s): depth and colour stamps differ (not registered or not synchronised?)")
+
+    # ------------------------------------------------------------------ diagnostics
+    def rate(self) -> float:
+        """Depth images per second over the last ``rate_window`` s."""
+        now = self.clock()
+        with self._cond:
+            recent = [t for t in self._arrivals if t >= now - self.rate_window]
+        if len(recent) < 2:
+            return 0.0
+        span = max(recent[-1] - recent[0], 1e-9)
+        return (len(recent) - 1) / span if now - recent[-1] < self.rate_window else 0.0
+
+    def values(self) -> Dict[str, str]:
+        """Diagnostics key/values (prefixed ``depth_``)."""
+        since = "" if self.last_arrival is None else f"{self.clock() - self.last_arrival:.2f}"
+        return {"depth_topic": self.topic, "depth_rate_hz": f"{self.rate():.2f}", "depth_received": str(self.received),
+                "depth_since_last_s": since, "depth_sets_matched": str(self.matched),
+                "depth_sets_missed": str(self.missed), "depth_last_reason": self.last_reason,
+                "depth_ok": "" if self.last_ok is None else str(self.last_ok).lower()}
+
+    def kept(self) -> Tuple[float, ...]:
+        with self._cond:
+            return tuple(self._stamps)
