@@ -27,10 +27,15 @@ def create_segmentor(model: ModelConfig, pipeline: Optional[PipelineConfig] = No
     raise ValueError(f"model.backend must be one of {BACKENDS}, got {model.backend!r}")
 
 
-def pipeline_config(inference: InferenceConfig, model: Optional[ModelConfig] = None) -> PipelineConfig:
-    """The pipeline recipe a node configuration's ``inference`` (and ``model``) section asks
-    for: the one mapping the node, ``vggts replay --params-file`` and the demo share."""
-    return PipelineConfig(
+def pipeline_config(inference: InferenceConfig, model: Optional[ModelConfig] = None,
+                    geometry=None) -> PipelineConfig:
+    """The pipeline recipe a node configuration's ``inference`` (and ``model``, ``geometry``)
+    section asks for: the one mapping the node, ``vggts replay --params-file`` and the demo
+    share. ``geometry.vggt_heads`` turns on VGGT's camera and depth heads where the pipeline
+    has them (``PipelineConfig.geometry_heads``); a pipeline without them refuses it."""
+    import dataclasses
+
+    pipe = PipelineConfig(
         refine_iterations=inference.refine_iterations,
         backbone_dtype=(model or ModelConfig()).dtype,
         precision=inference.precision,
@@ -39,6 +44,12 @@ def pipeline_config(inference: InferenceConfig, model: Optional[ModelConfig] = N
         memory_frames=inference.memory_frames,
         temporal_weights=inference.temporal_weights,
     )
+    if geometry is not None and geometry.vggt_heads:
+        if "geometry_heads" not in {f.name for f in dataclasses.fields(PipelineConfig)}:
+            raise ValueError("geometry.vggt_heads: this build's VGGT pipeline has no camera and depth heads "
+                             "(PipelineConfig.geometry_heads); set geometry.vggt_heads false and give depth topics")
+        pipe = dataclasses.replace(pipe, geometry_heads=True)
+    return pipe
 
 
 def warm_up(segmentor: Segmentor) -> float:

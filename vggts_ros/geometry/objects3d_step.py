@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, MutableMapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, MutableMapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -118,18 +118,19 @@ def vggt_views(output, frames: Mapping[str, Any], objects: Sequence[Any], slop: 
 class Objects3DStep:
     """See the module docstring. ``cameras``: the :class:`vggts_ros.config.CameraConfig` of
     every camera; ``geometry``: :class:`vggts_ros.config.GeometryConfig`; ``slop``: s between
-    a colour frame and its depth image; ``depth_wait``: s the step may wait for a depth image
+    a colour frame and its depth image (or a function giving it); ``depth_wait``: s the step may wait for a depth image
     still on its way (a node; 0 for a replay, which feeds depth before the set);
     ``camera_info``: camera -> its latest camera_info (any object with ``k``, ``p``,
     ``width``, ``height``), kept up to date by the caller."""
 
-    def __init__(self, cameras: Sequence[Any], geometry: Any, slop: float, *, depth_wait: float = 0.0,
+    def __init__(self, cameras: Sequence[Any], geometry: Any, slop: Union[float, Callable[[], float]], *,
+                 depth_wait: float = 0.0,
                  keep: float = 2.0, config: Optional[Object3DConfig] = None,
                  camera_info: Optional[MutableMapping[str, Any]] = None) -> None:
         self.cameras = {c.name: c for c in cameras}
         self.order = [c.name for c in cameras]
         self.geometry = geometry
-        self.slop = float(slop)
+        self._slop = slop
         self.depth_wait = float(depth_wait)
         self.config = config or Object3DConfig()
         self.camera_info: MutableMapping[str, Any] = {} if camera_info is None else camera_info
@@ -140,6 +141,11 @@ class Objects3DStep:
         self.static = {c.name: pose_matrix(c.pose) for c in cameras if c.pose}
         if self.static and self.frame in self.cameras and self.frame not in self.static:
             self.static[self.frame] = np.eye(4)  # the reference camera is the reference frame
+
+    @property
+    def slop(self) -> float:
+        """s between a colour frame and its depth image (a callable follows a live parameter)."""
+        return float(self._slop() if callable(self._slop) else self._slop)
 
     @property
     def active(self) -> bool:

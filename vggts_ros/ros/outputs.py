@@ -6,7 +6,8 @@ visibility, confidence, score, label, area, path and reason), ``overlay`` (rgb8,
 enabled and subscribed), ``camera_info`` (the camera's own ``CameraInfo`` with the mask's
 header when its size matches, else a nominal pinhole) and ``markers`` (the projected points
 on their viewing rays, placed with the ``CameraInfo``'s ``P`` as RViz and Foxglove project
-them; only while subscribed). The camera_info beside each image topic is subscribed here.
+them, plus the objects' 3D boxes and centroids when there are some; only while subscribed).
+The camera_info beside each image topic is subscribed here.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ class Outputs:
             self.node.destroy_subscription(sub)
 
     # ------------------------------------------------------------------ one camera of a set
-    def publish(self, out: CameraOutput, header) -> None:
+    def publish(self, out: CameraOutput, header, extra_markers=()) -> None:
+        """One camera's outputs; ``extra_markers`` (e.g. the objects' 3D boxes) join its markers."""
         camera, labels = out.camera, out.labels
         points = ProjectedPoints(header=header, target_camera=camera, source_camera=out.source_cameras)
         for o in out.objects:
@@ -89,7 +91,9 @@ class Outputs:
         self.published_on.add(camera)
         info = self._camera_info(camera, header, labels.shape)
         if self.markers[camera].get_subscription_count() > 0:
-            self.markers[camera].publish(self._markers(header, viewer_matrix(info), out))
+            array = self._markers(header, viewer_matrix(info), out)
+            array.markers.extend(extra_markers)
+            self.markers[camera].publish(array)
         pub = self.overlay.get(camera)
         if pub is not None and pub.get_subscription_count() > 0:
             overlay = Image(header=header)
