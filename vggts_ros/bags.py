@@ -231,7 +231,8 @@ class BagWriter:
 def write_scene_bag(scene, path: str | Path, frames: int = 3, period: float = 0.2, jitter: float = 0.004,
                     start: float = 100.0, storage: str = "mcap", gt: bool = True, namespace: str = "/scene",
                     mask_camera: Optional[str] = None, drop: Sequence[Tuple[str, int]] = (),
-                    compressed: bool = False, noise: float = 0.0) -> Dict[str, str]:
+                    compressed: bool = False, noise: float = 0.0, depth: Optional[Dict[str, str]] = None,
+                    camera_info: bool = False) -> Dict[str, str]:
     """A bag of a bundled scene (``vggts_ros.scenes``) seen as still camera streams.
 
     Every camera publishes ``frames`` images at ``period`` s; camera ``k``'s stamps are
@@ -242,7 +243,10 @@ def write_scene_bag(scene, path: str | Path, frames: int = 3, period: float = 0.
     left out, as a camera that missed a frame. ``compressed`` writes PNG
     ``sensor_msgs/CompressedImage`` on ``.../image_raw/compressed`` instead of raw images;
     ``noise`` adds seeded Gaussian noise of that sigma to every frame (frames differ, as
-    a real camera's do). Returns camera name -> image topic.
+    a real camera's do). ``depth``: camera -> encoding (``32FC1``/``16UC1``): that camera's
+    exact depth on ``<namespace>/<camera>/depth/image_raw`` with each frame's stamp;
+    ``camera_info``: every camera's ``K`` on ``<namespace>/<camera>/camera_info``. Returns
+    camera name -> image topic.
     """
     topics = {}
     with BagWriter(path, storage=storage) as bag:
@@ -261,6 +265,12 @@ def write_scene_bag(scene, path: str | Path, frames: int = 3, period: float = 0.
                     bag.write(topic, compressed_msg(image, stamp, name), stamp)
                 else:
                     bag.write(topic, image_msg(image, "rgb8", stamp, name), stamp)
+                if depth and name in depth:
+                    bag.write(f"{namespace}/{name}/depth/image_raw", depth_msg(scene.depth(name), depth[name], stamp, name),
+                              stamp)
+                if camera_info:
+                    cam = scene.cameras[name]
+                    bag.write(f"{namespace}/{name}/camera_info", camera_info_msg(cam.K, cam.size, stamp, name), stamp)
                 labels = np.zeros(scene.image(name).shape[:2], np.uint8)
                 for oid in scene.object_ids:
                     labels[scene.mask(name, oid)] = oid

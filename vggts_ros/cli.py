@@ -17,7 +17,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -138,7 +138,7 @@ def _build(model: ModelConfig, pipeline: PipelineConfig):
 def cmd_replay(args: argparse.Namespace) -> int:
     from vggts_ros import replay as rp
     from vggts_ros.bags import BagError
-    from vggts_ros.config import CameraConfig, NodeConfig, SyncConfig, load_node_config
+    from vggts_ros.config import CameraConfig, GeometryConfig, NodeConfig, SyncConfig, load_node_config
 
     try:
         node = load_node_config(args.params_file, args.node_name) if args.params_file else None
@@ -161,6 +161,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
             namespace=args.namespace, overlay=not args.no_overlay, copy_inputs=not args.no_copy_inputs,
             progress=not args.no_progress, roles=roles,
             source_mode=args.source_mode or (node.inference.source_mode if node else "keyframe"),
+            depth_topics=rp.parse_pairs(args.depth_topic, "--depth-topic"),
+            geometry=node.geometry if node else GeometryConfig(),
         )
     except rp.ReplayError as exc:
         raise UsageError(str(exc)) from exc
@@ -184,7 +186,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         from vggts_ros.backends import pipeline_config
 
         # the node's mapping of its parameters (temporal memory, precision, ...), as the node runs it
-        pipe = pipeline_config(node.inference, model) if node else PipelineConfig()
+        pipe = pipeline_config(node.inference, model, node.geometry) if node else PipelineConfig()
         built["segmentor"] = _build(model, dataclasses.replace(pipe, refine_iterations=refine))
         built["seconds"] = time.monotonic() - t0
         return built["segmentor"]
@@ -200,6 +202,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
           f"written to {args.out} ({getattr(segmentor, 'name', backend)} backend; load {t_load:.1f} s, "
           f"replay {result.seconds - t_load:.1f} s)")
     print("cameras: " + ", ".join(f"{c.name} ({c.role}, {c.topic})" for c in result.cameras))
+    if result.objects3d:
+        estimates = [o for r in result.objects3d for c in r["cameras"].values() for o in c["objects"]]
+        why: Dict[str, int] = {}
+        for o in estimates:
+            if o["reason"]:
+                why[o["reason"]] = why.get(o["reason"], 0) + 1
+        print(f"objects in 3D: {len(estimates) - sum(why.values())} of {len(estimates)} per-camera estimates, "
+              f"{sum(1 for r in result.objects3d if r['fused'])} fused sets")
+        for reason, n in sorted(why.items(), key=lambda kv: -kv[1]):
+            print(f"  {n:>4} x no 3D: {reason}")
     empty = result.empty_reasons()
     if empty:
         print(f"{sum(empty.values())} of {len(result.results)} object masks are empty:")
@@ -218,6 +230,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             scores=[vars(r) for r in result.scores],
             mean_iou={f"{cam}/{oid}": v for (cam, oid), v in result.mean_iou().items()},
             stream=result.stream,
+            objects3d=result.objects3d,
         )
         Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
     return 0
@@ -237,6 +250,10 @@ def add_replay_arguments(rep: argparse.ArgumentParser) -> None:
     rep.add_argument("--camera", action="append",
                      help="NAME=TOPIC; default: every image topic, named after it (/x/front/image_raw -> front)")
     rep.add_argument("--role", action="append", help=f"NAME=ROLE with ROLE one of {', '.join(ROLES)} (default exo)")
+    rep.add_argument("--depth-topic", action="append",
+                     help="CAMERA=TOPIC: that camera's registered depth images (32FC1 m / 16UC1 mm) in the bag; "
+                          "objects in 3D are written to <namespace>/<camera>/objects3d (also camera.<name>.depth_topic "
+                          "of --params-file)")
     rep.add_argument("--params-file", help="the node's parameters YAML (cameras, sync, model, inference)")
     rep.add_argument("--node-name", default="vggts", help="node name to read from --params-file (default vggts)")
     rep.add_argument("--slop", type=float, help="synchroniser slop in seconds (default 0.05)")

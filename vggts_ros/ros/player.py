@@ -102,19 +102,22 @@ class CameraPlayer(Node):
                   raw: Optional[tuple] = None) -> None:
         """From the next tick on, ``camera`` publishes ``depth`` (metres) as ``encoding``, or
         ``raw`` = (array, encoding label) as it is."""
+        self._replace(camera, depth=depth, depth_encoding=encoding, depth_raw=raw)
+
+    def _replace(self, camera: str, **changes) -> None:
+        # A new object, not a change in place: a tick in progress keeps the one it took.
+        import dataclasses
+
         with self._lock:
-            cam = self._cams[camera]
-            cam.depth, cam.depth_encoding, cam.depth_raw = depth, encoding, raw
+            self._cams[camera] = dataclasses.replace(self._cams[camera], **changes)
 
     def set_camera_info(self, camera: str, K: Optional[np.ndarray]) -> None:
         """From the next tick on, ``camera`` publishes a CameraInfo with ``K`` (None: none)."""
-        with self._lock:
-            self._cams[camera].K = K
+        self._replace(camera, K=K)
 
     def pause_depth(self, camera: str, paused: bool = True) -> None:
         """Stop (or resume) ``camera``'s depth stream while its colour stream goes on."""
-        with self._lock:
-            self._cams[camera].depth_paused = paused
+        self._replace(camera, depth_paused=paused)
 
     def set_clock_offset(self, camera: str, offset: float) -> None:
         with self._lock:
