@@ -106,6 +106,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     except ValueError as exc:  # inputs the pipeline cannot use, named by the pipeline
         raise UsageError(str(exc)) from exc
     t_run = time.monotonic() - t0
+    located = _objects3d(args, source, mask, targets, results)
     summary = []
     for view, path, result in zip(targets, args.target, results):
         stem = Path(path).stem
@@ -115,12 +116,68 @@ def cmd_segment(args: argparse.Namespace) -> int:
         summary.append(dict(target=str(path), role=view.role, mask=str(out / f"{stem}_mask.png"),
                             area=int(result.mask.sum()), score=round(float(result.score), 4),
                             points=np.round(np.asarray(result.target_points, dtype=float), 2).tolist()))
-    print(json.dumps(dict(backend=getattr(segmentor, "name", args.backend), config=args.config,
-                          load_seconds=round(t_load, 3), segment_seconds=round(t_run, 3), targets=summary), indent=2))
+        if located is not None:
+            from vggts_ros.geometry.messages import object_dict
+
+            summary[-1]["object3d"] = object_dict(result.object3d)
+    report = dict(backend=getattr(segmentor, "name", args.backend), config=args.config,
+                  load_seconds=round(t_load, 3), segment_seconds=round(t_run, 3), targets=summary)
+    if located is not None:
+        from vggts_ros.geometry.messages import objects_dict
+
+        report["objects3d"] = dict(cameras={n: objects_dict(o) for n, o in located.cameras.items()},
+                                   fused=objects_dict(located.fused) if located.fused is not None else None)
+    print(json.dumps(report, indent=2))
     if args.config == "test-tiny" and args.backend == "vggts":
         print("note: test-tiny has deterministic test weights; its masks are meaningless on real images",
               file=sys.stderr)
     return 0
+
+
+def read_depth(path: str) -> np.ndarray:
+    """A depth image file: ``.npy`` (float metres or uint16 millimetres) or a 16-bit PNG
+    (millimetres, as ``16UC1``)."""
+    import cv2
+
+    if not Path(path).is_file():
+        raise UsageError(f"depth file not found: {path}")
+    if path.endswith(".npy"):
+        try:
+            depth = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise UsageError(f"cannot read {path} as a NumPy array: {exc}") from exc
+    else:
+        depth = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if depth is None:
+            raise UsageError(f"cannot read {path} as an image")
+        if depth.dtype != np.uint16 or depth.ndim != 2:
+            raise UsageError(f"{path}: a depth PNG must be single-channel 16-bit (millimetres), got "
+                             f"{depth.dtype} with shape {depth.shape}")
+    return depth
+
+
+def _objects3d(args, source: np.ndarray, mask: np.ndarray, targets, results):
+    """``--depth``/``--intrinsics``/``--pose``: the object in 3D per camera (and fused)."""
+    if not (args.depth or args.intrinsics or args.pose):
+        return None
+    from vggts_ros.geometry.results3d import results_in_3d
+    from vggts_ros.replay import ReplayError, parse_pairs
+
+    try:
+        depth = {k: read_depth(v) for k, v in parse_pairs(args.depth, "--depth").items()}
+        numbers = {}
+        for flag, given in (("--intrinsics", args.intrinsics), ("--pose", args.pose)):
+            numbers[flag] = {}
+            for k, v in parse_pairs(given, flag).items():
+                try:
+                    numbers[flag][k] = [float(x) for x in v.replace(",", " ").split()]
+                except ValueError:
+                    raise UsageError(f"{flag} {k}={v}: expected numbers separated by commas") from None
+        return results_in_3d(results, targets, depth=depth, intrinsics=numbers["--intrinsics"], poses=numbers["--pose"],
+                             source_mask=mask, source_name="source", source_size=(source.shape[1], source.shape[0]),
+                             frame=args.frame or "")
+    except (ReplayError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def _build(model: ModelConfig, pipeline: PipelineConfig):
@@ -302,6 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--point-identity", choices=POINT_IDENTITY, default="accumulate",
                      help="refinement semantics: accumulate (reference, default) or per_pass")
     seg.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    seg.add_argument("--depth", action="append",
+                     help="NAME=FILE: registered depth of 'source' or a target (its file stem): .npy float metres "
+                          "or uint16 mm, or a 16-bit PNG in mm; the object in 3D goes into the JSON")
+    seg.add_argument("--intrinsics", action="append", help="NAME=fx,fy,cx,cy of that image (needed with --depth)")
+    seg.add_argument("--pose", action="append",
+                     help="NAME=x,y,z,qx,qy,qz,qw: that camera's optical frame in one reference frame; with two or "
+                          "more the object is also fused")
+    seg.add_argument("--frame", help="name of the fused frame (default: the first camera with depth)")
     seg.set_defaults(func=cmd_segment)
 
     add_replay_arguments(sub.add_parser(

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, List, Optional, Protocol, Sequence
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from vggts_ros.geometry.objects3d import Object3D
+    from vggts_ros.geometry.camera import ViewGeometry
     from vggts_ros.stream import StreamState, StreamStep
+    from vggts_ros.geometry.objects3d import Object3D
 
 ROLES = ("ego", "exo", "aerial", "ground")
 # Targets whose view is wide and far away get the square crop around the projected
@@ -44,14 +45,19 @@ class SegmentationResult:
     score: float = 0.0  # mean foreground probability inside the mask (0 when empty)
     logits: Optional[np.ndarray] = None  # HxW float32 when the backend has them
     timings: dict = field(default_factory=dict)  # stage -> seconds
+    # The object in 3D in this target camera's optical frame (vggts_ros.geometry.objects3d.Object3D)
+    # when the caller had depth for it (vggts_ros.geometry.results3d.results_in_3d, the set
+    # processor's 3D step); None otherwise.
+    object3d: Optional["Object3D"] = None
     # Which method produced the mask (backend specific, e.g. the geometric backend's
     # "object_features" or "scene_homography+colour"), and why it is empty when it is.
     path: str = ""
     reason: str = ""
-    # The object in 3D in this target camera's optical frame (vggts_ros.geometry.objects3d.Object3D),
-    # when the caller had depth for it (vggts_ros.geometry.api.results_in_3d, the set processor's
-    # 3D step); None otherwise.
-    object3d: Optional["Object3D"] = None
+    # VGGT's geometry heads (PipelineConfig.geometry_heads): the target camera's and the
+    # source camera's vggts_ros.geometry.camera.ViewGeometry, None when off (or when a
+    # reused target skipped the first pass).
+    geometry: Optional["ViewGeometry"] = None
+    source_geometry: Optional["ViewGeometry"] = None
 
 
 class Segmentor(Protocol):
