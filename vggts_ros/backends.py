@@ -27,12 +27,29 @@ def create_segmentor(model: ModelConfig, pipeline: Optional[PipelineConfig] = No
     raise ValueError(f"model.backend must be one of {BACKENDS}, got {model.backend!r}")
 
 
+def choose_backend(requested: str, preset: str = "vggt-1b", vggt_checkpoint: str = "", head_checkpoint: str = "",
+                   default: str = "geometric") -> str:
+    """``auto`` (the default of ``vggts segment``, ``replay`` and ``demo``) resolved the same way
+    everywhere: the learned model when it can run without a download (a preset with
+    deterministic weights such as ``test-tiny``, or both checkpoints given), else ``default``
+    (the weight-free geometric backend, or a parameters file's ``model.backend``)."""
+    if requested != "auto":
+        return requested
+    from vggts_ros.config import model_preset
+
+    if vggt_checkpoint and head_checkpoint:
+        return "vggts"
+    if not vggt_checkpoint and not head_checkpoint and model_preset(preset).backbone_seed is not None:
+        return "vggts"
+    return default
+
+
 def pipeline_config(inference: InferenceConfig, model: Optional[ModelConfig] = None,
                     geometry=None) -> PipelineConfig:
     """The pipeline recipe a node configuration's ``inference`` (and ``model``, ``geometry``)
     section asks for: the one mapping the node, ``vggts replay --params-file`` and the demo
-    share. ``geometry.vggt_heads`` turns on VGGT's camera and depth heads where the pipeline
-    has them (``PipelineConfig.geometry_heads``); a pipeline without them refuses it."""
+    share. ``geometry.vggt_heads`` turns on VGGT's camera and depth heads
+    (``PipelineConfig.geometry_heads``)."""
     import dataclasses
 
     pipe = PipelineConfig(
@@ -45,9 +62,6 @@ def pipeline_config(inference: InferenceConfig, model: Optional[ModelConfig] = N
         temporal_weights=inference.temporal_weights,
     )
     if geometry is not None and geometry.vggt_heads:
-        if "geometry_heads" not in {f.name for f in dataclasses.fields(PipelineConfig)}:
-            raise ValueError("geometry.vggt_heads: this build's VGGT pipeline has no camera and depth heads "
-                             "(PipelineConfig.geometry_heads); set geometry.vggt_heads false and give depth topics")
         pipe = dataclasses.replace(pipe, geometry_heads=True)
     return pipe
 

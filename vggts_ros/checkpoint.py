@@ -17,6 +17,11 @@ import torch
 from torch import nn
 
 
+# Every "no weights" error ends with this: the weight-free backend runs without any download.
+NO_WEIGHTS_HINT = (" (no weights at hand? the weight-free backend needs none: model.backend: geometric as a node "
+                   "parameter, --backend geometric for vggts segment / replay / demo)")
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint could not be found, read, or matched to the network."""
 
@@ -97,6 +102,20 @@ def _offline_error(source: str, filename: str, cache: Path, why: str) -> Checkpo
 
 def resolve_checkpoint(source: str | os.PathLike, filename: str) -> Path:
     """Turn a local file, a local directory or a Hugging Face repo id into a file path.
+
+    A repo id is looked up in the local Hugging Face cache first (no network). Otherwise,
+    with ``HF_HUB_OFFLINE`` set or the endpoint unreachable within about a second, the
+    error comes at once (no download retries) and names the local path option to use, and
+    the weight-free backend that needs no file at all.
+    """
+    try:
+        return _resolve(source, filename)
+    except CheckpointError as exc:
+        raise CheckpointError(str(exc).rstrip(".") + NO_WEIGHTS_HINT) from exc.__cause__
+
+
+def _resolve(source: str | os.PathLike, filename: str) -> Path:
+    """:func:`resolve_checkpoint` without the weight-free hint.
 
     A repo id is looked up in the local Hugging Face cache first (no network). Otherwise,
     with ``HF_HUB_OFFLINE`` set or the endpoint unreachable within about a second, the

@@ -35,7 +35,7 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from diagnostic_msgs.msg import DiagnosticArray
-from geometry_msgs.msg import PointStamped
+from geometry_msgs.msg import Point, PointStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType, JumpThreshold
 from rclpy.duration import Duration
@@ -50,6 +50,7 @@ from vggts_ros.config import NodeConfig
 from vggts_ros.frame_history import Frame, FrameHistory
 from vggts_ros.health import Health, Throttle
 from vggts_ros.intake import ObjectIntake
+from vggts_ros.object_store import ObjectStore
 from vggts_ros.registry import ObjectRegistry
 from vggts_ros.ros import diagnostics
 from vggts_ros.ros.conversions import ReceivedImage, check_size
@@ -124,6 +125,7 @@ class VGGTSNode(LifecycleNode):
             self.cfg = self.parameters.config()
             self._reset_state()
             self._load()
+            self._restore_objects()
             self._create_io()
             self.io3d.update(self.cfg, self.processor.objects3d, self.outputs.infos, lambda: self._active)
             self._start_diagnostics()
@@ -183,6 +185,21 @@ class VGGTSNode(LifecycleNode):
         self.get_logger().info(f"backend {self.processor.backend} ready on {self.device} in "
                                f"{loaded + warm:.1f} s (load {loaded:.1f} s, warm-up {warm:.1f} s)")
 
+    def _restore_objects(self) -> None:
+        """``objects.state_dir``: the objects saved before a restart come back, and every
+        change is saved from now on (vggts_ros.object_store)."""
+        if not self.cfg.objects.state_dir:
+            return
+        store = ObjectStore(self.cfg.objects.state_dir)
+        ids, problems = store.restore_into(self.registry, {c.name: None for c in self.cfg.cameras})
+        for problem in problems:
+            self.get_logger().warning(f"objects.state_dir: {problem}")
+        if ids:
+            self.get_logger().info(f"restored {len(ids)} object(s) from {store.dir}: ids {ids}")
+        store.follow(self.registry, lambda: self.cfg.inference.source_mode,
+                     lambda error: self.get_logger().error(error))
+        self.health.objects_changed(len(self.registry), time.monotonic())
+
     def _unload(self) -> None:
         self.segmentor = self.processor = None
         self._reset_state()
@@ -208,9 +225,14 @@ class VGGTSNode(LifecycleNode):
                 CompressedImage if cam.compressed else Image, cam.topic,
                 lambda msg, name=cam.name: self._on_image(name, msg),
                 qos_profile_sensor_data, callback_group=self._io_group, qos_overriding_options=qos_options)
+        for cam in self.cfg.cameras:  # rqt_image_view's clicks on each camera's stream
+            subs[f"{cam.name}:mouse"] = self.create_subscription(
+                Point, mouse_topic(subs[cam.name].topic_name), self.object_services.mouse_click(cam.name), 10,
+                callback_group=self._service_group)
         if self._io is None:
-            self.create_subscription(PointStamped, "~/click", self.object_services.click, 10, callback_group=self._service_group)
-        self.topics = {name: sub.topic_name for name, sub in subs.items()}
+            self.create_subscription(PointStamped, "~/click", self.object_services.click, 10,
+                                     callback_group=self._service_group)
+        self.topics = {c.name: subs[c.name].topic_name for c in self.cfg.cameras}
         self.intake.topics = dict(self.topics)
         self.get_logger().info("cameras: " + ", ".join(
             f"{c.name} ({c.role}{', required' if c.required else ''}, {self.topics[c.name]})" for c in self.cfg.cameras))

@@ -29,6 +29,13 @@ from vggts_ros.set_processor import CameraOutput
 from vggts_ros.visualize import overlay_masks
 
 
+def mouse_topic(image_topic: str) -> str:
+    """Where rqt_image_view publishes the clicks on a stream: ``<image topic>_mouse_left``
+    (of the base topic when the stream is ``.../compressed``)."""
+    base = image_topic[: -len("/compressed")] if image_topic.endswith("/compressed") else image_topic
+    return base + "_mouse_left"
+
+
 def viewer_matrix(info: CameraInfo) -> np.ndarray:
     """The matrix a viewer projects with: ``P`` (3x4) when it is set, else ``[K | 0]``."""
     P = np.asarray(info.p, np.float64).reshape(3, 4)

@@ -62,18 +62,29 @@ class ObjectServices:
         return accepted, mask
 
     def click(self, msg) -> None:
-        """``~/click``: ``header.frame_id`` names the camera (its name, or the ``frame_id`` of its
-        images), ``point.x, point.y`` a pixel on the object in that camera's newest frame."""
+        """``~/click`` (``geometry_msgs/PointStamped``): ``header.frame_id`` names the camera (its
+        name, or the ``frame_id`` of its images), ``point.x, point.y`` a pixel on the object
+        in that camera's newest frame."""
+        self.click_at(msg.header.frame_id, msg.point.x, msg.point.y, "click")
+
+    def mouse_click(self, camera: str):
+        """rqt_image_view's ``<image topic>_mouse_left`` (``geometry_msgs/Point``, a pixel, no
+        header) of ``camera``: a click on that camera's stream makes a mask there."""
+        return lambda msg: self.click_at(camera, msg.x, msg.y, "click")
+
+    def click_at(self, camera: str, x: float, y: float, what: str) -> None:
+        """One positive click -> a new object; the outcome is logged and published as the
+        node's ``click`` diagnostics status (OK, or WARN with the reason)."""
         if not self.node._active:
-            self.node.get_logger().warning("click ignored: the node is not active")
+            self.node.get_logger().warning(f"{what} ignored: the node is not active")
             return
         try:
-            ok, message = True, self.click_to_mask(msg.header.frame_id, [(msg.point.x, msg.point.y)])[0].message
+            ok, message = True, self.click_to_mask(camera, [(x, y)])[0].message
         except IntakeError as exc:
             ok, message = False, str(exc)
         except Exception as exc:  # noqa: BLE001 - a bad click must not take the node down
             ok, message = False, f"internal error: {type(exc).__name__}: {exc}"
-        self._answer("click", ok, message)
+        self._answer(what, ok, message)
         level = diagnostics.OK if ok else diagnostics.WARN
         self.node._diag_pub.publish(diagnostics.array(self.node.get_clock().now().to_msg(), [diagnostics.status(
             level, self.node.status_name("click"), message if ok else f"click refused: {message}", {})]))
