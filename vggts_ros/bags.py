@@ -117,8 +117,9 @@ def camera_info_msg(K: np.ndarray, size: Tuple[int, int], stamp_ns: int, frame_i
     ts = typestore()
     Info = ts.types["sensor_msgs/msg/CameraInfo"]
     Roi = ts.types["sensor_msgs/msg/RegionOfInterest"]
-    return Info(header=header(stamp_ns, frame_id), height=int(size[1]), width=int(size[0]), distortion_model="plumb_bob",
-                d=np.zeros(5), k=K.reshape(-1), r=np.eye(3).reshape(-1), p=P.reshape(-1), binning_x=0, binning_y=0,
+    return Info(header=header(stamp_ns, frame_id), height=int(size[1]), width=int(size[0]),
+                distortion_model="plumb_bob", d=np.zeros(5), k=K.reshape(-1), r=np.eye(3).reshape(-1),
+                p=P.reshape(-1), binning_x=0, binning_y=0,
                 roi=Roi(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
 
 
@@ -266,8 +267,8 @@ def write_scene_bag(scene, path: str | Path, frames: int = 3, period: float = 0.
                 else:
                     bag.write(topic, image_msg(image, "rgb8", stamp, name), stamp)
                 if depth and name in depth:
-                    bag.write(f"{namespace}/{name}/depth/image_raw", depth_msg(scene.depth(name), depth[name], stamp, name),
-                              stamp)
+                    bag.write(f"{namespace}/{name}/depth/image_raw",
+                              depth_msg(scene.depth(name), depth[name], stamp, name), stamp)
                 if camera_info:
                     cam = scene.cameras[name]
                     bag.write(f"{namespace}/{name}/camera_info", camera_info_msg(cam.K, cam.size, stamp, name), stamp)

@@ -315,7 +315,7 @@ class GeometryConfig:
     enabled: bool = True  # objects in 3D for the cameras with depth (depth_topic or vggt_heads)
     vggt_heads: bool = False  # VGGT's camera and depth heads (model.backend vggts): depth and poses
     baseline: str = ""  # "cam_a,cam_b,metres": a known distance that makes VGGT's geometry metric
-    frame: str = ""  # fused reference frame: a camera name (its optical frame) or a frame the poses are in; "" = first camera
+    frame: str = ""  # fused frame: a camera name (its optical frame) or the poses' frame; "" = first camera
 
 
 @dataclass
@@ -487,7 +487,8 @@ class NodeConfig:
                 if full in params:
                     setattr(cam, key, params.pop(full))
             cameras.append(cam)
-        sections: Dict[str, Dict[str, Any]] = {"sync": {}, "model": {}, "inference": {}, "publish": {}, "objects": {}, "geometry": {}}
+        sections: Dict[str, Dict[str, Any]] = {"sync": {}, "model": {}, "inference": {}, "publish": {}, "objects": {},
+                                               "geometry": {}}
         unknown = []
         for key, value in params.items():
             head, _, rest = key.partition(".")

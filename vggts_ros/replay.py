@@ -528,7 +528,8 @@ class _Replayer:
         for name, objs in result.cameras.items():
             log = frames[name].meta.log_ns
             self.writer.write(f"{ns}/{name}/objects3d", messages.objects3d_msg(types, headers[name], objs), log)
-            self.writer.write(f"{ns}/{name}/object_cloud", messages.cloud_msg(types, headers[name], objs, as_array), log)
+            self.writer.write(f"{ns}/{name}/object_cloud",
+                              messages.cloud_msg(types, headers[name], objs, as_array), log)
             row["cameras"][name] = messages.objects_dict(objs)
         self.frame_ids.update({name: h.frame_id for name, h in headers.items()})
         ref = result.frame

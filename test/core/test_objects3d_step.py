@@ -179,6 +179,22 @@ def test_depth_stream_matches_the_nearest_stamp_within_the_slop_and_says_why_not
     assert (v["depth_received"], v["depth_sets_matched"], v["depth_sets_missed"]) == ("6", "2", "4")
 
 
+def test_depth_stream_holds_the_images_of_sets_in_inference_however_long_it_takes():
+    s = DepthStream("/d", keep=0.5, capacity=4, holds=2)
+    s.hold(1.0, 0.01)  # handed to inference before its depth image arrived
+    for i in range(10):
+        s.add(1.0 + 0.1 * i, i)
+    assert s.kept()[0] == 1.0 and len(s.kept()) == 5  # the held one, and the newest four
+    assert s.match(1.0, 0.01).message == 0
+    assert "older than the 0.5 s of depth kept, and was not held" in s.match(1.2, 0.01).reason
+    s.hold(1.6, 0.01)
+    s.hold(1.7, 0.01)  # two newer sets in inference: 1.0 is no longer held
+    for i in range(10, 30):
+        s.add(1.0 + 0.1 * i, i)
+    kept = [round(t, 3) for t in s.kept()]
+    assert kept == [1.6, 1.7, 3.6, 3.7, 3.8, 3.9]
+
+
 def test_depth_stream_capacity_and_a_short_wait_for_an_image_on_its_way():
     s = DepthStream("/d", keep=10.0, capacity=3)
     for t in range(6):
@@ -289,12 +305,14 @@ def test_camera_geometry_parameters_round_trip_and_are_validated(scene):
     assert params["camera.exo1.depth_topic"] == "/exo1/depth" and len(params["camera.exo1.pose"]) == 7
     again = NodeConfig.from_parameters(params).validate()
     assert again.cameras[1].pose == pytest.approx(base.cameras[1].pose) and again.cameras[0].pose == []
-    as_text = dict(params, **{"camera.exo1.intrinsics": "500, 500 160 120", "camera.exo2.intrinsics": [500, 500, 160, 120]})
+    as_text = dict(params, **{"camera.exo1.intrinsics": "500, 500 160 120",
+                              "camera.exo2.intrinsics": [500, 500, 160, 120]})
     cfg = NodeConfig.from_parameters(as_text).validate()
     assert cfg.cameras[1].intrinsics == [500.0, 500.0, 160.0, 120.0] == cfg.cameras[2].intrinsics
     assert pose_matrix(cfg.cameras[1].pose) == pytest.approx(T_ego_from(scene, "exo1"))
     bad = [
-        ({"camera.exo1.depth_topic": "exo2/image_raw"}, "camera.exo1.depth_topic: 'exo2/image_raw' is a camera image topic"),
+        ({"camera.exo1.depth_topic": "exo2/image_raw"},
+         "camera.exo1.depth_topic: 'exo2/image_raw' is a camera image topic"),
         ({"camera.exo2.depth_topic": "/exo1/depth"}, "is the depth topic of several cameras"),
         ({"camera.exo1.intrinsics": [500.0, -500.0, 1.0, 1.0]}, "fx and fy must be positive"),
         ({"camera.exo1.pose": [1.0, 2.0]}, "camera.exo1.pose: needs 7 numbers"),

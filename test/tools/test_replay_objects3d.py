@@ -13,7 +13,8 @@ pytest.importorskip("rosbags", reason="rosbags is not installed (pip install -r 
 
 from vggts_ros import bags  # noqa: E402
 from vggts_ros.cli import main  # noqa: E402
-from vggts_ros.geometry.boxes import OrientedBox, compare_boxes, matrix_from_quaternion, quaternion_from_matrix  # noqa: E402
+from vggts_ros.geometry.boxes import OrientedBox, compare_boxes, matrix_from_quaternion  # noqa: E402
+from vggts_ros.geometry.boxes import quaternion_from_matrix  # noqa: E402
 from vggts_ros.scenes import synthetic_scene  # noqa: E402
 
 SIZE = (320, 240)

@@ -120,7 +120,8 @@ def depth_image(msg) -> Tuple[np.ndarray, str]:
     if h <= 0 or w <= 0:
         raise DepthError(f"the depth image has no pixels ({w}x{h})")
     if step < w * dtype.itemsize:
-        raise DepthError(f"depth image step {step} is smaller than width x {dtype.itemsize} bytes = {w * dtype.itemsize}")
+        raise DepthError(f"depth image step {step} is smaller than width x {dtype.itemsize} bytes "
+                         f"= {w * dtype.itemsize}")
     data = msg.data
     raw = np.frombuffer(data if isinstance(data, (bytes, bytearray, memoryview, np.ndarray)) else bytes(data), np.uint8)
     if raw.size < step * h:

@@ -1,9 +1,11 @@
 """One camera's depth stream, kept briefly and matched to the colour frames of the sets.
 
 A registered depth camera publishes its depth images next to (not together with) its
-colour images; a set is processed some time after its colour frames arrived. A
-:class:`DepthStream` keeps the last ``keep`` seconds of depth messages (by stamp, at most
-``capacity`` of them; the messages are decoded only when matched) and gives, for a
+colour images; a set is processed some time after its colour frames arrived (behind a
+set in inference, and for as long as the model takes). A :class:`DepthStream` keeps the
+last ``keep`` seconds of depth messages (by stamp, at most ``capacity`` of them; the
+messages are decoded only when matched), plus those near the stamps of the last few sets
+handed to inference (:meth:`DepthStream.hold`, whatever their age), and gives, for a
 colour frame's stamp, the depth image whose stamp is nearest within ``slop`` seconds
 (:meth:`DepthStream.match`). No match is never filled in with an older image: a stream
 that stopped, or a set older than what is kept, gets no depth and a reason that says
@@ -36,7 +38,7 @@ class DepthMatch:
 class DepthStream:
     """See the module docstring. ``topic`` is only for messages; ``clock`` gives arrival times (s)."""
 
-    def __init__(self, topic: str = "", *, keep: float = 2.0, capacity: int = 90,
+    def __init__(self, topic: str = "", *, keep: float = 2.0, capacity: int = 90, holds: int = 4,
                  clock: Callable[[], float] = time.monotonic, rate_window: float = 5.0) -> None:
         if keep <= 0 or capacity < 1:
             raise ValueError(f"a depth stream keeps > 0 s and >= 1 image, got keep={keep}, capacity={capacity}")
@@ -49,6 +51,8 @@ class DepthStream:
         self._stamps: List[float] = []  # sorted
         self._messages: List[Any] = []
         self._arrivals: Deque[float] = deque()
+        self._held: Deque[Tuple[float, float]] = deque(maxlen=max(1, int(holds)))  # (stamp, slop) of recent sets
+        self._dropped_upto = float("-inf")  # newest stamp evicted so far
         self.received = 0
         self.matched = 0
         self.missed = 0
@@ -67,12 +71,7 @@ class DepthStream:
             else:
                 self._stamps.insert(i, stamp)
                 self._messages.insert(i, message)
-            newest = self._stamps[-1]
-            drop = bisect.bisect_left(self._stamps, newest - self.keep)
-            drop = max(drop, len(self._stamps) - self.capacity)
-            if drop > 0:
-                del self._stamps[:drop]
-                del self._messages[:drop]
+            self._evict()
             self.received += 1
             self.last_arrival = now
             self._arrivals.append(now)
@@ -80,11 +79,32 @@ class DepthStream:
                 self._arrivals.popleft()
             self._cond.notify_all()
 
+    def _evict(self) -> None:
+        newest = self._stamps[-1]
+        drop = max(bisect.bisect_left(self._stamps, newest - self.keep), len(self._stamps) - self.capacity)
+        if drop <= 0:
+            return
+        keep = [i for i in range(drop) if any(abs(self._stamps[i] - s) <= slop for s, slop in self._held)]
+        gone = [self._stamps[i] for i in range(drop) if i not in keep]
+        if gone:
+            self._dropped_upto = max(self._dropped_upto, gone[-1])
+        self._stamps = [self._stamps[i] for i in keep] + self._stamps[drop:]
+        self._messages = [self._messages[i] for i in keep] + self._messages[drop:]
+
+    def hold(self, stamp: float, slop: float) -> None:
+        """A set with a colour frame at ``stamp`` goes to inference: keep the depth images
+        within ``slop`` of it (present or still to come) until it is matched, however long
+        that takes. Only the last ``holds`` sets are held (older ones were replaced or done)."""
+        with self._cond:
+            self._held.append((float(stamp), float(slop)))
+
     def reset(self) -> None:
         """Forget the kept images (a time jump back: their stamps no longer compare)."""
         with self._cond:
             self._stamps.clear()
             self._messages.clear()
+            self._held.clear()
+            self._dropped_upto = float("-inf")
 
     # ------------------------------------------------------------------ matching
     def _nearest(self, stamp: float) -> Optional[int]:
@@ -131,13 +151,16 @@ class DepthStream:
         nearest = self._stamps[j]
         newest = self._stamps[-1]
         if newest < stamp - slop:
-            since = "" if self.last_arrival is None else f", the last one arrived {self.clock() - self.last_arrival:.1f} s ago"
+            since = "" if self.last_arrival is None else \
+                f", the last one arrived {self.clock() - self.last_arrival:.1f} s ago"
             return (f"no depth image within {slop:g} s of the colour frame at {stamp:.3f} s{where}: the newest is "
                     f"{stamp - newest:.3f} s older (the depth stream stopped or lags{since})")
+        if stamp - slop <= self._dropped_upto:
+            return (f"no depth image within {slop:g} s of the colour frame at {stamp:.3f} s{where}: it was dropped "
+                    f"(the set is older than the {self.keep:g} s of depth kept, and was not held for inference)")
         if self._stamps[0] > stamp + slop:
-            return (f"no depth image within {slop:g} s of the colour frame at {stamp:.3f} s{where}: the kept depth "
-                    f"images start {self._stamps[0] - stamp:.3f} s later (the set is older than the {self.keep:g} s "
-                    "of depth kept)")
+            return (f"no depth image within {slop:g} s of the colour frame at {stamp:.3f} s{where}: none arrived "
+                    f"for that time (the first after it is {self._stamps[0] - stamp:.3f} s later)")
         return (f"no depth image within {slop:g} s of the colour frame at {stamp:.3f} s{where} (nearest "
                 f"{nearest - stamp:+.3f} s): depth and colour stamps differ (not registered or not synchronised?)")
 

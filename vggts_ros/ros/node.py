@@ -55,7 +55,7 @@ from vggts_ros.registry import ObjectRegistry
 from vggts_ros.ros import diagnostics
 from vggts_ros.ros.conversions import ReceivedImage, check_size
 from vggts_ros.ros.objects3d_io import Objects3DIO, make_step
-from vggts_ros.ros.outputs import Outputs
+from vggts_ros.ros.outputs import Outputs, mouse_topic
 from vggts_ros.ros.parameters import NodeParameters
 from vggts_ros.ros.services import ObjectServices, stamp_to_sec
 from vggts_ros.set_processor import SetProcessor, apply_advances
@@ -353,6 +353,7 @@ class VGGTSNode(LifecycleNode):
         now = time.monotonic()
         for item in sets:
             self.health.set_received(now)
+            self.io3d.hold(item)
             if len(self.registry) > 0 and self.worker.submit(item):
                 self.health.replaced += 1
 

@@ -4,7 +4,8 @@
 and the camera_info the node's outputs already receive.
 
 The node calls :func:`make_step` when it builds its set processor (configure),
-:meth:`Objects3DIO.update` when it creates its topics, :meth:`Objects3DIO.publish` with
+:meth:`Objects3DIO.update` when it creates its topics, :meth:`Objects3DIO.hold` with each
+set it hands to inference, :meth:`Objects3DIO.publish` with
 each processed set (before the per-camera outputs, which take :meth:`Objects3DIO.markers`)
 and :meth:`Objects3DIO.camera_values` for each camera's diagnostics. Subscriptions and
 publishers are kept across cleanup/configure and made anew only when the cameras' depth
@@ -76,6 +77,17 @@ class Objects3DIO:
         if self.outputs is None:
             return
         self.outputs.publish(getattr(output, "objects3d", None), {n: self.header_of(f) for n, f in frames.items()})
+
+    def hold(self, item) -> None:
+        """A synchronised set goes to inference: its cameras' depth streams keep the images
+        near its frames' stamps until it is processed (however long the model takes)."""
+        step = self.step
+        if step is None:
+            return
+        for name, frame in item.messages.items():
+            stream = step.depth.get(name)
+            if stream is not None:
+                stream.hold(frame.stamp, step.slop)
 
     def markers(self, camera: str) -> List[Any]:
         return self.outputs.markers(camera) if self.outputs is not None else []

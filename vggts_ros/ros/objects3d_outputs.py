@@ -129,8 +129,8 @@ class Objects3DOutputs:
             r, g, b = (float(c) / 255.0 for c in color_of(o.object_id))
             box = Marker(header=header, ns="objects3d", id=2 * int(o.object_id), type=Marker.CUBE, action=Marker.ADD)
             box.pose.position = Point(x=float(o.box.center[0]), y=float(o.box.center[1]), z=float(o.box.center[2]))
-            qx, qy, qz, qw = (float(v) for v in o.orientation)
-            box.pose.orientation.x, box.pose.orientation.y, box.pose.orientation.z, box.pose.orientation.w = qx, qy, qz, qw
+            q = box.pose.orientation
+            q.x, q.y, q.z, q.w = (float(v) for v in o.orientation)
             box.scale.x, box.scale.y, box.scale.z = (max(float(v), 1e-3) for v in o.size)
             box.color.r, box.color.g, box.color.b, box.color.a = r, g, b, 0.35
             dot = Marker(header=header, ns="objects3d", id=2 * int(o.object_id) + 1, type=Marker.SPHERE,
@@ -162,7 +162,8 @@ class Objects3DOutputs:
             t = TransformStamped()
             t.header = header
             t.child_frame_id = f"{node_name}/object_{oid}"
-            t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = (float(v) for v in T[:3, 3])
+            tr = t.transform.translation
+            tr.x, tr.y, tr.z = (float(v) for v in T[:3, 3])
             q = messages.pose_msg(messages.ros_types, T).orientation
             t.transform.rotation = q
             out.append(t)
