@@ -87,6 +87,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise UsageError(f"give one --target-role for all targets or one per target ({len(args.target)})")
     roles = roles * len(args.target) if len(roles) == 1 else roles
     targets = [TargetView(read_rgb(p), role=r, name=Path(p).stem) for p, r in zip(args.target, roles)]
+    geometry = _geometry_inputs(args, targets)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -109,7 +110,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     except ValueError as exc:  # inputs the pipeline cannot use, named by the pipeline
         raise UsageError(str(exc)) from exc
     t_run = time.monotonic() - t0
-    located = _objects3d(args, source, mask, targets, results)
+    located = _objects3d(geometry, source, mask, targets, results)
     summary = []
     for view, path, result in zip(targets, args.target, results):
         stem = Path(path).stem
@@ -159,27 +160,54 @@ def read_depth(path: str) -> np.ndarray:
     return depth
 
 
-def _objects3d(args, source: np.ndarray, mask: np.ndarray, targets, results):
-    """``--depth``/``--intrinsics``/``--pose``: the object in 3D per camera (and fused)."""
+def _geometry_inputs(args, targets) -> Optional[dict]:
+    """``--depth``/``--intrinsics``/``--pose`` read and checked before the backend runs (a typo
+    does not wait for the segmentation): ``results_in_3d``'s keyword arguments, or None."""
     if not (args.depth or args.intrinsics or args.pose):
         return None
-    from vggts_ros.geometry.results3d import results_in_3d
+    from vggts_ros.geometry.objects3d_step import pose_matrix
     from vggts_ros.replay import ReplayError, parse_pairs
 
+    names = {t.name for t in targets} | {"source"}
     try:
-        depth = {k: read_depth(v) for k, v in parse_pairs(args.depth, "--depth").items()}
-        numbers = {}
-        for flag, given in (("--intrinsics", args.intrinsics), ("--pose", args.pose)):
-            numbers[flag] = {}
-            for k, v in parse_pairs(given, flag).items():
+        given = {flag: parse_pairs(values, flag) for flag, values in
+                 (("--depth", args.depth), ("--intrinsics", args.intrinsics), ("--pose", args.pose))}
+    except ReplayError as exc:
+        raise UsageError(str(exc)) from exc
+    for flag, pairs in given.items():
+        unknown = sorted(set(pairs) - names)
+        if unknown:
+            raise UsageError(f"{flag} given for unknown camera(s) {unknown}; cameras: 'source' and the targets' "
+                             f"file stems {sorted(names - {'source'})}")
+    numbers: dict = {}
+    for flag in ("--intrinsics", "--pose"):
+        numbers[flag] = {}
+        for k, v in given[flag].items():
+            try:
+                numbers[flag][k] = [float(x) for x in v.replace(",", " ").split()]
+            except ValueError:
+                raise UsageError(f"{flag} {k}={v}: expected numbers separated by commas") from None
+            if flag == "--intrinsics" and len(numbers[flag][k]) != 4:
+                raise UsageError(f"--intrinsics {k}: needs 4 numbers fx,fy,cx,cy, got {len(numbers[flag][k])}")
+            if flag == "--pose":
                 try:
-                    numbers[flag][k] = [float(x) for x in v.replace(",", " ").split()]
-                except ValueError:
-                    raise UsageError(f"{flag} {k}={v}: expected numbers separated by commas") from None
-        return results_in_3d(results, targets, depth=depth, intrinsics=numbers["--intrinsics"], poses=numbers["--pose"],
-                             source_mask=mask, source_name="source", source_size=(source.shape[1], source.shape[0]),
-                             frame=args.frame or "")
-    except (ReplayError, ValueError) as exc:
+                    pose_matrix(numbers[flag][k])
+                except ValueError as exc:
+                    raise UsageError(f"--pose {k}: {exc}") from exc
+    return dict(depth={k: read_depth(v) for k, v in given["--depth"].items()}, intrinsics=numbers["--intrinsics"],
+                poses=numbers["--pose"], frame=args.frame or "")
+
+
+def _objects3d(geometry: Optional[dict], source: np.ndarray, mask: np.ndarray, targets, results):
+    """The object in 3D per camera (and fused) of one segment call, or None without depth."""
+    if geometry is None:
+        return None
+    from vggts_ros.geometry.results3d import results_in_3d
+
+    try:
+        return results_in_3d(results, targets, source_mask=mask, source_name="source",
+                             source_size=(source.shape[1], source.shape[0]), **geometry)
+    except ValueError as exc:
         raise UsageError(str(exc)) from exc
 
 
@@ -247,7 +275,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         from vggts_ros.backends import pipeline_config
 
         # the node's mapping of its parameters (temporal memory, precision, ...), as the node runs it
-        pipe = pipeline_config(node.inference, model, node.geometry) if node else PipelineConfig()
+        pipe = pipeline_config(node.inference, model, node.geometry) if node else \
+            dataclasses.replace(PipelineConfig(), geometry_heads=options.geometry.vggt_heads)
         built["segmentor"] = _build(model, dataclasses.replace(pipe, refine_iterations=refine))
         built["seconds"] = time.monotonic() - t0
         return built["segmentor"]

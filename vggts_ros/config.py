@@ -313,7 +313,10 @@ class GeometryConfig:
     fused over the cameras whose poses are known (camera.<name>.pose or VGGT's camera head)."""
 
     enabled: bool = True  # objects in 3D for the cameras with depth (depth_topic or vggt_heads)
-    vggt_heads: bool = False  # VGGT's camera and depth heads (model.backend vggts): depth and poses
+    # VGGT's camera and depth heads with model.backend vggts (ignored by the geometric backend,
+    # which has none): every camera's depth and pose. On: 2.7 % of a set's compute, +1.0 GB of
+    # float32 weights (docs/geometry.md, "VGGT's geometry heads").
+    vggt_heads: bool = True
     baseline: str = ""  # "cam_a,cam_b,metres": a known distance that makes VGGT's geometry metric
     frame: str = ""  # fused frame: a camera name (its optical frame) or the poses' frame; "" = first camera
 
@@ -404,6 +407,10 @@ class NodeConfig:
             raise ValueError("invalid vggts configuration:\n  " + "\n  ".join(errors))
         return self
 
+    def vggt_heads(self) -> bool:
+        """Whether VGGT's heads run: ``geometry.vggt_heads`` with the VGGT backend."""
+        return bool(self.geometry.vggt_heads and self.model.backend == "vggts")
+
     def reference_frame(self) -> str:
         """``geometry.frame``, or the first camera's name when it is empty."""
         return self.geometry.frame or (self.cameras[0].name if self.cameras else "")
@@ -441,9 +448,6 @@ class NodeConfig:
                     errors.append(f"{key}.pose: the quaternion (qx qy qz qw) {list(v[3:])} is not a unit quaternion "
                                   f"(norm {math.sqrt(sum(x * x for x in v[3:])):.4g})")
         g = self.geometry
-        if g.vggt_heads and self.model.backend != "vggts":
-            errors.append(f"geometry.vggt_heads needs model.backend vggts (the {self.model.backend} backend has no "
-                          "camera or depth head)")
         if g.baseline:
             from vggts_ros.geometry.scale import ScaleError, check_baseline, parse_baseline
 
@@ -575,8 +579,8 @@ PARAMETERS: Dict[str, Tuple[str, bool, Optional[Tuple[float, float]]]] = {
                               True, (0.0, 1e6)),
     "geometry.enabled": ("objects in 3D for the cameras with depth (camera.<name>.depth_topic or "
                          "geometry.vggt_heads)", False, None),
-    "geometry.vggt_heads": ("VGGT's camera and depth heads (model.backend vggts): depth and poses of every camera",
-                            False, None),
+    "geometry.vggt_heads": ("VGGT's camera and depth heads (model.backend vggts; the geometric backend has none): "
+                            "depth and poses of every camera", False, None),
     "geometry.baseline": ("'cam_a,cam_b,metres': known distance between two cameras (metric scale for VGGT's "
                           "geometry without a depth topic); empty = none", False, None),
     "geometry.frame": ("fused objects' frame: a camera name (its optical frame) or the frame camera.<name>.pose "

@@ -411,7 +411,10 @@ class _Replayer:
     # -- pass 2: camera streams through the synchroniser
     def _objects3d_step(self) -> Optional[Objects3DStep]:
         """The 3D step (None when no camera has depth): depth topics and camera_info read from the bag."""
-        step = Objects3DStep(self.cameras, self.opt.geometry, self.opt.sync.slop)
+        # VGGT's heads count when the backend runs them (PipelineConfig.geometry_heads)
+        heads = bool(getattr(getattr(self.segmentor, "cfg", None), "geometry_heads", False))
+        geometry = dataclasses.replace(self.opt.geometry, vggt_heads=self.opt.geometry.vggt_heads and heads)
+        step = Objects3DStep(self.cameras, geometry, self.opt.sync.slop)
         if not step.active:
             return None
         topics = self._topics()

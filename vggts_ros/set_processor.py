@@ -172,6 +172,8 @@ class SetProcessor:
         out = SetOutput(stamp, [])
         if not objects or not frames:
             return out
+        if self.objects3d is not None:
+            self.objects3d.begin(frames)  # keep the set's depth images through inference
         track = self.source_mode == "track"
         per_target: Dict[str, List[Tuple[TrackedObject, SegmentationResult]]] = {}
         groups: Dict[Tuple[str, float], List[TrackedObject]] = {}

@@ -26,6 +26,7 @@ pytest.importorskip("rosbags", reason="rosbags is not installed (pip install -r 
 
 SIZE = (320, 240)
 STAMP = 10.0
+SENSOR_ONLY = GeometryConfig(vggt_heads=False)  # depth topics only (the weight-free backend has no heads)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ def run(step, scene, segmentor=None, object_ids=(1,), stamp=STAMP, drawn=None):
 
 # ----------------------------------------------------------------------------- sensor depth
 def test_sensor_depth_and_static_poses_give_each_camera_and_the_fused_box(scene):
-    step = Objects3DStep(cameras(scene), GeometryConfig(), 0.02)
+    step = Objects3DStep(cameras(scene), SENSOR_ONLY, 0.02)
     feed(step, scene, encodings={"exo2": "16UC1"})
     out = run(step, scene, object_ids=(1, 2))
     r = out.objects3d
@@ -98,7 +99,7 @@ def test_sensor_depth_and_static_poses_give_each_camera_and_the_fused_box(scene)
 
 
 def test_without_poses_there_is_no_fused_estimate_and_the_notes_say_why(scene):
-    step = Objects3DStep(cameras(scene, poses=False), GeometryConfig(), 0.02)
+    step = Objects3DStep(cameras(scene, poses=False), SENSOR_ONLY, 0.02)
     feed(step, scene)
     r = run(step, scene).objects3d
     assert r.fused is None and any("no camera has a pose in 'ego'" in n for n in r.notes)
@@ -113,7 +114,7 @@ def test_without_poses_there_is_no_fused_estimate_and_the_notes_say_why(scene):
     ("unknown encoding", "mono16", "unknown depth encoding 'mono16'"),
 ])
 def test_unusable_depth_gives_every_object_of_the_camera_a_reason(scene, what, message, expected):
-    step = Objects3DStep(cameras(scene), GeometryConfig(), 0.02)
+    step = Objects3DStep(cameras(scene), SENSOR_ONLY, 0.02)
     feed(step, scene)
     if message == "mono16":
         bad = bags.depth_msg(scene.depth("exo1"), "16UC1", int(STAMP * 1e9))
@@ -130,7 +131,7 @@ def test_unusable_depth_gives_every_object_of_the_camera_a_reason(scene, what, m
 
 
 def test_half_valid_depth_is_still_used(scene):
-    step = Objects3DStep(cameras(scene), GeometryConfig(), 0.02)
+    step = Objects3DStep(cameras(scene), SENSOR_ONLY, 0.02)
     feed(step, scene)
     holes = scene.depth("exo1").copy()
     holes[::2] = np.nan  # every other row without a reading
@@ -142,7 +143,7 @@ def test_half_valid_depth_is_still_used(scene):
 def test_missing_intrinsics_and_the_intrinsics_parameter(scene):
     K = scene.cameras["exo2"].K
     params = {"exo2": {"intrinsics": [K[0, 0], K[1, 1], K[0, 2], K[1, 2]]}}
-    step = Objects3DStep(cameras(scene, **params), GeometryConfig(), 0.02)
+    step = Objects3DStep(cameras(scene, **params), SENSOR_ONLY, 0.02)
     feed(step, scene, info=False)
     r = run(step, scene).objects3d
     o = r.cameras["exo1"].get(1)
@@ -151,7 +152,7 @@ def test_missing_intrinsics_and_the_intrinsics_parameter(scene):
 
 
 def test_depth_of_another_stamp_is_never_used(scene):
-    step = Objects3DStep(cameras(scene), GeometryConfig(), 0.02)
+    step = Objects3DStep(cameras(scene), SENSOR_ONLY, 0.02)
     feed(step, scene, stamp=STAMP - 0.5)  # the depth stream lags half a second
     o = run(step, scene).objects3d.cameras["exo1"].get(1)
     assert "no depth image within 0.02 s of the colour frame at 10.000 s" in o.reason
@@ -179,20 +180,23 @@ def test_depth_stream_matches_the_nearest_stamp_within_the_slop_and_says_why_not
     assert (v["depth_received"], v["depth_sets_matched"], v["depth_sets_missed"]) == ("6", "2", "4")
 
 
-def test_depth_stream_holds_the_images_of_sets_in_inference_however_long_it_takes():
+def test_depth_stream_keeps_the_images_of_sets_waiting_for_and_in_inference():
     s = DepthStream("/d", keep=0.5, capacity=4, holds=2)
     s.hold(1.0, 0.01)  # handed to inference before its depth image arrived
     for i in range(10):
         s.add(1.0 + 0.1 * i, i)
-    assert s.kept()[0] == 1.0 and len(s.kept()) == 5  # the held one, and the newest four
-    assert s.match(1.0, 0.01).message == 0
+    assert s.kept()[0] == 1.0 and len(s.kept()) == 5  # the waiting one, and the newest four
     assert "older than the 0.5 s of depth kept, and was not held" in s.match(1.2, 0.01).reason
+    s.begin(1.0, 0.01)  # the inference thread takes it...
     s.hold(1.6, 0.01)
-    s.hold(1.7, 0.01)  # two newer sets in inference: 1.0 is no longer held
+    s.hold(1.7, 0.01)  # ...while two newer sets wait (1.7 replaces 1.6 in the thread; both held)
     for i in range(10, 30):
         s.add(1.0 + 0.1 * i, i)
-    kept = [round(t, 3) for t in s.kept()]
-    assert kept == [1.6, 1.7, 3.6, 3.7, 3.8, 3.9]
+    assert [round(t, 3) for t in s.kept()] == [1.0, 1.6, 1.7, 3.6, 3.7, 3.8, 3.9]
+    assert s.match(1.0, 0.01).message == 0  # 2.9 s later, still there
+    s.hold(3.95, 0.01)
+    s.add(4.0, 30)
+    assert [round(t, 3) for t in s.kept()] == [1.7, 3.7, 3.8, 3.9, 4.0]  # matched: released; 1.6 replaced
 
 
 def test_depth_stream_capacity_and_a_short_wait_for_an_image_on_its_way():
@@ -318,8 +322,34 @@ def test_camera_geometry_parameters_round_trip_and_are_validated(scene):
         ({"camera.exo1.pose": [1.0, 2.0]}, "camera.exo1.pose: needs 7 numbers"),
         ({"geometry.baseline": "exo1,exo1,0.5"}, "names camera 'exo1' twice"),
         ({"geometry.baseline": "exo1,exo2,-1"}, "must be a positive number of metres"),
-        ({"geometry.vggt_heads": True, "model.backend": "geometric"}, "geometry.vggt_heads needs model.backend vggts"),
     ]
+    assert NodeConfig.from_parameters(params).vggt_heads()  # on by default with the VGGT backend
+    assert not NodeConfig.from_parameters(dict(params, **{"model.backend": "geometric"})).vggt_heads()  # no heads
     for change, message in bad:
         with pytest.raises(ValueError, match=message.replace(".", r"\.")):
             NodeConfig.from_parameters(dict(params, **change)).validate()
+
+
+def test_the_step_on_vggt_heads_of_the_deterministic_model(scene):
+    """The real pipeline with its camera and depth heads on (``test-tiny``: deterministic
+    weights, meaningless geometry): each result's ViewGeometry reaches the step, the scale
+    comes from the one depth camera, poses are in the source camera's frame, and whatever
+    cannot be used (e.g. a field of view that gives no focal length) is a note and a reason,
+    never an exception or a number published as good."""
+    from vggts_ros.backends import create_segmentor
+    from vggts_ros.config import ModelConfig, PipelineConfig
+
+    seg = create_segmentor(ModelConfig(backend="vggts", config="test-tiny", device="cpu"),
+                           PipelineConfig(geometry_heads=True))
+    step = Objects3DStep(cameras(scene, depth=("exo1",), poses=False), GeometryConfig(vggt_heads=True), 0.02)
+    feed(step, scene)
+    out = run(step, scene, seg)
+    r = out.objects3d
+    assert out.cameras[0].objects[0].result.geometry is not None
+    assert (r.scale.kind, r.scale.source) == ("metric", "depth:exo1") and r.scale.samples > 1000
+    assert np.allclose(r.poses.poses["ego"], np.eye(4)) and set(r.poses.poses) <= {"ego", "exo1", "exo2"}
+    for name, objs in r.cameras.items():
+        for o in objs.objects:
+            assert o.ok or (o.reason and o.centroid is None and o.points == 0), (name, o.reason)
+            if o.ok:
+                assert np.isfinite(o.centroid).all() and np.isfinite(o.size).all()

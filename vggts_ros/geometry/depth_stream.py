@@ -4,10 +4,11 @@ A registered depth camera publishes its depth images next to (not together with)
 colour images; a set is processed some time after its colour frames arrived (behind a
 set in inference, and for as long as the model takes). A :class:`DepthStream` keeps the
 last ``keep`` seconds of depth messages (by stamp, at most ``capacity`` of them; the
-messages are decoded only when matched), plus those near the stamps of the last few sets
-handed to inference (:meth:`DepthStream.hold`, whatever their age), and gives, for a
-colour frame's stamp, the depth image whose stamp is nearest within ``slop`` seconds
-(:meth:`DepthStream.match`). No match is never filled in with an older image: a stream
+messages are decoded only when matched), plus those near the stamps of the sets waiting
+for inference (:meth:`DepthStream.hold`: the last two handed over; a newer one replaces a
+waiting one, as the inference thread does) and in inference (:meth:`DepthStream.begin`,
+until matched), whatever their age, and gives, for a colour frame's stamp, the depth
+image whose stamp is nearest within ``slop`` seconds (:meth:`DepthStream.match`). No match is never filled in with an older image: a stream
 that stopped, or a set older than what is kept, gets no depth and a reason that says
 which. Thread-safe: a subscription callback adds while the inference thread matches
 (and may wait briefly for a depth image that is still on its way).
@@ -38,7 +39,7 @@ class DepthMatch:
 class DepthStream:
     """See the module docstring. ``topic`` is only for messages; ``clock`` gives arrival times (s)."""
 
-    def __init__(self, topic: str = "", *, keep: float = 2.0, capacity: int = 90, holds: int = 4,
+    def __init__(self, topic: str = "", *, keep: float = 2.0, capacity: int = 90, holds: int = 2,
                  clock: Callable[[], float] = time.monotonic, rate_window: float = 5.0) -> None:
         if keep <= 0 or capacity < 1:
             raise ValueError(f"a depth stream keeps > 0 s and >= 1 image, got keep={keep}, capacity={capacity}")
@@ -51,7 +52,8 @@ class DepthStream:
         self._stamps: List[float] = []  # sorted
         self._messages: List[Any] = []
         self._arrivals: Deque[float] = deque()
-        self._held: Deque[Tuple[float, float]] = deque(maxlen=max(1, int(holds)))  # (stamp, slop) of recent sets
+        self._held: Deque[Tuple[float, float]] = deque(maxlen=max(1, int(holds)))  # (stamp, slop): sets waiting
+        self._active: List[Tuple[float, float]] = []  # (stamp, slop): sets in inference
         self._dropped_upto = float("-inf")  # newest stamp evicted so far
         self.received = 0
         self.matched = 0
@@ -84,7 +86,8 @@ class DepthStream:
         drop = max(bisect.bisect_left(self._stamps, newest - self.keep), len(self._stamps) - self.capacity)
         if drop <= 0:
             return
-        keep = [i for i in range(drop) if any(abs(self._stamps[i] - s) <= slop for s, slop in self._held)]
+        pinned = list(self._held) + self._active
+        keep = [i for i in range(drop) if any(abs(self._stamps[i] - s) <= slop for s, slop in pinned)]
         gone = [self._stamps[i] for i in range(drop) if i not in keep]
         if gone:
             self._dropped_upto = max(self._dropped_upto, gone[-1])
@@ -92,11 +95,17 @@ class DepthStream:
         self._messages = [self._messages[i] for i in keep] + self._messages[drop:]
 
     def hold(self, stamp: float, slop: float) -> None:
-        """A set with a colour frame at ``stamp`` goes to inference: keep the depth images
-        within ``slop`` of it (present or still to come) until it is matched, however long
-        that takes. Only the last ``holds`` sets are held (older ones were replaced or done)."""
+        """A set with a colour frame at ``stamp`` waits for inference: keep the depth images
+        within ``slop`` of it (present or still to come). Only the last ``holds`` waiting sets
+        are held (a newer set replaces a waiting one in the inference thread)."""
         with self._cond:
             self._held.append((float(stamp), float(slop)))
+
+    def begin(self, stamp: float, slop: float) -> None:
+        """The set at ``stamp`` is in inference: its depth images are kept until it is matched."""
+        with self._cond:
+            self._active.append((float(stamp), float(slop)))
+            del self._active[:-8]  # a bound, should a set never be matched (inference failed)
 
     def reset(self) -> None:
         """Forget the kept images (a time jump back: their stamps no longer compare)."""
@@ -104,6 +113,7 @@ class DepthStream:
             self._stamps.clear()
             self._messages.clear()
             self._held.clear()
+            self._active.clear()
             self._dropped_upto = float("-inf")
 
     # ------------------------------------------------------------------ matching
@@ -125,6 +135,7 @@ class DepthStream:
                 if left <= 0:
                     break
                 self._cond.wait(left)
+            self._active = [(s, sl) for s, sl in self._active if abs(s - stamp) > max(sl, slop)]
             j = self._nearest(stamp)
             if j is not None and abs(self._stamps[j] - stamp) <= slop:
                 self.matched += 1

@@ -168,6 +168,13 @@ class Objects3DStep:
         return lines
 
     # ------------------------------------------------------------------ one set
+    def begin(self, frames: Mapping[str, Any]) -> None:
+        """A set goes into inference: its cameras' depth images are kept until :meth:`process`."""
+        for name, frame in frames.items():
+            stream = self.depth.get(name)
+            if stream is not None:
+                stream.begin(frame.stamp, self.slop)
+
     def process(self, output, frames: Mapping[str, Any], objects: Sequence[Any]) -> Optional[Set3D]:
         """Objects in 3D of one processed set (``output``: its ``SetOutput``; ``frames``: the
         set's usable ``CameraFrame`` by camera; ``objects``: the objects it was run for).
@@ -276,7 +283,12 @@ class Objects3DStep:
         try:
             cam.vggt_intrinsics = Intrinsics(float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]), *size)
         except IntrinsicsError as exc:
-            result.notes.append(f"camera {cam.name!r}: VGGT intrinsics unusable: {exc}")
+            why = f"VGGT's intrinsics for camera {cam.name!r} are unusable ({exc})"
+            result.notes.append(why)
+            if cam.intrinsics is None:  # nothing else to unproject with: every object says why
+                cam.intrinsics_reason = f"{cam.intrinsics_reason}; {why}" if cam.intrinsics_reason else why
+            if cam.depth is None:
+                cam.depth_reason = cam.depth_reason or f"no depth topic, and {why}"
             return
         cam.vggt_depth = depth.astype(np.float64)
         cam.vggt_confidence = None if getattr(geo, "depth_conf", None) is None else np.asarray(geo.depth_conf)

@@ -24,8 +24,12 @@ DEPTH_WAIT = 0.1  # s the inference thread waits for a depth image still on its 
 
 
 def make_step(cfg, slop: Callable[[], float]) -> Optional[Objects3DStep]:
-    """The 3D step of a node configuration (None when 3D is off or no camera has depth)."""
-    step = Objects3DStep(cfg.cameras, cfg.geometry, slop, depth_wait=DEPTH_WAIT)
+    """The 3D step of a node configuration (None when 3D is off or no camera has depth);
+    VGGT's heads count only with the VGGT backend."""
+    import dataclasses
+
+    geometry = dataclasses.replace(cfg.geometry, vggt_heads=cfg.vggt_heads())
+    step = Objects3DStep(cfg.cameras, geometry, slop, depth_wait=DEPTH_WAIT)
     return step if step.active else None
 
 
@@ -79,8 +83,9 @@ class Objects3DIO:
         self.outputs.publish(getattr(output, "objects3d", None), {n: self.header_of(f) for n, f in frames.items()})
 
     def hold(self, item) -> None:
-        """A synchronised set goes to inference: its cameras' depth streams keep the images
-        near its frames' stamps until it is processed (however long the model takes)."""
+        """A synchronised set is handed to the inference thread: its cameras' depth streams
+        keep the images near its frames' stamps while it waits (the set processor's 3D step
+        keeps them through inference)."""
         step = self.step
         if step is None:
             return
