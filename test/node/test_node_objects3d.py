@@ -200,3 +200,61 @@ def test_a_configuration_that_cannot_give_3d_refuses_the_start(ros, scene):  # n
         with pytest.raises(ValueError, match=expected.replace(".", r"\.").replace("(", r"\(")):
             VGGTSNode(f"obj3d_refused_{i}", segmentor=GeometricSegmentor(),
                       parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+
+
+def test_interfaces_and_the_same_bytes_from_the_node_and_from_replay(scene):
+    """The fields issue 20 names, in order; and an Objects3D / PointCloud2 / CameraPoses built
+    with rclpy's classes (the node) holds exactly what the one built with the rosbags type
+    store (``vggts replay``) holds, value for value in CDR."""
+    from rclpy.serialization import serialize_message
+    from std_msgs.msg import Header
+
+    from vggts_ros import bags
+    from vggts_ros.geometry import messages
+    from vggts_ros.geometry.objects3d import Object3D, Objects3D
+    from vggts_ros.geometry.objects3d_step import CameraPoses
+    from vggts_ros.geometry.boxes import OrientedBox
+    from vggts_ros.geometry.scale import Scale
+    from vggts_ros.msg import CameraPoses as CameraPosesMsg, Object3D as Object3DMsg, Objects3D as Objects3DMsg
+    from vggts_ros.ros.conversions import to_uint8_array
+    from builtin_interfaces.msg import Time
+
+    assert list(Object3DMsg.get_fields_and_field_types().items()) == [
+        ("object_id", "uint8"), ("label", "string"), ("centroid", "geometry_msgs/Point"),
+        ("size", "geometry_msgs/Vector3"), ("orientation", "geometry_msgs/Quaternion"), ("points", "uint32"),
+        ("confidence", "float"), ("cameras", "sequence<string>"), ("reason", "string"),
+        ("box_center", "geometry_msgs/Point")]
+    assert list(Objects3DMsg.get_fields_and_field_types().items()) == [
+        ("header", "std_msgs/Header"), ("scale", "string"), ("scale_source", "string"),
+        ("objects", "sequence<vggts_ros/Object3D>")]
+    assert list(CameraPosesMsg.get_fields_and_field_types())[:3] == ["header", "cameras", "poses"]
+
+    box = OrientedBox(np.array([0.1, -0.2, 3.0]), np.array([0.3, 0.2, 0.1]), matrix_from_quaternion([0, 0, 0.38, 0.92]))
+    objs = Objects3D("exo1", [
+        Object3D(1, "box", np.array([0.1, -0.25, 2.9]), box, 3, 0.75, ("exo1",),
+                 cloud=np.array([[0.1, -0.2, 2.9], [0.2, -0.3, 2.8], [0.0, -0.25, 3.0]], np.float32)),
+        Object3D(2, "cup", reason="no valid depth under the mask", cameras=("exo1",))], "metric", "depth:exo1")
+    poses = CameraPoses("ego", {"ego": np.eye(4), "exo1": pose_matrix_of(scene)}, Scale(2.5, "metric", "depth:exo1"))
+    stamp = int(12.5e9)
+    ros_header = Header(stamp=Time(sec=12, nanosec=500_000_000), frame_id="exo1_optical_frame")
+    bag_header = bags.header(stamp, "exo1_optical_frame")
+    pairs = [
+        (messages.objects3d_msg(messages.ros_types, ros_header, objs),
+         messages.objects3d_msg(messages.bag_types, bag_header, objs)),
+        (messages.cloud_msg(messages.ros_types, ros_header, objs, to_uint8_array),
+         messages.cloud_msg(messages.bag_types, bag_header, objs, lambda a: a)),
+        (messages.camera_poses_msg(messages.ros_types, ros_header, poses),
+         messages.camera_poses_msg(messages.bag_types, bag_header, poses)),
+    ]
+    for ros_msg, bag_msg in pairs:
+        # the node's CDR bytes read back as the replay's message (alignment padding may differ)
+        back = bags.deserialize(serialize_message(ros_msg), bag_msg.__msgtype__)
+        assert bags.serialize(back) == bags.serialize(bag_msg), type(ros_msg).__name__
+    m = pairs[0][0]
+    assert m.objects[1].reason and m.objects[1].points == 0 and m.objects[1].box_center.z == 0.0
+    assert m.objects[0].box_center.z == 3.0 and abs(m.objects[0].centroid.z - 2.9) < 1e-12
+    assert pairs[1][0].width == 3 and pairs[2][0].scale_factor == 2.5
+
+
+def pose_matrix_of(scene):
+    return scene.cameras["ego"].T_cam_from_world @ scene.cameras["exo1"].T_world_from_cam

@@ -8,9 +8,9 @@ messages are decoded only when matched), plus those near the stamps of the sets 
 for inference (:meth:`DepthStream.hold`: the last two handed over; a newer one replaces a
 waiting one, as the inference thread does) and in inference (:meth:`DepthStream.begin`,
 until matched), whatever their age, and gives, for a colour frame's stamp, the depth
-image whose stamp is nearest within ``slop`` seconds (:meth:`DepthStream.match`). No match is never filled in with an older image: a stream
-that stopped, or a set older than what is kept, gets no depth and a reason that says
-which. Thread-safe: a subscription callback adds while the inference thread matches
+image whose stamp is nearest within ``slop`` seconds (:meth:`DepthStream.match`). A
+missing match is never filled in with an older image: a stream that stopped, or a set
+older than what is kept, gets no depth and a reason that says which. Thread-safe: a subscription callback adds while the inference thread matches
 (and may wait briefly for a depth image that is still on its way).
 
 Counters for diagnostics (:meth:`DepthStream.values`): images received, their rate,
