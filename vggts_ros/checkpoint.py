@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, Iterable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Iterable, Mapping, Optional, Sequence
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where a checkpoint is read: the weight-free node never needs it
+    import torch
+    from torch import nn
 
 
 # Every "no weights" error ends with this: the weight-free backend runs without any download.
@@ -164,12 +165,14 @@ def _resolve(source: str | os.PathLike, filename: str) -> Path:
         ) from exc
 
 
-def read_state_dict(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike) -> Dict[str, "torch.Tensor"]:
     """Read a checkpoint file as a flat ``{key: tensor}`` dict, without running pickles.
 
     Accepts a bare state dict, ``{"model": ...}`` / ``{"state_dict": ...}`` wrappers and
     DDP's ``module.`` prefix.
     """
+    import torch
+
     try:
         try:
             # Memory-mapped: VGGT-1B's model.pt is ~5 GB, most of it heads we skip.
@@ -194,6 +197,8 @@ def read_state_dict(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
 
 
 def _is_tensor_dict(obj: Mapping) -> bool:
+    import torch
+
     return len(obj) > 0 and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())
 
 
@@ -235,5 +240,7 @@ def load_exact(module: nn.Module, state: Mapping[str, torch.Tensor], what: str =
 
 def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike, wrap: Optional[str] = None) -> None:
     """Write tensors in the published layout (optionally wrapped, as ``main_exp.pth``)."""
+    import torch
+
     payload = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     torch.save({wrap: payload} if wrap else payload, str(path))

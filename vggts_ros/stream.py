@@ -22,9 +22,10 @@ computes exactly what a plain one does.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Hashable, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Hashable, Iterable, Optional, Sequence
 
-from vggts_ros.stream_reuse import StreamReuse
+if TYPE_CHECKING:  # stream reuse needs torch (view transforms); a weight-free backend never does
+    from vggts_ros.stream_reuse import StreamReuse
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class StreamState:
     wrote for objects that are gone.
     """
 
-    def __init__(self, temporal=None, reuse: Optional[StreamReuse] = None) -> None:
+    def __init__(self, temporal=None, reuse: Optional["StreamReuse"] = None) -> None:
         self.temporal = temporal
         self.reuse = reuse
 

@@ -48,7 +48,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from vggts_ros.checkpoint import CheckpointError
 from vggts_ros.config import NodeConfig
 from vggts_ros.frame_history import Frame, FrameHistory
-from vggts_ros.health import Health, Throttle
+from vggts_ros.health import CameraEvents, Health, Throttle
 from vggts_ros.intake import ObjectIntake
 from vggts_ros.object_store import ObjectStore
 from vggts_ros.registry import ObjectRegistry
@@ -112,6 +112,7 @@ class VGGTSNode(LifecycleNode):
         self.history = FrameHistory(names, inf.keyframe_history, _FRAMES_KEPT)
         self.health = Health(names, window=5.0, start=time.monotonic())
         self.throttle = Throttle(5.0)
+        self.camera_events = CameraEvents()
         self.sets_processed = 0
         self.sync: Optional[ApproximateTimeSync] = None
         self.intake = ObjectIntake(self.registry, self.history, names, max(self.cfg.sync.slop, 1e-3),
@@ -166,8 +167,9 @@ class VGGTSNode(LifecycleNode):
         segmentor = self._given
         self.device = "cpu"
         if segmentor is None:
-            self.device = resolve_device(self.cfg.model.device)
-            self.cfg.model.device = self.device
+            if self.cfg.model.backend == "vggts":  # the weight-free backend never imports torch
+                self.device = resolve_device(self.cfg.model.device)
+                self.cfg.model.device = self.device
             segmentor = create_segmentor(self.cfg.model, pipeline_config(self.cfg.inference, self.cfg.model,
                                                                          self.cfg.geometry))
         loaded = time.monotonic() - t0
@@ -377,6 +379,8 @@ class VGGTSNode(LifecycleNode):
 
     @staticmethod
     def _release_cuda_memory() -> None:
+        if "torch" not in sys.modules:  # nothing to release (and no reason to import it)
+            return
         try:
             import torch
 
@@ -453,6 +457,13 @@ class VGGTSNode(LifecycleNode):
             statuses += diagnostics.camera_statuses(self.status_name, now=now, cfg=self.cfg, health=self.health,
                                                     sync=self.sync, sizes=processor.sizes, topics=self.topics,
                                                     extra=self.io3d.camera_values)
+            sizes = {c.name: processor.sizes.size(c.name) for c in self.cfg.cameras}
+            for level, line in self.camera_events.update(self.sync.stale_cameras(now), dict(processor.sizes.changes),
+                                                         sizes, self.sync.stale_limits()):
+                if level == diagnostics.WARN:  # rclpy: one severity per call site
+                    self.get_logger().warning(line)
+                else:
+                    self.get_logger().info(line)
         self._diag_pub.publish(diagnostics.array(self.get_clock().now().to_msg(), statuses))
 
     # ------------------------------------------------------------------ stopping
