@@ -70,7 +70,7 @@ import numpy as np
 import torch
 
 from vggts_ros import crops, precision, prompts, stream_reuse, transforms
-from vggts_ros.config import ModelConfig, ModelPreset, PipelineConfig, model_preset
+from vggts_ros.config import ModelConfig, ModelPreset, PipelineConfig, model_preset, precision_of
 from vggts_ros.device import resolve_device
 from vggts_ros.models.union_head.refinement import check_identity, decode_with_refinement
 from vggts_ros.stream import StreamState, StreamStep, check_stream
@@ -257,13 +257,8 @@ class VGGTSegmentor:
         self.dtype = precision.model_dtype(cfg.precision)
         self.backbone = backbone.to(self.device, self.dtype).eval()
         self.head = head.to(self.device, self.dtype).eval()
-        if self.backbone.dtype == torch.float32:  # an explicit backbone dtype wins over the config's
-            self.backbone.dtype = cfg.backbone_dtype
-            if self.backbone.dtype == torch.float32 and precision.plan(cfg.precision).backbone_autocast is not None:
-                # bf16 / release: the aggregator under bf16 autocast (release: on CUDA only).
-                kind = precision.plan(cfg.precision).autocast_device
-                if kind is None or kind == self.device.type:
-                    self.backbone.dtype = precision.plan(cfg.precision).backbone_autocast
+        if self.backbone.dtype == torch.float32:  # an explicit backbone dtype wins over the mode's
+            self.backbone.dtype = precision.backbone_dtype(cfg.precision, self.device)
         if cfg.geometry_heads and getattr(self.backbone, "camera_head", None) is None:
             raise ValueError("PipelineConfig.geometry_heads needs a backbone built with "
                              "BackboneConfig.geometry_heads (camera_head.* and depth_head.* of model.pt)")
@@ -285,12 +280,12 @@ class VGGTSegmentor:
         directories or Hugging Face repo ids). Presets with weight seeds (``test-tiny``)
         use the deterministic weights while both checkpoints are left at the published
         defaults (which cannot fit them); naming both loads them into the preset's
-        networks instead (e.g. checkpoints of a trained small model). ``model.dtype`` (or
-        ``pipeline.backbone_dtype``) ``bfloat16`` applies to the backbone's aggregator only.
+        networks instead (e.g. checkpoints of a trained small model). The numeric mode is
+        ``pipeline.precision`` (the deprecated ``model.dtype`` is folded into it).
         """
         preset = model_preset(model.config)
         device = resolve_device(model.device)
-        dtype = model.dtype if model.dtype != "float32" else (pipeline or PipelineConfig()).backbone_dtype
+        pipeline = precision_of(model, pipeline)
         defaults = ModelConfig()
         if preset.backbone_seed is not None:
             given = [
@@ -298,15 +293,14 @@ class VGGTSegmentor:
                 model.head_checkpoint != defaults.head_checkpoint,
             ]
             if not any(given):
-                return cls.deterministic(model.config, pipeline, device=device, dtype=dtype)
+                return cls.deterministic(model.config, pipeline, device=device)
             if not all(given):
                 raise ValueError(
                     f"model config {model.config!r} uses deterministic weights unless both the VGGT and "
                     f"the head checkpoint are given; got only the {'VGGT' if given[0] else 'head'} checkpoint"
                 )
         return cls.from_checkpoints(
-            model.vggt_checkpoint, model.head_checkpoint, preset=model.config, pipeline=pipeline,
-            device=device, dtype=dtype,
+            model.vggt_checkpoint, model.head_checkpoint, preset=model.config, pipeline=pipeline, device=device,
         )
 
     @classmethod

@@ -305,14 +305,15 @@ def test_vggt_heads_without_geometry_in_the_results_are_noted(scene):
 def test_camera_geometry_parameters_round_trip_and_are_validated(scene):
     base = NodeConfig(cameras=cameras(scene, poses=True)).validate()
     params = base.to_parameters()
-    assert params["camera.ego.pose"] == "" and params["camera.exo1.intrinsics"] == ""
+    assert params["camera.ego.pose"] == [] and params["camera.exo1.intrinsics"] == []
     assert params["camera.exo1.depth_topic"] == "/exo1/depth" and len(params["camera.exo1.pose"]) == 7
     again = NodeConfig.from_parameters(params).validate()
     assert again.cameras[1].pose == pytest.approx(base.cameras[1].pose) and again.cameras[0].pose == []
-    as_text = dict(params, **{"camera.exo1.intrinsics": "500, 500 160 120",
-                              "camera.exo2.intrinsics": [500, 500, 160, 120]})
-    cfg = NodeConfig.from_parameters(as_text).validate()
+    given = dict(params, **{"camera.exo1.intrinsics": [500.0, 500.0, 160.0, 120.0],
+                            "camera.exo2.intrinsics": [500, 500, 160, 120], "camera.ego.pose": None})  # None: ROS's []
+    cfg = NodeConfig.from_parameters(given).validate()
     assert cfg.cameras[1].intrinsics == [500.0, 500.0, 160.0, 120.0] == cfg.cameras[2].intrinsics
+    assert cfg.cameras[0].pose == []
     assert pose_matrix(cfg.cameras[1].pose) == pytest.approx(T_ego_from(scene, "exo1"))
     bad = [
         ({"camera.exo1.depth_topic": "exo2/image_raw"},

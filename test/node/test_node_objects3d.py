@@ -193,7 +193,7 @@ def test_a_configuration_that_cannot_give_3d_refuses_the_start(ros, scene):  # n
         ({"camera.exo1.depth_topic": base["camera.exo2.topic"]}, "is a camera image topic"),
         ({"camera.exo1.intrinsics": [500.0, 500.0, 160.0]}, "camera.exo1.intrinsics: needs 4 numbers"),
         ({"camera.exo1.pose": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]}, "is not a unit quaternion"),
-        ({"camera.exo1.pose": "1 2 three"}, "camera.exo1.pose: 'three' is not a number"),
+        ({"camera.exo1.pose": "1 2 three"}, "camera.exo1.pose[0]: expected a number"),
     ]
     for i, (change, expected) in enumerate(cases):
         params = dict(base, **change)
