@@ -44,11 +44,19 @@ def choose_backend(requested: str, preset: str = "vggt-1b", vggt_checkpoint: str
     return default
 
 
-def pipeline_config(inference: InferenceConfig, model: Optional[ModelConfig] = None) -> PipelineConfig:
-    """The pipeline recipe a node configuration's ``inference`` (and ``model``) section asks
-    for: the one mapping the node, ``vggts replay --params-file`` and the demo share
-    (:meth:`InferenceConfig.pipeline`, with a deprecated ``model.dtype`` folded in)."""
-    return precision_of(model or ModelConfig(), inference.pipeline())
+def pipeline_config(inference: InferenceConfig, model: Optional[ModelConfig] = None,
+                    geometry=None) -> PipelineConfig:
+    """The pipeline recipe a node configuration's ``inference`` (and ``model``, ``geometry``)
+    section asks for: the one mapping the node, ``vggts replay --params-file`` and the demo
+    share (:meth:`InferenceConfig.pipeline`, with a deprecated ``model.dtype`` folded in).
+    ``geometry.vggt_heads`` turns on VGGT's camera and depth heads
+    (``PipelineConfig.geometry_heads``)."""
+    import dataclasses
+
+    pipe = precision_of(model or ModelConfig(), inference.pipeline())
+    if geometry is not None and geometry.vggt_heads:
+        pipe = dataclasses.replace(pipe, geometry_heads=True)
+    return pipe
 
 
 def warm_up(segmentor: Segmentor) -> float:

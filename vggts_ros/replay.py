@@ -25,6 +25,15 @@ Output topics (``<ns>`` = ``--namespace``, default ``/vggts`` as the node's ``~/
 log time of the target frame; the input camera topics are copied too, so that a viewer
 shows images and overlays together. Ground-truth label topics are scored with
 ``vggts_ros.metrics``. The same bag and options give byte-identical output.
+
+Objects in 3D, as the node publishes them: with depth topics (``camera.<name>.depth_topic``
+of ``--params-file`` or ``--depth-topic CAMERA=TOPIC``; registered ``sensor_msgs/Image``,
+32FC1/16UC1) and the camera_info beside each image topic (or ``camera.<name>.intrinsics``),
+the set processor's 3D step writes ``<ns>/<camera>/objects3d``, ``<ns>/objects3d`` (fused,
+with ``camera.<name>.pose``), ``<ns>/<camera>/object_cloud`` and, with VGGT's heads,
+``<ns>/camera_poses``. A set waits until each of its depth streams has passed its colour
+frame's stamp (or has been silent ``sync.stale_after`` s of log time, or the bag ended), so
+its depth image is matched whatever order the recorder wrote them in.
 """
 
 from __future__ import annotations
@@ -41,8 +50,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from vggts_ros import bags
-from vggts_ros.config import CameraConfig, SyncConfig
+from vggts_ros.config import CameraConfig, GeometryConfig, SyncConfig
 from vggts_ros.registry import MAX_OBJECT_ID, ObjectRegistry, RegistryError
+from vggts_ros.geometry.depth import camera_info_topic
+from vggts_ros.geometry.objects3d_step import Objects3DStep
 from vggts_ros.set_processor import CameraOutput, SetProcessor, apply_advances, compose_labels  # noqa: F401
 from vggts_ros.sync import ApproximateTimeSync, SyncSet
 from vggts_ros.types import ROLES
@@ -80,6 +91,8 @@ class ReplayOptions:
     overlay: bool = True
     copy_inputs: bool = True
     progress: bool = True
+    depth_topics: Dict[str, str] = field(default_factory=dict)  # camera -> depth topic, over the cameras'
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
 
 
 @dataclass
@@ -108,6 +121,7 @@ class ReplayResult:
     stream: Dict[str, str] = field(default_factory=dict)  # the stream state at the end (temporal memory)
     frames_read: Dict[str, int] = field(default_factory=dict)  # camera -> its messages in the bag
     skip_reasons: Dict[str, Dict[str, int]] = field(default_factory=dict)  # camera -> reason -> frames
+    objects3d: List[Dict] = field(default_factory=list)  # per set: each camera's and the fused objects in 3D
 
     def camera_problems(self) -> List[str]:
         """One line per camera that gave nothing usable or lost frames (empty when all is well)."""
@@ -273,6 +287,11 @@ class _Replayer:
         self.skip_reasons: Dict[str, Dict[str, int]] = {c.name: {} for c in self.cameras}
         self.read: Dict[str, int] = {c.name: 0 for c in self.cameras}
         self.results: List[Dict] = []
+        self.waiting: List[SyncSet] = []  # sets emitted, waiting for their depth images
+        self.depth_camera: Dict[str, str] = {}  # depth topic -> camera
+        self.info_camera: Dict[str, str] = {}  # camera_info topic -> camera
+        self.objects3d: List[Dict] = []
+        self.frame_ids: Dict[str, str] = {}  # camera -> the optical frame its images name
 
     # -- configuration against the bag
     def _topics(self) -> Dict[str, str]:
@@ -285,8 +304,11 @@ class _Replayer:
         ns = self.opt.namespace.rstrip("/") + "/"
         # Bag topics are absolute; a relative camera topic (the node's default) is taken from /.
         cams = [dataclasses.replace(c, topic=bag_topic(c)) for c in self.opt.cameras]
+        depth_given = set(self.opt.depth_topics.values()) | {c.depth_topic for c in self.opt.cameras if c.depth_topic}
         if not cams:
-            candidates = [t for t in images if t not in label_topics and not t.startswith(ns)]
+            # depth images are not cameras: given depth topics and any topic with a "depth" level
+            candidates = [t for t in images if t not in label_topics and not t.startswith(ns) and t not in depth_given
+                          and "depth" not in t.strip("/").split("/")]
             # Camera streams end in image_raw, image, compressed...; masks and labels do not.
             named = [t for t in candidates if t.strip("/").split("/")[-1] in _SUFFIXES]
             candidates = named or candidates
@@ -321,6 +343,19 @@ class _Replayer:
                 raise ReplayError(f"source mask for camera {sm.camera!r}: cameras are {names}")
         if not self.opt.source_masks and not self.opt.mask_topics:
             raise ReplayError("no object to follow: give --source-mask CAMERA=PNG[@STAMP] or --mask-topic CAMERA=TOPIC")
+        unknown = sorted(set(self.opt.depth_topics) - set(names))
+        if unknown:
+            raise ReplayError(f"--depth-topic names unknown camera(s) {unknown}; cameras: {names}")
+        for cam in cams:
+            cam.depth_topic = self.opt.depth_topics.get(cam.name, cam.depth_topic)
+            if cam.depth_topic:
+                cam.depth_topic = cam.depth_topic if cam.depth_topic.startswith("/") else "/" + cam.depth_topic
+                if cam.depth_topic not in topics:
+                    raise ReplayError(f"camera {cam.name!r}: depth topic {cam.depth_topic} is not in the bag "
+                                      f"(its image topics are {images})")
+                if topics[cam.depth_topic] != bags.IMAGE:
+                    raise ReplayError(f"camera {cam.name!r}: depth topic {cam.depth_topic} holds "
+                                      f"{topics[cam.depth_topic]}, not sensor_msgs/msg/Image")
         return cams
 
     # -- pass 1: label topics (masks drawn by a person or a tool, ground truth)
@@ -374,31 +409,74 @@ class _Replayer:
             raise ReplayError(f"{what}: {exc}") from exc
 
     # -- pass 2: camera streams through the synchroniser
+    def _objects3d_step(self) -> Optional[Objects3DStep]:
+        """The 3D step (None when no camera has depth): depth topics and camera_info read from the bag."""
+        # VGGT's heads count when the backend runs them (PipelineConfig.geometry_heads)
+        heads = bool(getattr(getattr(self.segmentor, "cfg", None), "geometry_heads", False))
+        geometry = dataclasses.replace(self.opt.geometry, vggt_heads=self.opt.geometry.vggt_heads and heads)
+        step = Objects3DStep(self.cameras, geometry, self.opt.sync.slop)
+        if not step.active:
+            return None
+        topics = self._topics()
+        self.depth_camera = {c.depth_topic: c.name for c in self.cameras if c.depth_topic}
+        self.info_camera = {camera_info_topic(c.topic): c.name for c in self.cameras
+                            if topics.get(camera_info_topic(c.topic)) == "sensor_msgs/msg/CameraInfo"}
+        return step
+
+    def _ready(self, item: SyncSet, log_now: Optional[float]) -> bool:
+        """A set may be processed once every depth stream of its cameras has passed its frame's
+        stamp, or has been silent for sync.stale_after s of log time (``log_now`` None: the end)."""
+        step = self.processor.objects3d
+        if step is None or log_now is None:
+            return True
+        for name, frame in item.messages.items():
+            stream = step.depth.get(name)
+            if stream is None:
+                continue
+            kept = stream.kept()
+            if (not kept or kept[-1] < frame.stamp) and log_now - frame.log_ns * 1e-9 < self.opt.sync.stale_after:
+                return False
+        return True
+
+    def _drain(self, log_now: Optional[float]) -> None:
+        while self.waiting and self._ready(self.waiting[0], log_now):
+            self._process(self.waiting.pop(0))
+
     def run(self) -> Tuple[int, Dict]:
         s = self.opt.sync
         sync = ApproximateTimeSync.from_config(s, self.cameras)
-        self.processor = SetProcessor(self.segmentor, self.roles, self.opt.source_mode, stale_after=s.stale_after)
-        conns = [c for c in self.reader.connections if c.topic in self.topic_camera]
+        self.processor = SetProcessor(self.segmentor, self.roles, self.opt.source_mode, stale_after=s.stale_after,
+                                      objects3d=self._objects3d_step())
+        step = self.processor.objects3d
+        extra = set(self.depth_camera) | set(self.info_camera) if step is not None else set()
+        conns = [c for c in self.reader.connections if c.topic in self.topic_camera or c.topic in extra]
         total = sum(int(getattr(c, "msgcount", 0) or 0) for c in conns)
         progress = _Progress(total, self.opt.progress)
         count, last_log = 0, 0
         try:
             for conn, log_ns, raw in self.reader.messages(connections=conns):
-                camera = self.topic_camera[conn.topic]
                 msg = bags.deserialize(raw, conn.msgtype)
-                frame = _Frame(camera, bags.stamp_of(msg), int(log_ns), msg, conn.msgtype == bags.COMPRESSED)
-                self.read[camera] += 1
                 if self.opt.copy_inputs:
                     self.writer.write_raw(conn.topic, conn.msgtype, raw, log_ns)
+                if conn.topic in extra:
+                    if conn.topic in self.info_camera:
+                        step.camera_info[self.info_camera[conn.topic]] = msg
+                    else:
+                        step.depth[self.depth_camera[conn.topic]].add(bags.stamp_of(msg) * 1e-9, msg)
+                    self._drain(log_ns * 1e-9)
+                    continue
+                camera = self.topic_camera[conn.topic]
+                frame = _Frame(camera, bags.stamp_of(msg), int(log_ns), msg, conn.msgtype == bags.COMPRESSED)
+                self.read[camera] += 1
                 self._attach(frame)
-                for item in sync.add(camera, frame.stamp, frame, now=log_ns * 1e-9):
-                    self._process(item)
+                self.waiting += sync.add(camera, frame.stamp, frame, now=log_ns * 1e-9)
+                self._drain(log_ns * 1e-9)
                 count += 1
                 last_log = max(last_log, int(log_ns))
                 progress.update(len(self.sets))
             # Nothing more will come: let every camera go stale and flush what is queued.
-            for item in sync.poll(now=last_log * 1e-9 + 2 * s.stale_after + 1.0):
-                self._process(item)
+            self.waiting += sync.poll(now=last_log * 1e-9 + 2 * s.stale_after + 1.0)
+            self._drain(None)
         finally:
             progress.close()
         if self.pending:
@@ -433,8 +511,43 @@ class _Replayer:
             self.reasons[r.camera] = r.problem
         output = self.processor.process(item.stamp, frames, objects)
         apply_advances(output, self.objects)  # lost objects keep their frame, as in the node
+        self._write3d(output.objects3d, frames)
         for cam in output.cameras:
             self._write(cam)
+
+    def _write3d(self, result, frames) -> None:
+        """A set's objects in 3D, as the node publishes them (each camera's at its frame's log time)."""
+        if result is None:
+            return
+        from vggts_ros.geometry import messages
+
+        ns = self.opt.namespace.rstrip("/")
+        types, as_array = messages.bag_types, (lambda a: a)
+        headers = {}
+        for name, f in frames.items():
+            stamp = f.meta.stamp_ns
+            headers[name] = bags.header(stamp, f.meta.msg.header.frame_id or f"{name}_optical_frame")
+        row: Dict = dict(stamp=result.stamp, cameras={}, fused=None, notes=list(result.notes))
+        for name, objs in result.cameras.items():
+            log = frames[name].meta.log_ns
+            self.writer.write(f"{ns}/{name}/objects3d", messages.objects3d_msg(types, headers[name], objs), log)
+            self.writer.write(f"{ns}/{name}/object_cloud",
+                              messages.cloud_msg(types, headers[name], objs, as_array), log)
+            row["cameras"][name] = messages.objects_dict(objs)
+        self.frame_ids.update({name: h.frame_id for name, h in headers.items()})
+        ref = result.frame
+        if ref in headers:
+            fused_header, log = headers[ref], frames[ref].meta.log_ns
+        else:  # the reference camera is not in this set (or the reference is not a camera)
+            frame_id = self.frame_ids.get(ref, f"{ref}_optical_frame") if ref in self.roles else ref
+            fused_header = bags.header(int(round(result.stamp * 1e9)), frame_id)
+            log = max(f.meta.log_ns for f in frames.values())
+        if result.fused is not None:
+            self.writer.write(f"{ns}/objects3d", messages.objects3d_msg(types, fused_header, result.fused), log)
+            row["fused"] = messages.objects_dict(result.fused)
+        if result.poses is not None:
+            self.writer.write(f"{ns}/camera_poses", messages.camera_poses_msg(types, fused_header, result.poses), log)
+        self.objects3d.append(row)
 
     def _write(self, out: CameraOutput) -> None:
         from vggts_ros import metrics
@@ -496,7 +609,8 @@ def replay(input_path: str | Path, out_path: str | Path, segmentor, options: Rep
         reader.close()
     stream = rp.processor.state.describe() if rp.processor is not None else {}
     return ReplayResult(rp.cameras, rp.sets, rp.outputs, rp.scores, rp.skipped, count,
-                        time.monotonic() - t0, stats, rp.results, stream, dict(rp.read), rp.skip_reasons)
+                        time.monotonic() - t0, stats, rp.results, stream, dict(rp.read), rp.skip_reasons,
+                        rp.objects3d)
 
 
 def format_scores(result: ReplayResult) -> str:
