@@ -53,6 +53,7 @@ from vggts_ros.markers import ObjectPointsView, camera_info_fields, projected_po
 from vggts_ros import outcome
 from vggts_ros.msg import ObjectPoints, ProjectedPoints
 from vggts_ros.registry import ObjectRegistry, RegistryError, TrackedObject
+from vggts_ros.ros import compat
 from vggts_ros.ros.conversions import (ImageError, check_pixels, check_size, compressed_size, compressed_to_rgb,
                                        fill_image, image_to_rgb, mask_from_image)
 from vggts_ros.srv import ClearObjects, SetSourceMask
@@ -213,11 +214,8 @@ class VGGTSNode(Node):
             post_callback=self._on_time_jump)
         if getattr(self, "_parameter_callbacks", False):
             pass  # a managed node activated again
-        elif hasattr(self, "add_post_set_parameters_callback"):
-            self.add_on_set_parameters_callback(self._validate_parameters)
-            self.add_post_set_parameters_callback(self._apply_parameters)
-        else:  # Humble: no post-set callbacks; apply once validated
-            self.add_on_set_parameters_callback(self._validate_and_apply)
+        else:  # post-set callbacks where rclpy has them; Humble: apply once validated (compat)
+            compat.add_parameter_callbacks(self, self._validate_parameters, self._apply_parameters)
         self._parameter_callbacks = True
 
         self._pending: Optional[Tuple[SyncSet, float]] = None
@@ -322,12 +320,6 @@ class VGGTSNode(Node):
         except ValueError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         return SetParametersResult(successful=True)
-
-    def _validate_and_apply(self, params) -> SetParametersResult:
-        result = self._validate_parameters(params)
-        if result.successful:
-            self._apply_parameters(params)
-        return result
 
     def _apply_parameters(self, params) -> None:
         mine = [p for p in params if p.name in PARAMETERS and PARAMETERS[p.name][1]]
