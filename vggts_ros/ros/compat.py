@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import re
+import time
 from typing import Callable, Optional, Tuple
 
 # rclpy's major version identifies the distribution: each distribution branches rclpy at
@@ -89,17 +90,24 @@ def add_parameter_callbacks(node, validate: Callable, apply: Callable[[list], No
 
 # ---------------------------------------------------------------- executors
 def shutdown_executor(executor, timeout_sec: float) -> bool:
-    """``executor.shutdown`` and, for a MultiThreadedExecutor, its worker threads joined.
+    """``executor.shutdown`` and, for a MultiThreadedExecutor, its worker threads stopped
+    and joined (``timeout_sec`` for everything together; a thread still inside a callback
+    then is left to finish on its own).
 
     rclpy 9 (Kilted) joins them in ``shutdown``; rclpy 7 (Jazzy) and 3 (Humble) leave the
     executor's ThreadPoolExecutor running, so its threads outlive the shutdown until the
-    executor object is garbage-collected. Joining them here is a no-op on Kilted (already
-    done) and makes the other two behave the same.
+    executor object is garbage-collected. This is a no-op on Kilted (already done) and
+    makes the other two behave the same.
     """
+    deadline = time.monotonic() + timeout_sec
     done = executor.shutdown(timeout_sec=timeout_sec)
     pool = getattr(executor, "_executor", None)  # rclpy internals; absent: no pool of its own
-    if pool is not None and hasattr(pool, "shutdown"):
-        pool.shutdown(wait=True)
+    if pool is None or not hasattr(pool, "shutdown"):
+        return done
+    pool.shutdown(wait=False)  # no new work; idle threads wake up and exit
+    for thread in list(getattr(pool, "_threads", ())):
+        thread.join(max(0.0, deadline - time.monotonic()))
+        done = done and not thread.is_alive()
     return done
 
 
