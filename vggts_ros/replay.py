@@ -100,12 +100,27 @@ class ReplayResult:
     sets: List[SyncSet]  # every set the synchroniser emitted (frames replaced by stamps)
     outputs: Dict[str, List[int]]  # camera -> stamps (ns) of the masks written
     scores: List[ScoreRow]
-    skipped_frames: Dict[str, int]
+    skipped_frames: Dict[str, int]  # camera -> frames not used (undecodable, blank, another size)
     messages_read: int
     seconds: float
     sync_stats: Dict
     results: List[Dict] = field(default_factory=list)  # per target frame and object: path, reason, area
     stream: Dict[str, str] = field(default_factory=dict)  # the stream state at the end (temporal memory)
+    frames_read: Dict[str, int] = field(default_factory=dict)  # camera -> its messages in the bag
+    skip_reasons: Dict[str, Dict[str, int]] = field(default_factory=dict)  # camera -> reason -> frames
+
+    def camera_problems(self) -> List[str]:
+        """One line per camera that gave nothing usable or lost frames (empty when all is well)."""
+        lines = []
+        for cam in self.cameras:
+            read, skipped = self.frames_read.get(cam.name, 0), self.skipped_frames.get(cam.name, 0)
+            if read == 0:
+                lines.append(f"camera {cam.name!r}: no messages on {cam.topic} in the bag")
+            elif skipped:
+                why = "; ".join(f"{n} x {r}" for r, n in sorted(self.skip_reasons.get(cam.name, {}).items(),
+                                                             key=lambda kv: -kv[1]))
+                lines.append(f"camera {cam.name!r}: {skipped} of {read} frames skipped ({why})")
+        return lines
 
     def empty_reasons(self) -> Dict[str, int]:
         """Why target masks came out empty (reason -> count; every empty mask has one)."""
@@ -255,6 +270,8 @@ class _Replayer:
         self.scores: List[ScoreRow] = []
         self.skipped: Dict[str, int] = {c.name: 0 for c in self.cameras}
         self.reasons: Dict[str, str] = {}
+        self.skip_reasons: Dict[str, Dict[str, int]] = {c.name: {} for c in self.cameras}
+        self.read: Dict[str, int] = {c.name: 0 for c in self.cameras}
         self.results: List[Dict] = []
 
     # -- configuration against the bag
@@ -341,7 +358,11 @@ class _Replayer:
                 self._add_object(oid, frame, labels == oid, f"object {oid}", f"mask topic of camera {frame.camera!r}")
 
     def _add_object(self, object_id: int, frame: _Frame, mask: np.ndarray, label: str, what: str) -> None:
-        image = frame.rgb()
+        try:
+            image = frame.rgb()
+        except ValueError as exc:
+            raise ReplayError(f"{what}: the frame it was drawn on (camera {frame.camera!r} at {frame.stamp:.6f} s) "
+                              f"cannot be decoded: {exc}") from exc
         if mask.shape != image.shape[:2]:
             raise ReplayError(f"{what} is {mask.shape[1]}x{mask.shape[0]} but the camera's frames are "
                               f"{image.shape[1]}x{image.shape[0]} (width x height)")
@@ -366,6 +387,7 @@ class _Replayer:
                 camera = self.topic_camera[conn.topic]
                 msg = bags.deserialize(raw, conn.msgtype)
                 frame = _Frame(camera, bags.stamp_of(msg), int(log_ns), msg, conn.msgtype == bags.COMPRESSED)
+                self.read[camera] += 1
                 if self.opt.copy_inputs:
                     self.writer.write_raw(conn.topic, conn.msgtype, raw, log_ns)
                 self._attach(frame)
@@ -380,7 +402,11 @@ class _Replayer:
         finally:
             progress.close()
         if self.pending:
-            missing = ", ".join(f"camera {p.camera!r} at {p.stamp:.6f} s" for p in self.pending)
+            def where(p: SourceMask) -> str:
+                if not self.read[p.camera]:
+                    return f"camera {p.camera!r}, which has no messages in the bag"
+                return f"camera {p.camera!r} " + ("(its first frame)" if p.stamp is None else f"at {p.stamp:.6f} s")
+            missing = ", ".join(where(p) for p in self.pending)
             raise ReplayError(f"no frame for the source mask(s) of {missing} (within {STAMP_TOLERANCE * 1e3:.0f} ms)")
         unused = {cam: sorted(v) for cam, v in self.topic_masks.items() if v}
         if unused:
@@ -400,6 +426,8 @@ class _Replayer:
         frames, rejected = self.processor.usable(item.messages, lambda f: f.rgb(), lambda f: f.stamp)
         for r in rejected:
             self.skipped[r.camera] += 1
+            counts = self.skip_reasons[r.camera]
+            counts[r.problem] = counts.get(r.problem, 0) + 1
             if self.reasons.get(r.camera) != r.problem:
                 print(f"replay: camera {r.camera!r}: frame at {r.stamp:.3f} s skipped: {r.problem}", file=sys.stderr)
             self.reasons[r.camera] = r.problem
@@ -468,7 +496,7 @@ def replay(input_path: str | Path, out_path: str | Path, segmentor, options: Rep
         reader.close()
     stream = rp.processor.state.describe() if rp.processor is not None else {}
     return ReplayResult(rp.cameras, rp.sets, rp.outputs, rp.scores, rp.skipped, count,
-                        time.monotonic() - t0, stats, rp.results, stream)
+                        time.monotonic() - t0, stats, rp.results, stream, dict(rp.read), rp.skip_reasons)
 
 
 def format_scores(result: ReplayResult) -> str:

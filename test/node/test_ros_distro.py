@@ -61,21 +61,23 @@ def test_rclpy_is_the_distribution_this_environment_was_built_for():
 
     prefix = Path(sys.prefix).resolve()
     for module in (rclpy, generated):
-        assert prefix in Path(module.__file__).resolve().parents, f"{module.__name__} from {module.__file__}, not {prefix}"
+        where = Path(module.__file__).resolve()
+        assert prefix in where.parents, f"{module.__name__} from {where}, not from {prefix}"
 
 
-class HumbleLikeNode(VGGTSNode):
-    """The node as it is built on Humble's rclpy, which has no post-set callbacks."""
-
-    def add_post_set_parameters_callback(self, callback):
+@pytest.fixture()
+def humble_parameters(monkeypatch):
+    """Parameters handled as on Humble's rclpy, which has no post-set callbacks: compat is
+    told so, and the node class refuses the call outright."""
+    def refuse(self, callback):
         raise AssertionError("Humble's rclpy has no add_post_set_parameters_callback")
 
-
-def test_live_parameters_apply_and_are_checked_on_the_humble_path(graph_factory, scene, monkeypatch):
     monkeypatch.setattr(compat, "has_post_set_parameters_callbacks", lambda: False)
-    g = graph_factory(scene, "vggts_humble_params",
-                      node_factory=lambda name, overrides: HumbleLikeNode(name, parameter_overrides=overrides,
-                                                                          segmentor=_geometric()))
+    monkeypatch.setattr(VGGTSNode, "add_post_set_parameters_callback", refuse, raising=False)
+
+
+def test_live_parameters_apply_and_are_checked_on_the_humble_path(graph_factory, scene, humble_parameters):
+    g = graph_factory(scene, "vggts_humble_params")
     assert wait_until(lambda: g.collector._params.service_is_ready(), 20)
     results = g.collector.set_parameters(sync__slop=0.05, inference__max_objects=3)
     assert [r.successful for r in results] == [True, True], [r.reason for r in results]
@@ -88,6 +90,14 @@ def test_live_parameters_apply_and_are_checked_on_the_humble_path(graph_factory,
     # Nothing refused was applied, nor stored.
     assert g.node.cfg.inference.source_mode == "keyframe" and g.node.cfg.model.backend == "geometric"
     assert g.node.get_parameter("inference.source_mode").value == "keyframe"
+
+
+def test_lifecycle_semantics_hold_on_the_humble_path(graph_factory, scene, humble_parameters):
+    """test_lifecycle_semantics (parameters set and validated while unconfigured and read
+    at configure, refused once configured, backend switched after cleanup) on that path."""
+    import test_lifecycle_semantics as semantics
+
+    semantics.test_parameters_cleanup_and_diagnostics_follow_the_lifecycle(graph_factory, scene)
 
 
 def test_a_closed_spinner_leaves_no_executor_thread_behind(ros):
@@ -103,9 +113,3 @@ def test_a_closed_spinner_leaves_no_executor_thread_behind(ros):
     node.destroy_node()
     left = [t for t in threading.enumerate() if t not in before and t.is_alive()]
     assert not left, f"threads still running after close: {[t.name for t in left]}"
-
-
-def _geometric():
-    from vggts_ros.geometric import GeometricSegmentor
-
-    return GeometricSegmentor()

@@ -41,7 +41,8 @@ def _package_xml_version(package: str) -> str:
     try:
         from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
     except ImportError as exc:
-        raise RuntimeError(f"cannot tell the {package} version: no installed metadata and no ament_index_python") from exc
+        raise RuntimeError(f"cannot tell the {package} version: no installed metadata, no ament_index_python") \
+            from exc
     try:
         share = get_package_share_directory(package)
     except PackageNotFoundError as exc:
@@ -67,21 +68,24 @@ def has_post_set_parameters_callbacks() -> bool:
     return hasattr(Node, "add_post_set_parameters_callback")
 
 
-def add_parameter_callbacks(node, validate: Callable, apply: Callable[[list], None]) -> str:
+def add_parameter_callbacks(node, validate: Callable, after_stored: Callable[[list], None],
+                            before_stored: Callable[[list], None]) -> str:
     """Make ``node`` check every parameter change with ``validate(params) ->
-    SetParametersResult`` before it is stored and then ``apply(params)`` it. Returns the
-    way it was done: 'post-set' (Jazzy, Kilted) or 'on-set' (Humble: ``apply`` runs inside
-    the on-set callback once ``validate`` passed; Humble stores the values right after its
-    on-set callbacks return successfully, and this is the node's only one)."""
+    SetParametersResult`` and then act on it. Where rclpy has post-set callbacks (Jazzy,
+    Kilted) ``after_stored(params)`` runs once the new values are stored. Humble has none:
+    there ``before_stored(params)`` runs inside the on-set callback once ``validate``
+    passed, so it must take the new values from ``params``, not from the node (Humble
+    stores them right after its on-set callbacks succeed; this is the node's only one).
+    Returns 'post-set' or 'on-set'."""
     if has_post_set_parameters_callbacks():
         node.add_on_set_parameters_callback(validate)
-        node.add_post_set_parameters_callback(apply)
+        node.add_post_set_parameters_callback(after_stored)
         return "post-set"
 
     def validate_then_apply(params):
         result = validate(params)
         if result.successful:
-            apply(params)
+            before_stored(params)
         return result
 
     node.add_on_set_parameters_callback(validate_then_apply)
