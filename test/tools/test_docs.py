@@ -31,7 +31,6 @@ SHELL_LANGS = {"bash", "sh", "shell", "console", "zsh"}
 # Pages other engineers write (linked from the index and the README); a link to one of them
 # may dangle until it lands. Remove an entry once its page is on main.
 PENDING_PAGES = {
-    "docs/ros_distributions.md": "Humble/Jazzy/Kilted (issue 21)",
     "docs/performance.md": "full-size figures on a GPU (issue 23)",
     "docs/propagation.md": "masks at camera rate (issue 22)",
 }
@@ -167,7 +166,7 @@ MAPPED = (
     Mapped(r"python3\.11 -m venv \.venv && \. \.venv/bin/activate", ("run.sh",), "run.sh creates the venv",
            ('"$PY" -m venv "$VENV"',)),
     Mapped(r"pip install -r requirements\.txt -r requirements-ros\.txt", ("run.sh",), "run.sh installs both lists",
-           ('-r "$ROOT/requirements.txt" -r "$ROOT/requirements-ros.txt"',)),
+           ('-r "$ROOT/requirements.txt" -r "$ROS_REQUIREMENTS"', 'ROS_REQUIREMENTS="$ROOT/requirements-ros.txt"')),
     Mapped(r"touch \.venv/COLCON_IGNORE", ("run.sh",), "run.sh marks the venv", ('touch "$VENV/COLCON_IGNORE"',)),
     Mapped(r"CMAKE_PREFIX_PATH=\$VIRTUAL_ENV AMENT_PREFIX_PATH=\$VIRTUAL_ENV cmake -S \. -B build/pip .*", ("run.sh",),
            "run.sh generates the interfaces with the same CMake call",
