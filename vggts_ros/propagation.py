@@ -97,8 +97,10 @@ class Propagated:
     says which were inside it); ``kept`` the fraction of the anchor's tracked points that
     still agree with the fit; ``age`` seconds since the cross-view frame
     (``anchor_stamp``), ``steps`` optical-flow steps since it (a late result's catch-up
-    jump counts one). ``good`` False comes
-    with the ``reason``; a mask that is not good is still the tracker's best guess."""
+    jump counts one). ``good`` False comes with the ``reason``; a mask that is not good
+    is still the tracker's best guess. A track started from an empty mask (the
+    cross-view step did not find the object) stays empty and good until its deadline:
+    it carries "not seen", nothing was lost."""
 
     key: Hashable
     mask: np.ndarray
@@ -195,6 +197,7 @@ class _Track:
         self.steps = 0
         self.stamp = stamp  # the frame it is on
         self.lost = ""  # sticky reason once the points are gone
+        self.empty = False  # started from an empty mask (the object was not found there)
         self.pending: Optional[np.ndarray] = None  # its own frame, while the camera is behind it
         self.full: Optional[np.ndarray] = None  # warped anchor mask on its frame, before occlusion
         self.visible_mask: Optional[np.ndarray] = None  # ... after occlusion by other tracks
@@ -280,7 +283,9 @@ class CameraPropagator:
                 groups.setdefault(id(prev), (prev, []))[1].append(t)
         for src, tracks in groups.values():
             self._advance(src, gray, tracks, stamp)
-        return self._finish(stamp)
+        out = self._finish(stamp)
+        self._replenish([self._tracks[k] for k in out], gray)
+        return out
 
     def start(self, key: Hashable, image: np.ndarray, stamp: float, mask: np.ndarray,
               points: Optional[np.ndarray] = None) -> Propagated:
@@ -299,7 +304,9 @@ class CameraPropagator:
             raise ValueError(f"stamp must be a finite number of seconds (got {stamp})")
         track = _Track(key, m, pts, stamp, self._corners(gray, m))
         self._tracks[key] = track
-        if track.n_start < self.config.min_points:
+        if track.area == 0:
+            track.empty = True  # the result did not find the object: nothing to move, nothing lost
+        elif track.n_start < self.config.min_points:
             track.lost = (f"too few trackable points in the mask ({track.n_start}, need "
                           f"{self.config.min_points}): textureless or too small")
         if self._shape is None:
@@ -372,8 +379,6 @@ class CameraPropagator:
                     t.dead = np.concatenate([t.dead, t.anchor_pts[gone]])
                 at += n
                 self._fit(t, before)
-                if not t.lost:
-                    self._replenish(t, dst)
         for t in tracks:
             t.steps += 1
             t.stamp = stamp
@@ -431,29 +436,44 @@ class CameraPropagator:
         lo_start = np.linalg.eigvalsh(start)[0]
         return np.linalg.eigvalsh(now)[0] < self.config.min_spread ** 2 * max(lo_start, 1e-9)
 
-    def _replenish(self, t: _Track, gray: np.ndarray) -> None:
-        """Below ``replenish`` of the starting points, new corners inside the object's
-        visible part on this frame join the track (their anchor places through the fit)."""
+    def _replenish(self, tracks: List[_Track], gray: np.ndarray) -> None:
+        """Tracks below ``replenish`` of their starting points take new corners on this
+        frame, inside their visible part and away from every other object's mask (so not
+        on an occluder), at most half as many as they still have (a newcomer minority that
+        moves otherwise is dropped as off the motion); anchor places through the fit."""
         cfg = self.config
-        n_alive = int(t.alive.sum())
-        if cfg.replenish <= 0 or n_alive >= cfg.replenish * t.n_start:
+        if cfg.replenish <= 0:
             return
-        h, w = self._shape
-        region = warp_mask(t.mask, t.H, (h, w))
-        if t.visible_mask is not None:  # what other objects hid on the previous frame stays out
-            region &= t.visible_mask | ~t.full
-        new = self._corners(gray, region, avoid=t.current[t.alive], limit=t.n_start - n_alive)
-        if not len(new):
-            return
-        try:
-            Hinv = np.linalg.inv(t.H)
-        except np.linalg.LinAlgError:
-            return
-        anchor = cv2.perspectiveTransform(new.reshape(1, -1, 2).astype(np.float64), Hinv)[0].astype(np.float32)
-        t.anchor_pts = np.concatenate([t.anchor_pts, anchor])
-        t.current = np.concatenate([t.current, new])
-        t.alive = np.concatenate([t.alive, np.ones(len(new), bool)])
-        t.misses = np.concatenate([t.misses, np.zeros(len(new), np.int32)])
+        k = 2 * cfg.window + 1  # keep a window's width off other objects
+        near_others = None
+        for t in tracks:
+            n_alive = int(t.alive.sum())
+            if t.lost or t.empty or not t.steps or n_alive >= cfg.replenish * t.n_start:
+                continue
+            if near_others is None:
+                near_others = {}
+                for o in tracks:
+                    if o.full is not None and o.full.any():
+                        near_others[id(o)] = cv2.dilate(o.full.astype(np.uint8), np.ones((k, k), np.uint8)) > 0
+            region = t.visible_mask.copy()
+            for o in tracks:
+                if o is not t and id(o) in near_others:
+                    region &= ~near_others[id(o)]
+            limit = min(t.n_start - n_alive, n_alive // 2)
+            if limit < 1:
+                continue
+            new = self._corners(gray, region, avoid=t.current[t.alive], limit=limit)
+            if not len(new):
+                continue
+            try:
+                Hinv = np.linalg.inv(t.H)
+            except np.linalg.LinAlgError:
+                continue
+            anchor = cv2.perspectiveTransform(new.reshape(1, -1, 2).astype(np.float64), Hinv)[0].astype(np.float32)
+            t.anchor_pts = np.concatenate([t.anchor_pts, anchor])
+            t.current = np.concatenate([t.current, new])
+            t.alive = np.concatenate([t.alive, np.ones(len(new), bool)])
+            t.misses = np.concatenate([t.misses, np.zeros(len(new), np.int32)])
 
     # ------------------------------------------------------------------ results
     def _finish(self, stamp: float, tracks: Optional[List[_Track]] = None) -> Dict[Hashable, Propagated]:
@@ -520,7 +540,7 @@ class CameraPropagator:
         h, w = self._shape
         H = t.H
         reason = t.lost
-        kept = t.kept
+        kept = 1.0 if t.empty else t.kept
         if not reason and kept < cfg.min_kept:
             reason = (f"too few points kept ({kept:.0%} of the starting points, need {cfg.min_kept:.0%}): "
                       "occluded or out of view")
