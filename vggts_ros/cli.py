@@ -181,11 +181,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     def load():
         t0 = time.monotonic()
-        inf = node.inference if node else None
-        pipe = PipelineConfig(refine_iterations=refine)
-        if inf is not None:
-            pipe = dataclasses.replace(pipe, precision=inf.precision, point_identity=inf.point_identity)
-        built["segmentor"] = _build(model, pipe)
+        from vggts_ros.backends import pipeline_config
+
+        # the node's mapping of its parameters (temporal memory, precision, ...), as the node runs it
+        pipe = pipeline_config(node.inference, model) if node else PipelineConfig()
+        built["segmentor"] = _build(model, dataclasses.replace(pipe, refine_iterations=refine))
         built["seconds"] = time.monotonic() - t0
         return built["segmentor"]
 
@@ -217,6 +217,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             results=result.results,
             scores=[vars(r) for r in result.scores],
             mean_iou={f"{cam}/{oid}": v for (cam, oid), v in result.mean_iou().items()},
+            stream=result.stream,
         )
         Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
     return 0

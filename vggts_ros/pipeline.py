@@ -71,7 +71,9 @@ from vggts_ros import crops, precision, prompts, stream_reuse, transforms
 from vggts_ros.config import ModelConfig, ModelPreset, PipelineConfig, model_preset
 from vggts_ros.device import resolve_device
 from vggts_ros.models.union_head.refinement import check_identity, decode_with_refinement
-from vggts_ros.temporal import StreamRef, StreamStep, state_from_config
+from vggts_ros.stream import StreamState, StreamStep, check_stream
+from vggts_ros.stream_reuse import StreamReuse
+from vggts_ros.temporal import StreamRef, TemporalState, memory_from_config
 from vggts_ros.types import CROPPED_ROLES, SegmentationResult, TargetView
 
 OUTSIDE_LOGIT = transforms.OUTSIDE_LOGIT
@@ -258,9 +260,10 @@ class VGGTSegmentor:
         self.image_size = size
         self.multi_view_features = bool(multi_view_features)
         self.joint_tracking = bool(joint_tracking)
-        # Temporal VGGT-S: memory per (object, target camera), used by streaming calls only
-        self.temporal = state_from_config(cfg.temporal, cfg.memory_frames, cfg.temporal_weights, self.head,
-                                          self.device)
+        # Temporal VGGT-S: the memory modules (None when off); the banks are in each caller's
+        # StreamState (init_stream), used by streamed calls only
+        self.memory = memory_from_config(cfg.temporal, cfg.memory_frames, cfg.temporal_weights, self.head,
+                                         self.device)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -353,6 +356,15 @@ class VGGTSegmentor:
         return cls.from_checkpoints(vggt, head, "vggt-1b", pipeline, device=resolve_device(device), dtype=dtype)
 
     # ------------------------------------------------------------------ public API
+    def init_stream(self) -> StreamState:
+        """A new, empty stream state for :meth:`segment_objects` (``state=``): the Temporal
+        VGGT-S memory banks (``PipelineConfig.temporal``) and the stream-reuse record
+        (``PipelineConfig.stream_reuse``); empty when both are off."""
+        return StreamState(
+            temporal=TemporalState(self.memory) if self.memory is not None else None,
+            reuse=StreamReuse.from_config(self.cfg) if self.cfg.stream_reuse else None,
+        )
+
     def segment(
         self, source_image: np.ndarray, source_mask: np.ndarray, targets: Sequence[TargetView]
     ) -> List[SegmentationResult]:
@@ -361,13 +373,15 @@ class VGGTSegmentor:
 
     def segment_objects(
         self, source_image: np.ndarray, masks: Sequence[np.ndarray], targets: Sequence[TargetView],
-        stream: Optional[StreamStep] = None,
+        *, state: Optional[StreamState] = None, step: Optional[StreamStep] = None,
     ) -> List[List[SegmentationResult]]:
         """Several objects of one source view at once: ``result[o][t]`` is object ``o`` in
         target ``t``. The first backbone pass is shared by all objects and targets.
-        ``stream``: this call is one set of a video (stamp, object ids, source-mask
-        versions); with ``PipelineConfig.temporal`` each (object, target camera) then
-        decodes with the memory of its earlier sets (:mod:`vggts_ros.temporal`)."""
+        ``state`` (from :meth:`init_stream`) and ``step`` (stamp, object ids, source-mask
+        versions): this call is one set of a video; with ``PipelineConfig.temporal`` each
+        (object, target camera) decodes with the memory of its earlier sets
+        (:mod:`vggts_ros.temporal`), with ``stream_reuse`` confident targets skip the first
+        pass (:mod:`vggts_ros.stream_reuse`). Without them the call is stateless."""
         source_image = _check_image(source_image, "source image")
         if isinstance(masks, np.ndarray) and masks.ndim == 2:
             raise ValueError("masks must be a sequence of HxW masks (use segment() for one mask)")
@@ -381,17 +395,16 @@ class VGGTSegmentor:
                 raise ValueError(f"target {i} must be a TargetView, got {type(view).__name__}")
             _check_image(view.image, f"target {i} image" + (f" ({view.name})" if view.name else ""))
             _check_letterbox(view.image.shape[:2], self.image_size, f"target {i} image")
-        if stream is not None:
-            stream.check(len(binary))
+        check_stream(state, step, len(binary))
         if not binary or not targets:
             return [[] for _ in binary]
         with torch.inference_mode(), precision.precision_context(self.cfg.precision, self.device):
-            return self._run(source_image, binary, targets, stream=stream)
+            return self._run(source_image, binary, targets, state=state, step=step)
 
     # ------------------------------------------------------------------ the stage list
     def _run(
         self, source_image: np.ndarray, masks: List[np.ndarray], targets: List[TargetView], trace: Optional[dict] = None,
-        stream: Optional[StreamStep] = None,
+        state: Optional[StreamState] = None, step: Optional[StreamStep] = None,
     ) -> List[List[SegmentationResult]]:
         """Stages 1-6 of the module docstring; ``trace`` (tests) receives the sources, the
         first-pass tracks and each object's target inputs."""
@@ -399,8 +412,8 @@ class VGGTSegmentor:
         t_start = time.perf_counter()
         cropped = [is_cropped(v) for v in targets]
         # stream reuse (off by default): targets whose last masks stand in for the first pass
-        reuse = stream_reuse.for_segmentor(self)
-        prev = reuse.plan(len(masks), targets, cropped) if reuse is not None else [None] * len(targets)
+        reuse = state.reuse if state is not None else None
+        prev = reuse.plan(step.object_ids, targets, cropped) if reuse is not None else [None] * len(targets)
         full = [t for t in range(len(targets)) if prev[t] is None]  # targets of the first pass
         pos = {t: i + 1 for i, t in enumerate(full)}  # their frame index in it
         with clock("prompts"):
@@ -421,8 +434,10 @@ class VGGTSegmentor:
                     else self.direct_target(v.image, tr_direct, pos[t], src)
                     for t, v in enumerate(targets)
                 ]
-            refs = stream.refs(o, targets) if stream is not None and self.temporal is not None else None
-            logits = self.features_and_head(src, inputs, clock, refs, retrack=[p is not None for p in prev])
+            memory = state.temporal if state is not None else None
+            refs = step.refs(o, targets) if memory is not None else None
+            logits = self.features_and_head(src, inputs, clock, refs, retrack=[p is not None for p in prev],
+                                            memory=memory)
             with clock("recover"):
                 per_object = [self.recover_result(lg, ti) for lg, ti in zip(logits, inputs)]
             for r in per_object:
@@ -436,7 +451,7 @@ class VGGTSegmentor:
         for r in (r for per_object in results for r in per_object):
             r.timings["total"] = total
         if reuse is not None:
-            reuse.record(targets, results, [p is not None for p in prev])
+            reuse.record(step.object_ids, targets, results, [p is not None for p in prev])
         return results
 
     # ------------------------------------------------------------------ stages
@@ -560,11 +575,11 @@ class VGGTSegmentor:
 
     def features_and_head(self, src: SourceInput, inputs: List[TargetInput], clock: _StageClock,
                           refs: Optional[List[StreamRef]] = None,
-                          retrack: Sequence[bool] = ()) -> List[torch.Tensor]:
+                          retrack: Sequence[bool] = (), memory: Optional[TemporalState] = None) -> List[torch.Tensor]:
         """Stages 4-5: features of ``[source zoom, target inputs]`` (one pass, or one per
         target with ``multi_view_features=False``), optional second pass (always for the
         targets flagged in ``retrack``: stream reuse), then the head (``refs``: each
-        target's temporal stream, see :meth:`decode`).
+        target's stream in ``memory``, see :meth:`decode`).
         Returns each target's last network-size logits ``[size, size]`` (on the device)."""
         fulls: List[torch.Tensor] = [None] * len(inputs)  # type: ignore[list-item]
         groups = [list(range(len(inputs)))] if self.multi_view_features else [[t] for t in range(len(inputs))]
@@ -578,7 +593,7 @@ class VGGTSegmentor:
                         inputs[t] = self.second_pass(f, src, j + 1, inputs[t], tracked)
             with clock("head"):
                 full, _ = self.decode(f, src.prompts, [inputs[t].prompts for t in group], src.crop_mask,
-                                      refs=[refs[t] for t in group] if refs is not None else None)
+                                      refs=[refs[t] for t in group] if refs is not None else None, memory=memory)
             for j, t in enumerate(group):
                 fulls[t] = full[j, 0]
             del f
@@ -592,13 +607,14 @@ class VGGTSegmentor:
         src_mask: np.ndarray,
         target_indices: Optional[Sequence[int]] = None,
         refs: Optional[Sequence[StreamRef]] = None,
+        memory: Optional[TemporalState] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Head on ``features`` ``[1, S, C, g, g]`` (frame 0 = source zoom): one encode,
         ``1 + refine_iterations`` decodes, batched over the targets (frames
         ``target_indices``, default ``1..S-1``). Returns (full ``[T,1,size,size]``,
-        low-res ``[T,1,4g,4g]``) logits of the last pass. ``refs`` (one per target, with
-        ``PipelineConfig.temporal``): decode each target with its stream's memory and
-        write the result to it (:meth:`vggts_ros.temporal.TemporalState.decode_rows`)."""
+        low-res ``[T,1,4g,4g]``) logits of the last pass. ``refs`` (one per target) and
+        ``memory`` (a stream state's Temporal VGGT-S banks): decode each target with its
+        stream's memory and write the result to it (:meth:`TemporalState.decode_rows`)."""
         feats = features[0]
         idx = list(target_indices) if target_indices is not None else list(range(1, feats.shape[0]))
         t = len(idx)
@@ -609,8 +625,8 @@ class VGGTSegmentor:
         mask = as_t(src_mask)[None].expand(t, -1, -1)
         with precision.autocast(self.cfg.precision, self.device, "head"):
             ctx = self.head.encode(feat_map, src.contiguous(), tar, mask.contiguous())
-            if refs is not None and self.temporal is not None:
-                return self.temporal.decode_rows(self.head, ctx, refs, self.cfg.refine_iterations,
+            if refs is not None and memory is not None:
+                return memory.decode_rows(self.head, ctx, refs, self.cfg.refine_iterations,
                                                  self.cfg.point_identity)
             return decode_with_refinement(self.head, ctx, self.cfg.refine_iterations, self.cfg.point_identity)
 

@@ -320,6 +320,33 @@ def test_replay_with_the_node_parameters_file(data, tmp_path, capsys):
     assert len(read_bag(out)["/vggts/exo2/mask"]) == FRAMES - 1
 
 
+def test_replay_runs_the_temporal_memory_of_the_node_parameters(data, tmp_path):
+    """``inference.temporal`` in --params-file: the replay streams every set through the
+    memory as the node does (one bank per object and target camera, written every set)."""
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "vggts:\n  ros__parameters:\n    cameras: [ego, exo1, exo2]\n"
+        "    camera:\n      ego: {topic: /scene/ego/image_raw, role: ego}\n"
+        "      exo1: {topic: /scene/exo1/image_raw}\n      exo2: {topic: /scene/exo2/image_raw}\n"
+        "    model: {backend: vggts, config: test-tiny}\n"
+        "    inference: {temporal: true, memory_frames: 2}\n")
+    report = tmp_path / "r.json"
+    assert main(["replay", str(data / "in.mcap"), "--out", str(tmp_path / "t.mcap"), "--no-progress",
+                 "--params-file", str(params), "--source-mask", f"ego={data / 'object2.png'}",
+                 "--report", str(report)]) == 0
+    stream = json.loads(report.read_text())["stream"]
+    assert stream["temporal"] == "true"
+    writes = {k: int(v) for k, v in stream.items() if k.startswith("memory_writes_")}
+    # 3 sets, each with both exo targets (6 masks): every bank written 3 times, never restarted
+    assert writes == {"memory_writes_1/exo1": 3, "memory_writes_1/exo2": 3}
+    # without the option: no memory
+    params.write_text(params.read_text().replace("temporal: true", "temporal: false"))
+    assert main(["replay", str(data / "in.mcap"), "--out", str(tmp_path / "p.mcap"), "--no-progress",
+                 "--params-file", str(params), "--source-mask", f"ego={data / 'object2.png'}",
+                 "--report", str(report)]) == 0
+    assert json.loads(report.read_text())["stream"] == {"temporal": "false"}
+
+
 def test_replay_track_mode_moves_the_source_mask(data, tmp_path, scene):
     """track: the source camera becomes a target of its own newer frames (as in the node)."""
     out = tmp_path / "track.mcap"
@@ -338,7 +365,8 @@ def test_points_msg_fills_fields_added_to_the_msg_later(monkeypatch):
     knows (path and reason included) and zeroes the others instead of failing."""
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
-    from vggts_ros.replay import _Object, points_msg
+    from vggts_ros.registry import TrackedObject
+    from vggts_ros.replay import points_msg
     from vggts_ros.types import SegmentationResult
 
     msg_dir = Path(bags.__file__).resolve().parent.parent / "msg"
@@ -349,7 +377,7 @@ def test_points_msg_fills_fields_added_to_the_msg_later(monkeypatch):
     monkeypatch.setattr(bags, "_TYPESTORE", store)
     res = SegmentationResult(mask=np.zeros((4, 4), bool), source_points=np.zeros((2, 2)), target_points=np.ones((2, 2)),
                              visibility=np.zeros(2), confidence=np.zeros(2), path="", reason="3 feature matches")
-    obj = _Object(7, "ego", "cup", np.zeros((4, 4, 3), np.uint8), np.ones((4, 4), bool), 0)
+    obj = TrackedObject(7, "ego", "cup", np.zeros((4, 4, 3), np.uint8), np.ones((4, 4), bool), 0.0, 1)
     msg = points_msg(bags.header(5, "exo1"), "ego", "exo1", [(obj, res, 0)])
     back = bags.deserialize(bags.serialize(msg), "vggts_ros/msg/ProjectedPoints")
     (o,) = back.objects

@@ -163,12 +163,4 @@ def check_size(height: int, width: int, max_pixels: int, what: str) -> str:
     return ""
 
 
-def check_pixels(image: np.ndarray) -> str:
-    """Empty string for a usable frame, else why it is not (a dead or blank camera)."""
-    if image.size == 0:
-        return "image is empty"
-    if not np.isfinite(image).all():
-        return "image contains NaN or infinite values"
-    if image.max() == image.min():
-        return f"image is constant (all pixels = {image.flat[0]})"
-    return ""
+from vggts_ros.frame_history import check_pixels  # noqa: E402,F401  (core; re-exported for the node)
