@@ -52,7 +52,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vggts_ros.geometric import GeometricSegmentor  # noqa: E402
 from vggts_ros.metrics import iou  # noqa: E402
 from vggts_ros.propagation import PropagationConfig, make_propagator  # noqa: E402
+from vggts_ros.propagation_stage import PropagationStage  # noqa: E402
 from vggts_ros.refresh import RefreshScheduler  # noqa: E402
+from vggts_ros.registry import ObjectRegistry  # noqa: E402
+from vggts_ros.set_processor import CameraFrame, SetOutput, SetProcessor  # noqa: E402
 from vggts_ros.sequences import load_sequence  # noqa: E402
 from vggts_ros.types import TargetView  # noqa: E402
 
@@ -234,27 +237,55 @@ def run_offline(stream: Stream, cache: Optional[Path] = None) -> Arm:
     return arm
 
 
-def run_online(stream: Stream, initial: Dict, propagate: bool, max_pairs: int, max_age: float,
+def run_online(stream: Stream, propagate: bool, max_pairs: Optional[int], max_age: float,
                lost_bonus: float) -> Arm:
-    """The simulated clock: frames at k / rate, one cross-view worker, one propagation
-    worker (propagate=True); see the module docstring."""
+    """The simulated clock (module docstring), on the shipped code path: a
+    ``SetProcessor`` with the geometric backend is the cross-view step (targets chosen by
+    the refresh schedule), and with ``propagate`` a ``PropagationStage`` takes its results
+    and gives each target frame its masks."""
     arm = Arm("propagation on" if propagate else "propagation off")
-    seg = GeometricSegmentor()
-    sched = RefreshScheduler(max_pairs=max_pairs, lost_bonus=lost_bonus if propagate else 0.0)
-    cfg = PropagationConfig(max_age=max_age)
-    props = {t: make_propagator(cfg) for t in stream.targets}
-    frame0 = stream.frames[0]
-    for p in stream.pairs:
-        sched.add(p, 0.0)
-    sched.refreshed(stream.pairs, 0.0)
-    pending: List[Tuple[int, Dict]] = []  # cross-view results delivered, not yet used by propagation
+    roles = {c: stream.seq.role(c) for c in stream.seq.cameras}
+    processor = SetProcessor(GeometricSegmentor(), roles)
+    registry = ObjectRegistry()
+    f0 = stream.frames[0]
+    for o in stream.objects:
+        registry.put(stream.source, f"box {o}", f0.image(stream.source), f0.mask(stream.source, o), 0.0, o)
+    stage = PropagationStage(roles, PropagationConfig(max_age=max_age), backend=processor.backend,
+                             max_pairs=max_pairs, lost_bonus=lost_bonus) if propagate else None
+    sched = RefreshScheduler(max_pairs=max_pairs) if not propagate else None
+
+    def frames(k):
+        sc = stream.frames[k]
+        return {c: CameraFrame(c, stream.stamp(k), sc.image(c)) for c in stream.seq.cameras}
+
+    def objects_at(k):
+        """The source masks follow the objects (ground truth of the source camera at frame k)."""
+        sc = stream.frames[k]
+        for obj in registry.snapshot()[1]:
+            registry.advance(obj, sc.image(stream.source), sc.mask(stream.source, obj.object_id), stream.stamp(k))
+        return registry.snapshot()[1]
+
+    def current():
+        return {o.object_id: o for o in registry.snapshot()[1]}
+
+    def publish(k, output, when, newest):
+        for cam in output.cameras:
+            for oo in cam.objects:
+                arm.pubs[(oo.object.object_id, cam.camera)].append(
+                    Publication(k, when, newest, np.asarray(oo.result.mask, bool), True))
+
+    # the starting point: every pair found on frame 0 before the clock starts
+    first = processor.process(0.0, frames(0), objects_at(0))
     if propagate:
-        for (o, t), r in initial.items():
-            props[t].start(o, frame0.image(t), 0.0, r.mask, r.target_points)
+        stage.sync_objects(registry.snapshot()[1], 0.0)
+        stage.accept(first, current())
         for t in stream.targets:
-            props[t].update(frame0.image(t), 0.0)
-    for p, r in initial.items():
-        arm.pubs[p].append(Publication(0, 0.0, 0, r.mask, True))
+            stage.frame(frames(0)[t], registry.snapshot()[1])
+    else:
+        for p in stream.pairs:
+            sched.add(p, 0.0)
+        sched.refreshed(stream.pairs, 0.0)
+    publish(0, first, 0.0, 0)
 
     events: List = []
     seq_no = 0
@@ -271,45 +302,58 @@ def run_online(stream: Stream, initial: Dict, propagate: bool, max_pairs: int, m
     end = stream.stamp(stream.n - 1) + 1.0 / stream.rate
     while events:
         now, _, kind, payload = heapq.heappop(events)
-        if kind == "step":  # the cross-view worker is free: start a step on the newest set
-            newest = min(stream.n - 1, int(math.floor(now * stream.rate + 1e-9)))
+        if kind == "step":  # the cross-view worker is free: a step on the newest set
             if now >= end:
                 continue
-            pairs = sched.choose(now)
-            res, cost = stream.cross_view(seg, newest, pairs)
-            arm.steps.append((now, cost, newest, len(pairs)))
-            push(now + cost, "done", (newest, res))
-            push(now + cost, "step", None)
-        elif kind == "done":
-            k, res = payload
-            sched.refreshed(list(res), stream.stamp(k))
+            k = min(stream.n - 1, int(math.floor(now * stream.rate + 1e-9)))
+            objects = objects_at(k)
             if propagate:
-                pending.append((k, res))
+                targets = stage.choose(now, objects)
             else:
-                newest = min(stream.n - 1, int(math.floor(now * stream.rate + 1e-9)))
-                for p, r in res.items():
-                    arm.pubs[p].append(Publication(k, now, newest, r.mask, True))
+                chosen = sched.choose(now)
+                targets = {}
+                for o, t in chosen:
+                    targets.setdefault(o, set()).add(t)
+            c0 = time.thread_time()
+            output = processor.process(stream.stamp(k), frames(k), objects, targets)
+            cost = time.thread_time() - c0
+            arm.steps.append((now, cost, k, sum(len(c.objects) for c in output.cameras)))
+            push(now + cost, "done", (k, output, targets))
+        elif kind == "done":
+            k, output, targets = payload
+            if propagate:
+                # the worker hands its results to the tracks (they catch up with the
+                # cameras' frames propagated so far), then takes the next set
+                c0 = time.thread_time()
+                stage.accept(output, current(), targets)
+                push(now + time.thread_time() - c0, "step", None)
+            else:
+                push(now, "step", None)
+                sched.refreshed([(oo.object.object_id, c.camera) for c in output.cameras for oo in c.objects],
+                                stream.stamp(k))
+                publish(k, output, now, min(stream.n - 1, int(math.floor(now * stream.rate + 1e-9))))
         elif kind == "frame":
             k = payload
-            for p, a in sched.ages(stream.stamp(k)).items():
+            ages = stage.refresh_ages(stream.stamp(k)) if propagate else sched.ages(stream.stamp(k))
+            for p, a in ages.items():
                 arm.refresh_ages[p].append(a)
             if not propagate:
                 continue
             start = max(now, prop_free)
-            t0 = time.thread_time()
-            for kk, res in pending:  # the cross-view results that arrived: restart their tracks
-                for (o, t), r in res.items():
-                    props[t].start(o, stream.frames[kk].image(t), stream.stamp(kk), r.mask, r.target_points)
-            pending.clear()
-            outs = {t: props[t].update(stream.frames[k].image(t), stream.stamp(k)) for t in stream.targets}
-            cost = time.thread_time() - t0
+            c0 = time.thread_time()
+            objects = registry.snapshot()[1]
+            outs = [stage.frame(frames(k)[t], objects) for t in stream.targets]
+            cost = time.thread_time() - c0
             arm.prop_cost.append(cost)
             prop_free = start + cost
             newest = min(stream.n - 1, int(math.floor(prop_free * stream.rate + 1e-9)))
-            for t, res in outs.items():
-                for o, r in res.items():
-                    sched.set_lost((o, t), not r.good)
-                    arm.pubs[(o, t)].append(Publication(k, prop_free, newest, r.mask, r.good))
+            for out in outs:
+                if out is None:
+                    continue
+                for oo in out.objects:
+                    good = not oo.result.reason.startswith("propagation:")
+                    arm.pubs[(oo.object.object_id, out.camera)].append(
+                        Publication(k, prop_free, newest, np.asarray(oo.result.mask, bool), good))
     return arm
 
 
@@ -383,12 +427,9 @@ def bench_stream(args) -> Dict:
               f"{len(stream.objects)} objects", flush=True)
         t0 = time.perf_counter()
         offline = run_offline(stream, args.cache)
-        initial = {p: None for p in stream.pairs}
-        res0, _ = stream.cross_view(GeometricSegmentor(), 0, stream.pairs)
-        initial.update(res0)
         arms = [offline]
         for propagate in (True, False):
-            arms.append(run_online(stream, initial, propagate, args.max_pairs, args.max_age, args.lost_bonus))
+            arms.append(run_online(stream, propagate, args.max_pairs or None, args.max_age, args.lost_bonus))
         seed_out = {}
         for arm in arms:
             s = score(stream, arm)
@@ -425,9 +466,9 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=40, help="cost: frames per sequence")
     ap.add_argument("--duration", type=float, default=10.0, help="stream: seconds per sequence")
     ap.add_argument("--rate", type=float, default=10.0, help="stream: frames per second")
-    ap.add_argument("--max-pairs", type=int, default=3, help="stream: pairs per cross-view step")
+    ap.add_argument("--max-pairs", type=int, default=3, help="stream: pairs per cross-view step (0 = all)")
     ap.add_argument("--max-age", type=float, default=5.0, help="stream: propagation deadline (s)")
-    ap.add_argument("--lost-bonus", type=float, default=1.0, help="stream: scheduler priority of lost tracks (s)")
+    ap.add_argument("--lost-bonus", type=float, default=3.0, help="stream: scheduler priority of lost tracks (s)")
     ap.add_argument("--json", type=Path, help="write the figures here")
     ap.add_argument("--cache", type=Path, help="stream: keep the offline arm's masks here and reuse them")
     args = ap.parse_args()

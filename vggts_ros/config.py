@@ -255,6 +255,11 @@ class PublishConfig:
     overlay: bool = False
     diagnostics_period: float = 1.0
     stall_timeout: float = 0.0  # s without output (objects set) before ERROR; 0 = max(2 periods, 3 x median set time)
+    # Masks at camera rate (vggts_ros.propagation_stage): every target frame between two
+    # cross-view results gets the latest masks moved by a per-camera tracker.
+    propagation: bool = False
+    max_age: float = 2.0  # s since its cross-view result after which a propagated mask is not good
+    refresh_pairs: int = 0  # (object, target) pairs per cross-view step, oldest first; 0 = all
 
 
 @dataclass
@@ -336,6 +341,10 @@ class NodeConfig:
             errors.append(f"publish.diagnostics_period must be > 0, got {self.publish.diagnostics_period}")
         if self.publish.stall_timeout < 0:
             errors.append(f"publish.stall_timeout must be >= 0, got {self.publish.stall_timeout}")
+        if not self.publish.max_age > 0:
+            errors.append(f"publish.max_age must be > 0 s, got {self.publish.max_age}")
+        if self.publish.refresh_pairs < 0:
+            errors.append(f"publish.refresh_pairs must be >= 0 (0 = all pairs), got {self.publish.refresh_pairs}")
         if errors:
             raise ValueError("invalid vggts configuration:\n  " + "\n  ".join(errors))
         return self
@@ -444,6 +453,12 @@ PARAMETERS: Dict[str, Tuple[str, bool, Optional[Tuple[float, float]]]] = {
     "publish.diagnostics_period": ("s between /diagnostics messages", False, (1e-2, 3600.0)),
     "publish.stall_timeout": ("s without output (objects set) before ERROR; 0 = max(2 periods, 3 x median set time)",
                               True, (0.0, 1e6)),
+    "publish.propagation": ("masks on every target frame between cross-view results (per-camera tracker)", False,
+                            None),
+    "publish.max_age": ("s since its cross-view result after which a propagated mask is not published as good",
+                        True, (1e-3, 3600.0)),
+    "publish.refresh_pairs": ("(object, target) pairs per cross-view step, oldest first; 0 = all", True,
+                              (0, 65025)),
 }
 CAMERA_PARAMETERS = {
     "topic": "image topic (relative names resolve in the node namespace)",

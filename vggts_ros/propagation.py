@@ -34,6 +34,7 @@ downscaled frame, each mask pulled through the flow frame after frame);
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Dict, Hashable, List, Optional, Tuple
 
@@ -50,9 +51,10 @@ class PropagationConfig:
 
     method: str = "klt"  # "klt" (sparse points + homography) or "dense" (DIS flow, the alternative)
     max_points: int = 50  # corners per track
-    quality: float = 0.01  # Shi-Tomasi quality level (fraction of the strongest corner)
-    min_distance: int = 4  # between corners
-    erode: int = 2  # corners only this far inside the mask
+    quality: float = 0.001  # Shi-Tomasi quality level (fraction of the strongest corner)
+    min_eigen: float = 0.003  # ... and never weaker than this (cv2.cornerMinEigenVal, 5x5 block): not flat
+    min_distance: int = 3  # between corners
+    erode: int = 1  # corners only this far inside the mask
     window: int = 15  # Lucas-Kanade window (pixels, odd)
     levels: int = 3  # pyramid levels above the frame
     fb_max: float = 1.0  # forward-backward error allowed (pixels)
@@ -62,12 +64,14 @@ class PropagationConfig:
     outlier_frames: int = 2  # a point off the frame-to-frame motion this many frames in a row is dropped
     replenish: float = 0.6  # below this fraction of the starting points, new corners join the track
     min_spread: float = 0.5  # live points spread less than this (of the start's) in a direction: similarity fit
-    min_points: int = 8  # fewer inlier points: lost
+    min_points: int = 6  # fewer live points: lost
     min_kept: float = 0.3  # fewer of the anchor's points still inliers: lost
     max_scale_change: float = 2.5  # the mask's area may change by this factor since the anchor
     min_in_image: float = 0.25  # less of the warped mask inside the image: left the image
     max_age: Optional[float] = 2.0  # deadline since the cross-view frame; None = none
     dense_scale: float = 0.5  # dense method: flow computed at this fraction of the frame size
+    history: float = 3.0  # s of recent frames kept per camera: a late cross-view result catches up through them
+    max_catch_up: int = 12  # optical-flow steps at most for a catch-up (frames in between are skipped evenly)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -78,12 +82,16 @@ class PropagationConfig:
             raise ValueError("propagation needs max_points and min_points >= 4 (a homography needs 4 points)")
         if self.outlier_frames < 1:
             raise ValueError(f"outlier_frames must be >= 1 (got {self.outlier_frames})")
+        if self.min_eigen < 0 or not 0.0 < self.quality < 1.0:
+            raise ValueError("quality must be in (0, 1) and min_eigen >= 0")
         if not 0.0 <= self.min_kept <= 1.0 or not 0.0 <= self.min_in_image <= 1.0:
             raise ValueError("min_kept and min_in_image are fractions in [0, 1]")
         if self.max_age is not None and self.max_age <= 0:
             raise ValueError(f"max_age must be positive seconds or None (got {self.max_age})")
         if self.model not in MODELS:
             raise ValueError(f"propagation model {self.model!r}: use one of {', '.join(MODELS)}")
+        if self.history < 0 or self.max_catch_up < 1:
+            raise ValueError("history must be >= 0 s and max_catch_up >= 1")
         if not 0.0 < self.dense_scale <= 1.0:
             raise ValueError(f"dense_scale must be in (0, 1] (got {self.dense_scale})")
 
@@ -226,6 +234,7 @@ class CameraPropagator:
             raise ValueError("CameraPropagator is the 'klt' method; make_propagator() builds the 'dense' one")
         self._tracks: Dict[Hashable, _Track] = {}
         self._gray: Optional[np.ndarray] = None  # the newest frame
+        self._history: "deque[Tuple[float, np.ndarray]]" = deque()  # (stamp, frame) of recent frames, oldest first
         self._stamp: Optional[float] = None
         self._shape: Optional[Tuple[int, int]] = None
 
@@ -267,6 +276,9 @@ class CameraPropagator:
             raise ValueError(f"frame stamp {stamp} is older than the previous frame's {self._stamp}")
         prev = self._gray
         self._gray, self._stamp, self._shape = gray, stamp, gray.shape
+        self._history.append((stamp, gray))
+        while self._history and self._history[0][0] < stamp - self.config.history:
+            self._history.popleft()
         # Tracks anchored on a frame of their own (a cross-view result for a frame the
         # camera had not reached) go from that frame, the others from the previous one.
         groups: Dict[int, Tuple[np.ndarray, List[_Track]]] = {}
@@ -316,7 +328,7 @@ class CameraPropagator:
             self._finish(stamp, [track])
         else:
             if stamp < self._stamp:
-                self._advance(gray, self._gray, [track], self._stamp)
+                self._catch_up(track, gray)
             self._finish(self._stamp)
         return track.result
 
@@ -342,11 +354,33 @@ class CameraPropagator:
                 cv2.circle(inner, (int(x), int(y)), cfg.min_distance, 0, -1)
         if not inner.any():
             return np.zeros((0, 2), np.float32)
-        c = cv2.goodFeaturesToTrack(gray[y0:y1, x0:x1], limit or cfg.max_points, cfg.quality, cfg.min_distance,
-                                    mask=inner, blockSize=5)
+        crop = gray[y0:y1, x0:x1]
+        # the quality level is relative to the strongest corner: never below min_eigen, so
+        # that a flat (textureless) region yields no corners on its noise
+        strongest = float(cv2.cornerMinEigenVal(crop, 5, ksize=3)[inner > 0].max())
+        if strongest < cfg.min_eigen:
+            return np.zeros((0, 2), np.float32)
+        level = min(1.0, max(cfg.quality, cfg.min_eigen / strongest))
+        c = cv2.goodFeaturesToTrack(crop, limit or cfg.max_points, level, cfg.min_distance, mask=inner, blockSize=5)
         if c is None:
             return np.zeros((0, 2), np.float32)
         return (c.reshape(-1, 2) + np.float32([x0, y0])).astype(np.float32)
+
+    def _catch_up(self, track: _Track, gray: np.ndarray) -> None:
+        """A track anchored on an older frame: through the camera's frames since then (at
+        most ``max_catch_up`` steps, evenly spread; one jump from the anchor when the
+        history does not reach back to it)."""
+        later = [(s, g) for s, g in self._history if s > track.anchor_stamp]
+        if len(later) > self.config.max_catch_up:
+            keep = np.unique(np.round(np.linspace(0, len(later) - 1, self.config.max_catch_up)).astype(int))
+            later = [later[i] for i in keep]
+        if not later or later[-1][0] != self._stamp:
+            later.append((self._stamp, self._gray))
+        src = gray
+        for stamp, dst in later:
+            self._advance(src, dst, [track], stamp)
+            src = dst
+        track.steps = 1 if track.steps else 0  # one catch-up counts as one step
 
     def _advance(self, src: np.ndarray, dst: np.ndarray, tracks: List[_Track], stamp: float) -> None:
         """Optical flow of all these tracks' live points from frame ``src`` to ``dst``

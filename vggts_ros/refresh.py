@@ -4,8 +4,8 @@ Between cross-view results each pair's mask is carried by per-camera propagation
 (:mod:`vggts_ros.propagation`); the cross-view result corrects it. When the cross-view
 step cannot recompute every pair on every set, :class:`RefreshScheduler` chooses the
 pairs for the next step: **oldest refresh first** (the pair whose last cross-view result
-is on the oldest frame; a pair never refreshed counts from when it was added), so every
-pair takes its turn. A step takes up to ``max_pairs`` pairs: the oldest one, then, in
+is on the oldest frame; pairs never refreshed come before all others, in the order they
+were added), so every pair takes its turn. A step takes up to ``max_pairs`` pairs: the oldest one, then, in
 age order, pairs that share its group (by default its target camera, whose features a
 backend computes once for all objects), then the next oldest.
 
@@ -108,8 +108,10 @@ class RefreshScheduler:
         free = [s for s in self._pairs.values() if not s.in_flight]
         if not free:
             return []
-        # Oldest first; ties by the order the pairs were added (stable sort).
-        free.sort(key=lambda s: -(s.age(now) + (self.lost_bonus if s.lost else 0.0)))
+        # Pairs never refreshed first (a new object is found everywhere as soon as can be),
+        # then oldest first; ties to the pair refreshed fewer times, then in the order added.
+        free.sort(key=lambda s: (s.refreshed is not None, -(s.age(now) + (self.lost_bonus if s.lost else 0.0)),
+                                 s.count))
         n = len(free) if limit is None else min(limit, len(free))
         chosen = [free[0]]
         if n > 1 and self.group is not None:

@@ -43,7 +43,9 @@ import numpy as np
 from vggts_ros import bags
 from vggts_ros.config import CameraConfig, SyncConfig
 from vggts_ros.registry import MAX_OBJECT_ID, ObjectRegistry, RegistryError
-from vggts_ros.set_processor import CameraOutput, SetProcessor, apply_advances, compose_labels  # noqa: F401
+from vggts_ros.propagation import PropagationConfig
+from vggts_ros.propagation_stage import PropagationStage
+from vggts_ros.set_processor import CameraOutput, SetOutput, SetProcessor, apply_advances, compose_labels  # noqa: F401
 from vggts_ros.sync import ApproximateTimeSync, SyncSet
 from vggts_ros.types import ROLES
 
@@ -80,6 +82,15 @@ class ReplayOptions:
     overlay: bool = True
     copy_inputs: bool = True
     progress: bool = True
+    # Real time on the log clock (issue 22): one cross-view worker takes the newest set when
+    # it is free and its results come out when its step's time is up; sets that arrive
+    # while it is busy are left out. ``propagation`` (implies real time) publishes a mask on
+    # every target frame, moved from the latest cross-view result (vggts_ros.propagation_stage).
+    realtime: bool = False
+    propagation: bool = False
+    step_seconds: Optional[float] = None  # simulated length of every cross-view step; None: its CPU time
+    max_age: float = 2.0  # publish.max_age
+    refresh_pairs: int = 0  # publish.refresh_pairs (0 = all pairs every step)
 
 
 @dataclass
@@ -106,6 +117,10 @@ class ReplayResult:
     sync_stats: Dict
     results: List[Dict] = field(default_factory=list)  # per target frame and object: path, reason, area
     stream: Dict[str, str] = field(default_factory=dict)  # the stream state at the end (temporal memory)
+    # real time: each cross-view step (start and length in log seconds, set stamp, pairs)
+    # and the sets left out because the worker was busy
+    steps: List[Dict] = field(default_factory=list)
+    dropped_sets: int = 0
 
     def empty_reasons(self) -> Dict[str, int]:
         """Why target masks came out empty (reason -> count; every empty mask has one)."""
@@ -256,6 +271,14 @@ class _Replayer:
         self.skipped: Dict[str, int] = {c.name: 0 for c in self.cameras}
         self.reasons: Dict[str, str] = {}
         self.results: List[Dict] = []
+        # real time (see ReplayOptions)
+        self.realtime = options.realtime or options.propagation
+        self.stage: Optional[PropagationStage] = None
+        self.busy_until = -math.inf  # when the cross-view worker is free (log seconds)
+        self.waiting: Optional[SyncSet] = None  # the newest set that came while it was busy
+        self.done: List[Tuple[float, SetOutput, object]] = []  # the step in flight: (end, output, its targets)
+        self.steps: List[Dict] = []
+        self.dropped = 0
 
     # -- configuration against the bag
     def _topics(self) -> Dict[str, str]:
@@ -357,6 +380,10 @@ class _Replayer:
         s = self.opt.sync
         sync = ApproximateTimeSync.from_config(s, self.cameras)
         self.processor = SetProcessor(self.segmentor, self.roles, self.opt.source_mode, stale_after=s.stale_after)
+        if self.opt.propagation:
+            self.stage = PropagationStage(self.roles, PropagationConfig(max_age=self.opt.max_age),
+                                          backend=self.processor.backend,
+                                          max_pairs=self.opt.refresh_pairs or None)
         conns = [c for c in self.reader.connections if c.topic in self.topic_camera]
         total = sum(int(getattr(c, "msgcount", 0) or 0) for c in conns)
         progress = _Progress(total, self.opt.progress)
@@ -369,14 +396,22 @@ class _Replayer:
                 if self.opt.copy_inputs:
                     self.writer.write_raw(conn.topic, conn.msgtype, raw, log_ns)
                 self._attach(frame)
-                for item in sync.add(camera, frame.stamp, frame, now=log_ns * 1e-9):
-                    self._process(item)
+                now = log_ns * 1e-9
+                if self.realtime:
+                    self._clock(now)
+                for item in sync.add(camera, frame.stamp, frame, now=now):
+                    self._process(item, now)
+                if self.stage is not None:
+                    self._propagate(frame)
                 count += 1
                 last_log = max(last_log, int(log_ns))
                 progress.update(len(self.sets))
             # Nothing more will come: let every camera go stale and flush what is queued.
-            for item in sync.poll(now=last_log * 1e-9 + 2 * s.stale_after + 1.0):
-                self._process(item)
+            end = last_log * 1e-9 + 2 * s.stale_after + 1.0
+            for item in sync.poll(now=end):
+                self._process(item, end)
+            if self.realtime:
+                self._clock(math.inf)
         finally:
             progress.close()
         if self.pending:
@@ -389,44 +424,117 @@ class _Replayer:
                               f"{stamps[0] * 1e-9:.6f} s (masks must carry the stamp of the frame they were drawn on)")
         return count, sync.stats()
 
-    def _process(self, item: SyncSet) -> None:
+    def _process(self, item: SyncSet, now: float = 0.0) -> None:
+        """A set from the synchroniser: processed at once (offline), or offered to the
+        cross-view worker at log time ``now`` (real time)."""
         self.sets.append(SyncSet(item.stamp, {n: f.stamp_ns for n, f in item.messages.items()}, item.stamps,
                                  item.missing))
+        if not self.realtime:
+            output = self._cross_view(item)
+            if output is not None:
+                apply_advances(output, self.objects)  # lost objects keep their frame, as in the node
+                for cam in output.cameras:
+                    self._write(cam)
+            return
+        self._clock(now)
+        if now >= self.busy_until:
+            self._start(item, now)
+        else:  # the worker is busy: this set waits, replacing an older waiting one
+            self.dropped += self.waiting is not None
+            self.waiting = item
+
+    def _cross_view(self, item: SyncSet, targets=None) -> Optional[SetOutput]:
         newest = max(f.stamp_ns for f in item.messages.values()) * 1e-9
         _, objects = self.objects.snapshot()
         objects = [o for o in objects if o.stamp <= newest]  # an object applies from its frame on
         if not objects:
-            return
+            return None
         frames, rejected = self.processor.usable(item.messages, lambda f: f.rgb(), lambda f: f.stamp)
+        self._rejected(rejected)
+        return self.processor.process(item.stamp, frames, objects, targets)
+
+    def _rejected(self, rejected) -> None:
         for r in rejected:
             self.skipped[r.camera] += 1
             if self.reasons.get(r.camera) != r.problem:
                 print(f"replay: camera {r.camera!r}: frame at {r.stamp:.3f} s skipped: {r.problem}", file=sys.stderr)
             self.reasons[r.camera] = r.problem
-        output = self.processor.process(item.stamp, frames, objects)
-        apply_advances(output, self.objects)  # lost objects keep their frame, as in the node
-        for cam in output.cameras:
-            self._write(cam)
 
-    def _write(self, out: CameraOutput) -> None:
+    # -- real time: one cross-view worker on the log clock
+    def _clock(self, now: float) -> None:
+        """Everything the worker finishes or starts up to log time ``now``."""
+        while True:
+            if self.done and self.done[0][0] <= now:
+                end, output, targets = self.done.pop(0)
+                self._finish(end, output, targets)
+            elif self.waiting is not None and self.busy_until <= now:
+                item, self.waiting = self.waiting, None
+                self._start(item, self.busy_until)
+            else:
+                return
+
+    def _start(self, item: SyncSet, start: float) -> None:
+        newest = max(f.stamp_ns for f in item.messages.values()) * 1e-9
+        _, objects = self.objects.snapshot()
+        objects = [o for o in objects if o.stamp <= newest]
+        if not objects:
+            return
+        targets = self.stage.choose(start, objects) if self.stage is not None else None
+        t0 = time.thread_time()
+        output = self._cross_view(item, targets)
+        seconds = time.thread_time() - t0 if self.opt.step_seconds is None else self.opt.step_seconds
+        if output is None or not output.cameras:
+            if self.stage is not None:
+                self.stage.cancel(targets)
+            return
+        pairs = sorted((o.object.object_id, c.camera) for c in output.cameras for o in c.objects)
+        self.steps.append(dict(start=start, seconds=seconds, stamp=item.stamp, pairs=[list(p) for p in pairs]))
+        self.busy_until = start + seconds
+        self.done.append((self.busy_until, output, targets))
+
+    def _finish(self, end: float, output: SetOutput, targets) -> None:
+        """A step's results come out at log time ``end``."""
+        apply_advances(output, self.objects)
+        if self.stage is not None:
+            _, objects = self.objects.snapshot()
+            self.stage.accept(output, {o.object_id: o for o in objects}, targets)
+            return
+        for cam in output.cameras:
+            self._write(cam, int(round(end * 1e9)))
+
+    def _propagate(self, frame: _Frame) -> None:
+        """Propagation: this camera frame gets the latest masks, moved to it."""
+        _, objects = self.objects.snapshot()
+        if not objects:
+            return
+        frames, rejected = self.processor.usable({frame.camera: frame}, lambda f: f.rgb(), lambda f: f.stamp)
+        self._rejected(rejected)
+        if frame.camera not in frames:
+            return
+        out = self.stage.frame(frames[frame.camera], objects)
+        if out is not None:
+            self._write(out)
+
+    def _write(self, out: CameraOutput, log_ns: Optional[int] = None) -> None:
         from vggts_ros import metrics
         from vggts_ros.visualize import overlay_masks
 
         camera, frame, labels = out.camera, out.frame.meta, out.labels
+        log_ns = frame.log_ns if log_ns is None else log_ns
         header = frame.msg.header
         entries = [(o.object, o.result, o.area) for o in out.objects]
         ns = self.opt.namespace.rstrip("/")
         mask = bags.image_msg(labels, "mono8", 0)
         mask.header = header
-        self.writer.write(f"{ns}/{camera}/mask", mask, frame.log_ns)
+        self.writer.write(f"{ns}/{camera}/mask", mask, log_ns)
         self.writer.write(f"{ns}/{camera}/points", points_msg(header, out.source_cameras, camera, entries),
-                          frame.log_ns)
+                          log_ns)
         if self.opt.overlay:
             drawn = overlay_masks(out.frame.image, labels,
                                   [np.asarray(o.result.target_points).reshape(-1, 2) for o in out.objects])
             over = bags.image_msg(drawn, "rgb8", 0)
             over.header = header
-            self.writer.write(f"{ns}/{camera}/overlay", over, frame.log_ns)
+            self.writer.write(f"{ns}/{camera}/overlay", over, log_ns)
         self.outputs[camera].append(frame.stamp_ns)
         for obj, res, area in sorted(entries, key=lambda e: e[0].object_id):
             self.results.append(dict(camera=camera, stamp_ns=frame.stamp_ns, object_id=obj.object_id,
@@ -468,7 +576,7 @@ def replay(input_path: str | Path, out_path: str | Path, segmentor, options: Rep
         reader.close()
     stream = rp.processor.state.describe() if rp.processor is not None else {}
     return ReplayResult(rp.cameras, rp.sets, rp.outputs, rp.scores, rp.skipped, count,
-                        time.monotonic() - t0, stats, rp.results, stream)
+                        time.monotonic() - t0, stats, rp.results, stream, rp.steps, rp.dropped)
 
 
 def format_scores(result: ReplayResult) -> str:
