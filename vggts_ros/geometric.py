@@ -53,7 +53,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from .stream import StreamState, StreamStep, check_stream
+from .stream import StatelessSegmentor
 from .types import SegmentationResult, TargetView
 
 from .prompts import kmeans_sample_points  # the reference sampler, shared with VGGT-S
@@ -128,7 +128,7 @@ def _bbox(mask: np.ndarray) -> Optional[Tuple[int, int, int, int]]:
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
-class GeometricSegmentor:
+class GeometricSegmentor(StatelessSegmentor):
     """Finds the source object in each target with SIFT, RANSAC and GrabCut (no weights)."""
 
     name = "geometric"
@@ -160,21 +160,6 @@ class GeometricSegmentor:
         return value
 
     # ------------------------------------------------------------------ API
-    def init_stream(self) -> StreamState:
-        """This backend keeps nothing between sets: an empty state (calls stay stateless)."""
-        return StreamState()
-
-    def segment_objects(
-        self, source_image: np.ndarray, masks: Sequence[np.ndarray], targets: Sequence[TargetView],
-        *, state: Optional[StreamState] = None, step: Optional[StreamStep] = None,
-    ) -> List[List[SegmentationResult]]:
-        """Each object's :meth:`segment` (``result[o][t]``); the source features of one frame
-        are computed once (cached) and shared by its objects."""
-        if isinstance(masks, np.ndarray) and masks.ndim == 2:
-            raise ValueError("masks must be a sequence of HxW masks (use segment() for one mask)")
-        check_stream(state, step, len(masks))
-        return [self.segment(source_image, m, targets) for m in masks]
-
     def segment(
         self, source_image: np.ndarray, source_mask: np.ndarray, targets: Sequence[TargetView]
     ) -> List[SegmentationResult]:

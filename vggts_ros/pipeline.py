@@ -9,6 +9,8 @@
    cropped targets, 5 for whole-frame targets); the R=2 zoom on the mask and its 5 prompts;
 2. **first pass** (step 2): one backbone pass over ``[source view, target 1, ..., N]``
    (targets letterboxed; a square one is simply resized), then the tracker per query set;
+   with ``PipelineConfig.geometry_heads`` VGGT's camera and depth heads run on the same
+   pass's tokens and each result gets its target's and source's geometry in frame pixels;
 3. **target inputs** (step 3): a cropped target gets the square crop around its
    projected points (10 outliers dropped, side from the schedule scaled by the frame's
    short side) and 5 clustered prompts; a whole-frame target is resized and its prompts
@@ -139,6 +141,12 @@ def _group_means(values: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+def _backbone_config(preset: ModelPreset, pipeline: Optional[PipelineConfig]):
+    """The preset's backbone, with the geometry heads when the pipeline asks for them."""
+    on = bool(pipeline is not None and pipeline.geometry_heads)
+    return dataclasses.replace(preset.backbone, geometry_heads=on) if on else preset.backbone
+
+
 class _StageClock:
     """Wall time per stage name (synchronising CUDA at the boundaries)."""
 
@@ -256,6 +264,9 @@ class VGGTSegmentor:
                 kind = precision.plan(cfg.precision).autocast_device
                 if kind is None or kind == self.device.type:
                     self.backbone.dtype = precision.plan(cfg.precision).backbone_autocast
+        if cfg.geometry_heads and getattr(self.backbone, "camera_head", None) is None:
+            raise ValueError("PipelineConfig.geometry_heads needs a backbone built with "
+                             "BackboneConfig.geometry_heads (camera_head.* and depth_head.* of model.pt)")
         self.cfg = cfg
         self.image_size = size
         self.multi_view_features = bool(multi_view_features)
@@ -315,7 +326,7 @@ class VGGTSegmentor:
         p = model_preset(preset) if isinstance(preset, str) else preset
         if p.backbone_seed is None or p.head_seed is None:
             raise ValueError("this preset has no weight seeds; its weights come from checkpoints")
-        backbone = fill_deterministic(VGGTBackbone(p.backbone), p.backbone_seed)
+        backbone = VGGTBackbone(_backbone_config(p, pipeline)).fill_deterministic(p.backbone_seed)
         head = fill_deterministic(UnionSegmentationHead(p.head), p.head_seed)
         backbone.dtype = dtype
         return cls(backbone, head, pipeline, device=device, image_size=p.image_size, **options)
@@ -337,7 +348,7 @@ class VGGTSegmentor:
         from vggts_ros.models.union_head import UnionSegmentationHead
 
         p = model_preset(preset) if isinstance(preset, str) else preset
-        backbone = VGGTBackbone.from_pretrained(vggt, cfg=p.backbone, map_location="cpu")
+        backbone = VGGTBackbone.from_pretrained(vggt, cfg=_backbone_config(p, pipeline), map_location="cpu")
         head_net = UnionSegmentationHead.from_pretrained(head, cfg=p.head)
         backbone.dtype = dtype
         return cls(backbone, head_net, pipeline, device=device, image_size=p.image_size, **options)
@@ -420,9 +431,13 @@ class VGGTSegmentor:
             sources = [self.prepare_source(source_image, m, any(cropped[t] for t in full),
                                            not all(cropped)) for m in masks]
             first_views = [transforms.letterbox(v.image.shape[:2], self.image_size) for v in targets]
+        geometry = {} if self.cfg.geometry_heads else None
         with clock("first_pass"):
-            tracks = (self.first_pass(sources, [first_views[t].image(targets[t].image) for t in full]) if full
-                      else [(None, None)] * len(sources))
+            tracks = (self.first_pass(sources, [first_views[t].image(targets[t].image) for t in full], geometry)
+                      if full else [(None, None)] * len(sources))
+        if geometry:
+            with clock("geometry"):
+                geometry = self.view_geometry(geometry, sources, [first_views[t] for t in full])
         shared = dict(clock.times)
         results = []
         for o, (src, (tr_first, tr_direct)) in enumerate(zip(sources, tracks)):
@@ -440,6 +455,10 @@ class VGGTSegmentor:
                                             memory=memory)
             with clock("recover"):
                 per_object = [self.recover_result(lg, ti) for lg, ti in zip(logits, inputs)]
+            if geometry:  # [source, first-pass targets] of this object's pass
+                for t, r in enumerate(per_object):
+                    r.source_geometry = geometry[o][0]
+                    r.geometry = geometry[o][pos[t]] if t in pos else None
             for r in per_object:
                 r.timings = dict(clock.times, total=0.0)
             results.append(per_object)
@@ -469,10 +488,12 @@ class VGGTSegmentor:
         t = (t.double() / 255.0).float().to(self.dtype)
         return t.permute(0, 3, 1, 2).contiguous().unsqueeze(0)
 
-    def backbone_features(self, views: Sequence[np.ndarray]) -> torch.Tensor:
-        """One backbone pass (aggregator + DPT): ``[1, S, C, size/2, size/2]``."""
+    def backbone_features(self, views: Sequence[np.ndarray], geometry: bool = False):
+        """One backbone pass (aggregator + DPT): ``[1, S, C, size/2, size/2]``; with
+        ``geometry`` also the camera and depth heads on its tokens: ``(features, GeometryOutput)``."""
         with precision.autocast(self.cfg.precision, self.device, "backbone"):
-            return self.backbone(self.images_to_tensor(views)).features
+            out = self.backbone(self.images_to_tensor(views), geometry=geometry)
+        return (out.features, out.geometry) if geometry else out.features
 
     def track(self, features: torch.Tensor, query_sets: Sequence[np.ndarray]) -> List[Tracks]:
         """Track each set of frame-0 query points (network px) through all views."""
@@ -507,15 +528,21 @@ class VGGTSegmentor:
         direct = prompts.kmeans_sample_points(view.mask, cfg.prompt_points) if need_direct else None
         return SourceInput(view, first, direct, prompts.kmeans_sample_points(view.crop_mask, cfg.prompt_points))
 
-    def first_pass(self, sources: Sequence[SourceInput], target_views: Sequence[np.ndarray]):
+    def first_pass(self, sources: Sequence[SourceInput], target_views: Sequence[np.ndarray],
+                   geometry: Optional[dict] = None):
         """Stage 2: one backbone pass per distinct source view over ``[source, targets]``,
-        then each object's query sets tracked. Returns ``(first, direct)`` tracks per object."""
+        then each object's query sets tracked. Returns ``(first, direct)`` tracks per object.
+        ``geometry`` (a dict): receives, per object, its pass's camera and depth heads
+        (``GeometryOutput``) run on that pass's tokens."""
         out: List[Tuple[Optional[Tracks], Optional[Tracks]]] = [(None, None)] * len(sources)
         groups: Dict[Tuple[int, ...], List[int]] = {}
         for o, s in enumerate(sources):
             groups.setdefault(tuple(s.view.square.box), []).append(o)
         for members in groups.values():
-            feats = self.backbone_features([sources[members[0]].view.image] + list(target_views))
+            feats = self.backbone_features([sources[members[0]].view.image] + list(target_views), geometry is not None)
+            if geometry is not None:
+                feats, geo = feats
+                geometry.update({o: geo for o in members})
             sets = [q for o in members for q in (sources[o].first_points, sources[o].direct_points) if q is not None]
             found = iter(self.track(feats, sets))
             for o in members:
@@ -523,6 +550,22 @@ class VGGTSegmentor:
                 out[o] = (next(found) if s.first_points is not None else None,
                           next(found) if s.direct_points is not None else None)
             del feats
+        return out
+
+    def view_geometry(self, heads: dict, sources: Sequence[SourceInput],
+                      target_views: Sequence[transforms.ViewTransform]) -> dict:
+        """The heads' outputs of each object's first pass in frame pixels: object ->
+        ``[source ViewGeometry, first-pass target ViewGeometry, ...]`` (poses relative to the
+        source camera); objects sharing a pass share its list."""
+        from vggts_ros.geometry.camera import view_geometries
+
+        done: Dict[int, list] = {}
+        out = {}
+        for o, g in heads.items():
+            if id(g) not in done:
+                views = [sources[o].view.square] + list(target_views)
+                done[id(g)] = view_geometries(g.pose_encoding[0], g.depth[0, ..., 0], g.depth_conf[0], views)
+            out[o] = done[id(g)]
         return out
 
     def cropped_target(self, image: np.ndarray, first_view: transforms.Letterbox, tracks: Tracks,

@@ -248,6 +248,11 @@ class CameraPropagator:
         """Stamp of the newest frame seen (None before the first)."""
         return self._stamp
 
+    @property
+    def shape(self) -> Optional[Tuple[int, int]]:
+        """(height, width) of this camera's frames (None before the first)."""
+        return self._shape
+
     def current(self, key: Hashable) -> Optional[Propagated]:
         """The track's latest state (None for an unknown key)."""
         t = self._tracks.get(key)
@@ -645,6 +650,10 @@ class DenseCameraPropagator:
     @property
     def stamp(self) -> Optional[float]:
         return self._stamp
+
+    @property
+    def shape(self) -> Optional[Tuple[int, int]]:
+        return self._shape
 
     def current(self, key: Hashable) -> Optional[Propagated]:
         t = self._tracks.get(key)

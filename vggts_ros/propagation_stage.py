@@ -134,7 +134,7 @@ class PropagationStage:
             for cam_out in output.cameras:
                 frame = cam_out.frame
                 prop = self._props.get(frame.camera)
-                if prop is None:
+                if prop is None or (prop.shape is not None and prop.shape != tuple(frame.image.shape[:2])):
                     prop = self._props[frame.camera] = make_propagator(self.config)
                 for oo in cam_out.objects:
                     obj, res = oo.object, oo.result
@@ -167,6 +167,13 @@ class PropagationStage:
         (None when no object has a track on this camera yet)."""
         with self._lock:
             prop = self._props.get(frame.camera)
+            shape = tuple(np.asarray(frame.image).shape[:2])
+            if prop is not None and prop.shape is not None and prop.shape != shape:
+                # the camera changed its frame size: its tracks cannot follow; new ones start
+                # with the next cross-view result on frames of the new size
+                for oid, cam in [k for k in self._origin if k[1] == frame.camera]:
+                    self._forget(oid, cam)
+                prop = None
             if prop is None:
                 prop = self._props[frame.camera] = make_propagator(self.config)
             if prop.stamp is not None and frame.stamp < prop.stamp:

@@ -45,7 +45,9 @@ from vggts_ros.config import CameraConfig, SyncConfig
 from vggts_ros.registry import MAX_OBJECT_ID, ObjectRegistry, RegistryError
 from vggts_ros.propagation import PropagationConfig
 from vggts_ros.propagation_stage import PropagationStage
-from vggts_ros.set_processor import CameraOutput, SetOutput, SetProcessor, apply_advances, compose_labels  # noqa: F401
+from vggts_ros.frame_history import check_pixels
+from vggts_ros.set_processor import (CameraFrame, CameraOutput, SetOutput, SetProcessor, apply_advances,  # noqa: F401
+                                     compose_labels)
 from vggts_ros.sync import ApproximateTimeSync, SyncSet
 from vggts_ros.types import ROLES
 
@@ -111,16 +113,31 @@ class ReplayResult:
     sets: List[SyncSet]  # every set the synchroniser emitted (frames replaced by stamps)
     outputs: Dict[str, List[int]]  # camera -> stamps (ns) of the masks written
     scores: List[ScoreRow]
-    skipped_frames: Dict[str, int]
+    skipped_frames: Dict[str, int]  # camera -> frames not used (undecodable, blank, another size)
     messages_read: int
     seconds: float
     sync_stats: Dict
     results: List[Dict] = field(default_factory=list)  # per target frame and object: path, reason, area
     stream: Dict[str, str] = field(default_factory=dict)  # the stream state at the end (temporal memory)
+    frames_read: Dict[str, int] = field(default_factory=dict)  # camera -> its messages in the bag
+    skip_reasons: Dict[str, Dict[str, int]] = field(default_factory=dict)  # camera -> reason -> frames
     # real time: each cross-view step (start and length in log seconds, set stamp, pairs)
     # and the sets left out because the worker was busy
     steps: List[Dict] = field(default_factory=list)
     dropped_sets: int = 0
+
+    def camera_problems(self) -> List[str]:
+        """One line per camera that gave nothing usable or lost frames (empty when all is well)."""
+        lines = []
+        for cam in self.cameras:
+            read, skipped = self.frames_read.get(cam.name, 0), self.skipped_frames.get(cam.name, 0)
+            if read == 0:
+                lines.append(f"camera {cam.name!r}: no messages on {cam.topic} in the bag")
+            elif skipped:
+                why = "; ".join(f"{n} x {r}" for r, n in sorted(self.skip_reasons.get(cam.name, {}).items(),
+                                                             key=lambda kv: -kv[1]))
+                lines.append(f"camera {cam.name!r}: {skipped} of {read} frames skipped ({why})")
+        return lines
 
     def empty_reasons(self) -> Dict[str, int]:
         """Why target masks came out empty (reason -> count; every empty mask has one)."""
@@ -270,6 +287,8 @@ class _Replayer:
         self.scores: List[ScoreRow] = []
         self.skipped: Dict[str, int] = {c.name: 0 for c in self.cameras}
         self.reasons: Dict[str, str] = {}
+        self.skip_reasons: Dict[str, Dict[str, int]] = {c.name: {} for c in self.cameras}
+        self.read: Dict[str, int] = {c.name: 0 for c in self.cameras}
         self.results: List[Dict] = []
         # real time (see ReplayOptions)
         self.realtime = options.realtime or options.propagation
@@ -364,7 +383,11 @@ class _Replayer:
                 self._add_object(oid, frame, labels == oid, f"object {oid}", f"mask topic of camera {frame.camera!r}")
 
     def _add_object(self, object_id: int, frame: _Frame, mask: np.ndarray, label: str, what: str) -> None:
-        image = frame.rgb()
+        try:
+            image = frame.rgb()
+        except ValueError as exc:
+            raise ReplayError(f"{what}: the frame it was drawn on (camera {frame.camera!r} at {frame.stamp:.6f} s) "
+                              f"cannot be decoded: {exc}") from exc
         if mask.shape != image.shape[:2]:
             raise ReplayError(f"{what} is {mask.shape[1]}x{mask.shape[0]} but the camera's frames are "
                               f"{image.shape[1]}x{image.shape[0]} (width x height)")
@@ -393,6 +416,7 @@ class _Replayer:
                 camera = self.topic_camera[conn.topic]
                 msg = bags.deserialize(raw, conn.msgtype)
                 frame = _Frame(camera, bags.stamp_of(msg), int(log_ns), msg, conn.msgtype == bags.COMPRESSED)
+                self.read[camera] += 1
                 if self.opt.copy_inputs:
                     self.writer.write_raw(conn.topic, conn.msgtype, raw, log_ns)
                 self._attach(frame)
@@ -415,7 +439,11 @@ class _Replayer:
         finally:
             progress.close()
         if self.pending:
-            missing = ", ".join(f"camera {p.camera!r} at {p.stamp:.6f} s" for p in self.pending)
+            def where(p: SourceMask) -> str:
+                if not self.read[p.camera]:
+                    return f"camera {p.camera!r}, which has no messages in the bag"
+                return f"camera {p.camera!r} " + ("(its first frame)" if p.stamp is None else f"at {p.stamp:.6f} s")
+            missing = ", ".join(where(p) for p in self.pending)
             raise ReplayError(f"no frame for the source mask(s) of {missing} (within {STAMP_TOLERANCE * 1e3:.0f} ms)")
         unused = {cam: sorted(v) for cam, v in self.topic_masks.items() if v}
         if unused:
@@ -456,6 +484,8 @@ class _Replayer:
     def _rejected(self, rejected) -> None:
         for r in rejected:
             self.skipped[r.camera] += 1
+            counts = self.skip_reasons[r.camera]
+            counts[r.problem] = counts.get(r.problem, 0) + 1
             if self.reasons.get(r.camera) != r.problem:
                 print(f"replay: camera {r.camera!r}: frame at {r.stamp:.3f} s skipped: {r.problem}", file=sys.stderr)
             self.reasons[r.camera] = r.problem
@@ -507,11 +537,15 @@ class _Replayer:
         _, objects = self.objects.snapshot()
         if not objects:
             return
-        frames, rejected = self.processor.usable({frame.camera: frame}, lambda f: f.rgb(), lambda f: f.stamp)
-        self._rejected(rejected)
-        if frame.camera not in frames:
+        # A frame it cannot use is left out here and reported once, by the set it belongs to.
+        try:
+            image = frame.rgb()
+        except ValueError:
             return
-        out = self.stage.frame(frames[frame.camera], objects)
+        size = self.processor.sizes.size(frame.camera)
+        if check_pixels(image) or (size is not None and image.shape[:2] != size):
+            return
+        out = self.stage.frame(CameraFrame(frame.camera, frame.stamp, image, frame), objects)
         if out is not None:
             self._write(out)
 
@@ -576,7 +610,8 @@ def replay(input_path: str | Path, out_path: str | Path, segmentor, options: Rep
         reader.close()
     stream = rp.processor.state.describe() if rp.processor is not None else {}
     return ReplayResult(rp.cameras, rp.sets, rp.outputs, rp.scores, rp.skipped, count,
-                        time.monotonic() - t0, stats, rp.results, stream, rp.steps, rp.dropped)
+                        time.monotonic() - t0, stats, rp.results, stream, dict(rp.read), rp.skip_reasons,
+                        rp.steps, rp.dropped)
 
 
 def format_scores(result: ReplayResult) -> str:

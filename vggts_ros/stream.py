@@ -22,9 +22,10 @@ computes exactly what a plain one does.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Hashable, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Hashable, Iterable, Optional, Sequence
 
-from vggts_ros.stream_reuse import StreamReuse
+if TYPE_CHECKING:  # stream reuse needs torch (view transforms); a weight-free backend never does
+    from vggts_ros.stream_reuse import StreamReuse
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class StreamState:
     wrote for objects that are gone.
     """
 
-    def __init__(self, temporal=None, reuse: Optional[StreamReuse] = None) -> None:
+    def __init__(self, temporal=None, reuse: Optional["StreamReuse"] = None) -> None:
         self.temporal = temporal
         self.reuse = reuse
 
@@ -132,3 +133,28 @@ def check_stream(state: Optional[StreamState], step: Optional[StreamStep], objec
     if not isinstance(state, StreamState):
         raise ValueError(f"state must be a StreamState from init_stream(), got {type(state).__name__}")
     step.check(objects)
+
+
+class StatelessSegmentor:
+    """Base of a backend that segments one object at a time and keeps nothing between sets:
+    it implements ``segment``; this gives it :meth:`init_stream` and :meth:`segment_objects`
+    (the rest of :class:`vggts_ros.types.Segmentor`)."""
+
+    name = "stateless"
+
+    def init_stream(self) -> StreamState:
+        """This backend keeps nothing between sets: an empty state (calls stay stateless)."""
+        return StreamState()
+
+    def segment_objects(self, source_image, masks, targets, *, state: Optional[StreamState] = None,
+                        step: Optional[StreamStep] = None) -> list:
+        """Each object's ``segment`` (``result[o][t]``)."""
+        import numpy as np
+
+        if isinstance(masks, np.ndarray) and masks.ndim == 2:
+            raise ValueError("masks must be a sequence of HxW masks (use segment() for one mask)")
+        check_stream(state, step, len(masks))
+        return [self.segment(source_image, m, targets) for m in masks]
+
+    def segment(self, source_image, source_mask, targets) -> list:  # pragma: no cover - the subclass's
+        raise NotImplementedError

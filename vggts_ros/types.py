@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, List, Optional, Protocol, Sequence
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
+    from vggts_ros.geometry.camera import ViewGeometry
     from vggts_ros.stream import StreamState, StreamStep
 
 ROLES = ("ego", "exo", "aerial", "ground")
@@ -47,6 +48,11 @@ class SegmentationResult:
     # "object_features" or "scene_homography+colour"), and why it is empty when it is.
     path: str = ""
     reason: str = ""
+    # VGGT's geometry heads (PipelineConfig.geometry_heads): the target camera's and the
+    # source camera's vggts_ros.geometry.camera.ViewGeometry, None when off (or when a
+    # reused target skipped the first pass).
+    geometry: Optional["ViewGeometry"] = None
+    source_geometry: Optional["ViewGeometry"] = None
 
 
 class Segmentor(Protocol):

@@ -382,3 +382,35 @@ def test_points_msg_fills_fields_added_to_the_msg_later(monkeypatch):
     back = bags.deserialize(bags.serialize(msg), "vggts_ros/msg/ProjectedPoints")
     (o,) = back.objects
     assert (o.object_id, o.label, o.reason, o.path, len(o.extra)) == (7, "cup", "3 feature matches", "", 0)
+
+
+def test_cameras_without_usable_frames_are_named_and_counted(tmp_path, scene, capsys):
+    """A camera topic with no messages, and one whose frames are all of an encoding the
+    replay cannot decode (raw Bayer), are reported per camera (count and reason) and never as present;
+    a source mask on the silent camera is refused by name, not with a traceback."""
+    bag = tmp_path / "odd.mcap"
+    with bags.BagWriter(bag) as w:
+        w.connection("/rig/silent/image_raw", bags.IMAGE)
+        for k in range(3):
+            t = 10**9 + k * 200_000_000
+            w.write("/rig/ego/image_raw", bags.image_msg(scene.image("ego"), "rgb8", t, "ego"), t)
+            w.write("/rig/exo1/image_raw", bags.image_msg(scene.image("exo1"), "rgb8", t, "exo1"), t)
+            raw = scene.image("exo2")[..., 1]  # a raw Bayer camera: not decoded here
+            w.write("/rig/exo2/image_raw", bags.image_msg(raw, "bayer_rggb8", t, "exo2"), t)
+    cv2 = pytest.importorskip("cv2")
+    png = tmp_path / "m.png"
+    cv2.imwrite(str(png), scene.mask("ego", 1).astype(np.uint8) * 255)
+    report = tmp_path / "r.json"
+    args = ["replay", str(bag), "--out", str(tmp_path / "o.mcap"), "--no-progress", "--role", "ego=ego",
+            "--report", str(report), "--source-mask", f"ego={png}"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "camera 'silent': no messages on /rig/silent/image_raw" in err
+    assert "camera 'exo2': 3 of 3 frames skipped" in err and "bayer_rggb8" in err
+    cams = {c["name"]: c for c in json.loads(report.read_text())["cameras"]}
+    assert cams["silent"]["present"] is False and cams["silent"]["frames"] == 0
+    assert cams["exo2"]["frames"] == 3 and cams["ego"]["present"] is True
+    # a source mask on the camera that has nothing
+    args[3] = str(tmp_path / "o2.mcap")
+    assert main(args[:-1] + [f"silent={png}"]) == 2
+    assert "camera 'silent', which has no messages in the bag" in capsys.readouterr().err

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import array
 import struct
-from typing import Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -161,6 +162,32 @@ def check_size(height: int, width: int, max_pixels: int, what: str) -> str:
         return (f"{what} is {width}x{height} = {height * width} pixels, more than inference.max_image_pixels "
                 f"= {max_pixels}")
     return ""
+
+
+
+
+@dataclass
+class ReceivedImage:
+    """A received camera message, decoded lazily (decoding costs time) and once."""
+
+    msg: Any
+    compressed: bool
+    max_pixels: int
+    _rgb: Optional[np.ndarray] = None
+
+    def rgb(self) -> np.ndarray:
+        if self._rgb is None:
+            self._rgb = (compressed_to_rgb(self.msg, self.max_pixels) if self.compressed
+                         else image_to_rgb(self.msg))
+        return self._rgb
+
+    def size(self) -> Optional[Tuple[int, int]]:
+        """(height, width) without decoding."""
+        return compressed_size(self.msg.data) if self.compressed else (int(self.msg.height), int(self.msg.width))
+
+    @property
+    def frame_id(self) -> str:
+        return self.msg.header.frame_id
 
 
 from vggts_ros.frame_history import check_pixels  # noqa: E402,F401  (core; re-exported for the node)
