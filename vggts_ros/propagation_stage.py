@@ -95,10 +95,12 @@ class PropagationStage:
             prop.drop(oid)
 
     def reset(self) -> None:
-        """A new stream: forget every track (the schedule's pairs stay, as old as they were)."""
+        """A new stream (a time jump back): forget every track and the refresh schedule
+        (its pairs come back with the next :meth:`choose`, never refreshed)."""
         with self._lock:
             self._props.clear()
             self._origin.clear()
+            self.scheduler = RefreshScheduler(self.scheduler.max_pairs, self.scheduler.lost_bonus, self.scheduler.group)
 
     # ------------------------------------------------------------------ cross-view side
     def choose(self, now: float, objects: Sequence[TrackedObject]) -> Optional[Dict[int, Set[str]]]:
@@ -214,7 +216,25 @@ class PropagationStage:
                                    score=float(origin.score) if state.good else 0.0, logits=None, path=path,
                                    reason=reason, timings={})
 
+    def set_limits(self, max_age: Optional[float], max_pairs: Optional[int]) -> None:
+        """Live settings: the deadline (publish.max_age) and the pairs per step."""
+        with self._lock:
+            self.config.max_age = max_age
+            for prop in self._props.values():
+                prop.config.max_age = max_age
+            self.scheduler.max_pairs = max_pairs
+
     # ------------------------------------------------------------------ diagnostics
+    def diagnostics(self, now: float) -> Dict[str, str]:
+        """Key/values for /diagnostics: the refresh age of every (object, camera) pair at
+        ``now`` (the newest set's stamp) and the largest."""
+        ages = self.refresh_ages(now)
+        out = {"propagation": "on", "max_age_s": f"{self.config.max_age}"}
+        if ages:
+            out["refresh_age_max_s"] = f"{max(ages.values()):.3f}"
+        for (oid, cam), age in sorted(ages.items()):
+            out[f"refresh_age_s/{oid}@{cam}"] = f"{age:.3f}"
+        return out
     def refresh_ages(self, now: float) -> Dict[Tuple[int, str], float]:
         """Seconds since the frame of each pair's newest cross-view result."""
         with self._lock:

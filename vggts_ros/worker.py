@@ -77,3 +77,57 @@ class LatestWorker:
                 self._process(item, last_start - queued_at)
             except Exception as exc:  # noqa: BLE001 - a failed item is reported, the thread goes on
                 self._on_error(item, exc)
+
+
+class LatestPerKeyWorker:
+    """One background thread processing, for each key (a camera), the newest submitted
+    item: an item submitted while an older one of the same key waits replaces it (counted
+    in ``replaced``); keys are served in the order their newest items came. Camera-rate
+    work (propagation of masks to every new frame) that must never queue up or hold up the
+    executor. ``process(key, item)`` runs on the thread; ``on_error(key, item, exc)`` is
+    called when it raises."""
+
+    def __init__(self, process: Callable[[Any, Any], None], on_error: Callable[[Any, Any, BaseException], None],
+                 name: str = "vggts-camera-rate") -> None:
+        self._process = process
+        self._on_error = on_error
+        self._wake = threading.Condition()
+        self._pending: "dict[Any, Any]" = {}  # key -> newest item, in arrival order
+        self._running = True
+        self.replaced = 0
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, key: Any, item: Any) -> bool:
+        with self._wake:
+            replaced = key in self._pending
+            self.replaced += int(replaced)
+            self._pending.pop(key, None)
+            self._pending[key] = item
+            self._wake.notify()
+        return replaced
+
+    def stop(self, timeout: float = 20.0) -> None:
+        with self._wake:
+            self._running = False
+            self._wake.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while self._running and not self._pending:
+                    self._wake.wait(timeout=0.5)
+                if not self._running:
+                    return
+                key = next(iter(self._pending))
+                item = self._pending.pop(key)
+            try:
+                self._process(key, item)
+            except Exception as exc:  # noqa: BLE001 - reported, the thread goes on
+                self._on_error(key, item, exc)

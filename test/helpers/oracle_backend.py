@@ -4,8 +4,9 @@
 ``segment_objects``) for the frames of one :class:`vggts_ros.sequences.SceneSequence`: it
 recognises each image it is given (by its bytes) as a (frame, camera) of the sequence,
 the object by its source mask (the ground-truth object it overlaps most), and returns that
-object's exact mask in each target frame, with the target points at the mask's K-means
-points. ``delay`` seconds of sleep per call make it as slow as a real backend on purpose
+object's exact mask in each target frame, with five target points in the mask (the pixel
+nearest its centroid and the centroids of its four quadrants; cheap, so that ``delay``
+is all the time a call takes). ``delay`` seconds of sleep per call make it as slow as a real backend on purpose
 (the cross-view step of a node test), ``calls`` counts its calls. Images it does not know
 raise ValueError (a test fed the wrong frames fails loudly).
 """
@@ -19,7 +20,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from vggts_ros.metrics import iou
-from vggts_ros.prompts import kmeans_sample_points
 from vggts_ros.stream import StreamState
 from vggts_ros.types import SegmentationResult, TargetView
 
@@ -28,18 +28,36 @@ def _key(image: np.ndarray) -> bytes:
     return hashlib.sha1(np.ascontiguousarray(image).tobytes()).digest()
 
 
+def mask_points(mask: np.ndarray) -> np.ndarray:
+    """Five points of a mask: the pixel nearest its centroid, then the pixel nearest the
+    centroid of each quadrant around it (5x2 float32; a point repeats for a tiny mask)."""
+    ys, xs = np.nonzero(mask)
+    pts = np.stack([xs, ys], 1).astype(np.float32)
+    c = pts.mean(0)
+    out = [pts[np.argmin(((pts - c) ** 2).sum(1))]]
+    for sx in (-1, 1):
+        for sy in (-1, 1):
+            sel = pts[((pts[:, 0] - c[0]) * sx >= 0) & ((pts[:, 1] - c[1]) * sy >= 0)]
+            sel = sel if len(sel) else pts
+            q = sel.mean(0)
+            out.append(sel[np.argmin(((sel - q) ** 2).sum(1))])
+    return np.asarray(out, np.float32)
+
+
 class OracleSegmentor:
     name = "oracle"
 
-    def __init__(self, seq, delay: float = 0.0, n_points: int = 5) -> None:
+    def __init__(self, seq, delay: float = 0.0) -> None:
         self.seq = seq
         self.delay = float(delay)
-        self.n_points = n_points
         self.calls = 0
         self._index: Dict[bytes, Tuple[int, str]] = {}
+        self._masks: Dict[Tuple[int, str], Dict[int, np.ndarray]] = {}  # rendered once
         for i in range(len(seq)):
             for cam in seq.cameras:
-                self._index[_key(seq.view(i, cam)[0])] = (i, cam)
+                image, masks = seq.view(i, cam)
+                self._index[_key(image)] = (i, cam)
+                self._masks[(i, cam)] = masks
 
     def where(self, image: np.ndarray) -> Tuple[int, str]:
         try:
@@ -51,8 +69,7 @@ class OracleSegmentor:
         return StreamState()
 
     def _object(self, source_image: np.ndarray, mask: np.ndarray) -> int:
-        i, cam = self.where(source_image)
-        masks = self.seq.view(i, cam)[1]
+        masks = self._masks[self.where(source_image)]
         scores = {oid: iou(m, np.asarray(mask) > 0) for oid, m in masks.items()}
         best = max(scores, key=scores.get)
         if scores[best] < 0.5:
@@ -67,12 +84,10 @@ class OracleSegmentor:
         out = []
         for mask in masks:
             oid = self._object(source_image, mask)
-            src = np.asarray(kmeans_sample_points((np.asarray(mask) > 0).astype(np.uint8), self.n_points),
-                             np.float32).reshape(-1, 2)
+            src = mask_points(np.asarray(mask) > 0)
             per_target = []
             for view in targets:
-                i, cam = self.where(view.image)
-                m = self.seq.view(i, cam)[1].get(oid)
+                m = self._masks[self.where(view.image)].get(oid)
                 h, w = view.image.shape[:2]
                 if m is None or not m.any():
                     per_target.append(SegmentationResult(np.zeros((h, w), bool), src, np.full_like(src, -1.0),
@@ -80,7 +95,7 @@ class OracleSegmentor:
                                                          np.zeros(len(src), np.float32), 0.0, path="oracle",
                                                          reason="not in this view"))
                     continue
-                pts = np.asarray(kmeans_sample_points(m.astype(np.uint8), self.n_points), np.float32).reshape(-1, 2)
+                pts = mask_points(m)
                 per_target.append(SegmentationResult(m.copy(), src, pts, np.ones(len(pts), np.float32),
                                                      np.ones(len(pts), np.float32), 1.0, path="oracle"))
             out.append(per_target)

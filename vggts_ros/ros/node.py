@@ -57,10 +57,12 @@ from vggts_ros.ros.conversions import ReceivedImage, check_size
 from vggts_ros.ros.outputs import Outputs, mouse_topic
 from vggts_ros.ros.parameters import NodeParameters
 from vggts_ros.ros.services import ObjectServices, stamp_to_sec
-from vggts_ros.set_processor import SetProcessor, apply_advances
+from vggts_ros.propagation import PropagationConfig
+from vggts_ros.propagation_stage import PropagationStage
+from vggts_ros.set_processor import CameraFrame, SetProcessor, apply_advances
 from vggts_ros.srv import ClearObjects, ClickToMask, SetSourceMask
 from vggts_ros.sync import ApproximateTimeSync, SyncSet
-from vggts_ros.worker import LatestWorker
+from vggts_ros.worker import LatestPerKeyWorker, LatestWorker
 
 _FRAMES_KEPT = 120  # per camera, whatever keyframe_history says (memory bound)
 ERRORS = (ValueError, CheckpointError, RuntimeError)  # a configuration or backend that cannot start
@@ -85,6 +87,9 @@ class VGGTSNode(LifecycleNode):
         self._io: Optional[Tuple[Tuple, Outputs, Dict]] = None  # (camera config key, outputs, subscriptions)
         self._entities: List[Tuple[Any, Any]] = []  # (destroy, entity) made by activate
         self.worker: Optional[LatestWorker] = None
+        # publish.propagation: masks on every camera frame between cross-view results
+        self.stage: Optional[PropagationStage] = None
+        self.camera_rate: Optional[LatestPerKeyWorker] = None
         self.object_services = ObjectServices(self)
         self._io_group = ReentrantCallbackGroup()
         self._service_group = MutuallyExclusiveCallbackGroup()
@@ -112,6 +117,7 @@ class VGGTSNode(LifecycleNode):
         self.throttle = Throttle(5.0)
         self.camera_events = CameraEvents()
         self.sets_processed = 0
+        self.propagated_frames = 0
         self.sync: Optional[ApproximateTimeSync] = None
         self.intake = ObjectIntake(self.registry, self.history, names, max(self.cfg.sync.slop, 1e-3),
                                    {c.name: c.topic for c in self.cfg.cameras})
@@ -179,6 +185,10 @@ class VGGTSNode(LifecycleNode):
         self.segmentor = segmentor
         self.processor = SetProcessor(segmentor, {c.name: c.role for c in self.cfg.cameras},
                                       self.cfg.inference.source_mode, stale_after=self.cfg.sync.stale_after)
+        p = self.cfg.publish
+        self.stage = PropagationStage({c.name: c.role for c in self.cfg.cameras}, PropagationConfig(max_age=p.max_age),
+                                      backend=self.processor.backend,
+                                      max_pairs=p.refresh_pairs or None) if p.propagation else None
         self.get_logger().info(f"backend {self.processor.backend} ready on {self.device} in "
                                f"{loaded + warm:.1f} s (load {loaded:.1f} s, warm-up {warm:.1f} s)")
 
@@ -198,7 +208,7 @@ class VGGTSNode(LifecycleNode):
         self.health.objects_changed(len(self.registry), time.monotonic())
 
     def _unload(self) -> None:
-        self.segmentor = self.processor = None
+        self.segmentor = self.processor = self.stage = None
         self._reset_state()
         self._release_cuda_memory()
 
@@ -260,6 +270,8 @@ class VGGTSNode(LifecycleNode):
                           on_clock_change=True),
             post_callback=self._on_time_jump)
         self.worker = LatestWorker(self._process, self._on_failure, lambda: self.cfg.inference.max_rate)
+        if self.stage is not None:
+            self.camera_rate = LatestPerKeyWorker(self._propagate, self._on_propagation_failure)
         self._entities = [(getattr(self, "destroy_" + kind[:-1]), e) for kind in ("services", "timers")
                           for e in getattr(self, kind) if e not in before[kind]]
         self._entities.append((lambda handle: handle.unregister(), jump))
@@ -272,6 +284,9 @@ class VGGTSNode(LifecycleNode):
             # A thread left inside the model when the interpreter exits aborts the process;
             # main() exits hard if it takes too long.
             self.worker.stop(timeout=20)
+        if self.camera_rate is not None:
+            self.camera_rate.stop(timeout=5)
+            self.camera_rate = None
         for destroy, entity in self._entities:
             destroy(entity)
         self._entities = []
@@ -297,6 +312,8 @@ class VGGTSNode(LifecycleNode):
         self.intake.tolerance = max(s.slop, 1e-3)
         if self.processor is not None:
             self.processor.source_mode, self.processor.stale_after = inf.source_mode, s.stale_after
+        if self.stage is not None:
+            self.stage.set_limits(cfg.publish.max_age, cfg.publish.refresh_pairs or None)
         self.cfg = cfg
         self.get_logger().info("parameters changed: " + ", ".join(f"{p.name}={p.value!r}" for p in changed))
 
@@ -327,6 +344,8 @@ class VGGTSNode(LifecycleNode):
         self.health.frame(camera, now, ros_now - stamp if ros_now > 0 else None)
         self.history.add(Frame(camera, stamp, now, image))
         self._dispatch(self.sync.add(camera, stamp, Frame(camera, stamp, now, image), now=now))
+        if self.camera_rate is not None and len(self.registry) > 0:
+            self.camera_rate.submit(camera, Frame(camera, stamp, now, image))
 
     def _reject(self, camera: str, stamp: float, problem: str, now: float) -> None:
         changed = self.health.rejected(camera, now, problem)
@@ -343,6 +362,8 @@ class VGGTSNode(LifecycleNode):
         self.history = FrameHistory([c.name for c in self.cfg.cameras], self.cfg.inference.keyframe_history,
                                     _FRAMES_KEPT)
         self.intake.history = self.history
+        if self.stage is not None:
+            self.stage.reset()  # the tracks' frames are in the future now
         self.get_logger().warning("ROS time jumped back: synchroniser and frame history restarted")
 
     def _dispatch(self, sets: List[SyncSet]) -> None:
@@ -401,17 +422,26 @@ class VGGTSNode(LifecycleNode):
         processor.retain(o.object_id for o in objects)  # objects cleared while a set was in flight
         if not objects or not frames:
             return
-        output = processor.process(item.stamp, frames, objects)
+        stage = self.stage
+        targets = stage.choose(item.stamp, objects) if stage is not None else None
+        output = processor.process(item.stamp, frames, objects, targets)
         t_publish = time.monotonic()
         with self.registry.lock:
             if not self.registry.is_current(generation):
                 # Objects were cleared or replaced while this set was in inference.
                 self.health.stale_discarded += 1
+                if stage is not None:
+                    stage.cancel(targets)
                 return
             for lost in apply_advances(output, self.registry):
                 self._lost(lost)
-            for cam in output.cameras:
-                self.outputs.publish(cam, cam.frame.meta.payload.msg.header)
+            if stage is not None:
+                # The results restart the camera-rate tracks (caught up with the frames
+                # since); the next frame of each camera publishes them.
+                stage.accept(output, {o.object_id: o for o in self.registry.snapshot()[1]}, targets)
+            else:
+                for cam in output.cameras:
+                    self.outputs.publish(cam, cam.frame.meta.payload.msg.header)
         done = time.monotonic()
         stages = dict(output.stages, decode=t_publish - t_start - output.pipeline_seconds, queued=queued,
                       publish=done - t_publish)
@@ -419,6 +449,28 @@ class VGGTSNode(LifecycleNode):
         self.health.output(done, done - t_start)
         last_arrival = max(f.meta.arrival for f in frames.values())
         self.last = diagnostics.SetTiming(item.stamp, done - last_arrival, output.pipeline_seconds, queued, stages)
+
+    def _propagate(self, camera: str, frame: Frame) -> None:
+        """Camera rate (publish.propagation): this frame gets the latest masks moved to it."""
+        stage, processor = self.stage, self.processor
+        if stage is None or processor is None:
+            return
+        size = processor.sizes.size(camera)
+        image = frame.payload.rgb()
+        if size is not None and image.shape[:2] != size:
+            return  # a frame the set path refuses (and reports)
+        _, objects = self.registry.snapshot()
+        out = stage.frame(CameraFrame(camera, frame.stamp, image, frame), objects)
+        if out is not None:
+            self.outputs.publish(out, frame.payload.msg.header)
+            self.propagated_frames += 1
+
+    def _on_propagation_failure(self, camera: str, frame: Frame, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self.throttle.ready(f"propagation:{camera}", now):
+            more = self.throttle.take_suppressed(f"propagation:{camera}")
+            self.get_logger().error(f"camera {camera!r}: propagation failed on the frame at {frame.stamp:.3f} s: "
+                                    f"{type(exc).__name__}: {exc}" + (f" (+{more} more)" if more else ""))
 
     def _lost(self, advance) -> None:
         obj, now = advance.object, time.monotonic()
@@ -442,6 +494,9 @@ class VGGTSNode(LifecycleNode):
         else:
             processor = self.processor
             state_values = processor.state.describe(self.registry.ids()) if processor is not None else {}
+            if self.stage is not None and self.last is not None:
+                state_values = dict(state_values, propagated_frames=str(self.propagated_frames),
+                                    **self.stage.diagnostics(self.last.stamp))
             statuses = [diagnostics.pipeline_status(
                 name, now=now, cfg=self.cfg, health=self.health, sync=self.sync, registry=self.registry,
                 state_values=state_values, sets_processed=self.sets_processed, last=self.last, device=self.device,
