@@ -55,7 +55,7 @@ from vggts_ros.propagation import PropagationConfig, make_propagator  # noqa: E4
 from vggts_ros.propagation_stage import PropagationStage  # noqa: E402
 from vggts_ros.refresh import RefreshScheduler  # noqa: E402
 from vggts_ros.registry import ObjectRegistry  # noqa: E402
-from vggts_ros.set_processor import CameraFrame, SetOutput, SetProcessor  # noqa: E402
+from vggts_ros.set_processor import CameraFrame, SetProcessor  # noqa: E402
 from vggts_ros.sequences import load_sequence  # noqa: E402
 from vggts_ros.types import TargetView  # noqa: E402
 
@@ -467,7 +467,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=10.0, help="stream: seconds per sequence")
     ap.add_argument("--rate", type=float, default=10.0, help="stream: frames per second")
     ap.add_argument("--max-pairs", type=int, default=3, help="stream: pairs per cross-view step (0 = all)")
-    ap.add_argument("--max-age", type=float, default=5.0, help="stream: propagation deadline (s)")
+    ap.add_argument("--max-age", type=float, default=6.0, help="stream: propagation deadline (s); keep it above the refresh bound")
     ap.add_argument("--lost-bonus", type=float, default=3.0, help="stream: scheduler priority of lost tracks (s)")
     ap.add_argument("--json", type=Path, help="write the figures here")
     ap.add_argument("--cache", type=Path, help="stream: keep the offline arm's masks here and reuse them")

@@ -4,25 +4,39 @@ The cross-view step (VGGT-S, or the weight-free backend) finds an object in a ta
 camera on one frame; it takes far longer than the camera's frame interval. Between two
 such results each camera's own stream carries the mask forward:
 
-* A **track** is started from a cross-view result on a frame: corners
-  (Shi-Tomasi) inside the mask, a little eroded so that they sit on the object and not on
-  its border, and the result's target points.
+* A **track** is started from a cross-view result on a frame: Shi-Tomasi corners inside
+  the mask (a pixel in from its border; never on a flat region: ``min_eigen``), and the
+  result's target points.
 * Every new frame of that camera moves the track's points with pyramidal Lucas-Kanade
-  optical flow, keeps the points that pass a forward-backward check, and fits a
-  homography (RANSAC) from the points' places on the anchor frame to their places now.
-  The anchor mask is warped by that one homography (never re-sampled frame after frame,
-  so its edges do not erode), and so are the target points.
+  optical flow and keeps those that pass a forward-backward check. A point off the
+  frame-to-frame motion of the others (a similarity fit, 1 px) two frames in a row has
+  slid off the object (stuck to an occluder's edge, or to the floor) and is dropped.
+  An affine transform (RANSAC) from the points' places on the anchor frame to their
+  places now is the object's motion (a similarity when the points left span too little
+  of it); the anchor mask is warped by that one transform (never re-sampled frame after
+  frame, so its edges do not erode), and so are the target points.
+* Below ``replenish`` of its starting points, a track takes new corners on the part of
+  the object its live points still span, away from other objects, and only once it has
+  stopped losing points for ``quiet`` s (an occluder sliding over it would give its
+  corners otherwise).
+* Where two tracked objects' masks overlap, the overlap goes to the one in front: the
+  one whose points there are still followed while the other's there were lost.
+* A track that loses its points (hidden, out of view) keeps moving at its last velocity
+  for ``coast`` s and looks for its object there: its starting corners, from the anchor
+  frame straight to the new one; enough of them agreeing on one fit and it is followed
+  again (an object passing behind another comes out tracked, without a new cross-view
+  result).
 * One :class:`CameraPropagator` per camera holds all the tracks of that camera: the
   points of every track go through one optical-flow call per frame (forward, then
   backward), so the image pyramids are built once per frame, not once per object.
 * A cross-view result that arrives late (computed on a frame the camera has since moved
-  past) starts its track on its own frame and is carried to the newest frame at once
-  (one optical-flow jump from its frame to the newest), so it replaces the propagated
-  mask of the same object from the next publication on.
+  past) starts its track on its own frame and is carried to the newest frame at once,
+  through the camera's recent frames (``history``; at most ``max_catch_up`` steps), so it
+  replaces the propagated mask of the same object from the next publication on.
 
 Each propagated mask reports whether it is still good, and the reason when it is not:
 too few points kept (the object was occluded, left the view, or was textureless from
-the start), a degenerate fit (the homography folds, shrinks or blows the mask up), the
+the start), a degenerate fit (the transform folds, shrinks or blows the mask up), the
 mask left the image, or its age since the cross-view result passed the deadline
 (``max_age``).
 
@@ -71,6 +85,9 @@ class PropagationConfig:
     max_age: Optional[float] = 2.0  # deadline since the cross-view frame; None = none
     dense_scale: float = 0.5  # dense method: flow computed at this fraction of the frame size
     history: float = 3.0  # s of recent frames kept per camera: a late cross-view result catches up through them
+    coast: float = 2.0  # s a lost track keeps moving at its last velocity, looking for its object again
+    quiet: float = 0.3  # s without losing a point before a track takes new corners
+    reacquire: float = 0.3  # ... found again when this fraction of its starting corners match the anchor frame
     max_catch_up: int = 12  # optical-flow steps at most for a catch-up (frames in between are skipped evenly)
 
     def __post_init__(self) -> None:
@@ -90,6 +107,8 @@ class PropagationConfig:
             raise ValueError(f"max_age must be positive seconds or None (got {self.max_age})")
         if self.model not in MODELS:
             raise ValueError(f"propagation model {self.model!r}: use one of {', '.join(MODELS)}")
+        if self.coast < 0 or not 0.0 < self.reacquire <= 1.0:
+            raise ValueError("coast must be >= 0 s and reacquire a fraction in (0, 1]")
         if self.history < 0 or self.max_catch_up < 1:
             raise ValueError("history must be >= 0 s and max_catch_up >= 1")
         if not 0.0 < self.dense_scale <= 1.0:
@@ -201,9 +220,17 @@ class _Track:
         self.alive = np.ones(len(anchor_pts), bool)
         self.misses = np.zeros(len(anchor_pts), np.int32)  # frames in a row off the fit
         self.dead = np.zeros((0, 2), np.float32)  # anchor places of points lost inside the image
+        self.dead_at = np.zeros(0)  # ... and when
         self.H = np.eye(3)
         self.steps = 0
         self.stamp = stamp  # the frame it is on
+        self.anchor_gray: Optional[np.ndarray] = None  # the anchor frame, to find the object again
+        self.good_H = np.eye(3)  # the last fit while followed, its stamp, and the object's velocity then
+        self.good_stamp = stamp
+        self.velocity = np.zeros(2)  # of the anchor mask's centre, pixels per second
+        self.centre = np.array([(self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2], float) \
+            if self.box is not None else np.zeros(2)
+        self.coasting = False  # lost its points: moving at its last velocity, looking for the object
         self.lost = ""  # sticky reason once the points are gone
         self.empty = False  # started from an empty mask (the object was not found there)
         self.pending: Optional[np.ndarray] = None  # its own frame, while the camera is behind it
@@ -320,6 +347,7 @@ class CameraPropagator:
         if not math.isfinite(stamp):
             raise ValueError(f"stamp must be a finite number of seconds (got {stamp})")
         track = _Track(key, m, pts, stamp, self._corners(gray, m))
+        track.anchor_gray = gray
         self._tracks[key] = track
         if track.area == 0:
             track.empty = True  # the result did not find the object: nothing to move, nothing lost
@@ -416,13 +444,16 @@ class CameraPropagator:
                 gone = i[~good & inside[at:at + n]]
                 if len(gone):
                     t.dead = np.concatenate([t.dead, t.anchor_pts[gone]])
+                    t.dead_at = np.concatenate([t.dead_at, np.full(len(gone), stamp)])
                 at += n
-                self._fit(t, before)
+                self._fit(t, before, stamp)
         for t in tracks:
+            if t.coasting:
+                self._reacquire(t, dst, stamp)
             t.steps += 1
             t.stamp = stamp
 
-    def _fit(self, t: _Track, before: np.ndarray) -> None:
+    def _fit(self, t: _Track, before: np.ndarray, stamp: float) -> None:
         """Drop the points that stopped moving with the object, then fit the anchor ->
         now transform on the rest. ``before``: the live points' places on the previous
         frame (NaN for points that were not live)."""
@@ -442,10 +473,12 @@ class CameraPropagator:
                 if len(drop):
                     t.alive[drop] = False
                     t.dead = np.concatenate([t.dead, t.anchor_pts[drop]])
+                    t.dead_at = np.concatenate([t.dead_at, np.full(len(drop), stamp)])
         n_alive = int(t.alive.sum())
         if n_alive < cfg.min_points:
             t.lost = (f"too few points kept ({n_alive} of {t.n_start}, need {cfg.min_points}): "
                       "occluded, out of view or lost")
+            t.coasting = cfg.coast > 0 and t.anchor_gray is not None
             return
         # 2. Anchor -> now, on the points left.
         a, c = t.anchor_pts[t.alive], t.current[t.alive]
@@ -462,6 +495,64 @@ class CameraPropagator:
             t.lost = f"degenerate fit: no {model} fits the {n_alive} tracked points"
             return
         t.H = H / H[2, 2]
+        if t.kept >= cfg.min_kept:  # a fit on a good share of its points: the object's own motion
+            self._moved(t, stamp)
+
+    @staticmethod
+    def _moved(t: _Track, stamp: float) -> None:
+        """The object's velocity (its anchor centre through the fits, pixels per second,
+        smoothed), for coasting once the points are lost; ``good_H`` at ``good_stamp`` is
+        the last fit made while the track was good."""
+        dt = stamp - t.good_stamp
+        if dt > 1e-6:
+            c = t.centre.reshape(1, 1, 2)
+            now = cv2.perspectiveTransform(c, t.H)[0, 0]
+            before = cv2.perspectiveTransform(c, t.good_H)[0, 0]
+            v = (now - before) / dt
+            t.velocity = v if not t.velocity.any() else 0.5 * (t.velocity + v)
+        t.good_H, t.good_stamp = t.H.copy(), stamp
+
+    def _reacquire(self, t: _Track, gray: np.ndarray, stamp: float) -> None:
+        """A lost track moves on at its last velocity (for ``coast`` s) and looks for its
+        object there: its starting corners, from the anchor frame straight to this one (the
+        prediction as the first guess); enough of them agreeing on one fit (RANSAC,
+        forward-backward checked) and the track is followed again."""
+        cfg = self.config
+        dt = stamp - t.good_stamp
+        if dt > cfg.coast:
+            t.coasting = False
+            return
+        shift = np.eye(3)
+        shift[:2, 2] = t.velocity * dt
+        predicted = shift @ t.good_H
+        t.H = predicted
+        anchor = t.anchor_pts[: t.n_start].reshape(-1, 1, 2).astype(np.float32)
+        guess = cv2.perspectiveTransform(anchor.astype(np.float64), predicted).astype(np.float32)
+        lk = dict(winSize=(cfg.window, cfg.window), maxLevel=cfg.levels, flags=cv2.OPTFLOW_USE_INITIAL_FLOW,
+                  criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03))
+        p1, st1, _ = cv2.calcOpticalFlowPyrLK(t.anchor_gray, gray, anchor, guess.copy(), **lk)
+        back, st2, _ = cv2.calcOpticalFlowPyrLK(gray, t.anchor_gray, p1, anchor.copy(), **lk)
+        ok = (st1.ravel() == 1) & (st2.ravel() == 1) & \
+            (np.linalg.norm((back - anchor).reshape(-1, 2), axis=1) <= cfg.fb_max)
+        need = max(cfg.min_points, int(np.ceil(cfg.reacquire * t.n_start)))
+        if ok.sum() < need:
+            return
+        a, c = anchor.reshape(-1, 2)[ok], p1.reshape(-1, 2)[ok]
+        A, inl = cv2.estimateAffinePartial2D(a, c, method=cv2.RANSAC, ransacReprojThreshold=cfg.ransac,
+                                             maxIters=500, confidence=0.995)
+        if A is None or inl is None or int(inl.sum()) < need:
+            return
+        idx = np.flatnonzero(ok)[inl.ravel().astype(bool)]
+        t.anchor_pts = t.anchor_pts[: t.n_start].copy()
+        t.current = p1.reshape(-1, 2).copy()
+        t.alive = np.zeros(t.n_start, bool)
+        t.alive[idx] = True
+        t.misses = np.zeros(t.n_start, np.int32)
+        t.dead = np.zeros((0, 2), np.float32)
+        t.dead_at = np.zeros(0)
+        t.H = np.vstack([A, [0.0, 0.0, 1.0]])
+        t.lost, t.coasting = "", False
+        t.good_H, t.good_stamp = t.H.copy(), stamp
 
     def _ill_conditioned(self, t: _Track, anchor_alive: np.ndarray) -> bool:
         """The live points span much less of the object than the starting ones did in some
@@ -477,9 +568,10 @@ class CameraPropagator:
 
     def _replenish(self, tracks: List[_Track], gray: np.ndarray) -> None:
         """Tracks below ``replenish`` of their starting points take new corners on this
-        frame, inside their visible part and away from every other object's mask (so not
-        on an occluder), at most half as many as they still have (a newcomer minority that
-        moves otherwise is dropped as off the motion); anchor places through the fit."""
+        frame, inside their visible part, away from every other object's mask and within
+        what their live points still span (so not on an occluder), at most half as many as
+        they still have (a newcomer minority that moves otherwise is dropped as off the
+        motion); anchor places through the fit."""
         cfg = self.config
         if cfg.replenish <= 0:
             return
@@ -489,6 +581,8 @@ class CameraPropagator:
             n_alive = int(t.alive.sum())
             if t.lost or t.empty or not t.steps or n_alive >= cfg.replenish * t.n_start:
                 continue
+            if len(t.dead_at) and t.dead_at.max() >= t.stamp - cfg.quiet:
+                continue  # still losing points (something may be sliding over it): wait
             if near_others is None:
                 near_others = {}
                 for o in tracks:
@@ -498,6 +592,13 @@ class CameraPropagator:
             for o in tracks:
                 if o is not t and id(o) in near_others:
                     region &= ~near_others[id(o)]
+            # ... and only within what its live points span (their hull): a part of the mask
+            # none of them covers any more may be hidden by something no track knows of,
+            # whose corners must not join the object's
+            hull = np.zeros(region.shape, np.uint8)
+            live = np.round(t.current[t.alive]).astype(np.int32)
+            cv2.fillConvexPoly(hull, cv2.convexHull(live.reshape(-1, 1, 2)), 1)
+            region &= hull > 0
             limit = min(t.n_start - n_alive, n_alive // 2)
             if limit < 1:
                 continue

@@ -3,7 +3,6 @@ frame between cross-view results gets the masks moved to it, says it was propaga
 from how old a result, a late cross-view result replaces it, a lost or too old track is
 not published as good, and the refresh schedule limits the cross-view work."""
 
-import numpy as np
 import pytest
 
 from helpers.oracle_backend import OracleSegmentor

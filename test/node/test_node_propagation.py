@@ -6,7 +6,6 @@ the propagated masks (the age drops), the masks follow the moving boxes, a track
 behind another box is not published as good, and neither is a mask past ``max_age``."""
 
 import re
-import threading
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from helpers.node_graph import NodeGraph, labels, ros  # noqa: E402,F401
 from helpers.oracle_backend import OracleSegmentor  # noqa: E402
 from vggts_ros import metrics  # noqa: E402
-from vggts_ros.ros.player import CameraPlayer, OutputCollector, PlayedCamera, Spinner, wait_until  # noqa: E402
+from vggts_ros.ros.player import CameraPlayer, PlayedCamera, wait_until  # noqa: E402
 from vggts_ros.sequences import load_sequence  # noqa: E402
 
 DELAY = 0.8  # s per cross-view call: 8 frame intervals

@@ -3,7 +3,6 @@ cross-view step slower than the cameras, propagation publishes a mask on every t
 frame (saying it was propagated and from how old a result), without it only the frames
 the step processed get one; both are scored against the ground truth."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
