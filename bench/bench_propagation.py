@@ -9,18 +9,26 @@
     update / objects (the pyramids and the optical-flow call are shared), and alone (one
     object per camera); the catch-up ``start`` of a late cross-view result. Single thread.
 (b) ``stream``: 3 cameras at 10 Hz (``ego`` the source, ``exo1`` panning, ``exo2``
-    still), 3 objects, on ``moving:<seed>``; the weight-free backend
-    (``GeometricSegmentor``) runs for real as the cross-view step, on a simulated clock
-    that advances by its measured cost: one cross-view worker takes the newest set,
-    the pairs the scheduler chooses (oldest first, grouped by target camera), and its
+    still), 3 objects, on ``moving:<seed>`` (10 s); the source masks follow the objects
+    (the source camera's exact masks, as a perfect source tracker would give). The
+    weight-free backend (``GeometricSegmentor``) runs for real as the cross-view step,
+    on a simulated clock that advances by its measured cost: one cross-view worker takes
+    the newest set, the (object, target) pairs the refresh schedule chooses (oldest
+    first, 3 pairs = one target camera per step, lost tracks moved up by 3 s), and its
     results arrive when its measured time is up; frames arrive at 10 Hz and the
     propagation worker (the other core) runs on each frame as it arrives, taking the
-    measured time of its own work. Costs are the working thread's CPU time
+    measured time of its own work. The online arms run the shipped path: a
+    ``SetProcessor`` (``process(..., targets=)``) and, with propagation, a
+    ``PropagationStage`` (``choose``/``accept``/``frame``; deadline ``--max-age`` 6 s,
+    above the schedule's refresh bound). Costs are the working thread's CPU time
     (``time.thread_time``, OpenCV single-threaded): what the work takes on a core of its
-    own, not the wall time of this shared machine. Three arms: every frame processed fully offline (no
-    deadline), propagation on, propagation off (the same cross-view worker; each result
-    published when it arrives). All arms start from the cross-view results on frame 0
-    (the object was found once before the clock starts); frames 1.. are scored.
+    own, not the wall time of this shared machine; so the schedule (which frames the
+    backend sees) varies a little from run to run. Three arms: every frame processed
+    fully offline (no deadline), propagation on, propagation off (the same cross-view
+    worker and schedule; each result published when it arrives). All arms start from
+    the cross-view results on frame 0 (the objects were found once before the clock
+    starts); frames 1.. are scored. ``--cache DIR`` keeps the offline arm's masks (the
+    backend is deterministic), so a rerun only runs the online arms.
 
     Per target and object, over the frames: the fraction of frames with a good mask
     published for that very frame; the age of each published mask, (a) as the issue
