@@ -17,55 +17,14 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from vggts_ros.config import BACKENDS, MODEL_PRESETS, POINT_IDENTITY, PRECISION_MODES, ModelConfig, PipelineConfig
+from vggts_ros.config import BACKENDS, MODEL_PRESETS, POINT_IDENTITY, PRECISION_MODES, ModelConfig, NodeConfig, PipelineConfig
+from vggts_ros.errors import UsageError, run_command
+from vggts_ros.image_io import read_mask, read_rgb, write_png
 from vggts_ros.types import ROLES
-
-
-class UsageError(Exception):
-    """A problem with the user's input, reported without a traceback."""
-
-
-def _imread(path: str, what: str, flags: int) -> np.ndarray:
-    import cv2
-
-    if not Path(path).is_file():
-        raise UsageError(f"{what} file not found: {path}")
-    image = cv2.imread(str(path), flags)
-    if image is None:
-        raise UsageError(f"cannot read {path} as an image (is it a PNG/JPEG?)")
-    return image
-
-
-def read_rgb(path: str) -> np.ndarray:
-    import cv2
-
-    return np.ascontiguousarray(_imread(path, "image", cv2.IMREAD_COLOR)[..., ::-1])
-
-
-def read_mask(path: str) -> np.ndarray:
-    import cv2
-
-    mask = _imread(path, "mask", cv2.IMREAD_UNCHANGED)
-    if mask.ndim == 3:
-        colour = mask[..., :3]
-        if colour.shape[2] == 3 and not (
-            (colour[..., 0] == colour[..., 1]).all() and (colour[..., 1] == colour[..., 2]).all()
-        ):
-            raise UsageError(f"{path} is a colour image, not a mask; give a single-channel (grey) mask, nonzero = object")
-        mask = colour[..., 0]
-    return mask != 0
-
-
-def write_png(path: Path, image: np.ndarray) -> None:
-    import cv2
-
-    data = image if image.ndim == 2 else image[..., ::-1]
-    if not cv2.imwrite(str(path), np.ascontiguousarray(data)):
-        raise UsageError(f"cannot write {path}")
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -87,19 +46,19 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise UsageError(f"give one --target-role for all targets or one per target ({len(args.target)})")
     roles = roles * len(args.target) if len(roles) == 1 else roles
     targets = [TargetView(read_rgb(p), role=r, name=Path(p).stem) for p, r in zip(args.target, roles)]
+    geometry = _geometry_inputs(args, targets)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
     from vggts_ros.backends import choose_backend
 
     backend = choose_backend(args.backend, args.config, args.vggt_checkpoint or "", args.head_checkpoint or "")
-    model = ModelConfig(backend=backend, config=args.config, device=args.device)
-    if args.vggt_checkpoint:
-        model.vggt_checkpoint = args.vggt_checkpoint
-    if args.head_checkpoint:
-        model.head_checkpoint = args.head_checkpoint
-    pipeline = PipelineConfig(refine_iterations=args.refine, precision=args.precision,
-                              point_identity=args.point_identity)
+    flags = {"model.backend": backend, "model.config": args.config, "model.device": args.device,
+             "model.vggt_checkpoint": args.vggt_checkpoint, "model.head_checkpoint": args.head_checkpoint,
+             "inference.refine_iterations": args.refine, "inference.precision": args.precision,
+             "inference.point_identity": args.point_identity}
+    settings = node_settings(NodeConfig(), {k: v for k, v in flags.items() if v is not None}, args.sets)
+    model, pipeline = settings.model, settings.inference.pipeline()
     t0 = time.monotonic()
     segmentor = _build(model, pipeline)
     t_load = time.monotonic() - t0
@@ -109,6 +68,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     except ValueError as exc:  # inputs the pipeline cannot use, named by the pipeline
         raise UsageError(str(exc)) from exc
     t_run = time.monotonic() - t0
+    located = _objects3d(geometry, source, mask, targets, results)
     summary = []
     for view, path, result in zip(targets, args.target, results):
         stem = Path(path).stem
@@ -118,12 +78,113 @@ def cmd_segment(args: argparse.Namespace) -> int:
         summary.append(dict(target=str(path), role=view.role, mask=str(out / f"{stem}_mask.png"),
                             area=int(result.mask.sum()), score=round(float(result.score), 4),
                             points=np.round(np.asarray(result.target_points, dtype=float), 2).tolist()))
-    print(json.dumps(dict(backend=getattr(segmentor, "name", args.backend), config=args.config,
-                          load_seconds=round(t_load, 3), segment_seconds=round(t_run, 3), targets=summary), indent=2))
+        if located is not None:
+            from vggts_ros.geometry.messages import object_dict
+
+            summary[-1]["object3d"] = object_dict(result.object3d)
+    report = dict(backend=getattr(segmentor, "name", args.backend), config=args.config,
+                  load_seconds=round(t_load, 3), segment_seconds=round(t_run, 3), targets=summary)
+    if located is not None:
+        from vggts_ros.geometry.messages import objects_dict
+
+        report["objects3d"] = dict(cameras={n: objects_dict(o) for n, o in located.cameras.items()},
+                                   fused=objects_dict(located.fused) if located.fused is not None else None)
+    print(json.dumps(report, indent=2))
     if args.config == "test-tiny" and backend == "vggts":
         print("note: test-tiny has deterministic test weights; its masks are meaningless on real images",
               file=sys.stderr)
     return 0
+
+
+def read_depth(path: str) -> np.ndarray:
+    """A depth image file: ``.npy`` (float metres or uint16 millimetres) or a 16-bit PNG
+    (millimetres, as ``16UC1``)."""
+    import cv2
+
+    if not Path(path).is_file():
+        raise UsageError(f"depth file not found: {path}")
+    if path.endswith(".npy"):
+        try:
+            depth = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise UsageError(f"cannot read {path} as a NumPy array: {exc}") from exc
+    else:
+        depth = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if depth is None:
+            raise UsageError(f"cannot read {path} as an image")
+        if depth.dtype != np.uint16 or depth.ndim != 2:
+            raise UsageError(f"{path}: a depth PNG must be single-channel 16-bit (millimetres), got "
+                             f"{depth.dtype} with shape {depth.shape}")
+    return depth
+
+
+def _geometry_inputs(args, targets) -> Optional[dict]:
+    """``--depth``/``--intrinsics``/``--pose`` read and checked before the backend runs (a typo
+    does not wait for the segmentation): ``results_in_3d``'s keyword arguments, or None."""
+    if not (args.depth or args.intrinsics or args.pose):
+        return None
+    from vggts_ros.geometry.objects3d_step import pose_matrix
+    from vggts_ros.replay import ReplayError, parse_pairs
+
+    names = {t.name for t in targets} | {"source"}
+    try:
+        given = {flag: parse_pairs(values, flag) for flag, values in
+                 (("--depth", args.depth), ("--intrinsics", args.intrinsics), ("--pose", args.pose))}
+    except ReplayError as exc:
+        raise UsageError(str(exc)) from exc
+    for flag, pairs in given.items():
+        unknown = sorted(set(pairs) - names)
+        if unknown:
+            raise UsageError(f"{flag} given for unknown camera(s) {unknown}; cameras: 'source' and the targets' "
+                             f"file stems {sorted(names - {'source'})}")
+    numbers: dict = {}
+    for flag in ("--intrinsics", "--pose"):
+        numbers[flag] = {}
+        for k, v in given[flag].items():
+            try:
+                numbers[flag][k] = [float(x) for x in v.replace(",", " ").split()]
+            except ValueError:
+                raise UsageError(f"{flag} {k}={v}: expected numbers separated by commas") from None
+            if flag == "--intrinsics" and len(numbers[flag][k]) != 4:
+                raise UsageError(f"--intrinsics {k}: needs 4 numbers fx,fy,cx,cy, got {len(numbers[flag][k])}")
+            if flag == "--pose":
+                try:
+                    pose_matrix(numbers[flag][k])
+                except ValueError as exc:
+                    raise UsageError(f"--pose {k}: {exc}") from exc
+    return dict(depth={k: read_depth(v) for k, v in given["--depth"].items()}, intrinsics=numbers["--intrinsics"],
+                poses=numbers["--pose"], frame=args.frame or "")
+
+
+def _objects3d(geometry: Optional[dict], source: np.ndarray, mask: np.ndarray, targets, results):
+    """The object in 3D per camera (and fused) of one segment call, or None without depth."""
+    if geometry is None:
+        return None
+    from vggts_ros.geometry.results3d import results_in_3d
+
+    try:
+        return results_in_3d(results, targets, source_mask=mask, source_name="source",
+                             source_size=(source.shape[1], source.shape[0]), **geometry)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def node_settings(base: NodeConfig, flags: Dict[str, Any], sets: Optional[List[str]]) -> NodeConfig:
+    """``base`` with the parameters the command's own options give (``flags``, by node
+    parameter name) and then its ``--set NAME=VALUE`` items; the model, inference and sync
+    settings are checked (cameras are the caller's business). Errors are UsageErrors."""
+    from vggts_ros.schema import field_errors, parse_assignments
+
+    try:
+        changes = dict(flags)
+        changes.update(parse_assignments(sets or []))
+        settings = base.with_parameters(changes)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    errors = field_errors(settings)  # every section (the cameras are checked by NodeConfig.validate)
+    if errors:
+        raise UsageError("; ".join(errors))
+    return settings
 
 
 def _build(model: ModelConfig, pipeline: PipelineConfig):
@@ -141,12 +202,17 @@ def _build(model: ModelConfig, pipeline: PipelineConfig):
 def cmd_replay(args: argparse.Namespace) -> int:
     from vggts_ros import replay as rp
     from vggts_ros.bags import BagError
-    from vggts_ros.config import CameraConfig, NodeConfig, SyncConfig, load_node_config
+    from vggts_ros.config import CameraConfig, GeometryConfig, NodeConfig, SyncConfig, load_node_config
 
     try:
         node = load_node_config(args.params_file, args.node_name) if args.params_file else None
     except (OSError, ValueError) as exc:
         raise UsageError(f"--params-file {args.params_file}: {exc}") from exc
+    if args.sets:  # --set NAME=VALUE: node parameters on top of the params file (or the defaults)
+        backend_given = bool(node) or any(s.strip().startswith("model.backend=") for s in args.sets)
+        node = node_settings(node or NodeConfig(), {}, args.sets)
+    else:
+        backend_given = bool(node)
     try:
         cameras = list(node.cameras) if node else []
         for name, topic in rp.parse_pairs(args.camera, "--camera").items():
@@ -169,6 +235,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
             max_age=args.max_age if args.max_age is not None else (node.publish.max_age if node else 2.0),
             refresh_pairs=(args.refresh_pairs if args.refresh_pairs is not None
                            else (node.publish.refresh_pairs if node else 0)),
+            depth_topics=rp.parse_pairs(args.depth_topic, "--depth-topic"),
+            geometry=node.geometry if node else GeometryConfig(),
         )
         if options.step_seconds is not None and not options.step_seconds > 0:
             raise rp.ReplayError(f"--step-seconds must be > 0, got {options.step_seconds}")
@@ -183,7 +251,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from vggts_ros.backends import choose_backend
 
     backend = choose_backend(args.backend, args.config or model.config, args.vggt_checkpoint or "",
-                             args.head_checkpoint or "", default=node.model.backend if node else "geometric")
+                             args.head_checkpoint or "", default=node.model.backend if backend_given else "geometric")
     model.backend, model.device = backend, args.device or model.device
     if args.config:
         model.config = args.config
@@ -199,7 +267,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         from vggts_ros.backends import pipeline_config
 
         # the node's mapping of its parameters (temporal memory, precision, ...), as the node runs it
-        pipe = pipeline_config(node.inference, model) if node else PipelineConfig()
+        pipe = pipeline_config(node.inference, model, node.geometry) if node else \
+            dataclasses.replace(PipelineConfig(), geometry_heads=options.geometry.vggt_heads)
         built["segmentor"] = _build(model, dataclasses.replace(pipe, refine_iterations=refine))
         built["seconds"] = time.monotonic() - t0
         return built["segmentor"]
@@ -215,6 +284,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
           f"written to {args.out} ({getattr(segmentor, 'name', backend)} backend; load {t_load:.1f} s, "
           f"replay {result.seconds - t_load:.1f} s)")
     print("cameras: " + ", ".join(f"{c.name} ({c.role}, {c.topic})" for c in result.cameras))
+    if result.objects3d:
+        estimates = [o for r in result.objects3d for c in r["cameras"].values() for o in c["objects"]]
+        why: Dict[str, int] = {}
+        for o in estimates:
+            if o["reason"]:
+                why[o["reason"]] = why.get(o["reason"], 0) + 1
+        print(f"objects in 3D: {len(estimates) - sum(why.values())} of {len(estimates)} per-camera estimates, "
+              f"{sum(1 for r in result.objects3d if r['fused'])} fused sets")
+        for reason, n in sorted(why.items(), key=lambda kv: -kv[1]):
+            print(f"  {n:>4} x no 3D: {reason}")
     for line in result.camera_problems():
         print(f"warning: {line}", file=sys.stderr)
     if result.steps:
@@ -245,6 +324,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             mean_iou={f"{cam}/{oid}": v for (cam, oid), v in result.mean_iou().items()},
             stream=result.stream,
             steps=result.steps, dropped_sets=result.dropped_sets,
+            objects3d=result.objects3d,
         )
         Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
     return 0
@@ -264,6 +344,10 @@ def add_replay_arguments(rep: argparse.ArgumentParser) -> None:
     rep.add_argument("--camera", action="append",
                      help="NAME=TOPIC; default: every image topic, named after it (/x/front/image_raw -> front)")
     rep.add_argument("--role", action="append", help=f"NAME=ROLE with ROLE one of {', '.join(ROLES)} (default exo)")
+    rep.add_argument("--depth-topic", action="append",
+                     help="CAMERA=TOPIC: that camera's registered depth images (32FC1 m / 16UC1 mm) in the bag; "
+                          "objects in 3D are written to <namespace>/<camera>/objects3d (also camera.<name>.depth_topic "
+                          "of --params-file)")
     rep.add_argument("--params-file", help="the node's parameters YAML (cameras, sync, model, inference)")
     rep.add_argument("--node-name", default="vggts", help="node name to read from --params-file (default vggts)")
     rep.add_argument("--slop", type=float, help="synchroniser slop in seconds (default 0.05)")
@@ -279,6 +363,9 @@ def add_replay_arguments(rep: argparse.ArgumentParser) -> None:
                      help="keyframe (default): masks stay on the frame they were drawn on; track: they "
                           "follow the object into the source camera's newer frames")
     rep.add_argument("--device", default="", help="auto, cpu or cuda")
+    rep.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=VALUE",
+                     help="a node parameter over --params-file, e.g. model.geometric.ratio=0.7 or "
+                          "sync.slop=0.1 (names and values: docs/parameters.md; repeatable)")
     rep.add_argument("--namespace", default="/vggts", help="output topics <namespace>/<camera>/{mask,points,overlay}")
     rep.add_argument("--storage", default="mcap", choices=("mcap", "sqlite3"),
                      help="storage of a directory output (a .mcap output is always MCAP)")
@@ -330,6 +417,17 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--point-identity", choices=POINT_IDENTITY, default="accumulate",
                      help="refinement semantics: accumulate (reference, default) or per_pass")
     seg.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    seg.add_argument("--depth", action="append",
+                     help="NAME=FILE: registered depth of 'source' or a target (its file stem): .npy float metres "
+                          "or uint16 mm, or a 16-bit PNG in mm; the object in 3D goes into the JSON")
+    seg.add_argument("--intrinsics", action="append", help="NAME=fx,fy,cx,cy of that image (needed with --depth)")
+    seg.add_argument("--pose", action="append",
+                     help="NAME=x,y,z,qx,qy,qz,qw: that camera's optical frame in one reference frame; with two or "
+                          "more the object is also fused")
+    seg.add_argument("--frame", help="name of the fused frame (default: the first camera with depth)")
+    seg.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=VALUE",
+                     help="any model.* or inference.* node parameter, applied after the options above, e.g. "
+                          "model.geometric.ratio=0.7 (names and values: docs/parameters.md; repeatable)")
     seg.set_defaults(func=cmd_segment)
 
     add_replay_arguments(sub.add_parser(
@@ -349,13 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except UsageError as exc:
-        print(f"vggts {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ frame size. For one set it
    overlaps), completes every result's ``path`` and ``reason`` (:mod:`vggts_ros.outcome`),
    and sums the stage times,
 5. returns the track-mode moves of the source masks (:class:`Advance`), which the caller
-   applies to its registry when the objects are still current (:func:`apply_advances`).
+   applies to its registry when the objects are still current (:func:`apply_advances`),
+6. with a 3D step (``objects3d``, :class:`vggts_ros.geometry.objects3d_step.Objects3DStep`)
+   locates the objects in 3D from the cameras' depth (``SetOutput.objects3d``).
 
 Objects are :class:`vggts_ros.registry.TrackedObject` (id, camera, label, frame, mask,
 stamp, generation); frames are :class:`CameraFrame` (the caller's own message rides along
@@ -92,6 +94,8 @@ class SetOutput:
     advances: List[Advance] = field(default_factory=list)
     pipeline_seconds: float = 0.0  # inside the backend
     stages: Dict[str, float] = field(default_factory=dict)  # stage -> seconds, summed over calls
+    # Objects in 3D (vggts_ros.geometry.objects3d_step.Set3D) when the processor has a 3D step
+    objects3d: Optional[Any] = None
 
     def camera(self, name: str) -> Optional[CameraOutput]:
         return next((c for c in self.cameras if c.camera == name), None)
@@ -108,7 +112,8 @@ class SetProcessor:
     """See the module docstring. ``roles``: camera name -> role, in the cameras' order."""
 
     def __init__(self, segmentor: Segmentor, roles: Mapping[str, str], source_mode: str = "keyframe",
-                 stale_after: Optional[float] = None, clock: Optional[Callable[[], float]] = None) -> None:
+                 stale_after: Optional[float] = None, clock: Optional[Callable[[], float]] = None,
+                 objects3d: Optional[Any] = None) -> None:
         if source_mode not in SOURCE_MODES:
             raise ValueError(f"source mode must be one of {SOURCE_MODES}, got {source_mode!r}")
         import time
@@ -121,6 +126,8 @@ class SetProcessor:
         self.clock = clock or time.monotonic
         self.state: StreamState = segmentor.init_stream()
         self.sizes = SizeTracker()
+        # Objects in 3D after segmentation (vggts_ros.geometry.objects3d_step.Objects3DStep), or None
+        self.objects3d = objects3d
 
     @property
     def backend(self) -> str:
@@ -169,6 +176,8 @@ class SetProcessor:
         out = SetOutput(stamp, [])
         if not objects or not frames:
             return out
+        if self.objects3d is not None:
+            self.objects3d.begin(frames)  # keep the set's depth images through inference
         track = self.source_mode == "track"
         per_target: Dict[str, List[Tuple[TrackedObject, SegmentationResult]]] = {}
         groups: Dict[Tuple[str, float], List[TrackedObject]] = {}
@@ -205,6 +214,10 @@ class SetProcessor:
         for name in self.order:
             if name in per_target:
                 out.cameras.append(self.compose(frames[name], per_target[name]))
+        if self.objects3d is not None:
+            out.objects3d = self.objects3d.process(out, frames, objects)
+            if out.objects3d is not None:
+                out.stages["objects3d"] = out.objects3d.seconds
         return out
 
     def compose(self, frame: CameraFrame, pairs: Sequence[Tuple[TrackedObject, SegmentationResult]]) -> CameraOutput:

@@ -7,7 +7,8 @@ received/processed/dropped/failed/discarded, stale and unmatched cameras, the st
 state (Temporal VGGT-S memory per object and camera) and the last set's latency split
 (pipeline, queue, node overhead, per stage). Camera (``<node>: camera <name>``): topic,
 role, staleness, frames and rejections (with the last reason), synchroniser counters,
-the estimated and applied clock offset, frame size and size changes.
+the estimated and applied clock offset, frame size and size changes, and with a depth
+topic its depth status (rate, sets matched and missed, the last reason a set got no depth).
 """
 
 from __future__ import annotations
@@ -97,8 +98,10 @@ def pipeline_status(name: str, *, now: float, cfg, health, sync, registry, state
     return status(level, name, message, values, device)
 
 
-def camera_statuses(name_of, *, now: float, cfg, health, sync, sizes, topics: Dict[str, str]):
-    """One status per camera (``name_of(what)`` makes the status name)."""
+def camera_statuses(name_of, *, now: float, cfg, health, sync, sizes, topics: Dict[str, str], extra=None):
+    """One status per camera (``name_of(what)`` makes the status name); ``extra(camera)``:
+    more key/values (the camera's depth: ``depth_*``, see vggts_ros.geometry.depth_stream;
+    a last set without usable depth is a WARN naming why)."""
     stale = sync.stale_cameras(now)
     unmatched = sync.unmatched_cameras(now)
     stats = sync.stats()
@@ -132,6 +135,10 @@ def camera_statuses(name_of, *, now: float, cfg, health, sync, sizes, topics: Di
         }
         for reason, count in stats["dropped_by_reason"][n].items():
             values[f"sync_dropped_{reason}"] = str(count)
+        more = extra(n) if extra is not None else {}
+        values.update(more)
+        if more.get("depth_ok") == "false" and level == OK:
+            level, message = WARN, f"no depth for 3D: {more.get('depth_last_reason', '')}"
         out.append(status(level, name_of(f"camera {n}"), message, values, topics[n]))
     return out
 

@@ -54,6 +54,7 @@ from vggts_ros.object_store import ObjectStore
 from vggts_ros.registry import ObjectRegistry
 from vggts_ros.ros import diagnostics
 from vggts_ros.ros.conversions import ReceivedImage, check_size
+from vggts_ros.ros.objects3d_io import Objects3DIO, make_step
 from vggts_ros.ros.outputs import Outputs, mouse_topic
 from vggts_ros.ros.parameters import NodeParameters
 from vggts_ros.ros.services import ObjectServices, stamp_to_sec
@@ -94,6 +95,7 @@ class VGGTSNode(LifecycleNode):
         self._io_group = ReentrantCallbackGroup()
         self._service_group = MutuallyExclusiveCallbackGroup()
         self._timer_group = MutuallyExclusiveCallbackGroup()
+        self.io3d = Objects3DIO(self, self._io_group, lambda frame: frame.meta.payload.msg.header)
         self.parameters = NodeParameters(self, managed, lambda: self.lifecycle_state not in ("unconfigured", "finalized"),
                                          self._parameters_changed)
         self.cfg = self.parameters.config()
@@ -132,6 +134,7 @@ class VGGTSNode(LifecycleNode):
             self._load()
             self._restore_objects()
             self._create_io()
+            self.io3d.update(self.cfg, self.processor.objects3d, self.outputs.infos, lambda: self._active)
             self._start_diagnostics()
         except Exception as exc:  # noqa: BLE001 - reported; a plain node re-raises it (refused start)
             self._configure_error = exc
@@ -173,7 +176,8 @@ class VGGTSNode(LifecycleNode):
             if self.cfg.model.backend == "vggts":  # the weight-free backend never imports torch
                 self.device = resolve_device(self.cfg.model.device)
                 self.cfg.model.device = self.device
-            segmentor = create_segmentor(self.cfg.model, pipeline_config(self.cfg.inference, self.cfg.model))
+            segmentor = create_segmentor(self.cfg.model, pipeline_config(self.cfg.inference, self.cfg.model,
+                                                                         self.cfg.geometry))
         loaded = time.monotonic() - t0
         warm = 0.0
         if self.cfg.inference.warm_up:
@@ -184,7 +188,8 @@ class VGGTSNode(LifecycleNode):
                                           "the first set pays for the backend's start-up")
         self.segmentor = segmentor
         self.processor = SetProcessor(segmentor, {c.name: c.role for c in self.cfg.cameras},
-                                      self.cfg.inference.source_mode, stale_after=self.cfg.sync.stale_after)
+                                      self.cfg.inference.source_mode, stale_after=self.cfg.sync.stale_after,
+                                      objects3d=make_step(self.cfg, lambda: self.cfg.sync.slop))
         p = self.cfg.publish
         self.stage = PropagationStage({c.name: c.role for c in self.cfg.cameras}, PropagationConfig(max_age=p.max_age),
                                       backend=self.processor.backend,
@@ -364,12 +369,14 @@ class VGGTSNode(LifecycleNode):
         self.intake.history = self.history
         if self.stage is not None:
             self.stage.reset()  # the tracks' frames are in the future now
+        self.io3d.reset()
         self.get_logger().warning("ROS time jumped back: synchroniser and frame history restarted")
 
     def _dispatch(self, sets: List[SyncSet]) -> None:
         now = time.monotonic()
         for item in sets:
             self.health.set_received(now)
+            self.io3d.hold(item)
             if len(self.registry) > 0 and self.worker.submit(item):
                 self.health.replaced += 1
 
@@ -435,13 +442,14 @@ class VGGTSNode(LifecycleNode):
                 return
             for lost in apply_advances(output, self.registry):
                 self._lost(lost)
+            self.io3d.publish(output, frames)
             if stage is not None:
                 # The results restart the camera-rate tracks (caught up with the frames
                 # since); the next frame of each camera publishes them.
                 stage.accept(output, {o.object_id: o for o in self.registry.snapshot()[1]}, targets)
             else:
                 for cam in output.cameras:
-                    self.outputs.publish(cam, cam.frame.meta.payload.msg.header)
+                    self.outputs.publish(cam, cam.frame.meta.payload.msg.header, self.io3d.markers(cam.camera))
         done = time.monotonic()
         stages = dict(output.stages, decode=t_publish - t_start - output.pipeline_seconds, queued=queued,
                       publish=done - t_publish)
@@ -462,7 +470,7 @@ class VGGTSNode(LifecycleNode):
         _, objects = self.registry.snapshot()
         out = stage.frame(CameraFrame(camera, frame.stamp, image, frame), objects)
         if out is not None:
-            self.outputs.publish(out, frame.payload.msg.header)
+            self.outputs.publish(out, frame.payload.msg.header, self.io3d.markers(camera))
             self.propagated_frames += 1
 
     def _on_propagation_failure(self, camera: str, frame: Frame, exc: BaseException) -> None:
@@ -502,7 +510,8 @@ class VGGTSNode(LifecycleNode):
                 state_values=state_values, sets_processed=self.sets_processed, last=self.last, device=self.device,
                 backend=processor.backend if processor is not None else "", lifecycle_state=self.lifecycle_state)]
             statuses += diagnostics.camera_statuses(self.status_name, now=now, cfg=self.cfg, health=self.health,
-                                                    sync=self.sync, sizes=processor.sizes, topics=self.topics)
+                                                    sync=self.sync, sizes=processor.sizes, topics=self.topics,
+                                                    extra=self.io3d.camera_values)
             sizes = {c.name: processor.sizes.size(c.name) for c in self.cfg.cameras}
             for level, line in self.camera_events.update(self.sync.stale_cameras(now), dict(processor.sizes.changes),
                                                          sizes, self.sync.stale_limits()):
