@@ -280,3 +280,29 @@ def write_scene_bag(scene, path: str | Path, frames: int = 3, period: float = 0.
                 if mask_camera == name and i == 0:
                     bag.write(f"{namespace}/{name}/source_mask", image_msg(labels, "mono8", stamp, name), stamp + 1)
     return topics
+
+
+def write_sequence_bag(seq, path: str | Path, start: float = 100.0, jitter: float = 0.004, storage: str = "mcap",
+                       gt: bool = True, namespace: str = "/scene", mask_camera: Optional[str] = None) -> Dict[str, str]:
+    """A bag of a moving sequence (``vggts_ros.sequences``): every camera's frames at the
+    sequence's rate (camera ``k``'s stamps offset by ``k * jitter`` s), with ``gt`` the
+    exact label images of every frame on ``<namespace>/<camera>/gt``, and with
+    ``mask_camera`` that camera's first-frame labels on ``<namespace>/<camera>/source_mask``.
+    Returns camera name -> image topic."""
+    topics = {}
+    with BagWriter(path, storage=storage) as bag:
+        for i in range(len(seq)):
+            for k, name in enumerate(seq.cameras):
+                stamp = int(round((start + seq.stamp(i) + k * jitter) * 1e9))
+                topic = f"{namespace}/{name}/image_raw"
+                topics[name] = topic
+                image, masks = seq.view(i, name)
+                bag.write(topic, image_msg(image, "rgb8", stamp, name), stamp)
+                labels = np.zeros(image.shape[:2], np.uint8)
+                for oid, m in masks.items():
+                    labels[m] = oid
+                if gt:
+                    bag.write(f"{namespace}/{name}/gt", image_msg(labels, "mono8", stamp, name), stamp)
+                if mask_camera == name and i == 0:
+                    bag.write(f"{namespace}/{name}/source_mask", image_msg(labels, "mono8", stamp, name), stamp + 1)
+    return topics

@@ -230,9 +230,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
             namespace=args.namespace, overlay=not args.no_overlay, copy_inputs=not args.no_copy_inputs,
             progress=not args.no_progress, roles=roles,
             source_mode=args.source_mode or (node.inference.source_mode if node else "keyframe"),
+            realtime=args.realtime, step_seconds=args.step_seconds,
+            propagation=args.propagation or (node.publish.propagation if node else False),
+            max_age=args.max_age if args.max_age is not None else (node.publish.max_age if node else 2.0),
+            refresh_pairs=(args.refresh_pairs if args.refresh_pairs is not None
+                           else (node.publish.refresh_pairs if node else 0)),
             depth_topics=rp.parse_pairs(args.depth_topic, "--depth-topic"),
             geometry=node.geometry if node else GeometryConfig(),
         )
+        if options.step_seconds is not None and not options.step_seconds > 0:
+            raise rp.ReplayError(f"--step-seconds must be > 0, got {options.step_seconds}")
+        if not options.max_age > 0:
+            raise rp.ReplayError(f"--max-age must be > 0 s, got {options.max_age}")
+        if options.refresh_pairs < 0:
+            raise rp.ReplayError(f"--refresh-pairs must be >= 0 (0 = all), got {options.refresh_pairs}")
     except rp.ReplayError as exc:
         raise UsageError(str(exc)) from exc
 
@@ -285,6 +296,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
             print(f"  {n:>4} x no 3D: {reason}")
     for line in result.camera_problems():
         print(f"warning: {line}", file=sys.stderr)
+    if result.steps:
+        secs = sorted(st["seconds"] for st in result.steps)
+        print(f"real time: {len(result.steps)} cross-view steps (median {secs[len(secs) // 2]:.2f} s), "
+              f"{result.dropped_sets} sets left out while the worker was busy"
+              + (", masks propagated on the frames between" if options.propagation else ""))
     empty = result.empty_reasons()
     if empty:
         print(f"{sum(empty.values())} of {len(result.results)} object masks are empty:")
@@ -307,6 +323,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             scores=[vars(r) for r in result.scores],
             mean_iou={f"{cam}/{oid}": v for (cam, oid), v in result.mean_iou().items()},
             stream=result.stream,
+            steps=result.steps, dropped_sets=result.dropped_sets,
             objects3d=result.objects3d,
         )
         Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
@@ -356,6 +373,22 @@ def add_replay_arguments(rep: argparse.ArgumentParser) -> None:
     rep.add_argument("--no-copy-inputs", action="store_true", help="do not copy the camera topics into the output")
     rep.add_argument("--no-progress", action="store_true", help="no progress bar")
     rep.add_argument("--report", help="write the sets, outputs and scores as JSON here")
+    rep.add_argument("--realtime", action="store_true",
+                     help="one cross-view worker on the recording's clock: it takes the newest set when free, "
+                          "its results come out when its step's time is up, sets that come while it is busy "
+                          "are left out")
+    rep.add_argument("--propagation", action="store_true",
+                     help="masks on every target frame between cross-view results, moved by a per-camera "
+                          "tracker (implies --realtime; publish.propagation)")
+    rep.add_argument("--step-seconds", type=float,
+                     help="real time: every cross-view step takes this long on the recording's clock "
+                          "(reproducible); default: its measured CPU time")
+    rep.add_argument("--max-age", type=float,
+                     help="propagation: s since its cross-view result after which a mask is not good "
+                          "(publish.max_age, default 2)")
+    rep.add_argument("--refresh-pairs", type=int,
+                     help="propagation: (object, target) pairs per cross-view step, oldest first; 0 = all "
+                          "(publish.refresh_pairs)")
     rep.set_defaults(func=cmd_replay)
 
 

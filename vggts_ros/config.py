@@ -422,6 +422,14 @@ class PublishConfig:
     diagnostics_period: float = param(1.0, doc="s between /diagnostics messages", range=(1e-2, 3600.0))
     stall_timeout: float = param(0.0, doc="s without output (objects set) before diagnostics say ERROR; "
                                           "0 = max(2 periods, 3 x median set time)", range=(0.0, 1e6), live=True)
+    # Masks at camera rate (vggts_ros.propagation_stage): every target frame between two
+    # cross-view results gets the latest masks moved by a per-camera tracker.
+    propagation: bool = param(False, doc="masks on every target frame between cross-view results, moved by a "
+                                         "per-camera tracker")
+    max_age: float = param(2.0, doc="s since its cross-view result after which a propagated mask is not "
+                                    "published as good", range=(1e-3, 3600.0), live=True)
+    refresh_pairs: int = param(0, doc="(object, target) pairs per cross-view step, oldest refresh first; "
+                                      "0 = all", range=(0, 65025), live=True)
 
 
 @dataclass

@@ -28,7 +28,7 @@ in ``meta``, so a node publishes with the frame's header and a replay writes at 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -166,9 +166,13 @@ class SetProcessor:
 
     # ------------------------------------------------------------------ one set
     def process(self, stamp: float, frames: Mapping[str, CameraFrame],
-                objects: Sequence[TrackedObject]) -> SetOutput:
+                objects: Sequence[TrackedObject],
+                targets: Optional[Mapping[int, Collection[str]]] = None) -> SetOutput:
         """Every object of ``objects`` found in the other cameras of ``frames`` (usable frames,
-        in the set's order). Objects are taken in id order."""
+        in the set's order). Objects are taken in id order. ``targets`` (object id -> target
+        cameras, e.g. a refresh schedule's choice) limits the work to those objects and,
+        per backend call, to the union of its objects' targets; None: every object in every
+        other camera."""
         out = SetOutput(stamp, [])
         if not objects or not frames:
             return out
@@ -178,14 +182,17 @@ class SetProcessor:
         per_target: Dict[str, List[Tuple[TrackedObject, SegmentationResult]]] = {}
         groups: Dict[Tuple[str, float], List[TrackedObject]] = {}
         for obj in sorted(objects, key=lambda o: o.object_id):
+            if targets is not None and not targets.get(obj.object_id):
+                continue
             groups.setdefault((obj.camera, obj.stamp), []).append(obj)
         for (camera, source_stamp), members in groups.items():
-            targets = [name for name in frames if name != camera]
+            wanted = None if targets is None else set().union(*(targets[m.object_id] for m in members))
+            cams = [name for name in frames if name != camera and (wanted is None or name in wanted)]
             if track and camera in frames and frames[camera].stamp > source_stamp:
-                targets.append(camera)  # the source camera's newer frame: the object moves on
-            if not targets:
+                cams.append(camera)  # the source camera's newer frame: the object moves on
+            if not cams:
                 continue
-            views = [TargetView(frames[n].image, role=self.roles[n], name=n) for n in targets]
+            views = [TargetView(frames[n].image, role=self.roles[n], name=n) for n in cams]
             step = StreamStep(stamp, [m.object_id for m in members], [m.generation for m in members],
                               self.stale_after)
             t0 = self.clock()
@@ -197,7 +204,7 @@ class SetProcessor:
                 for name, seconds in (results[0].timings or {}).items() if results else ():
                     call_stages[name] = (max(call_stages.get(name, 0.0), seconds) if name in SHARED_STAGES
                                          else call_stages.get(name, 0.0) + seconds)
-                for name, result in zip(targets, results):
+                for name, result in zip(cams, results):
                     if name == camera:
                         out.advances.append(Advance(obj, frames[name], result.mask.astype(bool)
                                                     if result.mask.any() else None))

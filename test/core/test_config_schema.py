@@ -77,7 +77,8 @@ def test_descriptors_come_from_the_declarations():
     assert live == {f"sync.{k}" for k in ("slop", "queue_size", "stale_after", "min_cameras", "jump_threshold",
                                           "correct_offset_above", "stale_periods", "stale_after_min")} | {
         f"inference.{k}" for k in ("source_mode", "max_rate", "keyframe_history", "max_objects",
-                                   "max_label_length", "max_image_pixels")} | {"publish.stall_timeout"}
+                                   "max_label_length", "max_image_pixels")} | {
+        f"publish.{k}" for k in ("stall_timeout", "max_age", "refresh_pairs")}
 
 
 def _outside(value, lo, hi):

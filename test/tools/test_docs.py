@@ -32,7 +32,6 @@ SHELL_LANGS = {"bash", "sh", "shell", "console", "zsh"}
 # may dangle until it lands. Remove an entry once its page is on main.
 PENDING_PAGES = {
     "docs/performance.md": "full-size figures on a GPU (issue 23)",
-    "docs/propagation.md": "masks at camera rate (issue 22)",
 }
 
 

@@ -13,6 +13,7 @@ topic its depth status (rate, sets matched and missed, the last reason a set got
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Dict, Optional
 
@@ -148,3 +149,32 @@ def array(stamp, statuses) -> DiagnosticArray:
     out.header.stamp = stamp
     out.status = list(statuses)
     return out
+
+
+def node_statuses(node) -> list:
+    """Every status of a :class:`vggts_ros.ros.node.VGGTSNode` now (and one log line per camera
+    that went stale, rejoined or changed size since the last call)."""
+    now = time.monotonic()
+    name = node.status_name("pipeline")
+    if not node._active or node.sync is None:
+        error = "" if node._configure_error is None else f"configure failed: {node._configure_error}"
+        return [not_running(name, node.lifecycle_state, [c.name for c in node.cfg.cameras], node.device, error)]
+    processor, cfg = node.processor, node.cfg
+    state_values = processor.state.describe(node.registry.ids()) if processor is not None else {}
+    if node.camera_rate is not None and node.last is not None:
+        state_values = dict(state_values, **node.camera_rate.diagnostics(node.last.stamp))
+    statuses = [pipeline_status(
+        name, now=now, cfg=cfg, health=node.health, sync=node.sync, registry=node.registry, state_values=state_values,
+        sets_processed=node.sets_processed, last=node.last, device=node.device,
+        backend=processor.backend if processor is not None else "", lifecycle_state=node.lifecycle_state)]
+    statuses += camera_statuses(node.status_name, now=now, cfg=cfg, health=node.health, sync=node.sync,
+                                sizes=processor.sizes, topics=node.topics, extra=node.io3d.camera_values)
+    sizes = {c.name: processor.sizes.size(c.name) for c in cfg.cameras}
+    log = node.get_logger()
+    for level, line in node.camera_events.update(node.sync.stale_cameras(now), dict(processor.sizes.changes), sizes,
+                                                 node.sync.stale_limits()):
+        if level == WARN:  # rclpy: one severity per call site
+            log.warning(line)
+        else:
+            log.info(line)
+    return statuses

@@ -17,7 +17,6 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import yaml
 
-import rclpy
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
