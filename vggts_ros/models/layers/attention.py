@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cpu_linear import linear
+
 
 class Attention(nn.Module):
     """Fused-QKV self-attention.
@@ -39,7 +41,8 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, pos: Optional[torch.Tensor] = None) -> torch.Tensor:
         b, n, c = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = linear(x, self.qkv.weight, self.qkv.bias)  # oneDNN on CPU float32 (cpu_linear)
+        q, k, v = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q = self.q_norm(q)
         k = self.k_norm(k)
         if self.rope is not None and pos is not None:
@@ -48,4 +51,4 @@ class Attention(nn.Module):
         if q.dtype != v.dtype:  # QK LayerNorm under autocast comes back in float32
             q, k = q.to(v.dtype), k.to(v.dtype)
         out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+        return linear(out.transpose(1, 2).reshape(b, n, c), self.proj.weight, self.proj.bias)

@@ -7,9 +7,11 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..cpu_linear import linear
+
 
 class Mlp(nn.Module):
-    """Linear -> GELU -> Linear.
+    """Linear -> GELU (exact, erf) -> Linear.
 
     The sub-module names ``fc1``/``fc2`` are part of the checkpoint layout, so they are
     kept exactly; dropout is omitted because inference never uses it.
@@ -26,8 +28,8 @@ class Mlp(nn.Module):
         hidden = hidden_features or in_features
         out = out_features or in_features
         self.fc1 = nn.Linear(in_features, hidden, bias=bias)
-        self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, out, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        # oneDNN on CPU float32 with the GELU fused into the first product (cpu_linear)
+        return linear(linear(x, self.fc1.weight, self.fc1.bias, gelu=True), self.fc2.weight, self.fc2.bias)
