@@ -4,9 +4,11 @@
     ros2 launch vggts_ros multicam.launch.py params_file:=/path/aerial_ground.yaml
     ros2 launch vggts_ros multicam.launch.py ego_topic:=/glasses/rgb exo1_topic:=/tripod/color
     ros2 launch vggts_ros multicam.launch.py topic_remaps:="ego/image_raw:=/a exo2/image_raw:=/b"
+    ros2 launch vggts_ros multicam.launch.py state_dir:=/var/lib/vggts respawn:=true
 
 Camera topics come from the parameters file (``camera.<name>.topic``); the topic
-arguments remap those names, so one YAML serves several rigs.
+arguments remap those names, so one YAML serves several rigs. The node respawns when it
+dies and its objects survive that (``objects.state_dir``, set from ``state_dir``).
 """
 
 import os
@@ -42,6 +44,12 @@ def _node(context):
     device = LaunchConfiguration("device").perform(context).strip()
     if device:
         overrides["model.device"] = device
+    state_dir = LaunchConfiguration("state_dir").perform(context).strip()
+    if state_dir:  # objects survive the respawns below (and reboots)
+        name = LaunchConfiguration("node_name").perform(context)
+        namespace = LaunchConfiguration("namespace").perform(context).strip("/")
+        overrides["objects.state_dir"] = os.path.join(os.path.expanduser(state_dir), namespace, name)
+    respawn = LaunchConfiguration("respawn").perform(context).lower() in ("true", "1", "yes")
     return [
         Node(
             package="vggts_ros",
@@ -53,6 +61,8 @@ def _node(context):
             parameters=[params_file, overrides] if overrides else [params_file],
             remappings=_remappings(context),
             arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level").perform(context)],
+            respawn=respawn,
+            respawn_delay=2.0,
         )
     ]
 
@@ -67,6 +77,11 @@ def generate_launch_description():
             DeclareLaunchArgument("namespace", default_value="", description="node namespace"),
             DeclareLaunchArgument("device", default_value="", description="override model.device (auto|cuda|cuda:N|cpu)"),
             DeclareLaunchArgument("log_level", default_value="info", description="ROS log level"),
+            DeclareLaunchArgument("state_dir", default_value="~/.ros/vggts_state",
+                                  description="objects are saved under <state_dir>/<namespace>/<node_name> and restored "
+                                              "when the node (re)starts; empty: memory only"),
+            DeclareLaunchArgument("respawn", default_value="true",
+                                  description="restart the node if it dies (CUDA error, OOM kill); objects come back"),
             DeclareLaunchArgument("topic_remaps", default_value="",
                                   description="space-separated 'from:=to' topic remappings"),
         ]

@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, Iterable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Iterable, Mapping, Optional, Sequence
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where a checkpoint is read: the weight-free node never needs it
+    import torch
+    from torch import nn
+
+
+# Every "no weights" error ends with this: the weight-free backend runs without any download.
+NO_WEIGHTS_HINT = (" (no weights at hand? the weight-free backend needs none: model.backend: geometric as a node "
+                   "parameter, --backend geometric for vggts segment / replay / demo)")
 
 
 class CheckpointError(RuntimeError):
@@ -100,6 +106,20 @@ def resolve_checkpoint(source: str | os.PathLike, filename: str) -> Path:
 
     A repo id is looked up in the local Hugging Face cache first (no network). Otherwise,
     with ``HF_HUB_OFFLINE`` set or the endpoint unreachable within about a second, the
+    error comes at once (no download retries) and names the local path option to use, and
+    the weight-free backend that needs no file at all.
+    """
+    try:
+        return _resolve(source, filename)
+    except CheckpointError as exc:
+        raise CheckpointError(str(exc).rstrip(".") + NO_WEIGHTS_HINT) from exc.__cause__
+
+
+def _resolve(source: str | os.PathLike, filename: str) -> Path:
+    """:func:`resolve_checkpoint` without the weight-free hint.
+
+    A repo id is looked up in the local Hugging Face cache first (no network). Otherwise,
+    with ``HF_HUB_OFFLINE`` set or the endpoint unreachable within about a second, the
     error comes at once (no download retries) and names the local path option to use.
     """
     if source is None or str(source) == "":
@@ -145,12 +165,14 @@ def resolve_checkpoint(source: str | os.PathLike, filename: str) -> Path:
         ) from exc
 
 
-def read_state_dict(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike) -> Dict[str, "torch.Tensor"]:
     """Read a checkpoint file as a flat ``{key: tensor}`` dict, without running pickles.
 
     Accepts a bare state dict, ``{"model": ...}`` / ``{"state_dict": ...}`` wrappers and
     DDP's ``module.`` prefix.
     """
+    import torch
+
     try:
         try:
             # Memory-mapped: VGGT-1B's model.pt is ~5 GB, most of it heads we skip.
@@ -175,6 +197,8 @@ def read_state_dict(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
 
 
 def _is_tensor_dict(obj: Mapping) -> bool:
+    import torch
+
     return len(obj) > 0 and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())
 
 
@@ -216,5 +240,7 @@ def load_exact(module: nn.Module, state: Mapping[str, torch.Tensor], what: str =
 
 def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike, wrap: Optional[str] = None) -> None:
     """Write tensors in the published layout (optionally wrapped, as ``main_exp.pth``)."""
+    import torch
+
     payload = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     torch.save({wrap: payload} if wrap else payload, str(path))

@@ -90,7 +90,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    model = ModelConfig(backend=args.backend, config=args.config, device=args.device)
+    from vggts_ros.backends import choose_backend
+
+    backend = choose_backend(args.backend, args.config, args.vggt_checkpoint or "", args.head_checkpoint or "")
+    model = ModelConfig(backend=backend, config=args.config, device=args.device)
     if args.vggt_checkpoint:
         model.vggt_checkpoint = args.vggt_checkpoint
     if args.head_checkpoint:
@@ -117,7 +120,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
                             points=np.round(np.asarray(result.target_points, dtype=float), 2).tolist()))
     print(json.dumps(dict(backend=getattr(segmentor, "name", args.backend), config=args.config,
                           load_seconds=round(t_load, 3), segment_seconds=round(t_run, 3), targets=summary), indent=2))
-    if args.config == "test-tiny" and args.backend == "vggts":
+    if args.config == "test-tiny" and backend == "vggts":
         print("note: test-tiny has deterministic test weights; its masks are meaningless on real images",
               file=sys.stderr)
     return 0
@@ -166,9 +169,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
 
     model = node.model if node else ModelConfig()
-    backend = args.backend
-    if backend == "auto":
-        backend = "vggts" if (args.vggt_checkpoint and args.head_checkpoint) else (node.model.backend if node else "geometric")
+    from vggts_ros.backends import choose_backend
+
+    backend = choose_backend(args.backend, args.config or model.config, args.vggt_checkpoint or "",
+                             args.head_checkpoint or "", default=node.model.backend if node else "geometric")
     model.backend, model.device = backend, args.device or model.device
     if args.config:
         model.config = args.config
@@ -181,11 +185,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     def load():
         t0 = time.monotonic()
-        inf = node.inference if node else None
-        pipe = PipelineConfig(refine_iterations=refine)
-        if inf is not None:
-            pipe = dataclasses.replace(pipe, precision=inf.precision, point_identity=inf.point_identity)
-        built["segmentor"] = _build(model, pipe)
+        from vggts_ros.backends import pipeline_config
+
+        # the node's mapping of its parameters (temporal memory, precision, ...), as the node runs it
+        pipe = pipeline_config(node.inference, model) if node else PipelineConfig()
+        built["segmentor"] = _build(model, dataclasses.replace(pipe, refine_iterations=refine))
         built["seconds"] = time.monotonic() - t0
         return built["segmentor"]
 
@@ -200,6 +204,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
           f"written to {args.out} ({getattr(segmentor, 'name', backend)} backend; load {t_load:.1f} s, "
           f"replay {result.seconds - t_load:.1f} s)")
     print("cameras: " + ", ".join(f"{c.name} ({c.role}, {c.topic})" for c in result.cameras))
+    for line in result.camera_problems():
+        print(f"warning: {line}", file=sys.stderr)
     empty = result.empty_reasons()
     if empty:
         print(f"{sum(empty.values())} of {len(result.results)} object masks are empty:")
@@ -210,13 +216,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.report:
         report = dict(
             input=str(args.input), output=str(args.out), backend=getattr(segmentor, "name", backend),
-            cameras=[dict(name=c.name, topic=c.topic, role=c.role) for c in result.cameras],
+            cameras=[dict(name=c.name, topic=c.topic, role=c.role, frames=result.frames_read.get(c.name, 0),
+                          present=bool(result.frames_read.get(c.name))) for c in result.cameras],
             sets=[dict(stamp=s.stamp, stamps=s.stamps, missing=list(s.missing)) for s in result.sets],
             outputs={k: v for k, v in result.outputs.items()},
             skipped_frames=result.skipped_frames,
+            frames_read=result.frames_read,
+            skip_reasons=result.skip_reasons,
+            cameras_without_messages=[c.name for c in result.cameras if not result.frames_read.get(c.name)],
             results=result.results,
             scores=[vars(r) for r in result.scores],
             mean_iou={f"{cam}/{oid}": v for (cam, oid), v in result.mean_iou().items()},
+            stream=result.stream,
         )
         Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
     return 0
@@ -272,7 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--target-role", action="append", choices=ROLES,
                      help="role of the target camera (default exo); once for all or once per --target")
     seg.add_argument("--out", required=True, help="output directory")
-    seg.add_argument("--backend", default="vggts", choices=BACKENDS)
+    seg.add_argument("--backend", default="auto", choices=("auto",) + BACKENDS,
+                     help="auto (default): vggts when it runs without a download (test-tiny, or both checkpoints "
+                          "given), else the weight-free geometric backend")
     seg.add_argument("--config", default="vggt-1b", choices=MODEL_PRESETS,
                      help="vggt-1b (published weights) or test-tiny (deterministic weights, for tests only)")
     seg.add_argument("--vggt-checkpoint", help="VGGT-1B model.pt: a path, a directory or a Hugging Face repo id")

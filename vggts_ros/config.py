@@ -49,9 +49,37 @@ class TrackHeadConfig:
 
 
 @dataclass
+class CameraHeadConfig:
+    """VGGT camera head (``camera_head.*``): trunk of transformer blocks over the views'
+    camera tokens, refined ``iterations`` times."""
+
+    trunk_depth: int = 4
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    init_values: float = 0.01
+    iterations: int = 4
+
+
+@dataclass
+class DepthHeadConfig:
+    """VGGT depth head (``depth_head.*``): a DPT decoder with 2 output channels, ``exp``
+    depth and ``1 + exp`` confidence."""
+
+    features: int = 256
+    out_channels: List[int] = field(default_factory=lambda: [256, 512, 1024, 1024])
+    intermediate_layer_idx: List[int] = field(default_factory=lambda: [4, 11, 17, 23])
+    frames_chunk_size: int = 8
+
+
+@dataclass
 class BackboneConfig:
     aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
     track_head: TrackHeadConfig = field(default_factory=TrackHeadConfig)
+    # VGGT's camera and depth heads (``camera_head.*``, ``depth_head.*`` of model.pt); off:
+    # they are neither built nor loaded.
+    geometry_heads: bool = False
+    camera_head: CameraHeadConfig = field(default_factory=CameraHeadConfig)
+    depth_head: DepthHeadConfig = field(default_factory=DepthHeadConfig)
 
 
 @dataclass
@@ -104,6 +132,11 @@ class PipelineConfig:
     reuse_full_every: int = 5
     reuse_min_score: float = 0.6
     reuse_max_drop: float = 0.1
+    # VGGT's camera and depth heads on the first pass's tokens (vggts_ros.geometry.camera):
+    # each result then carries its target's and its source's ViewGeometry in frame pixels
+    # (depth, confidence, intrinsics, pose relative to the source camera; unknown scale).
+    # Needs a backbone with BackboneConfig.geometry_heads (the constructors build one).
+    geometry_heads: bool = False
 
 
 @dataclass
@@ -189,7 +222,8 @@ def from_dict(cls, data: Dict[str, Any]):
 
 _DATACLASSES = {
     c.__name__: c
-    for c in (AggregatorConfig, TrackHeadConfig, BackboneConfig, HeadConfig, PipelineConfig, ModelConfig)
+    for c in (AggregatorConfig, TrackHeadConfig, CameraHeadConfig, DepthHeadConfig, BackboneConfig, HeadConfig,
+              PipelineConfig, ModelConfig)
 }
 
 
@@ -248,6 +282,7 @@ class InferenceConfig:
     temporal: bool = False  # Temporal VGGT-S memory per (object, camera); off until trained weights exist
     memory_frames: int = 6  # recent frames in each memory bank
     temporal_weights: str = ""  # temporal.pth; "" = untrained memory (zero gate: outputs unchanged)
+    warm_up: bool = True  # run the backend once on a synthetic pair at configure (the first mask is not slow)
 
 
 @dataclass
@@ -258,12 +293,20 @@ class PublishConfig:
 
 
 @dataclass
+class ObjectsConfig:
+    # Directory where every object is saved when it changes and restored from at start
+    # (vggts_ros.object_store); "" = objects live in memory only.
+    state_dir: str = ""
+
+
+@dataclass
 class NodeConfig:
     cameras: List[CameraConfig] = field(default_factory=list)
     sync: SyncConfig = field(default_factory=SyncConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
+    objects: ObjectsConfig = field(default_factory=ObjectsConfig)
 
     def camera(self, name: str) -> CameraConfig:
         for cam in self.cameras:
@@ -350,7 +393,7 @@ class NodeConfig:
             params[f"camera.{cam.name}.role"] = cam.role
             params[f"camera.{cam.name}.compressed"] = cam.compressed
             params[f"camera.{cam.name}.required"] = cam.required
-        for section in ("sync", "model", "inference", "publish"):
+        for section in ("sync", "model", "inference", "publish", "objects"):
             for key, value in dataclasses.asdict(getattr(self, section)).items():
                 params[f"{section}.{key}"] = value
         return params
@@ -368,7 +411,7 @@ class NodeConfig:
                 if full in params:
                     setattr(cam, key, params.pop(full))
             cameras.append(cam)
-        sections: Dict[str, Dict[str, Any]] = {"sync": {}, "model": {}, "inference": {}, "publish": {}}
+        sections: Dict[str, Dict[str, Any]] = {"sync": {}, "model": {}, "inference": {}, "publish": {}, "objects": {}}
         unknown = []
         for key, value in params.items():
             head, _, rest = key.partition(".")
@@ -384,6 +427,7 @@ class NodeConfig:
             raise ValueError(f"unknown vggts parameter(s): {sorted(unknown)}")
         typed = {
             "sync": SyncConfig, "model": ModelConfig, "inference": InferenceConfig, "publish": PublishConfig,
+            "objects": ObjectsConfig,
         }
         built = {}
         for section, values in sections.items():
@@ -436,12 +480,16 @@ PARAMETERS: Dict[str, Tuple[str, bool, Optional[Tuple[float, float]]]] = {
     "inference.max_label_length": ("characters of an object label", True, (0, 65536)),
     "inference.max_image_pixels": ("largest width x height of a frame or mask, checked before decoding", True,
                                    (1, 1 << 31)),
+    "inference.warm_up": ("run the backend once on a synthetic pair at start, so the first mask is not slow",
+                          False, None),
     "inference.temporal": ("Temporal VGGT-S: memory of earlier sets per (object, camera)", False, None),
     "inference.memory_frames": ("recent frames kept per (object, camera) memory bank", False, (1, 64)),
     "inference.temporal_weights": ("temporal.pth of the memory modules; empty = untrained (outputs unchanged)",
                                    False, None),
     "publish.overlay": ("also publish ~/<camera>/overlay images", False, None),
     "publish.diagnostics_period": ("s between /diagnostics messages", False, (1e-2, 3600.0)),
+    "objects.state_dir": ("directory where objects are saved when they change and restored from at start "
+                          "(survive a restart); empty = in memory only", False, None),
     "publish.stall_timeout": ("s without output (objects set) before ERROR; 0 = max(2 periods, 3 x median set time)",
                               True, (0.0, 1e6)),
 }

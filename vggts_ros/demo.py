@@ -37,7 +37,7 @@ DEFAULT_SCENES = "synthetic:0,synthetic:1,motorcycle,tall:0,textureless:0,wall:0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto", choices=("auto",) + BACKENDS,
-                        help="auto: vggts when both checkpoints are local files, else geometric")
+                        help="auto: vggts when both checkpoints are local files (or --config test-tiny), else geometric")
     parser.add_argument("--config", default="vggt-1b", choices=MODEL_PRESETS)
     parser.add_argument("--vggt-checkpoint", default="", help="VGGT-1B model.pt (local path)")
     parser.add_argument("--head-checkpoint", default="", help="VGGT-S main_exp.pth (local path)")
@@ -51,11 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def choose_model(args: argparse.Namespace) -> ModelConfig:
+    from vggts_ros.backends import choose_backend
+
     learned_ready = bool(args.vggt_checkpoint and args.head_checkpoint
                          and Path(args.vggt_checkpoint).exists() and Path(args.head_checkpoint).exists())
-    backend = args.backend
-    if backend == "auto":
-        backend = "vggts" if learned_ready else "geometric"
+    backend = choose_backend(args.backend, args.config, args.vggt_checkpoint if learned_ready else "",
+                             args.head_checkpoint if learned_ready else "")
     model = ModelConfig(backend=backend, config=args.config, device=args.device)
     if args.vggt_checkpoint:
         model.vggt_checkpoint = args.vggt_checkpoint

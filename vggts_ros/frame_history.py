@@ -1,4 +1,4 @@
-"""Recent frames per camera, and per-camera frame sizes (no ROS).
+"""Recent frames per camera, per-camera frame sizes, and whether a frame is usable (no ROS).
 
 ``FrameHistory`` keeps the frames of the last ``seconds`` of each camera's stamps (at
 most ``max_frames``), so that a mask drawn in a UI on a frame shown a moment ago still
@@ -17,6 +17,8 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Deque, Dict, List, Optional, Tuple
+
+import numpy as np
 
 Size = Tuple[int, int]  # (height, width)
 
@@ -103,3 +105,14 @@ class SizeTracker:
             self._candidate[camera] = (size, count)
             return (f"frame size changed mid-stream to {size[1]}x{size[0]} (stream was {expected[1]}x{expected[0]}; "
                     f"accepted after {self.relock_after} consecutive frames of one new size)")
+
+
+def check_pixels(image: np.ndarray) -> str:
+    """Empty string for a usable frame, else why it is not (a dead or blank camera)."""
+    if image.size == 0:
+        return "image is empty"
+    if not np.isfinite(image).all():
+        return "image contains NaN or infinite values"
+    if image.max() == image.min():
+        return f"image is constant (all pixels = {image.flat[0]})"
+    return ""

@@ -53,6 +53,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from .stream import StatelessSegmentor
 from .types import SegmentationResult, TargetView
 
 from .prompts import kmeans_sample_points  # the reference sampler, shared with VGGT-S
@@ -127,7 +128,7 @@ def _bbox(mask: np.ndarray) -> Optional[Tuple[int, int, int, int]]:
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
-class GeometricSegmentor:
+class GeometricSegmentor(StatelessSegmentor):
     """Finds the source object in each target with SIFT, RANSAC and GrabCut (no weights)."""
 
     name = "geometric"

@@ -194,3 +194,33 @@ class Health:
             return OK, "ok"
         level = max(p[0] for p in problems)
         return level, "; ".join(m for _, m in sorted(problems, key=lambda p: -p[0]))
+
+
+class CameraEvents:
+    """Turns per-camera states seen over time into the events worth one log line each: a
+    camera that went stale, rejoined, or changed its frame size (no ROS)."""
+
+    def __init__(self) -> None:
+        self._stale: set = set()
+        self._changes: Dict[str, int] = {}
+
+    def update(self, stale: Iterable[str], size_changes: Dict[str, int], sizes: Dict[str, Optional[tuple]],
+               limits: Dict[str, Optional[float]]) -> List[Tuple[str, str]]:
+        """``(level, message)`` per change since the last call (WARN: stale, INFO: rejoined or
+        a new frame size accepted)."""
+        stale = set(stale)
+        out: List[Tuple[str, str]] = []
+        for cam in sorted(stale - self._stale):
+            limit = limits.get(cam)
+            out.append((WARN, f"camera {cam!r} went stale: no frame matched for "
+                              f"{'' if limit is None else f'{limit:.2f} s '}(sync.stale_after); sets go on without it"))
+        for cam in sorted(self._stale - stale):
+            out.append((OK, f"camera {cam!r} rejoined the synchronised sets"))
+        for cam, n in sorted(size_changes.items()):
+            if n > self._changes.get(cam, 0):
+                size = sizes.get(cam)
+                shown = f" to {size[1]}x{size[0]}" if size else ""
+                out.append((OK, f"camera {cam!r} changed its frame size{shown}; frames of the new size are used"))
+        self._stale = stale
+        self._changes = dict(size_changes)
+        return out

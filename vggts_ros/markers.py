@@ -56,21 +56,40 @@ def check_intrinsics(K: np.ndarray) -> np.ndarray:
     return K
 
 
+def projection_matrix(matrix: np.ndarray) -> np.ndarray:
+    """A 3x4 projection ``P`` from a ``CameraInfo`` ``P`` (12 values) or ``K`` (9 values, as
+    ``[K | 0]``). ``P`` is what RViz's Camera display and Foxglove project with: for a
+    rectified or stereo camera it differs from ``K`` (other focal lengths and principal
+    point, and ``P[3] = -fx * baseline`` for a right camera)."""
+    m = np.asarray(matrix, np.float64).reshape(-1)
+    if m.size == 9:
+        P = np.hstack([m.reshape(3, 3), np.zeros((3, 1))])
+    elif m.size == 12:
+        P = m.reshape(3, 4)
+    else:
+        raise ValueError(f"a camera matrix has 9 (K) or 12 (P) values, got {m.size}")
+    check_intrinsics(P[:, :3])
+    if not np.allclose(P[2], [0.0, 0.0, 1.0, 0.0]):
+        raise ValueError(f"the projection's last row must be [0, 0, 1, 0], got {P[2].tolist()}")
+    return P
+
+
 def pixels_to_rays(uv: np.ndarray, K: np.ndarray, depth: float = 1.0) -> np.ndarray:
-    """Pixels ``Nx2`` -> points ``Nx3`` on their viewing rays at ``depth`` (optical frame)."""
-    K = check_intrinsics(K)
+    """Pixels ``Nx2`` -> points ``Nx3`` at ``depth`` (optical frame) that ``K`` (3x3) or ``P``
+    (3x4, with its translation column) projects onto those pixels."""
+    P = projection_matrix(K)
     if not depth > 0:
         raise ValueError(f"depth must be > 0, got {depth}")
     uv = np.asarray(uv, np.float64).reshape(-1, 2)
-    x = (uv[:, 0] - K[0, 2] - K[0, 1] * (uv[:, 1] - K[1, 2]) / K[1, 1]) / K[0, 0]
-    y = (uv[:, 1] - K[1, 2]) / K[1, 1]
-    return np.stack([x * depth, y * depth, np.full(len(uv), float(depth))], axis=1)
+    rhs = np.stack([uv[:, 0] * depth, uv[:, 1] * depth, np.full(len(uv), float(depth))], axis=1) - P[:, 3]
+    return np.linalg.solve(P[:, :3], rhs.T).T
 
 
 def rays_to_pixels(points: np.ndarray, K: np.ndarray) -> np.ndarray:
-    """The inverse: optical-frame points ``Nx3`` -> pixels ``Nx2``."""
-    K = check_intrinsics(K)
-    p = np.asarray(points, np.float64).reshape(-1, 3) @ K.T
+    """The inverse: optical-frame points ``Nx3`` -> pixels ``Nx2`` through ``K`` or ``P``."""
+    P = projection_matrix(K)
+    pts = np.asarray(points, np.float64).reshape(-1, 3)
+    p = pts @ P[:, :3].T + P[:, 3]
     return p[:, :2] / p[:, 2:3]
 
 
@@ -79,7 +98,8 @@ def projected_point_markers(objects: Sequence[ObjectPointsView], K: np.ndarray, 
                             ns: str = "vggts") -> List[MarkerSpec]:
     """Per object: a POINTS marker of its visible projected points (id ``2*object_id``)
     and a text label above them (id ``2*object_id + 1``), coloured as in the overlays.
-    Objects with no visible point get neither (the node should then delete them)."""
+    Objects with no visible point get neither (the node should then delete them). ``K``:
+    the camera's ``P`` (3x4) where it has one, which is what viewers project with."""
     out: List[MarkerSpec] = []
     for obj in objects:
         xy = np.asarray(obj.target_xy, np.float64).reshape(-1, 2)

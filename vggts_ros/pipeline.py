@@ -9,6 +9,8 @@
    cropped targets, 5 for whole-frame targets); the R=2 zoom on the mask and its 5 prompts;
 2. **first pass** (step 2): one backbone pass over ``[source view, target 1, ..., N]``
    (targets letterboxed; a square one is simply resized), then the tracker per query set;
+   with ``PipelineConfig.geometry_heads`` VGGT's camera and depth heads run on the same
+   pass's tokens and each result gets its target's and source's geometry in frame pixels;
 3. **target inputs** (step 3): a cropped target gets the square crop around its
    projected points (10 outliers dropped, side from the schedule scaled by the frame's
    short side) and 5 clustered prompts; a whole-frame target is resized and its prompts
@@ -71,7 +73,9 @@ from vggts_ros import crops, precision, prompts, stream_reuse, transforms
 from vggts_ros.config import ModelConfig, ModelPreset, PipelineConfig, model_preset
 from vggts_ros.device import resolve_device
 from vggts_ros.models.union_head.refinement import check_identity, decode_with_refinement
-from vggts_ros.temporal import StreamRef, StreamStep, state_from_config
+from vggts_ros.stream import StreamState, StreamStep, check_stream
+from vggts_ros.stream_reuse import StreamReuse
+from vggts_ros.temporal import StreamRef, TemporalState, memory_from_config
 from vggts_ros.types import CROPPED_ROLES, SegmentationResult, TargetView
 
 OUTSIDE_LOGIT = transforms.OUTSIDE_LOGIT
@@ -135,6 +139,12 @@ def _group_means(values: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
         members = values[labels == c]
         out[c] = members.mean(axis=0) if len(members) else values[0]
     return out
+
+
+def _backbone_config(preset: ModelPreset, pipeline: Optional[PipelineConfig]):
+    """The preset's backbone, with the geometry heads when the pipeline asks for them."""
+    on = bool(pipeline is not None and pipeline.geometry_heads)
+    return dataclasses.replace(preset.backbone, geometry_heads=on) if on else preset.backbone
 
 
 class _StageClock:
@@ -254,13 +264,17 @@ class VGGTSegmentor:
                 kind = precision.plan(cfg.precision).autocast_device
                 if kind is None or kind == self.device.type:
                     self.backbone.dtype = precision.plan(cfg.precision).backbone_autocast
+        if cfg.geometry_heads and getattr(self.backbone, "camera_head", None) is None:
+            raise ValueError("PipelineConfig.geometry_heads needs a backbone built with "
+                             "BackboneConfig.geometry_heads (camera_head.* and depth_head.* of model.pt)")
         self.cfg = cfg
         self.image_size = size
         self.multi_view_features = bool(multi_view_features)
         self.joint_tracking = bool(joint_tracking)
-        # Temporal VGGT-S: memory per (object, target camera), used by streaming calls only
-        self.temporal = state_from_config(cfg.temporal, cfg.memory_frames, cfg.temporal_weights, self.head,
-                                          self.device)
+        # Temporal VGGT-S: the memory modules (None when off); the banks are in each caller's
+        # StreamState (init_stream), used by streamed calls only
+        self.memory = memory_from_config(cfg.temporal, cfg.memory_frames, cfg.temporal_weights, self.head,
+                                         self.device)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -312,7 +326,7 @@ class VGGTSegmentor:
         p = model_preset(preset) if isinstance(preset, str) else preset
         if p.backbone_seed is None or p.head_seed is None:
             raise ValueError("this preset has no weight seeds; its weights come from checkpoints")
-        backbone = fill_deterministic(VGGTBackbone(p.backbone), p.backbone_seed)
+        backbone = VGGTBackbone(_backbone_config(p, pipeline)).fill_deterministic(p.backbone_seed)
         head = fill_deterministic(UnionSegmentationHead(p.head), p.head_seed)
         backbone.dtype = dtype
         return cls(backbone, head, pipeline, device=device, image_size=p.image_size, **options)
@@ -334,7 +348,7 @@ class VGGTSegmentor:
         from vggts_ros.models.union_head import UnionSegmentationHead
 
         p = model_preset(preset) if isinstance(preset, str) else preset
-        backbone = VGGTBackbone.from_pretrained(vggt, cfg=p.backbone, map_location="cpu")
+        backbone = VGGTBackbone.from_pretrained(vggt, cfg=_backbone_config(p, pipeline), map_location="cpu")
         head_net = UnionSegmentationHead.from_pretrained(head, cfg=p.head)
         backbone.dtype = dtype
         return cls(backbone, head_net, pipeline, device=device, image_size=p.image_size, **options)
@@ -353,6 +367,15 @@ class VGGTSegmentor:
         return cls.from_checkpoints(vggt, head, "vggt-1b", pipeline, device=resolve_device(device), dtype=dtype)
 
     # ------------------------------------------------------------------ public API
+    def init_stream(self) -> StreamState:
+        """A new, empty stream state for :meth:`segment_objects` (``state=``): the Temporal
+        VGGT-S memory banks (``PipelineConfig.temporal``) and the stream-reuse record
+        (``PipelineConfig.stream_reuse``); empty when both are off."""
+        return StreamState(
+            temporal=TemporalState(self.memory) if self.memory is not None else None,
+            reuse=StreamReuse.from_config(self.cfg) if self.cfg.stream_reuse else None,
+        )
+
     def segment(
         self, source_image: np.ndarray, source_mask: np.ndarray, targets: Sequence[TargetView]
     ) -> List[SegmentationResult]:
@@ -361,13 +384,15 @@ class VGGTSegmentor:
 
     def segment_objects(
         self, source_image: np.ndarray, masks: Sequence[np.ndarray], targets: Sequence[TargetView],
-        stream: Optional[StreamStep] = None,
+        *, state: Optional[StreamState] = None, step: Optional[StreamStep] = None,
     ) -> List[List[SegmentationResult]]:
         """Several objects of one source view at once: ``result[o][t]`` is object ``o`` in
         target ``t``. The first backbone pass is shared by all objects and targets.
-        ``stream``: this call is one set of a video (stamp, object ids, source-mask
-        versions); with ``PipelineConfig.temporal`` each (object, target camera) then
-        decodes with the memory of its earlier sets (:mod:`vggts_ros.temporal`)."""
+        ``state`` (from :meth:`init_stream`) and ``step`` (stamp, object ids, source-mask
+        versions): this call is one set of a video; with ``PipelineConfig.temporal`` each
+        (object, target camera) decodes with the memory of its earlier sets
+        (:mod:`vggts_ros.temporal`), with ``stream_reuse`` confident targets skip the first
+        pass (:mod:`vggts_ros.stream_reuse`). Without them the call is stateless."""
         source_image = _check_image(source_image, "source image")
         if isinstance(masks, np.ndarray) and masks.ndim == 2:
             raise ValueError("masks must be a sequence of HxW masks (use segment() for one mask)")
@@ -381,17 +406,16 @@ class VGGTSegmentor:
                 raise ValueError(f"target {i} must be a TargetView, got {type(view).__name__}")
             _check_image(view.image, f"target {i} image" + (f" ({view.name})" if view.name else ""))
             _check_letterbox(view.image.shape[:2], self.image_size, f"target {i} image")
-        if stream is not None:
-            stream.check(len(binary))
+        check_stream(state, step, len(binary))
         if not binary or not targets:
             return [[] for _ in binary]
         with torch.inference_mode(), precision.precision_context(self.cfg.precision, self.device):
-            return self._run(source_image, binary, targets, stream=stream)
+            return self._run(source_image, binary, targets, state=state, step=step)
 
     # ------------------------------------------------------------------ the stage list
     def _run(
         self, source_image: np.ndarray, masks: List[np.ndarray], targets: List[TargetView], trace: Optional[dict] = None,
-        stream: Optional[StreamStep] = None,
+        state: Optional[StreamState] = None, step: Optional[StreamStep] = None,
     ) -> List[List[SegmentationResult]]:
         """Stages 1-6 of the module docstring; ``trace`` (tests) receives the sources, the
         first-pass tracks and each object's target inputs."""
@@ -399,17 +423,21 @@ class VGGTSegmentor:
         t_start = time.perf_counter()
         cropped = [is_cropped(v) for v in targets]
         # stream reuse (off by default): targets whose last masks stand in for the first pass
-        reuse = stream_reuse.for_segmentor(self)
-        prev = reuse.plan(len(masks), targets, cropped) if reuse is not None else [None] * len(targets)
+        reuse = state.reuse if state is not None else None
+        prev = reuse.plan(step.object_ids, targets, cropped) if reuse is not None else [None] * len(targets)
         full = [t for t in range(len(targets)) if prev[t] is None]  # targets of the first pass
         pos = {t: i + 1 for i, t in enumerate(full)}  # their frame index in it
         with clock("prompts"):
             sources = [self.prepare_source(source_image, m, any(cropped[t] for t in full),
                                            not all(cropped)) for m in masks]
             first_views = [transforms.letterbox(v.image.shape[:2], self.image_size) for v in targets]
+        geometry = {} if self.cfg.geometry_heads else None
         with clock("first_pass"):
-            tracks = (self.first_pass(sources, [first_views[t].image(targets[t].image) for t in full]) if full
-                      else [(None, None)] * len(sources))
+            tracks = (self.first_pass(sources, [first_views[t].image(targets[t].image) for t in full], geometry)
+                      if full else [(None, None)] * len(sources))
+        if geometry:
+            with clock("geometry"):
+                geometry = self.view_geometry(geometry, sources, [first_views[t] for t in full])
         shared = dict(clock.times)
         results = []
         for o, (src, (tr_first, tr_direct)) in enumerate(zip(sources, tracks)):
@@ -421,10 +449,16 @@ class VGGTSegmentor:
                     else self.direct_target(v.image, tr_direct, pos[t], src)
                     for t, v in enumerate(targets)
                 ]
-            refs = stream.refs(o, targets) if stream is not None and self.temporal is not None else None
-            logits = self.features_and_head(src, inputs, clock, refs, retrack=[p is not None for p in prev])
+            memory = state.temporal if state is not None else None
+            refs = step.refs(o, targets) if memory is not None else None
+            logits = self.features_and_head(src, inputs, clock, refs, retrack=[p is not None for p in prev],
+                                            memory=memory)
             with clock("recover"):
                 per_object = [self.recover_result(lg, ti) for lg, ti in zip(logits, inputs)]
+            if geometry:  # [source, first-pass targets] of this object's pass
+                for t, r in enumerate(per_object):
+                    r.source_geometry = geometry[o][0]
+                    r.geometry = geometry[o][pos[t]] if t in pos else None
             for r in per_object:
                 r.timings = dict(clock.times, total=0.0)
             results.append(per_object)
@@ -436,7 +470,7 @@ class VGGTSegmentor:
         for r in (r for per_object in results for r in per_object):
             r.timings["total"] = total
         if reuse is not None:
-            reuse.record(targets, results, [p is not None for p in prev])
+            reuse.record(step.object_ids, targets, results, [p is not None for p in prev])
         return results
 
     # ------------------------------------------------------------------ stages
@@ -454,10 +488,12 @@ class VGGTSegmentor:
         t = (t.double() / 255.0).float().to(self.dtype)
         return t.permute(0, 3, 1, 2).contiguous().unsqueeze(0)
 
-    def backbone_features(self, views: Sequence[np.ndarray]) -> torch.Tensor:
-        """One backbone pass (aggregator + DPT): ``[1, S, C, size/2, size/2]``."""
+    def backbone_features(self, views: Sequence[np.ndarray], geometry: bool = False):
+        """One backbone pass (aggregator + DPT): ``[1, S, C, size/2, size/2]``; with
+        ``geometry`` also the camera and depth heads on its tokens: ``(features, GeometryOutput)``."""
         with precision.autocast(self.cfg.precision, self.device, "backbone"):
-            return self.backbone(self.images_to_tensor(views)).features
+            out = self.backbone(self.images_to_tensor(views), geometry=geometry)
+        return (out.features, out.geometry) if geometry else out.features
 
     def track(self, features: torch.Tensor, query_sets: Sequence[np.ndarray]) -> List[Tracks]:
         """Track each set of frame-0 query points (network px) through all views."""
@@ -492,15 +528,21 @@ class VGGTSegmentor:
         direct = prompts.kmeans_sample_points(view.mask, cfg.prompt_points) if need_direct else None
         return SourceInput(view, first, direct, prompts.kmeans_sample_points(view.crop_mask, cfg.prompt_points))
 
-    def first_pass(self, sources: Sequence[SourceInput], target_views: Sequence[np.ndarray]):
+    def first_pass(self, sources: Sequence[SourceInput], target_views: Sequence[np.ndarray],
+                   geometry: Optional[dict] = None):
         """Stage 2: one backbone pass per distinct source view over ``[source, targets]``,
-        then each object's query sets tracked. Returns ``(first, direct)`` tracks per object."""
+        then each object's query sets tracked. Returns ``(first, direct)`` tracks per object.
+        ``geometry`` (a dict): receives, per object, its pass's camera and depth heads
+        (``GeometryOutput``) run on that pass's tokens."""
         out: List[Tuple[Optional[Tracks], Optional[Tracks]]] = [(None, None)] * len(sources)
         groups: Dict[Tuple[int, ...], List[int]] = {}
         for o, s in enumerate(sources):
             groups.setdefault(tuple(s.view.square.box), []).append(o)
         for members in groups.values():
-            feats = self.backbone_features([sources[members[0]].view.image] + list(target_views))
+            feats = self.backbone_features([sources[members[0]].view.image] + list(target_views), geometry is not None)
+            if geometry is not None:
+                feats, geo = feats
+                geometry.update({o: geo for o in members})
             sets = [q for o in members for q in (sources[o].first_points, sources[o].direct_points) if q is not None]
             found = iter(self.track(feats, sets))
             for o in members:
@@ -508,6 +550,22 @@ class VGGTSegmentor:
                 out[o] = (next(found) if s.first_points is not None else None,
                           next(found) if s.direct_points is not None else None)
             del feats
+        return out
+
+    def view_geometry(self, heads: dict, sources: Sequence[SourceInput],
+                      target_views: Sequence[transforms.ViewTransform]) -> dict:
+        """The heads' outputs of each object's first pass in frame pixels: object ->
+        ``[source ViewGeometry, first-pass target ViewGeometry, ...]`` (poses relative to the
+        source camera); objects sharing a pass share its list."""
+        from vggts_ros.geometry.camera import view_geometries
+
+        done: Dict[int, list] = {}
+        out = {}
+        for o, g in heads.items():
+            if id(g) not in done:
+                views = [sources[o].view.square] + list(target_views)
+                done[id(g)] = view_geometries(g.pose_encoding[0], g.depth[0, ..., 0], g.depth_conf[0], views)
+            out[o] = done[id(g)]
         return out
 
     def cropped_target(self, image: np.ndarray, first_view: transforms.Letterbox, tracks: Tracks,
@@ -560,11 +618,11 @@ class VGGTSegmentor:
 
     def features_and_head(self, src: SourceInput, inputs: List[TargetInput], clock: _StageClock,
                           refs: Optional[List[StreamRef]] = None,
-                          retrack: Sequence[bool] = ()) -> List[torch.Tensor]:
+                          retrack: Sequence[bool] = (), memory: Optional[TemporalState] = None) -> List[torch.Tensor]:
         """Stages 4-5: features of ``[source zoom, target inputs]`` (one pass, or one per
         target with ``multi_view_features=False``), optional second pass (always for the
         targets flagged in ``retrack``: stream reuse), then the head (``refs``: each
-        target's temporal stream, see :meth:`decode`).
+        target's stream in ``memory``, see :meth:`decode`).
         Returns each target's last network-size logits ``[size, size]`` (on the device)."""
         fulls: List[torch.Tensor] = [None] * len(inputs)  # type: ignore[list-item]
         groups = [list(range(len(inputs)))] if self.multi_view_features else [[t] for t in range(len(inputs))]
@@ -578,7 +636,7 @@ class VGGTSegmentor:
                         inputs[t] = self.second_pass(f, src, j + 1, inputs[t], tracked)
             with clock("head"):
                 full, _ = self.decode(f, src.prompts, [inputs[t].prompts for t in group], src.crop_mask,
-                                      refs=[refs[t] for t in group] if refs is not None else None)
+                                      refs=[refs[t] for t in group] if refs is not None else None, memory=memory)
             for j, t in enumerate(group):
                 fulls[t] = full[j, 0]
             del f
@@ -592,13 +650,14 @@ class VGGTSegmentor:
         src_mask: np.ndarray,
         target_indices: Optional[Sequence[int]] = None,
         refs: Optional[Sequence[StreamRef]] = None,
+        memory: Optional[TemporalState] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Head on ``features`` ``[1, S, C, g, g]`` (frame 0 = source zoom): one encode,
         ``1 + refine_iterations`` decodes, batched over the targets (frames
         ``target_indices``, default ``1..S-1``). Returns (full ``[T,1,size,size]``,
-        low-res ``[T,1,4g,4g]``) logits of the last pass. ``refs`` (one per target, with
-        ``PipelineConfig.temporal``): decode each target with its stream's memory and
-        write the result to it (:meth:`vggts_ros.temporal.TemporalState.decode_rows`)."""
+        low-res ``[T,1,4g,4g]``) logits of the last pass. ``refs`` (one per target) and
+        ``memory`` (a stream state's Temporal VGGT-S banks): decode each target with its
+        stream's memory and write the result to it (:meth:`TemporalState.decode_rows`)."""
         feats = features[0]
         idx = list(target_indices) if target_indices is not None else list(range(1, feats.shape[0]))
         t = len(idx)
@@ -609,8 +668,8 @@ class VGGTSegmentor:
         mask = as_t(src_mask)[None].expand(t, -1, -1)
         with precision.autocast(self.cfg.precision, self.device, "head"):
             ctx = self.head.encode(feat_map, src.contiguous(), tar, mask.contiguous())
-            if refs is not None and self.temporal is not None:
-                return self.temporal.decode_rows(self.head, ctx, refs, self.cfg.refine_iterations,
+            if refs is not None and memory is not None:
+                return memory.decode_rows(self.head, ctx, refs, self.cfg.refine_iterations,
                                                  self.cfg.point_identity)
             return decode_with_refinement(self.head, ctx, self.cfg.refine_iterations, self.cfg.point_identity)
 

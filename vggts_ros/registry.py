@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -43,6 +43,13 @@ class ObjectRegistry:
         self.lock = threading.RLock()
         self._objects: Dict[int, TrackedObject] = {}
         self.generation = 0
+        # change listeners ``fn(event, payload)``, called under the lock: ("put", object),
+        # ("advance", object), ("clear", [ids]) (e.g. the node's object store)
+        self.listeners: List[Callable[[str, object], None]] = []
+
+    def _notify(self, event: str, payload) -> None:
+        for fn in list(self.listeners):
+            fn(event, payload)
 
     def __len__(self) -> int:
         with self.lock:
@@ -82,6 +89,7 @@ class ObjectRegistry:
             self.generation += 1
             obj = TrackedObject(object_id, camera, label, image, mask, stamp, self.generation)
             self._objects[object_id] = obj
+            self._notify("put", obj)
             return obj, replaced
 
     def clear(self, object_id: int = 0) -> List[int]:
@@ -96,6 +104,7 @@ class ObjectRegistry:
             else:
                 raise RegistryError(f"no object with id {object_id}; current ids: {sorted(self._objects)}")
             self.generation += 1
+            self._notify("clear", removed)
             return removed
 
     def snapshot(self) -> Tuple[int, List[TrackedObject]]:
@@ -114,6 +123,7 @@ class ObjectRegistry:
             current = self._objects.get(obj.object_id)
             if current is not obj:
                 return False
-            self._objects[obj.object_id] = TrackedObject(obj.object_id, obj.camera, obj.label, image, mask, stamp,
-                                                         obj.generation)
+            moved = TrackedObject(obj.object_id, obj.camera, obj.label, image, mask, stamp, obj.generation)
+            self._objects[obj.object_id] = moved
+            self._notify("advance", moved)
             return True

@@ -42,8 +42,10 @@ import numpy as np
 
 from vggts_ros import bags
 from vggts_ros.config import CameraConfig, SyncConfig
+from vggts_ros.registry import MAX_OBJECT_ID, ObjectRegistry, RegistryError
+from vggts_ros.set_processor import CameraOutput, SetProcessor, apply_advances, compose_labels  # noqa: F401
 from vggts_ros.sync import ApproximateTimeSync, SyncSet
-from vggts_ros.types import ROLES, SegmentationResult, TargetView
+from vggts_ros.types import ROLES
 
 _IMAGE_TYPES = (bags.IMAGE, bags.COMPRESSED)
 _SUFFIXES = {"image_raw", "image", "compressed", "image_rect", "image_color", "image_rect_color", "image_mono"}
@@ -98,11 +100,27 @@ class ReplayResult:
     sets: List[SyncSet]  # every set the synchroniser emitted (frames replaced by stamps)
     outputs: Dict[str, List[int]]  # camera -> stamps (ns) of the masks written
     scores: List[ScoreRow]
-    skipped_frames: Dict[str, int]
+    skipped_frames: Dict[str, int]  # camera -> frames not used (undecodable, blank, another size)
     messages_read: int
     seconds: float
     sync_stats: Dict
     results: List[Dict] = field(default_factory=list)  # per target frame and object: path, reason, area
+    stream: Dict[str, str] = field(default_factory=dict)  # the stream state at the end (temporal memory)
+    frames_read: Dict[str, int] = field(default_factory=dict)  # camera -> its messages in the bag
+    skip_reasons: Dict[str, Dict[str, int]] = field(default_factory=dict)  # camera -> reason -> frames
+
+    def camera_problems(self) -> List[str]:
+        """One line per camera that gave nothing usable or lost frames (empty when all is well)."""
+        lines = []
+        for cam in self.cameras:
+            read, skipped = self.frames_read.get(cam.name, 0), self.skipped_frames.get(cam.name, 0)
+            if read == 0:
+                lines.append(f"camera {cam.name!r}: no messages on {cam.topic} in the bag")
+            elif skipped:
+                why = "; ".join(f"{n} x {r}" for r, n in sorted(self.skip_reasons.get(cam.name, {}).items(),
+                                                             key=lambda kv: -kv[1]))
+                lines.append(f"camera {cam.name!r}: {skipped} of {read} frames skipped ({why})")
+        return lines
 
     def empty_reasons(self) -> Dict[str, int]:
         """Why target masks came out empty (reason -> count; every empty mask has one)."""
@@ -141,16 +159,6 @@ class _Frame:
         return self._rgb
 
 
-@dataclass
-class _Object:
-    object_id: int
-    camera: str
-    label: str
-    image: np.ndarray
-    mask: np.ndarray
-    stamp_ns: int
-
-
 def _labels_of(msg, what: str) -> np.ndarray:
     """A mono8/8UC1 label image message -> ``HxW`` uint8 (value = object id)."""
     if msg.encoding not in ("mono8", "8UC1"):
@@ -178,15 +186,6 @@ def camera_name_from_topic(topic: str) -> str:
 
 
 # ----------------------------------------------------------------------------- composition
-def compose_labels(shape: Tuple[int, int], pairs: Sequence[Tuple[int, SegmentationResult]]) -> np.ndarray:
-    """One mono8 label image from several objects' masks; a higher score wins overlaps
-    (the node's rule)."""
-    labels = np.zeros(shape, np.uint8)
-    for object_id, result in sorted(pairs, key=lambda p: p[1].score):
-        labels[np.asarray(result.mask, bool)] = object_id
-    return labels
-
-
 def points_msg(header, source_camera: str, target_camera: str, entries):
     """``vggts_ros/msg/ProjectedPoints`` (rosbags type) from (object, result, area) entries."""
     ts = bags.typestore()
@@ -261,16 +260,18 @@ class _Replayer:
         self.cameras = self._cameras()
         self.roles = {c.name: c.role for c in self.cameras}
         self.topic_camera = {c.topic: c.name for c in self.cameras}
-        self.objects: Dict[int, _Object] = {}
+        self.objects = ObjectRegistry(max_objects=MAX_OBJECT_ID, max_label_length=1 << 16)
+        self.processor: Optional[SetProcessor] = None  # made once the backend is loaded
         self.pending: List[SourceMask] = list(options.source_masks)
         self.topic_masks: Dict[str, Dict[int, np.ndarray]] = {}  # camera -> stamp -> labels
         self.gt: Dict[str, Dict[int, np.ndarray]] = {}
-        self.sizes: Dict[str, Tuple[int, int]] = {}
         self.sets: List[SyncSet] = []
         self.outputs: Dict[str, List[int]] = {c.name: [] for c in self.cameras}
         self.scores: List[ScoreRow] = []
         self.skipped: Dict[str, int] = {c.name: 0 for c in self.cameras}
         self.reasons: Dict[str, str] = {}
+        self.skip_reasons: Dict[str, Dict[str, int]] = {c.name: {} for c in self.cameras}
+        self.read: Dict[str, int] = {c.name: 0 for c in self.cameras}
         self.results: List[Dict] = []
 
     # -- configuration against the bag
@@ -357,25 +358,26 @@ class _Replayer:
                 self._add_object(oid, frame, labels == oid, f"object {oid}", f"mask topic of camera {frame.camera!r}")
 
     def _add_object(self, object_id: int, frame: _Frame, mask: np.ndarray, label: str, what: str) -> None:
-        image = frame.rgb()
+        try:
+            image = frame.rgb()
+        except ValueError as exc:
+            raise ReplayError(f"{what}: the frame it was drawn on (camera {frame.camera!r} at {frame.stamp:.6f} s) "
+                              f"cannot be decoded: {exc}") from exc
         if mask.shape != image.shape[:2]:
             raise ReplayError(f"{what} is {mask.shape[1]}x{mask.shape[0]} but the camera's frames are "
                               f"{image.shape[1]}x{image.shape[0]} (width x height)")
         if not mask.any():
             raise ReplayError(f"{what} is empty: no nonzero pixel marks the object")
-        self.objects[object_id] = _Object(object_id, frame.camera, label, image, mask.astype(bool), frame.stamp_ns)
+        try:  # a new mask for an existing id replaces it (its memory restarts), as set_source_mask does
+            self.objects.put(frame.camera, label, image, mask.astype(bool), frame.stamp, object_id)
+        except RegistryError as exc:
+            raise ReplayError(f"{what}: {exc}") from exc
 
     # -- pass 2: camera streams through the synchroniser
     def run(self) -> Tuple[int, Dict]:
         s = self.opt.sync
-        names = [c.name for c in self.cameras]
-        sync = ApproximateTimeSync(  # as the node builds it
-            names, slop=s.slop, queue_size=s.queue_size, stale_after=s.stale_after,
-            required=[c.name for c in self.cameras if getattr(c, "required", False)],
-            min_cameras=min(getattr(s, "min_cameras", 2), len(names)),
-            **{k: getattr(s, k) for k in ("jump_threshold", "correct_offset_above", "stale_periods", "stale_after_min")
-               if hasattr(s, k)},
-        )
+        sync = ApproximateTimeSync.from_config(s, self.cameras)
+        self.processor = SetProcessor(self.segmentor, self.roles, self.opt.source_mode, stale_after=s.stale_after)
         conns = [c for c in self.reader.connections if c.topic in self.topic_camera]
         total = sum(int(getattr(c, "msgcount", 0) or 0) for c in conns)
         progress = _Progress(total, self.opt.progress)
@@ -385,6 +387,7 @@ class _Replayer:
                 camera = self.topic_camera[conn.topic]
                 msg = bags.deserialize(raw, conn.msgtype)
                 frame = _Frame(camera, bags.stamp_of(msg), int(log_ns), msg, conn.msgtype == bags.COMPRESSED)
+                self.read[camera] += 1
                 if self.opt.copy_inputs:
                     self.writer.write_raw(conn.topic, conn.msgtype, raw, log_ns)
                 self._attach(frame)
@@ -399,7 +402,11 @@ class _Replayer:
         finally:
             progress.close()
         if self.pending:
-            missing = ", ".join(f"camera {p.camera!r} at {p.stamp:.6f} s" for p in self.pending)
+            def where(p: SourceMask) -> str:
+                if not self.read[p.camera]:
+                    return f"camera {p.camera!r}, which has no messages in the bag"
+                return f"camera {p.camera!r} " + ("(its first frame)" if p.stamp is None else f"at {p.stamp:.6f} s")
+            missing = ", ".join(where(p) for p in self.pending)
             raise ReplayError(f"no frame for the source mask(s) of {missing} (within {STAMP_TOLERANCE * 1e3:.0f} ms)")
         unused = {cam: sorted(v) for cam, v in self.topic_masks.items() if v}
         if unused:
@@ -408,88 +415,43 @@ class _Replayer:
                               f"{stamps[0] * 1e-9:.6f} s (masks must carry the stamp of the frame they were drawn on)")
         return count, sync.stats()
 
-    def _usable(self, item: SyncSet) -> Dict[str, Tuple[_Frame, np.ndarray]]:
-        from vggts_ros.ros.conversions import ImageError, check_pixels
-
-        usable = {}
-        for name, frame in item.messages.items():
-            try:
-                image = frame.rgb()
-                problem = check_pixels(image)
-            except ImageError as exc:
-                problem = f"cannot decode: {exc}"
-            if not problem:
-                expected = self.sizes.setdefault(name, image.shape[:2])
-                if image.shape[:2] != expected:
-                    problem = f"frame size changed to {image.shape[1]}x{image.shape[0]}"
-            if problem:
-                self.skipped[name] += 1
-                if self.reasons.get(name) != problem:
-                    print(f"replay: camera {name!r}: frame at {frame.stamp:.3f} s skipped: {problem}", file=sys.stderr)
-                self.reasons[name] = problem
-                continue
-            usable[name] = (frame, image)
-        return usable
-
     def _process(self, item: SyncSet) -> None:
         self.sets.append(SyncSet(item.stamp, {n: f.stamp_ns for n, f in item.messages.items()}, item.stamps,
                                  item.missing))
-        newest = max(f.stamp_ns for f in item.messages.values())
-        objects = [o for o in self.objects.values() if o.stamp_ns <= newest]
+        newest = max(f.stamp_ns for f in item.messages.values()) * 1e-9
+        _, objects = self.objects.snapshot()
+        objects = [o for o in objects if o.stamp <= newest]  # an object applies from its frame on
         if not objects:
             return
-        frames = self._usable(item)
-        per_target: Dict[str, List[Tuple[_Object, SegmentationResult]]] = {}
-        groups: Dict[Tuple[str, int], List[_Object]] = {}
-        for obj in sorted(objects, key=lambda o: o.object_id):
-            groups.setdefault((obj.camera, obj.stamp_ns), []).append(obj)
-        track = self.opt.source_mode == "track"
-        advances = []
-        for (camera, stamp_ns), members in groups.items():
-            targets = [n for n in frames if n != camera]
-            if track and camera in frames and frames[camera][0].stamp_ns > stamp_ns:
-                targets.append(camera)  # the source camera's newer frame: the object moves on
-            if not targets:
-                continue
-            views = [TargetView(frames[n][1], role=self.roles[n], name=n) for n in targets]
-            if len(members) > 1 and hasattr(self.segmentor, "segment_objects"):
-                per_object = self.segmentor.segment_objects(members[0].image, [m.mask for m in members], views)
-            else:
-                per_object = [self.segmentor.segment(m.image, m.mask, views) for m in members]
-            for obj, results in zip(members, per_object):
-                for name, result in zip(targets, results):
-                    if name == camera:
-                        advances.append((obj, frames[name], result))
-                    per_target.setdefault(name, []).append((obj, result))
-        for obj, (frame, image), result in advances:  # as the node: lost objects keep their frame
-            if result.mask.any():
-                obj.image, obj.mask, obj.stamp_ns = image, result.mask.astype(bool), frame.stamp_ns
-        for name in [c.name for c in self.cameras]:
-            if name in per_target:
-                self._write(name, frames[name], per_target[name])
+        frames, rejected = self.processor.usable(item.messages, lambda f: f.rgb(), lambda f: f.stamp)
+        for r in rejected:
+            self.skipped[r.camera] += 1
+            counts = self.skip_reasons[r.camera]
+            counts[r.problem] = counts.get(r.problem, 0) + 1
+            if self.reasons.get(r.camera) != r.problem:
+                print(f"replay: camera {r.camera!r}: frame at {r.stamp:.3f} s skipped: {r.problem}", file=sys.stderr)
+            self.reasons[r.camera] = r.problem
+        output = self.processor.process(item.stamp, frames, objects)
+        apply_advances(output, self.objects)  # lost objects keep their frame, as in the node
+        for cam in output.cameras:
+            self._write(cam)
 
-    def _write(self, camera: str, frame_image: Tuple[_Frame, np.ndarray], pairs) -> None:
+    def _write(self, out: CameraOutput) -> None:
         from vggts_ros import metrics
         from vggts_ros.visualize import overlay_masks
 
-        frame, image = frame_image
+        camera, frame, labels = out.camera, out.frame.meta, out.labels
         header = frame.msg.header
-        from vggts_ros import outcome
-
-        labels = compose_labels(image.shape[:2], [(o.object_id, r) for o, r in pairs])
-        # as the node: each result's path, and a reason for every empty mask
-        backend = getattr(self.segmentor, "name", type(self.segmentor).__name__)
-        told = outcome.annotate(labels, [(o.object_id, r) for o, r in pairs], backend)
-        pairs = [(o, t) for (o, _), t in zip(pairs, told)]
-        entries = [(o, r, int((labels == o.object_id).sum())) for o, r in pairs]
-        sources = ",".join(sorted({o.camera for o, _ in pairs}))
+        entries = [(o.object, o.result, o.area) for o in out.objects]
         ns = self.opt.namespace.rstrip("/")
         mask = bags.image_msg(labels, "mono8", 0)
         mask.header = header
         self.writer.write(f"{ns}/{camera}/mask", mask, frame.log_ns)
-        self.writer.write(f"{ns}/{camera}/points", points_msg(header, sources, camera, entries), frame.log_ns)
+        self.writer.write(f"{ns}/{camera}/points", points_msg(header, out.source_cameras, camera, entries),
+                          frame.log_ns)
         if self.opt.overlay:
-            drawn = overlay_masks(image, labels, [np.asarray(r.target_points).reshape(-1, 2) for _, r in pairs])
+            drawn = overlay_masks(out.frame.image, labels,
+                                  [np.asarray(o.result.target_points).reshape(-1, 2) for o in out.objects])
             over = bags.image_msg(drawn, "rgb8", 0)
             over.header = header
             self.writer.write(f"{ns}/{camera}/overlay", over, frame.log_ns)
@@ -503,7 +465,7 @@ class _Replayer:
         if gt.shape != labels.shape:
             raise ReplayError(f"ground truth of camera {camera!r} is {gt.shape[1]}x{gt.shape[0]} but its frames are "
                               f"{labels.shape[1]}x{labels.shape[0]}")
-        for obj, _ in sorted(pairs, key=lambda p: p[0].object_id):
+        for obj in sorted((o.object for o in out.objects), key=lambda o: o.object_id):
             g, p = gt == obj.object_id, labels == obj.object_id
             self.scores.append(ScoreRow(camera, frame.stamp_ns, obj.object_id, metrics.iou(g, p),
                                         metrics.location_error(g, p), metrics.contour_accuracy(g, p),
@@ -532,8 +494,9 @@ def replay(input_path: str | Path, out_path: str | Path, segmentor, options: Rep
         writer.close()
     finally:
         reader.close()
+    stream = rp.processor.state.describe() if rp.processor is not None else {}
     return ReplayResult(rp.cameras, rp.sets, rp.outputs, rp.scores, rp.skipped, count,
-                        time.monotonic() - t0, stats, rp.results)
+                        time.monotonic() - t0, stats, rp.results, stream, dict(rp.read), rp.skip_reasons)
 
 
 def format_scores(result: ReplayResult) -> str:

@@ -13,6 +13,15 @@
 * Hard cases for the weight-free backend: :func:`tall_scene` (tall boxes, exo cameras at
   wide baselines) and :func:`textureless_scene` (a flat-coloured box);
   :func:`load_scene` builds any of them from a short name (``tall:0``).
+
+Geometry ground truth: every view has an exact depth map (``Scene.depth``: z along the
+camera's optical axis in metres, NaN where nothing is seen; the floor too), every camera
+its pinhole model (``Scene.cameras``, optical frame x right, y down, z forward) and every
+synthetic box its true pose and size (``Scene.box``, in the world or in a camera's
+optical frame). The synthetic depth is the ray-plane intersection of each pixel centre
+with the surface that painted it; the motorcycle's is Middlebury's ground-truth
+disparity through the calibration (left view), forward-warped with a z-buffer into the
+right view like its mask.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from .geometry.boxes import OrientedBox
 from .types import TargetView
 
 
@@ -46,13 +56,29 @@ class Camera:
         uv = cam @ self.K.T
         return uv[:, :2] / uv[:, 2:3], cam[:, 2]
 
+    @property
+    def T_cam_from_world(self) -> np.ndarray:
+        """4x4 world -> this camera's optical frame (x right, y down, z forward)."""
+        T = np.eye(4)
+        T[:3, :3], T[:3, 3] = self.R, self.t
+        return T
+
+    @property
+    def T_world_from_cam(self) -> np.ndarray:
+        """4x4 pose of the camera in the world (optical frame -> world)."""
+        T = np.eye(4)
+        T[:3, :3], T[:3, 3] = self.R.T, self.center
+        return T
+
 
 @dataclass
 class Scene:
     """A set of views of one moment, with per-view object masks.
 
     ``views[name] = (RGB uint8 image, role)``; ``masks[name][object_id] = HxW bool``;
-    ``source`` is the camera the object is marked in.
+    ``source`` is the camera the object is marked in. ``depths[name]`` = HxW float64
+    depth in metres (z in the optical frame, NaN where nothing), ``boxes[object_id]`` the
+    true box in the world (scenes whose objects are boxes).
     """
 
     name: str
@@ -61,6 +87,8 @@ class Scene:
     source: str
     cameras: Dict[str, Camera] = field(default_factory=dict)
     meta: Dict = field(default_factory=dict)
+    depths: Dict[str, np.ndarray] = field(default_factory=dict)
+    boxes: Dict[int, OrientedBox] = field(default_factory=dict)
 
     @property
     def object_ids(self) -> List[int]:
@@ -86,6 +114,28 @@ class Scene:
 
     def target_views(self) -> List[TargetView]:
         return [TargetView(self.image(n), self.role(n), n) for n in self.targets]
+
+    def depth(self, camera: str) -> np.ndarray:
+        """Exact depth of that view (HxW float64 metres along the optical axis, NaN: nothing)."""
+        if camera not in self.depths:
+            raise KeyError(f"scene {self.name!r} has no depth for camera {camera!r}")
+        return self.depths[camera]
+
+    def box(self, object_id: int, camera: Optional[str] = None) -> OrientedBox:
+        """The object's true box in the world, or in ``camera``'s optical frame."""
+        if object_id not in self.boxes:
+            raise KeyError(f"scene {self.name!r} has no true box for object {object_id}")
+        b = self.boxes[object_id]
+        return b if camera is None else b.transformed(self.cameras[camera].T_cam_from_world)
+
+    def surface_points(self, camera: str, object_id: int) -> np.ndarray:
+        """The object's visible surface in that view: the exact depth under its exact mask,
+        unprojected through the camera (Nx3 float64, the camera's optical frame)."""
+        K = self.cameras[camera].K
+        mask = self.mask(camera, object_id) & np.isfinite(self.depth(camera))
+        v, u = np.nonzero(mask)
+        z = self.depth(camera)[v, u]
+        return np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z], axis=1)
 
 
 # ----------------------------------------------------------------------------- textures
@@ -220,7 +270,10 @@ def _box_faces(center_xy, size_xyz, yaw, texture, object_id, light) -> List[_Fac
     return out
 
 
-def _render_floor(cam: Camera, floor: np.ndarray, extent: float, sky: np.ndarray) -> np.ndarray:
+def _render_floor(cam: Camera, floor: np.ndarray, extent: float, sky: np.ndarray,
+                  with_depth: bool = False):
+    """The floor (z = 0) by ray casting: image, and with ``with_depth`` also its depth
+    (the ray parameter of a camera ray with unit z, NaN where a ray misses the floor)."""
     w, h = cam.size
     xs, ys = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
     rays = np.stack([xs, ys, np.ones_like(xs)], -1) @ np.linalg.inv(cam.K).T @ cam.R  # world dirs
@@ -239,14 +292,33 @@ def _render_floor(cam: Camera, floor: np.ndarray, extent: float, sky: np.ndarray
     img = cv2.remap(floor, mapx, mapy, cv2.INTER_LINEAR,
                     borderMode=cv2.BORDER_CONSTANT, borderValue=plain)
     img[~hit] = sky
+    if with_depth:
+        return img, np.where(hit, s, np.nan)
     return img
 
 
+def _face_depth(cam: Camera, face: _Face, cover: np.ndarray) -> np.ndarray:
+    """Depth (z in the optical frame) of ``face``'s plane at the pixel centres of ``cover``."""
+    v, u = np.nonzero(cover)
+    n_c = cam.R @ face.normal
+    o_c = cam.R @ face.origin + cam.t
+    Kinv = np.linalg.inv(cam.K)
+    rays = Kinv[:, 0][None] * u[:, None] + Kinv[:, 1][None] * v[:, None] + Kinv[:, 2][None]  # z = 1
+    return (n_c @ o_c) / (rays @ n_c)
+
+
 def render(cam: Camera, faces: Sequence[_Face], floor: np.ndarray, extent: float,
-           sky=(170, 180, 190)) -> Tuple[np.ndarray, np.ndarray]:
-    """Image (RGB uint8) and id map (0 = floor) seen by ``cam``; painter's order, culled backs."""
+           sky=(170, 180, 190), depth: bool = False):
+    """Image (RGB uint8) and id map (0 = floor) seen by ``cam``; painter's order, culled backs.
+
+    With ``depth=True`` also the exact depth map (HxW float64, metres along the optical
+    axis, NaN where no surface is seen): ``(img, ids, depth)``. The image and ids do not
+    depend on ``depth``."""
     w, h = cam.size
-    img = _render_floor(cam, floor, extent, np.asarray(sky, np.uint8))
+    if depth:
+        img, zmap = _render_floor(cam, floor, extent, np.asarray(sky, np.uint8), with_depth=True)
+    else:
+        img = _render_floor(cam, floor, extent, np.asarray(sky, np.uint8))
     ids = np.zeros((h, w), np.int32)
     c = cam.center
     visible = [f for f in faces if float(f.normal @ (c - f.center)) > 1e-9]
@@ -258,8 +330,8 @@ def render(cam: Camera, faces: Sequence[_Face], floor: np.ndarray, extent: float
     visible.sort(key=lambda f: (-obj_depth[f.object_id], -float(np.linalg.norm(f.center - c))))
     for f in visible:
         th, tw = f.texture.shape[:2]
-        _, depth = cam.project(f.corners())
-        if depth.min() < 0.05:
+        _, corner_depth = cam.project(f.corners())
+        if corner_depth.min() < 0.05:
             raise ValueError("an object face is behind or too close to a camera; move the camera")
         A = np.column_stack([f.u / tw, f.v / th, f.origin])
         H = cam.K @ (cam.R @ A + np.column_stack([np.zeros(3), np.zeros(3), cam.t]))
@@ -271,6 +343,10 @@ def render(cam: Camera, faces: Sequence[_Face], floor: np.ndarray, extent: float
                                     borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
         img[cover] = warped[cover]
         ids[cover] = f.object_id
+        if depth:
+            zmap[cover] = _face_depth(cam, f, cover)
+    if depth:
+        return img, ids, zmap
     return img, ids
 
 
@@ -312,6 +388,7 @@ def synthetic_scene(
 
     faces: List[_Face] = []
     boxes: Dict[int, np.ndarray] = {}  # object id -> 8x3 world corners
+    true_boxes: Dict[int, OrientedBox] = {}
     placed: List[Tuple[np.ndarray, float]] = []
     for oid in range(1, n_objects + 1):
         size = (rng.uniform(footprint[0], footprint[1]), rng.uniform(footprint[2], footprint[3]),
@@ -329,10 +406,13 @@ def synthetic_scene(
         tex = random_texture(rng, (384, 384), shapes=120, text=16)
         if oid in plain:  # drawn all the same, so the other objects stay as they were
             tex = plain_texture(np.random.default_rng([seed, oid]), (384, 384))
-        box = _box_faces(xy, size, rng.uniform(0, math.pi), tex, oid, light)
+        yaw = rng.uniform(0, math.pi)
+        box = _box_faces(xy, size, yaw, tex, oid, light)
         faces += box
         top = box[0].corners()
         boxes[oid] = np.concatenate([top, top - np.array([0.0, 0.0, size[2]])])
+        axes = np.array([[math.cos(yaw), -math.sin(yaw), 0.0], [math.sin(yaw), math.cos(yaw), 0.0], [0.0, 0.0, 1.0]])
+        true_boxes[oid] = OrientedBox(np.array([xy[0], xy[1], 0.5 * size[2]]), np.array(size, float), axes)
 
     az0 = rng.uniform(0, 360)
     cams: Dict[str, Camera] = {}
@@ -345,9 +425,9 @@ def synthetic_scene(
         cams[f"exo{k}"] = orbit_camera(az, rng.uniform(38, 48), rng.uniform(3.8, 4.3), 55.0, exo_size)
         roles[f"exo{k}"] = "exo"
 
-    views, masks = {}, {}
+    views, masks, depths = {}, {}, {}
     for name_, cam in cams.items():
-        img, ids = render(cam, faces, floor, extent)
+        img, ids, depths[name_] = render(cam, faces, floor, extent, depth=True)
         if noise > 0:
             img = np.clip(img + rng.normal(0, noise, img.shape), 0, 255).astype(np.uint8)
         views[name_] = (img, roles[name_])
@@ -359,6 +439,8 @@ def synthetic_scene(
         source="ego",
         cameras=cams,
         meta={"seed": seed, "boxes": boxes},
+        depths=depths,
+        boxes=true_boxes,
     )
 
 
@@ -432,6 +514,49 @@ def motorcycle_floor_plane(disparity: np.ndarray) -> np.ndarray:
     return coef
 
 
+# Calibration of the down-sampled pair (scikit-image's ``stereo_motorcycle`` docstring,
+# Middlebury 2014 calib.txt divided by 4): focal length and principal point of the left
+# camera in px, the principal points' x offset of the right camera (doffs) in px, baseline
+# in metres. Depth z = f * baseline / (disparity + doffs).
+MOTORCYCLE_FOCAL = 994.978
+MOTORCYCLE_PRINCIPAL = (311.193, 254.877)
+MOTORCYCLE_DOFFS = 31.086
+MOTORCYCLE_BASELINE = 0.193001
+
+
+def motorcycle_cameras(size: Tuple[int, int]) -> Dict[str, Camera]:
+    """The rectified pair: both cameras look along the world z (the left optical frame is
+    the world), the right one ``MOTORCYCLE_BASELINE`` m to the right (+x)."""
+    f, (cx, cy) = MOTORCYCLE_FOCAL, MOTORCYCLE_PRINCIPAL
+    K_left = np.array([[f, 0.0, cx], [0.0, f, cy], [0.0, 0.0, 1.0]])
+    K_right = K_left.copy()
+    K_right[0, 2] += MOTORCYCLE_DOFFS
+    return {"left": Camera(K_left, np.eye(3), np.zeros(3), size),
+            "right": Camera(K_right, np.eye(3), np.array([-MOTORCYCLE_BASELINE, 0.0, 0.0]), size)}
+
+
+def disparity_to_depth(disp: np.ndarray) -> np.ndarray:
+    """Left-view depth (metres) from Middlebury disparity (px); NaN where none."""
+    d = np.asarray(disp, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = MOTORCYCLE_FOCAL * MOTORCYCLE_BASELINE / (d + MOTORCYCLE_DOFFS)
+    z[~np.isfinite(d)] = np.nan
+    return z
+
+
+def warp_depth_by_disparity(disp: np.ndarray) -> np.ndarray:
+    """Right-view depth: each left pixel sent to ``x - d`` (rounded, as the right mask),
+    the nearest surface (largest disparity) wins; NaN where no left pixel lands."""
+    h, w = disp.shape
+    ys, xs = np.nonzero(np.isfinite(disp))
+    d = np.asarray(disp, np.float64)[ys, xs]
+    xi = np.floor(xs - d + 0.5).astype(np.int64)
+    ok = (xi >= 0) & (xi < w)
+    best = np.full((h, w), -np.inf)
+    np.maximum.at(best, (ys[ok], xi[ok]), d[ok])
+    return disparity_to_depth(np.where(np.isfinite(best), best, np.nan))
+
+
 def motorcycle_scene(min_disparity: float = 40.0, above_floor: float = 3.0) -> Scene:
     """Middlebury *Motorcycle* (left -> right) with the motorcycle as object 1.
 
@@ -474,7 +599,9 @@ def motorcycle_scene(min_disparity: float = 40.0, above_floor: float = 3.0) -> S
         views={"left": (np.ascontiguousarray(left), "exo"), "right": (np.ascontiguousarray(right), "exo")},
         masks={"left": {1: mask_l}, "right": {1: mask_r}},
         source="left",
+        cameras=motorcycle_cameras((w, h)),
         meta={"disparity": disp, "source": "skimage.data.stereo_motorcycle (Middlebury 2014)"},
+        depths={"left": disparity_to_depth(disp), "right": warp_depth_by_disparity(disp)},
     )
 
 

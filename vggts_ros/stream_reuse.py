@@ -17,14 +17,15 @@ full pass again when
   ``reuse_max_drop`` below its score at the target's last full pass,
 * ``reuse_full_every`` sets have passed since its last full pass (1: never reuse).
 
-The state is per segmentor: targets are told apart by name (else by position) and
-objects by position. :meth:`StreamReuse.reset` forgets it (e.g. on a new source mask).
+The state belongs to the caller's :class:`vggts_ros.stream.StreamState` (``init_stream()``):
+targets are told apart by name (else by position), objects by their stream ids; removing an
+object (a new or cleared source mask) forgets its masks.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Hashable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -33,14 +34,17 @@ from vggts_ros import prompts, transforms
 
 @dataclass
 class _TargetState:
-    masks: List[np.ndarray]  # each object's last mask (frame pixels)
-    scores: List[float]  # each object's last score
-    full_scores: List[float]  # each object's score at the target's last full pass
+    masks: Dict[Hashable, np.ndarray]  # each object's last mask (frame pixels), by object id
+    scores: Dict[Hashable, float]  # each object's last score
+    full_scores: Dict[Hashable, float]  # each object's score at the target's last full pass
     sets_since_full: int  # 0 right after a full pass
 
 
 class StreamReuse:
-    """Decides per target whether a set may skip the first pass, and remembers results."""
+    """Decides per target whether a set may skip the first pass, and remembers results.
+
+    Part of a caller's :class:`vggts_ros.stream.StreamState`; objects are told apart by their
+    stream ids, targets by name (else by position)."""
 
     def __init__(self, full_every: int = 5, min_score: float = 0.6, max_drop: float = 0.1) -> None:
         if int(full_every) < 1:
@@ -55,6 +59,10 @@ class StreamReuse:
         self._state: Dict[str, _TargetState] = {}
         self.last_reused: List[bool] = []  # per target of the last set: True = first pass skipped
 
+    @classmethod
+    def from_config(cls, cfg) -> "StreamReuse":
+        return cls(cfg.reuse_full_every, cfg.reuse_min_score, cfg.reuse_max_drop)
+
     @staticmethod
     def key(view, index: int) -> str:
         return f"name:{view.name}" if getattr(view, "name", "") else f"index:{index}"
@@ -63,52 +71,53 @@ class StreamReuse:
         self._state.clear()
         self.last_reused = []
 
-    def plan(self, n_objects: int, targets: Sequence, cropped: Sequence[bool]) -> List[Optional[List[np.ndarray]]]:
-        """Per target: each object's previous mask when the target may skip the first
-        pass, else None."""
+    def remove_object(self, object_id: Hashable) -> None:
+        """Forget one object's last masks: every target runs the full pass for the next set."""
+        for k in [k for k, st in self._state.items() if object_id in st.masks]:
+            del self._state[k]
+
+    def retain(self, object_ids) -> None:
+        keep = set(object_ids)
+        for k in [k for k, st in self._state.items() if set(st.masks) - keep]:
+            del self._state[k]
+
+    def plan(self, object_ids: Sequence[Hashable], targets: Sequence,
+             cropped: Sequence[bool]) -> List[Optional[List[np.ndarray]]]:
+        """Per target: each object's previous mask (in ``object_ids`` order) when the target
+        may skip the first pass, else None."""
         out: List[Optional[List[np.ndarray]]] = []
         for t, view in enumerate(targets):
             st = self._state.get(self.key(view, t))
             ok = (
                 cropped[t]
                 and st is not None
-                and len(st.masks) == n_objects
+                and set(st.masks) == set(object_ids)
                 and st.sets_since_full + 1 < self.full_every
-                and all(m.shape == view.image.shape[:2] and m.any() for m in st.masks)
-                and all(s >= self.min_score and s >= f - self.max_drop for s, f in zip(st.scores, st.full_scores))
+                and all(m.shape == view.image.shape[:2] and m.any() for m in st.masks.values())
+                and all(st.scores[o] >= self.min_score and st.scores[o] >= st.full_scores[o] - self.max_drop
+                        for o in object_ids)
             )
-            out.append(list(st.masks) if ok else None)
+            out.append([st.masks[o] for o in object_ids] if ok else None)
         return out
 
-    def record(self, targets: Sequence, results: Sequence[Sequence], reused: Sequence[bool]) -> None:
+    def record(self, object_ids: Sequence[Hashable], targets: Sequence, results: Sequence[Sequence],
+               reused: Sequence[bool]) -> None:
         """Remember the set's results (``results[object][target]``); ``reused[t]``: whether
         target ``t`` skipped the first pass."""
         seen = set()
         for t, view in enumerate(targets):
             k = self.key(view, t)
             seen.add(k)
-            masks = [np.asarray(per_object[t].mask, bool) for per_object in results]
-            scores = [float(per_object[t].score) for per_object in results]
+            masks = {o: np.asarray(per_object[t].mask, bool) for o, per_object in zip(object_ids, results)}
+            scores = {o: float(per_object[t].score) for o, per_object in zip(object_ids, results)}
             prev = self._state.get(k)
             if reused[t] and prev is not None:
                 self._state[k] = _TargetState(masks, scores, prev.full_scores, prev.sets_since_full + 1)
             else:
-                self._state[k] = _TargetState(masks, scores, list(scores), 0)
+                self._state[k] = _TargetState(masks, scores, dict(scores), 0)
         for k in [k for k in self._state if k not in seen]:  # a target missing from a set is not recent
             del self._state[k]
         self.last_reused = list(reused)
-
-
-def for_segmentor(seg) -> Optional[StreamReuse]:
-    """The segmentor's reuse state (created on first use), or None when the option is off."""
-    cfg = seg.cfg
-    if not getattr(cfg, "stream_reuse", False):
-        return None
-    state = seg.__dict__.get("_stream_reuse")
-    if state is None:
-        state = StreamReuse(cfg.reuse_full_every, cfg.reuse_min_score, cfg.reuse_max_drop)
-        seg.__dict__["_stream_reuse"] = state
-    return state
 
 
 def crop_from_mask(image_hw: Tuple[int, int], mask: np.ndarray, size: int, cfg) -> transforms.TargetCrop:

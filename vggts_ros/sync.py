@@ -235,6 +235,25 @@ class ApproximateTimeSync:
         self._seq = 0
         self.reset()
 
+    @classmethod
+    def from_config(cls, sync, cameras: Sequence, **kwargs) -> "ApproximateTimeSync":
+        """The synchroniser of a :class:`vggts_ros.config.SyncConfig` over ``cameras``
+        (:class:`vggts_ros.config.CameraConfig`: their names, and which are required); the
+        one constructor the node and ``vggts replay`` share. ``kwargs``: e.g. ``clock``."""
+        names = [c.name for c in cameras]
+        return cls(names, slop=sync.slop, queue_size=sync.queue_size, stale_after=sync.stale_after,
+                   required=[c.name for c in cameras if getattr(c, "required", False)],
+                   min_cameras=min(sync.min_cameras, len(names)), jump_threshold=sync.jump_threshold,
+                   correct_offset_above=sync.correct_offset_above, stale_periods=sync.stale_periods,
+                   stale_after_min=sync.stale_after_min, **kwargs)
+
+    def configure_from(self, sync) -> None:
+        """:meth:`configure` with every setting of a :class:`vggts_ros.config.SyncConfig`."""
+        self.configure(slop=sync.slop, queue_size=sync.queue_size, stale_after=sync.stale_after,
+                       min_cameras=min(sync.min_cameras, len(self.cameras)), jump_threshold=sync.jump_threshold,
+                       correct_offset_above=sync.correct_offset_above, stale_periods=sync.stale_periods,
+                       stale_after_min=sync.stale_after_min)
+
     # ------------------------------------------------------------------ public API
     def reset(self) -> None:
         """Forget every queued message, liveness and counter."""

@@ -14,8 +14,9 @@ so memory never mixes two objects, two source masks or two unrelated moments. Wi
 ``enabled=False`` a step is exactly the plain head's decode and the bank is left alone.
 
 :meth:`TemporalState.decode_rows` is the batched form :class:`vggts_ros.pipeline.VGGTSegmentor`
-calls (one :class:`StreamRef` per target row); :func:`state_from_config` builds the state
-a segmentor owns when ``PipelineConfig.temporal`` is on.
+calls (one :class:`StreamRef` per target row); the state is part of the caller's
+:class:`vggts_ros.stream.StreamState` (``segmentor.init_stream()``), the memory modules are the
+segmentor's (:func:`memory_from_config`).
 """
 
 from __future__ import annotations
@@ -54,37 +55,6 @@ def plain_decode(head: UnionSegmentationHead, ctx: HeadContext, refine_iteration
     for _ in range(int(refine_iterations)):
         full, low = head.decode(ctx, low)
     return full, low
-
-
-@dataclass(frozen=True)
-class StreamStep:
-    """One synchronised set of a stream, as a caller of ``VGGTSegmentor.segment_objects``
-    describes it: the set's ``stamp`` (s), one id per object (its memory's key, with the
-    target camera's name) and, per object, the version of its source mask (a new version
-    empties that object's banks; None: the ids themselves, i.e. the masks never change).
-    ``stale_after``: a target camera whose previous set is older than this (s) restarts
-    its memory (a node passes its ``sync.stale_after``; None: the memory's default)."""
-
-    stamp: float
-    object_ids: Sequence[Hashable]
-    source_versions: Optional[Sequence[Hashable]] = None
-    stale_after: Optional[float] = None
-
-    def refs(self, index: int, targets) -> list:
-        """:class:`StreamRef` of object ``index`` in each target view (the camera is the
-        view's ``name``, or ``target<i>`` when it has none)."""
-        versions = self.object_ids if self.source_versions is None else self.source_versions
-        return [StreamRef(self.object_ids[index], v.name or f"target{i}", float(self.stamp), versions[index],
-                          (int(v.image.shape[0]), int(v.image.shape[1])), self.stale_after)
-                for i, v in enumerate(targets)]
-
-    def check(self, objects: int) -> None:
-        if len(self.object_ids) != objects:
-            raise ValueError(f"stream: {len(self.object_ids)} object ids for {objects} source masks")
-        if self.source_versions is not None and len(self.source_versions) != objects:
-            raise ValueError(f"stream: {len(self.source_versions)} source versions for {objects} source masks")
-        if len(set(self.object_ids)) != len(self.object_ids):
-            raise ValueError(f"stream: object ids must be distinct, got {list(self.object_ids)}")
 
 
 class TargetStream:
@@ -200,13 +170,13 @@ class TemporalState:
         return self._per_stream(lambda s: s.bank.added)
 
 
-def state_from_config(temporal: bool, memory_frames: int, weights: Optional[str], head: UnionSegmentationHead,
-                      device=None) -> Optional[TemporalState]:
-    """The streaming state of a segmentor: None when ``temporal`` is off; otherwise the
-    memory modules from ``weights`` (a ``temporal.pth``, loaded strictly; its
-    ``memory_frames`` must equal ``memory_frames``) or, without weights, fresh modules
-    whose zero gate leaves every output identical to the plain head's (no trained
-    temporal weights are published)."""
+def memory_from_config(temporal: bool, memory_frames: int, weights: Optional[str], head: UnionSegmentationHead,
+                       device=None) -> Optional[TemporalMemory]:
+    """The memory modules a segmentor runs when ``temporal`` is on (None when off): loaded
+    from ``weights`` (a ``temporal.pth``, strictly; its ``memory_frames`` must equal
+    ``memory_frames``) or, without weights, fresh modules whose zero gate leaves every output
+    identical to the plain head's (no trained temporal weights are published). The banks
+    live in each caller's :class:`TemporalState` (``segmentor.init_stream()``)."""
     if not temporal:
         return None
     cfg = TemporalConfig(memory_frames=int(memory_frames)).validate()
@@ -220,4 +190,4 @@ def state_from_config(temporal: bool, memory_frames: int, weights: Optional[str]
     module = module.eval().requires_grad_(False)
     if device is not None:
         module = module.to(device)
-    return TemporalState(module)
+    return module

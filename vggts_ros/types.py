@@ -7,9 +7,13 @@ object), points are ``(x, y)`` in pixels of the image they belong to.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, List, Optional, Protocol, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vggts_ros.geometry.camera import ViewGeometry
+    from vggts_ros.stream import StreamState, StreamStep
 
 ROLES = ("ego", "exo", "aerial", "ground")
 # Targets whose view is wide and far away get the square crop around the projected
@@ -44,14 +48,35 @@ class SegmentationResult:
     # "object_features" or "scene_homography+colour"), and why it is empty when it is.
     path: str = ""
     reason: str = ""
+    # VGGT's geometry heads (PipelineConfig.geometry_heads): the target camera's and the
+    # source camera's vggts_ros.geometry.camera.ViewGeometry, None when off (or when a
+    # reused target skipped the first pass).
+    geometry: Optional["ViewGeometry"] = None
+    source_geometry: Optional["ViewGeometry"] = None
 
 
 class Segmentor(Protocol):
-    """Any backend that finds the source object in other views."""
+    """Any backend that finds the source object in other views (the VGGT-S pipeline, the
+    weight-free geometric backend, a test backend). Every method a caller uses is here.
+
+    ``init_stream()`` returns the caller-owned state of one stream
+    (:class:`vggts_ros.stream.StreamState`); ``segment_objects(..., state=, step=)`` uses it
+    for one synchronised set (a :class:`vggts_ros.stream.StreamStep`); without them a call is
+    stateless. ``result[o][t]`` is object ``o`` in target ``t``.
+    """
 
     name: str
+
+    def init_stream(self) -> "StreamState":
+        ...
 
     def segment(
         self, source_image: np.ndarray, source_mask: np.ndarray, targets: Sequence[TargetView]
     ) -> List[SegmentationResult]:
+        ...
+
+    def segment_objects(
+        self, source_image: np.ndarray, masks: Sequence[np.ndarray], targets: Sequence[TargetView],
+        *, state: Optional["StreamState"] = None, step: Optional["StreamStep"] = None,
+    ) -> List[List[SegmentationResult]]:
         ...

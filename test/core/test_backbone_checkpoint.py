@@ -24,19 +24,45 @@ def small_config() -> BackboneConfig:
     )
 
 
-def test_full_size_keys_and_shapes_match_vggt_1b():
+def _published_shapes(prefixes) -> dict:
     path = fixture_path("vggt_1b_state_dict.json")
     if not path.is_file():
         pytest.fail(f"reference fixture {path} is missing")
     published = json.loads(path.read_text())
-    expected = {k: tuple(v) for k, v in published.items() if k.startswith(PREFIXES)}
-    with torch.device("meta"):
-        model = VGGTBackbone(vggt_1b_backbone())
-    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return {k: tuple(v) for k, v in published.items() if k.startswith(prefixes)}
+
+
+def _assert_same_layout(ours: dict, expected: dict) -> None:
     assert sorted(set(expected) - set(ours)) == [], "keys of model.pt missing from our network"
     assert sorted(set(ours) - set(expected)) == [], "keys of our network not in model.pt"
     wrong = {k: (ours[k], expected[k]) for k in expected if ours[k] != expected[k]}
     assert not wrong, f"shape mismatches: {list(wrong.items())[:5]}"
+
+
+def test_full_size_keys_and_shapes_match_vggt_1b():
+    expected = _published_shapes(PREFIXES)
+    with torch.device("meta"):
+        model = VGGTBackbone(vggt_1b_backbone())
+    _assert_same_layout({k: tuple(v.shape) for k, v in model.state_dict().items()}, expected)
+
+
+def test_full_size_geometry_heads_match_vggt_1b():
+    """With the geometry heads on, the network holds exactly model.pt's aggregator, track,
+    camera and depth head entries (69 camera_head and 62 depth_head keys); the point head
+    stays out."""
+    geometry = ("camera_head.", "depth_head.")
+    expected = _published_shapes(PREFIXES + geometry)
+    assert sum(k.startswith("camera_head.") for k in expected) == 69
+    assert sum(k.startswith("depth_head.") for k in expected) == 62
+    cfg = vggt_1b_backbone()
+    cfg.geometry_heads = True
+    with torch.device("meta"):
+        model = VGGTBackbone(cfg)
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    _assert_same_layout(ours, expected)
+    assert ours["camera_head.trunk.3.mlp.fc1.weight"] == (8192, 2048)
+    assert ours["depth_head.scratch.output_conv2.2.weight"] == (2, 32, 1, 1)
+    assert VGGTBackbone.checkpoint_prefixes_for(cfg) == PREFIXES + geometry
 
 
 @pytest.fixture(scope="module")

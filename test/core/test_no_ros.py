@@ -23,6 +23,7 @@ CHILD = textwrap.dedent(
     import vggts_ros, vggts_ros.config, vggts_ros.pipeline, vggts_ros.backends, vggts_ros.geometric
     import vggts_ros.metrics, vggts_ros.sync, vggts_ros.scenes, vggts_ros.prompts, vggts_ros.crops
     import vggts_ros.training.trainer, vggts_ros.training.evaluate, vggts_ros.cli
+    import vggts_ros.geometry.depth, vggts_ros.geometry.objects3d, vggts_ros.geometry.scale
     from vggts_ros.pipeline import VGGTSegmentor
     from vggts_ros.scenes import synthetic_scene
     scene = synthetic_scene(seed=0)

@@ -37,6 +37,7 @@ INPUTS = {
     "prompts.pt": {"masks", "outlier_input", "image", "mask", "points", "logits", "R", "feat", "img_hw"},
     "pipeline_ego2exo.pt": {"ego_image", "ego_mask", "exo_image", "exo_mask"},
     "pipeline_exo2ego.pt": {"ego_image", "ego_mask", "exo_image", "exo_mask"},
+    "vggt_geometry_tiny.pt": {"frames"},
 }
 
 # Which tests read which file: (test file glob, -k expression or None). The pipeline test
@@ -48,6 +49,7 @@ SELECTIONS = {
     "prompts.pt": [("test_prompts_parity.py", "not pipeline")],
     "pipeline_ego2exo.pt": [("test_pipeline_parity.py", "not exo2ego"), ("test_prompts_parity.py", "pipeline")],
     "pipeline_exo2ego.pt": [("test_pipeline*.py", "exo2ego")],
+    "vggt_geometry_tiny.pt": [("test_geometry_heads_parity.py", None)],
 }
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from vggts_ros.config import PipelineConfig
 from vggts_ros.pipeline import VGGTSegmentor
+from vggts_ros.stream import StreamStep
 from vggts_ros.stream_reuse import StreamReuse
 from vggts_ros.types import TargetView
 
@@ -32,18 +33,37 @@ def base() -> VGGTSegmentor:
     return VGGTSegmentor.deterministic("test-tiny", PipelineConfig(), device="cpu")
 
 
-def reusing(base: VGGTSegmentor, **cfg) -> VGGTSegmentor:
-    options = dict(stream_reuse=True, reuse_full_every=3, reuse_min_score=0.0, reuse_max_drop=1.0)
-    options.update(cfg)
-    return VGGTSegmentor(base.backbone, base.head, PipelineConfig(**options))
+class Reusing:
+    """A segmentor with stream reuse on and the stream state of one video."""
+
+    def __init__(self, base: VGGTSegmentor, **cfg) -> None:
+        options = dict(stream_reuse=True, reuse_full_every=3, reuse_min_score=0.0, reuse_max_drop=1.0)
+        options.update(cfg)
+        self.seg = VGGTSegmentor(base.backbone, base.head, PipelineConfig(**options))
+        self.state = self.seg.init_stream()
+        self.sets = 0
+
+    @property
+    def reuse(self) -> StreamReuse:
+        return self.state.reuse
+
+    def segment(self, masks=(MASK,), targets=(EXO,), ids=None):
+        self.sets += 1
+        ids = list(ids or range(1, len(masks) + 1))
+        return self.seg.segment_objects(SOURCE, list(masks), list(targets), state=self.state,
+                                        step=StreamStep(0.1 * self.sets, ids))
 
 
-def backbone_passes(seg: VGGTSegmentor, targets, masks=(MASK,)):
+def reusing(base: VGGTSegmentor, **cfg) -> Reusing:
+    return Reusing(base, **cfg)
+
+
+def backbone_passes(seg: Reusing, targets, masks=(MASK,), ids=None):
     """(results, number of backbone passes) of one set."""
     calls = []
-    handle = seg.backbone.register_forward_hook(lambda *_: calls.append(1))
+    handle = seg.seg.backbone.register_forward_hook(lambda *_: calls.append(1))
     try:
-        res = seg.segment_objects(SOURCE, list(masks), targets)
+        res = seg.segment(masks, targets, ids)
     finally:
         handle.remove()
     return res, len(calls)
@@ -57,7 +77,7 @@ def test_confident_target_skips_the_first_pass_and_a_full_pass_comes_every_n_set
         assert res[0][0].mask.any()  # reuse needs a previous mask
         assert res[0][0].mask.shape == EXO.image.shape[:2] and 0 <= res[0][0].score <= 1
         passes.append(n)
-        reused.append(seg._stream_reuse.last_reused[0])
+        reused.append(seg.reuse.last_reused[0])
     # full (first pass + features), reuse, reuse, full (3 sets since the last), reuse
     assert reused == [False, True, True, False, True]
     assert passes == [2, 1, 1, 2, 1]
@@ -67,10 +87,10 @@ def test_reused_set_differs_from_full_and_the_option_is_off_by_default(base):
     assert PipelineConfig().stream_reuse is False
     full = base.segment(SOURCE, MASK, [EXO])[0]
     seg = reusing(base)
-    first = seg.segment(SOURCE, MASK, [EXO])[0]
+    first = seg.segment()[0][0]
     assert np.array_equal(first.logits, full.logits)  # a full pass is the plain pipeline
-    second = seg.segment(SOURCE, MASK, [EXO])[0]
-    assert seg._stream_reuse.last_reused == [True]
+    second = seg.segment()[0][0]
+    assert seg.reuse.last_reused == [True]
     assert np.isfinite(second.logits).all() and second.target_points.shape == (5, 2)
     assert (second.target_points >= 0).all()
     assert (second.target_points[:, 0] <= 199).all() and (second.target_points[:, 1] <= 149).all()
@@ -81,12 +101,12 @@ def test_falls_back_to_a_full_pass_when_the_score_drops(base):
     res, n = backbone_passes(seg, [EXO])
     assert n == 2
     res, n = backbone_passes(seg, [EXO])
-    assert n == 1 and seg._stream_reuse.last_reused == [True]
+    assert n == 1 and seg.reuse.last_reused == [True]
     # the reused set's result scored 0.2 below the last full pass: the next set is full
-    state = seg._stream_reuse
-    full_score = state._state["name:exo1"].full_scores[0]
+    state = seg.reuse
+    full_score = state._state["name:exo1"].full_scores[1]
     dropped = [[dataclasses.replace(res[0][0], score=full_score - 0.2)]]
-    state.record([EXO], dropped, [True])
+    state.record([1], [EXO], dropped, [True])
     _, n = backbone_passes(seg, [EXO])
     assert n == 2 and state.last_reused == [False]
     # ... and a drop within the margin keeps reusing
@@ -101,7 +121,7 @@ def test_falls_back_below_the_minimum_score(base):
     low = reusing(base, reuse_min_score=min(1.0, score + 0.01))
     backbone_passes(low, [EXO])
     _, n = backbone_passes(low, [EXO])
-    assert n == 2 and low._stream_reuse.last_reused == [False]
+    assert n == 2 and low.reuse.last_reused == [False]
 
 
 def test_whole_frame_targets_and_new_targets_run_the_first_pass(base):
@@ -109,15 +129,36 @@ def test_whole_frame_targets_and_new_targets_run_the_first_pass(base):
     ego = TargetView(noise(100, 100, 8), role="ego", name="ego")
     backbone_passes(seg, [EXO, ego])
     _, n = backbone_passes(seg, [EXO, ego])
-    assert seg._stream_reuse.last_reused == [True, False] and n == 2  # first pass over the ego target only
+    assert seg.reuse.last_reused == [True, False] and n == 2  # first pass over the ego target only
     other = TargetView(noise(150, 200, 2), role="exo", name="exo2")
     _, n = backbone_passes(seg, [other])
-    assert seg._stream_reuse.last_reused == [False] and n == 2
+    assert seg.reuse.last_reused == [False] and n == 2
     # another object count: full pass
     mask_b = np.zeros_like(MASK)
     mask_b[60:110, 100:150] = 1
     _, n = backbone_passes(seg, [other], masks=(MASK, mask_b))
-    assert seg._stream_reuse.last_reused == [False]
+    assert seg.reuse.last_reused == [False]
+    _, n = backbone_passes(seg, [other], masks=(MASK, mask_b))
+    assert seg.reuse.last_reused == [True] and n == 2  # one features pass per object, no first pass
+    # an object removed from the stream state (cleared, or its mask replaced): full pass
+    seg.state.remove_object(2)
+    _, n = backbone_passes(seg, [other], masks=(MASK, mask_b))
+    assert seg.reuse.last_reused == [False] and n == 4  # first passes again (two source squares) + features
+    # the same masks under other ids are other objects: full pass
+    _, n = backbone_passes(seg, [other], masks=(MASK, mask_b), ids=[5, 6])
+    assert seg.reuse.last_reused == [False]
+
+
+def test_a_plain_call_is_stateless_even_with_reuse_on(base):
+    seg = reusing(base)
+    seg.segment()
+    calls = []
+    handle = seg.seg.backbone.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        seg.seg.segment_objects(SOURCE, [MASK], [EXO])
+    finally:
+        handle.remove()
+    assert len(calls) == 2  # no state given: the full pipeline
 
 
 @pytest.mark.parametrize("field,value",

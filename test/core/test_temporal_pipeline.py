@@ -1,7 +1,7 @@
 """Streaming Temporal VGGT-S in the pipeline (``test-tiny``, deterministic weights).
 
 ``PipelineConfig.temporal`` gives ``VGGTSegmentor`` a memory per (object, target camera)
-that streaming calls (``segment_objects(..., stream=StreamStep(...))``) use. Off, or on
+that streaming calls (``segment_objects(..., state=seg.init_stream(), step=StreamStep(...))``) use. Off, or on
 with the untrained zero gate, every output is bit-identical to today's per-frame
 pipeline; banks fill up to ``memory_frames`` and empty on clear, a new source mask, a
 target size change and a stamp going back; trained weights do change the outputs.
@@ -16,7 +16,7 @@ import torch
 from vggts_ros.config import PipelineConfig
 from vggts_ros.models.temporal import save_temporal
 from vggts_ros.pipeline import VGGTSegmentor
-from vggts_ros.temporal import StreamStep
+from vggts_ros.stream import StreamStep
 from vggts_ros.types import TargetView
 
 
@@ -51,7 +51,7 @@ def assert_identical(a, b):
 @pytest.fixture(scope="module")
 def plain():
     seg = VGGTSegmentor.deterministic("test-tiny", PipelineConfig())
-    assert seg.temporal is None
+    assert seg.memory is None and seg.init_stream().temporal is None
     return seg
 
 
@@ -61,18 +61,21 @@ def expected(plain):
 
 
 def test_off_ignores_the_stream_and_is_bit_identical(plain, expected):
+    state = plain.init_stream()
+    assert state.empty
     for k, targets in enumerate(video(4)):
-        got = logits(plain.segment_objects(SOURCE, MASKS, targets, stream=StreamStep(0.1 * k, ["a", "b"])))
+        got = logits(plain.segment_objects(SOURCE, MASKS, targets, state=state, step=StreamStep(0.1 * k, ["a", "b"])))
         assert_identical(got, expected[k])
 
 
 def test_on_with_zero_gates_is_bit_identical_and_fills_the_banks(expected):
     seg = VGGTSegmentor.deterministic("test-tiny", PipelineConfig(temporal=True, memory_frames=2))
-    state = seg.temporal
+    stream = seg.init_stream()
+    state = stream.temporal
     assert state is not None and float(state.module.gate.abs().sum()) == 0.0
     sizes = []
     for k, targets in enumerate(video(4)):
-        got = logits(seg.segment_objects(SOURCE, MASKS, targets, stream=StreamStep(0.1 * k, ["a", "b"])))
+        got = logits(seg.segment_objects(SOURCE, MASKS, targets, state=stream, step=StreamStep(0.1 * k, ["a", "b"])))
         assert_identical(got, expected[k])
         sizes.append({key: s.bank.added for key, s in state.streams.items()})
         assert set(state.bank_sizes()) == {"a/cam_a", "a/cam_b", "b/cam_a", "b/cam_b"}
@@ -83,16 +86,27 @@ def test_on_with_zero_gates_is_bit_identical_and_fills_the_banks(expected):
     before = dict(state.bank_sizes())
     assert_identical(logits(seg.segment_objects(SOURCE, MASKS, video(1)[0])), expected[0])
     assert state.bank_sizes() == before
+    # a second stream of the same segmentor is independent (its banks start empty)
+    other = seg.init_stream()
+    assert other.temporal.bank_sizes() == {}
+    seg.segment_objects(SOURCE, MASKS, video(1)[0], state=other, step=StreamStep(0.0, ["a", "b"]))
+    assert set(other.temporal.bank_sizes().values()) == {1} and state.bank_sizes() == before
+    # remove_object / reset drop what the state holds
+    stream.remove_object("a")
+    assert set(state.bank_sizes()) == {"b/cam_a", "b/cam_b"}
+    stream.reset()
+    assert state.bank_sizes() == {}
 
 
 def test_banks_reset_on_clear_new_source_mask_size_change_and_time_going_back():
     seg = VGGTSegmentor.deterministic("test-tiny", PipelineConfig(temporal=True, memory_frames=3))
-    state = seg.temporal
+    stream = seg.init_stream()
+    state = stream.temporal
     sets = video(3)
 
     def step(k, targets, versions=("v1", "v1"), stamp=None):
-        seg.segment_objects(SOURCE, MASKS, targets,
-                            stream=StreamStep(0.1 * k if stamp is None else stamp, [1, 2], list(versions)))
+        seg.segment_objects(SOURCE, MASKS, targets, state=stream,
+                            step=StreamStep(0.1 * k if stamp is None else stamp, [1, 2], list(versions)))
         return {key: s.bank.added for key, s in state.streams.items()}
 
     step(0, sets[0])
@@ -117,13 +131,14 @@ def test_banks_reset_on_clear_new_source_mask_size_change_and_time_going_back():
 def test_trained_memory_changes_outputs_after_the_first_set_only(tmp_path, expected):
     seg = VGGTSegmentor.deterministic("test-tiny", PipelineConfig(temporal=True, memory_frames=2))
     with torch.no_grad():
-        seg.temporal.module.gate.fill_(1.0)
+        seg.memory.gate.fill_(1.0)
     path = tmp_path / "temporal.pth"
-    save_temporal(seg.temporal.module, path)
+    save_temporal(seg.memory, path)
     loaded = VGGTSegmentor.deterministic("test-tiny", PipelineConfig(temporal=True, memory_frames=2,
                                                                      temporal_weights=str(path)))
-    assert float(loaded.temporal.module.gate.min()) == 1.0
-    outs = [logits(loaded.segment_objects(SOURCE, MASKS, targets, stream=StreamStep(0.1 * k, ["a", "b"])))
+    assert float(loaded.memory.gate.min()) == 1.0
+    stream = loaded.init_stream()
+    outs = [logits(loaded.segment_objects(SOURCE, MASKS, targets, state=stream, step=StreamStep(0.1 * k, ["a", "b"])))
             for k, targets in enumerate(video(2))]
     assert_identical(outs[0], expected[0])  # empty banks: the plain decode
     changed = [not np.array_equal(x, y) for ra, rb in zip(outs[1], expected[1]) for x, y in zip(ra, rb)]
@@ -136,12 +151,16 @@ def test_trained_memory_changes_outputs_after_the_first_set_only(tmp_path, expec
 def test_stream_errors_name_the_problem(plain):
     seg = VGGTSegmentor.deterministic("test-tiny", PipelineConfig(temporal=True))
     targets = video(1)[0]
+    with pytest.raises(ValueError, match="pass state=segmentor.init_stream"):
+        seg.segment_objects(SOURCE, MASKS, targets, step=StreamStep(0.0, ["a", "b"]))
+    with pytest.raises(ValueError, match="pass step=StreamStep"):
+        seg.segment_objects(SOURCE, MASKS, targets, state=seg.init_stream())
     with pytest.raises(ValueError, match="2 object ids for 1 source masks"):
-        seg.segment_objects(SOURCE, MASKS[:1], targets, stream=StreamStep(0.0, ["a", "b"]))
+        seg.segment_objects(SOURCE, MASKS[:1], targets, state=seg.init_stream(), step=StreamStep(0.0, ["a", "b"]))
     with pytest.raises(ValueError, match="distinct"):
-        seg.segment_objects(SOURCE, MASKS, targets, stream=StreamStep(0.0, ["a", "a"]))
+        seg.segment_objects(SOURCE, MASKS, targets, state=seg.init_stream(), step=StreamStep(0.0, ["a", "a"]))
     with pytest.raises(ValueError, match="1 source versions for 2"):
-        seg.segment_objects(SOURCE, MASKS, targets, stream=StreamStep(0.0, ["a", "b"], ["v"]))
+        seg.segment_objects(SOURCE, MASKS, targets, state=seg.init_stream(), step=StreamStep(0.0, ["a", "b"], ["v"]))
     same_camera = [TargetView(noise(120, 160, 3), "exo", "cam"), TargetView(noise(120, 160, 4), "exo", "cam")]
     with pytest.raises(ValueError, match="same \\(object, camera\\) stream"):
-        seg.segment_objects(SOURCE, MASKS, same_camera, stream=StreamStep(0.0, ["a", "b"]))
+        seg.segment_objects(SOURCE, MASKS, same_camera, state=seg.init_stream(), step=StreamStep(0.0, ["a", "b"]))

@@ -116,6 +116,8 @@ def test_missing_checkpoints_stop_the_node_with_a_clear_message(tmp_path):
     proc = _run_node_with(tmp_path, "model", "vggt_checkpoint", str(tmp_path / "nowhere" / "model.pt"))
     assert proc.returncode == 2
     assert "checkpoint file not found" in proc.stderr and "nowhere" in proc.stderr
+    # a first-time user without weights learns the option that needs none
+    assert "model.backend: geometric" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

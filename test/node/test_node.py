@@ -161,6 +161,12 @@ def test_a_silent_camera_does_not_stop_the_others_and_is_reported(fresh):
     assert wait_until(lambda: (collector.pipeline_status() or {}).get("stale_cameras") == "exo2", 10)
     player.pause("exo2", False)
     assert wait_until(lambda: (collector.pipeline_status() or {}).get("stale_cameras") == "", 10)
+    # logged when it happened, once per change (not at every diagnostics tick); a loaded
+    # machine may starve the node for a second more, which is a change too
+    assert wait_until(lambda: "camera 'exo2' rejoined" in node.log(), 10), node.log()[-3000:]
+    log = node.log()
+    stale, rejoined = log.count("camera 'exo2' went stale"), log.count("camera 'exo2' rejoined")
+    assert stale >= 1 and stale - rejoined in (0, 1), log[-3000:]
 
 
 def test_several_objects_from_different_source_cameras(fresh):

@@ -13,10 +13,12 @@ from vggts_ros import metrics  # noqa: E402
 from vggts_ros.config import InferenceConfig  # noqa: E402
 from vggts_ros.geometric import GeometricSegmentor  # noqa: E402
 from vggts_ros.ros.player import wait_until  # noqa: E402
+from vggts_ros.stream import StatelessSegmentor  # noqa: E402
 
 
-class FailsOnce:
-    """A real backend whose first call fails the way a CUDA OOM does."""
+class FailsOnce(StatelessSegmentor):
+    """A real backend whose first call on camera frames fails the way a CUDA OOM does (the
+    node's warm-up call at configure, on its synthetic pair, goes through)."""
 
     name = "geometric"
 
@@ -24,11 +26,13 @@ class FailsOnce:
         self.inner = GeometricSegmentor()
         self.calls = 0
 
-    def segment(self, *args, **kwargs):
+    def segment(self, image, mask, targets):
+        if all(t.name == "warm_up" for t in targets):
+            return self.inner.segment(image, mask, targets)
         self.calls += 1
         if self.calls == 1:
             raise RuntimeError("CUDA out of memory (injected)")
-        return self.inner.segment(*args, **kwargs)
+        return self.inner.segment(image, mask, targets)
 
 
 def test_inference_failure_is_counted_and_the_node_keeps_serving(graph_factory, scene):
@@ -45,7 +49,7 @@ def test_inference_failure_is_counted_and_the_node_keeps_serving(graph_factory, 
     assert iou_on(collector.latest("masks", "exo1"), scene, "exo1") > 0.5
 
 
-def test_bad_frames_are_skipped_and_reported_and_a_resolution_change_recovers(graph_factory, scene):
+def test_bad_frames_are_skipped_and_reported_and_a_resolution_change_recovers(graph_factory, scene, capfd):
     g = graph_factory(scene, "vggts_badframes")
     node, player, collector = g.node, g.player, g.collector
     assert wait_until(lambda: len(player.stamps) >= 2, 10)
@@ -70,6 +74,9 @@ def test_bad_frames_are_skipped_and_reported_and_a_resolution_change_recovers(gr
                                collector.latest("masks", "exo2").msg.width) == half.shape[:2], 60)
     assert reports("exo2", "size_changes", lambda v: v == "1")
     assert reports("exo2", "frame_size", lambda v: v == f"{half.shape[1]}x{half.shape[0]}")
+    # the change is logged once, with the new size (the node's log is this process's stderr)
+    logged = capfd.readouterr().err
+    assert logged.count(f"camera 'exo2' changed its frame size to {half.shape[1]}x{half.shape[0]}") == 1, logged[-2000:]
     # Recovery: good frames flow again, and the object was never touched.
     player.set_image("exo1", scene.image("exo1"))
     assert wait_until(lambda: collector.count("masks", "exo1") > n1, 60)

@@ -16,6 +16,7 @@ from helpers.node_graph import graph_factory, iou_on, labels, ros, scene  # noqa
 from vggts_ros.config import InferenceConfig  # noqa: E402
 from vggts_ros.geometric import GeometricSegmentor  # noqa: E402
 from vggts_ros.ros.player import wait_until  # noqa: E402
+from vggts_ros.stream import StatelessSegmentor  # noqa: E402
 
 
 def test_a_looped_recording_keeps_producing_after_time_jumps_back(graph_factory, scene):
@@ -100,7 +101,7 @@ def test_the_stale_limit_follows_the_camera_rate_once_switched_on_live(graph_fac
     assert wait_until(lambda: g.status("exo1").get("stale_after_s") == "1.000", 10), g.status("exo1")
 
 
-class Gate:
+class Gate(StatelessSegmentor):
     """The geometric backend, held inside ``segment`` until released."""
 
     name = "geometric"

@@ -46,47 +46,57 @@ def stamp_of(header):
 
 
 def test_markers_and_camera_info_share_the_mask_header(graph_factory, scene):
+    """Markers land where RViz's Camera display and Foxglove draw them: through the
+    CameraInfo's P (here a rectified stereo-right camera: P differs from K and P[3] shifts),
+    with the mask's header."""
     g = graph_factory(scene, "vggts_rviz", spin=False)
     name, node, player, collector = g.name, g.node, g.player, g.collector
     listener = Listener(f"{name}_listener", [(f"/{name}/{c}/{kind}", t) for c in ("exo1", "exo2")
                                              for kind, t in (("markers", MarkerArray), ("camera_info", CameraInfo))])
-    # exo1 has a calibrated camera_info (its intrinsics pass through); exo2 has none.
+    # exo1 has a calibrated camera_info (it passes through); exo2 has none (a nominal pinhole).
     h1, w1 = scene.image("exo1").shape[:2]
     K1 = np.array([[321.0, 0.0, 150.5], [0.0, 322.0, 100.25], [0.0, 0.0, 1.0]])
+    P1 = np.array([[305.0, 0.0, 160.0, -305.0 * 0.12], [0.0, 305.0, 95.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
     info_pub = player.create_publisher(CameraInfo, f"/{name}_cams/exo1/camera_info", 10)
     player.create_timer(0.1, lambda: info_pub.publish(CameraInfo(
-        width=w1, height=h1, distortion_model="plumb_bob", d=[0.0] * 5, k=K1.reshape(-1).tolist(),
-        r=np.eye(3).reshape(-1).tolist(), p=np.hstack([K1, np.zeros((3, 1))]).reshape(-1).tolist())))
+        width=w1, height=h1, distortion_model="plumb_bob", d=[0.1, -0.05, 0.0, 0.0, 0.0], k=K1.reshape(-1).tolist(),
+        r=np.eye(3).reshape(-1).tolist(), p=P1.reshape(-1).tolist())))
     g.spin(listener)
     assert wait_until(lambda: node.history.latest("ego") is not None and "exo1" in node._infos, 20)
     resp = collector.set_source_mask("ego", scene.mask("ego", 1), object_id=1, label="crate")
     assert resp.success, resp.message
     assert wait_until(lambda: all(len(listener.all(f"/{name}/{c}/markers")) >= 2 for c in ("exo1", "exo2")), 60)
-    for cam, K in (("exo1", K1), ("exo2", nominal_intrinsics(*scene.image("exo2").shape[1::-1]))):
-        arrays = listener.all(f"/{name}/{cam}/markers")
-        infos = listener.all(f"/{name}/{cam}/camera_info")
-        array = arrays[-1]
+    nominal = nominal_intrinsics(*scene.image("exo2").shape[1::-1])
+    for cam, K, P in (("exo1", K1, P1), ("exo2", nominal, np.hstack([nominal, np.zeros((3, 1))]))):
+        array = listener.all(f"/{name}/{cam}/markers")[-1]
+        # masks, markers and camera_info travel on separate topics: either may arrive first
+        assert wait_until(lambda: collector.at_stamp("masks", cam, stamp_of(array.markers[0].header)) is not None
+                          and collector.at_stamp("points", cam, stamp_of(array.markers[0].header)) is not None, 10), \
+            "no mask with the markers' stamp"
         mask = collector.at_stamp("masks", cam, stamp_of(array.markers[0].header))
-        assert mask is not None, "no mask with the markers' stamp"
-        info = [i for i in infos if stamp_of(i.header) == mask.stamp]
-        assert info, "no CameraInfo with the mask's stamp"
+        assert wait_until(lambda: [i for i in listener.all(f"/{name}/{cam}/camera_info")
+                                   if stamp_of(i.header) == mask.stamp], 10), "no CameraInfo with the mask's stamp"
+        info = [i for i in listener.all(f"/{name}/{cam}/camera_info") if stamp_of(i.header) == mask.stamp]
         for header in [info[0].header] + [m.header for m in array.markers]:
             assert header.frame_id == mask.msg.header.frame_id
             assert (header.stamp.sec, header.stamp.nanosec) == (mask.msg.header.stamp.sec,
                                                                  mask.msg.header.stamp.nanosec)
         h, w = scene.image(cam).shape[:2]
         assert (info[0].height, info[0].width) == (h, w)
-        assert np.allclose(np.asarray(info[0].k).reshape(3, 3), K)
-        # The markers: reset, then per object its points and its label; the points lie on
-        # the viewing rays of the published target points.
+        assert np.allclose(np.asarray(info[0].k).reshape(3, 3), K) and np.allclose(np.asarray(info[0].p).reshape(3, 4), P)
+        # The markers: reset, then per object its points and its label; projected through P
+        # (as the viewers do) the points fall on the published target points.
         assert array.markers[0].action == Marker.DELETEALL
         points = [m for m in array.markers if m.type == Marker.POINTS]
         texts = [m for m in array.markers if m.type == Marker.TEXT_VIEW_FACING]
         assert len(points) == 1 and [t.text for t in texts] == ["crate"]
         projected = collector.at_stamp("points", cam, mask.stamp).msg.objects[0]
         xy = np.asarray(projected.target_xy).reshape(-1, 2)[np.asarray(projected.visibility) >= 0.5]
-        drawn = rays_to_pixels(np.array([[p.x, p.y, p.z] for p in points[0].points]), K)
+        xyz = np.array([[p.x, p.y, p.z] for p in points[0].points])
+        drawn = rays_to_pixels(xyz, P)
         assert drawn.shape == xy.shape and np.allclose(drawn, xy, atol=1e-3)
+        if cam == "exo1":  # placed with K instead, they would miss by many pixels
+            assert np.abs(rays_to_pixels(xyz, K) - xy).max() > 10
         assert iou_on(mask, scene, cam) > 0.5
 
 
@@ -112,9 +122,13 @@ def test_a_click_on_an_object_makes_masks_in_the_other_cameras_and_background_is
         msg.point.x, msg.point.y = x, y
         clicks.publish(msg)
 
-    def refusals():
+    def click_statuses():
         with collector._lock:
-            return [s.message for a in collector.diagnostics for s in a.status if s.name.endswith(": click")]
+            return [(int.from_bytes(s.level, "little") if isinstance(s.level, bytes) else int(s.level), s.message)
+                    for a in collector.diagnostics for s in a.status if s.name.endswith(": click")]
+
+    def refusals():
+        return [m for level, m in click_statuses() if level != 0]
 
     assert wait_until(lambda: node.history.latest("ego") is not None and clicks.get_subscription_count() > 0, 20)
     # Background (the sky in the image corner): refused with the reason, nothing stored.
@@ -137,6 +151,33 @@ def test_a_click_on_an_object_makes_masks_in_the_other_cameras_and_background_is
     click("exo1_optical_frame", *centre_of(scene.mask("exo1", 2)))
     assert wait_until(lambda: len(node.registry) == 2, 20), refusals()
     assert {o.camera for o in node.registry.snapshot()[1]} == {"ego", "exo1"}
+    # The good click after the refusals put the click status back to OK.
+    assert wait_until(lambda: click_statuses()[-1][0] == 0, 10), click_statuses()[-3:]
+    assert "object" in click_statuses()[-1][1] and "set on camera 'exo1'" in click_statuses()[-1][1]
+    # set_source_mask also takes the images' frame_id as the camera name.
+    resp = collector.set_source_mask("exo2_optical_frame", scene.mask("exo2", 3), object_id=9)
+    assert resp.success and "camera 'exo2'" in resp.message, resp.message
+
+
+def test_a_click_in_rqt_image_view_makes_a_mask_on_that_camera(graph_factory, scene):
+    """rqt_image_view publishes the pixel clicked on a stream as geometry_msgs/Point on
+    ``<image topic>_mouse_left``: each camera's such topic drives the clicks."""
+    from geometry_msgs.msg import Point
+
+    g = graph_factory(scene, "vggts_rqt", spin=False)
+    name, node, player, collector = g.name, g.node, g.player, g.collector
+    topic = f"/{name}_cams/exo1/image_raw_mouse_left"  # what rqt_image_view on exo1's stream publishes
+    mouse = player.create_publisher(Point, topic, 10)
+    g.spin()
+    assert wait_until(lambda: node.history.latest("exo1") is not None and mouse.get_subscription_count() > 0, 20)
+    x, y = centre_of(scene.mask("exo1", 2))
+    mouse.publish(Point(x=x, y=y, z=0.0))
+    assert wait_until(lambda: len(node.registry) == 1, 20)
+    (obj,) = node.registry.snapshot()[1]
+    assert obj.camera == "exo1" and metrics.iou(scene.mask("exo1", 2), obj.mask) > 0.5
+    # the object marked in exo1 is found in the other cameras
+    assert wait_until(lambda: collector.count("masks", "ego") >= 1, 60)
+    assert iou_on(collector.latest("masks", "ego"), scene, "ego", oid=obj.object_id, truth_oid=2) > 0.5
 
 
 def test_the_lifecycle_node_loads_on_configure_and_works_only_while_active(graph_factory, scene):

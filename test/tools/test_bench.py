@@ -93,3 +93,33 @@ def test_bench_vs_reference_names_what_is_missing(tmp_path):
     assert proc.returncode != 0
     assert "REF_VGGT=None is not a VGGT checkout" in proc.stderr
     assert f"REF_VGGTS={str(tmp_path)!r} is not a VGGT-S checkout" in proc.stderr
+
+
+def test_bench_geometry_heads_quick(tmp_path):
+    """The geometry heads' cost benchmark runs on the test-tiny network, its set is
+    bench/flops.py's set, and its shares are its own figures' ratios."""
+    from bench.bench_geometry_heads import geometry_preset
+    from bench.flops import set_flops, stage_flops
+
+    out = tmp_path / "heads.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_geometry_heads.py"), "--quick", "--repeats", "1",
+         "--objects", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, env=env, cwd=str(ROOT),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["preset"] == "test-tiny" and r["views"] == 3 and r["objects"] == 2 and r["passes_per_set"] == 3
+    f = stage_flops(geometry_preset(True), views=3, targets=2)
+    assert r["flops"]["set"] == set_flops(f, cameras=3, objects=2)["ours_total"]
+    assert r["flops"]["backbone_pass"] == f["backbone_3"]
+    assert r["flops"]["set"] == sum(r["flops"]["set_parts"].values())
+    assert r["set_cpu_s"] == pytest.approx(3 * r["cpu_s"]["backbone_pass"])
+    for key in ("camera_head", "depth_head"):
+        assert r["flops"][key] > 0 and r["cpu_s"][key] > 0
+        assert r["share"][key]["flops"] == pytest.approx(r["flops"][key] / r["flops"]["set"])
+        assert r["share"][key]["cpu"] == pytest.approx(r["cpu_s"][key] / r["set_cpu_s"])
+    # the depth head decodes every pixel; the camera head reads one token per view
+    assert r["flops"]["depth_head"] > 100 * r["flops"]["camera_head"]
+    assert "set CPU time = 3 passes x" in proc.stdout

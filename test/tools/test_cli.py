@@ -150,3 +150,19 @@ def test_precision_option_runs_the_same_model_in_float64(files):
     proc = run_cli("segment", "--source", str(files["source"]), "--source-mask", str(files["mask"]),
                    "--target", str(files["exo"]), "--precision", "float16", "--config", "test-tiny", cwd=files["dir"])
     assert proc.returncode == 2 and "--precision" in proc.stderr and "float16" in proc.stderr
+
+
+def test_segment_defaults_to_the_backend_that_needs_no_download(files):
+    """First contact: no checkpoints at hand, no --backend: the weight-free backend runs
+    (``auto``, as replay and demo choose); naming missing weights says how to do without."""
+    out = files["dir"] / "auto"
+    proc = run_cli("segment", "--source", str(files["source"]), "--source-mask", str(files["mask"]),
+                   "--target", str(files["exo"]), "--out", str(out), cwd=files["dir"])
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["backend"] == "geometric"
+    proc = run_cli("segment", "--source", str(files["source"]), "--source-mask", str(files["mask"]),
+                   "--target", str(files["exo"]), "--out", str(out), "--backend", "vggts",
+                   "--vggt-checkpoint", str(files["dir"] / "missing.pt"), "--head-checkpoint",
+                   str(files["dir"] / "missing.pth"), cwd=files["dir"])
+    line = one_line_error(proc)
+    assert "checkpoint file not found" in line and "--backend geometric" in line

@@ -320,6 +320,33 @@ def test_replay_with_the_node_parameters_file(data, tmp_path, capsys):
     assert len(read_bag(out)["/vggts/exo2/mask"]) == FRAMES - 1
 
 
+def test_replay_runs_the_temporal_memory_of_the_node_parameters(data, tmp_path):
+    """``inference.temporal`` in --params-file: the replay streams every set through the
+    memory as the node does (one bank per object and target camera, written every set)."""
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "vggts:\n  ros__parameters:\n    cameras: [ego, exo1, exo2]\n"
+        "    camera:\n      ego: {topic: /scene/ego/image_raw, role: ego}\n"
+        "      exo1: {topic: /scene/exo1/image_raw}\n      exo2: {topic: /scene/exo2/image_raw}\n"
+        "    model: {backend: vggts, config: test-tiny}\n"
+        "    inference: {temporal: true, memory_frames: 2}\n")
+    report = tmp_path / "r.json"
+    assert main(["replay", str(data / "in.mcap"), "--out", str(tmp_path / "t.mcap"), "--no-progress",
+                 "--params-file", str(params), "--source-mask", f"ego={data / 'object2.png'}",
+                 "--report", str(report)]) == 0
+    stream = json.loads(report.read_text())["stream"]
+    assert stream["temporal"] == "true"
+    writes = {k: int(v) for k, v in stream.items() if k.startswith("memory_writes_")}
+    # 3 sets, each with both exo targets (6 masks): every bank written 3 times, never restarted
+    assert writes == {"memory_writes_1/exo1": 3, "memory_writes_1/exo2": 3}
+    # without the option: no memory
+    params.write_text(params.read_text().replace("temporal: true", "temporal: false"))
+    assert main(["replay", str(data / "in.mcap"), "--out", str(tmp_path / "p.mcap"), "--no-progress",
+                 "--params-file", str(params), "--source-mask", f"ego={data / 'object2.png'}",
+                 "--report", str(report)]) == 0
+    assert json.loads(report.read_text())["stream"] == {"temporal": "false"}
+
+
 def test_replay_track_mode_moves_the_source_mask(data, tmp_path, scene):
     """track: the source camera becomes a target of its own newer frames (as in the node)."""
     out = tmp_path / "track.mcap"
@@ -338,7 +365,8 @@ def test_points_msg_fills_fields_added_to_the_msg_later(monkeypatch):
     knows (path and reason included) and zeroes the others instead of failing."""
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
-    from vggts_ros.replay import _Object, points_msg
+    from vggts_ros.registry import TrackedObject
+    from vggts_ros.replay import points_msg
     from vggts_ros.types import SegmentationResult
 
     msg_dir = Path(bags.__file__).resolve().parent.parent / "msg"
@@ -349,8 +377,40 @@ def test_points_msg_fills_fields_added_to_the_msg_later(monkeypatch):
     monkeypatch.setattr(bags, "_TYPESTORE", store)
     res = SegmentationResult(mask=np.zeros((4, 4), bool), source_points=np.zeros((2, 2)), target_points=np.ones((2, 2)),
                              visibility=np.zeros(2), confidence=np.zeros(2), path="", reason="3 feature matches")
-    obj = _Object(7, "ego", "cup", np.zeros((4, 4, 3), np.uint8), np.ones((4, 4), bool), 0)
+    obj = TrackedObject(7, "ego", "cup", np.zeros((4, 4, 3), np.uint8), np.ones((4, 4), bool), 0.0, 1)
     msg = points_msg(bags.header(5, "exo1"), "ego", "exo1", [(obj, res, 0)])
     back = bags.deserialize(bags.serialize(msg), "vggts_ros/msg/ProjectedPoints")
     (o,) = back.objects
     assert (o.object_id, o.label, o.reason, o.path, len(o.extra)) == (7, "cup", "3 feature matches", "", 0)
+
+
+def test_cameras_without_usable_frames_are_named_and_counted(tmp_path, scene, capsys):
+    """A camera topic with no messages, and one whose frames are all of an encoding the
+    replay cannot decode (raw Bayer), are reported per camera (count and reason) and never as present;
+    a source mask on the silent camera is refused by name, not with a traceback."""
+    bag = tmp_path / "odd.mcap"
+    with bags.BagWriter(bag) as w:
+        w.connection("/rig/silent/image_raw", bags.IMAGE)
+        for k in range(3):
+            t = 10**9 + k * 200_000_000
+            w.write("/rig/ego/image_raw", bags.image_msg(scene.image("ego"), "rgb8", t, "ego"), t)
+            w.write("/rig/exo1/image_raw", bags.image_msg(scene.image("exo1"), "rgb8", t, "exo1"), t)
+            raw = scene.image("exo2")[..., 1]  # a raw Bayer camera: not decoded here
+            w.write("/rig/exo2/image_raw", bags.image_msg(raw, "bayer_rggb8", t, "exo2"), t)
+    cv2 = pytest.importorskip("cv2")
+    png = tmp_path / "m.png"
+    cv2.imwrite(str(png), scene.mask("ego", 1).astype(np.uint8) * 255)
+    report = tmp_path / "r.json"
+    args = ["replay", str(bag), "--out", str(tmp_path / "o.mcap"), "--no-progress", "--role", "ego=ego",
+            "--report", str(report), "--source-mask", f"ego={png}"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "camera 'silent': no messages on /rig/silent/image_raw" in err
+    assert "camera 'exo2': 3 of 3 frames skipped" in err and "bayer_rggb8" in err
+    cams = {c["name"]: c for c in json.loads(report.read_text())["cameras"]}
+    assert cams["silent"]["present"] is False and cams["silent"]["frames"] == 0
+    assert cams["exo2"]["frames"] == 3 and cams["ego"]["present"] is True
+    # a source mask on the camera that has nothing
+    args[3] = str(tmp_path / "o2.mcap")
+    assert main(args[:-1] + [f"silent={png}"]) == 2
+    assert "camera 'silent', which has no messages in the bag" in capsys.readouterr().err

@@ -20,7 +20,7 @@ Checked bit for bit against the vectorised ``torch.randn`` on 8 million draws.
 from __future__ import annotations
 
 import math
-from typing import Dict, Tuple
+from typing import Dict, Mapping, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -136,21 +136,38 @@ def standard_normal(shape, gen: torch.Generator) -> torch.Tensor:
 
 
 def deterministic_state_dict(model: nn.Module, seed: int) -> Dict[str, torch.Tensor]:
+    return deterministic_values(model.state_dict(), seed)
+
+
+def _rule_value(key: str, tensor: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The next draw of the rule for one floating-point tensor."""
+    x = standard_normal(tuple(tensor.shape), gen)
+    if tensor.dim() <= 1:
+        value = 1.0 + 0.02 * x if key.endswith(".weight") else 0.02 * x
+    else:
+        value = x / math.sqrt(math.prod(tensor.shape[1:]))
+    return value.to(tensor.dtype)
+
+
+def deterministic_values(current: Mapping[str, torch.Tensor], seed: int) -> Dict[str, torch.Tensor]:
+    """The rule's values for a state dict's keys and shapes (drawn in sorted key order)."""
     gen = torch.Generator().manual_seed(int(seed))
-    current = model.state_dict()
-    values: Dict[str, torch.Tensor] = {}
-    for key in sorted(current):
-        tensor = current[key]
-        if not torch.is_floating_point(tensor):
-            values[key] = tensor
-            continue
-        x = standard_normal(tuple(tensor.shape), gen)
-        if tensor.dim() <= 1:
-            value = 1.0 + 0.02 * x if key.endswith(".weight") else 0.02 * x
-        else:
-            value = x / math.sqrt(math.prod(tensor.shape[1:]))
-        values[key] = value.to(tensor.dtype)
-    return values
+    return {key: _rule_value(key, current[key], gen) if torch.is_floating_point(current[key]) else current[key]
+            for key in sorted(current)}
+
+
+@torch.no_grad()
+def fill_deterministic_in_place(model: nn.Module, seed: int) -> nn.Module:
+    """:func:`fill_deterministic` one tensor at a time, never holding a second copy of the
+    weights (the full-size networks of the benchmarks)."""
+    state = model.state_dict()
+    if any(t.is_meta for t in state.values()):
+        raise ValueError("cannot fill a model that lives on the meta device")
+    gen = torch.Generator().manual_seed(int(seed))
+    for key in sorted(state):
+        if torch.is_floating_point(state[key]):
+            state[key].copy_(_rule_value(key, state[key], gen))
+    return model
 
 
 @torch.no_grad()
@@ -159,6 +176,29 @@ def fill_deterministic(model: nn.Module, seed: int) -> nn.Module:
     if any(t.is_meta for t in model.state_dict().values()):
         raise ValueError("cannot fill a model that lives on the meta device")
     model.load_state_dict(deterministic_state_dict(model, seed), strict=True)
+    return model
+
+
+@torch.no_grad()
+def fill_deterministic_groups(model: nn.Module, seed: int, groups: Sequence[Sequence[str]]) -> nn.Module:
+    """Fill ``model`` as if each group of key prefixes were a model of its own filled by the
+    rule with ``seed`` (how fixtures of different sub-models pin down one network's parts).
+    Every key must belong to a group; a key in several groups must draw the same value in
+    each (a shared part whose keys sort first, such as the aggregator)."""
+    if any(t.is_meta for t in model.state_dict().values()):
+        raise ValueError("cannot fill a model that lives on the meta device")
+    current = model.state_dict()
+    values: Dict[str, torch.Tensor] = {}
+    for prefixes in groups:
+        part = {k: v for k, v in current.items() if k.startswith(tuple(prefixes))}
+        for key, value in deterministic_values(part, seed).items():
+            if key in values and not torch.equal(values[key], value):
+                raise ValueError(f"weight groups {list(groups)} draw different values for {key}")
+            values[key] = value
+    left = sorted(set(current) - set(values))
+    if left:
+        raise ValueError(f"keys in no weight group: {left[:5]}{' ...' if len(left) > 5 else ''}")
+    model.load_state_dict(values, strict=True)
     return model
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import array
 import struct
-from typing import Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -163,12 +164,30 @@ def check_size(height: int, width: int, max_pixels: int, what: str) -> str:
     return ""
 
 
-def check_pixels(image: np.ndarray) -> str:
-    """Empty string for a usable frame, else why it is not (a dead or blank camera)."""
-    if image.size == 0:
-        return "image is empty"
-    if not np.isfinite(image).all():
-        return "image contains NaN or infinite values"
-    if image.max() == image.min():
-        return f"image is constant (all pixels = {image.flat[0]})"
-    return ""
+
+
+@dataclass
+class ReceivedImage:
+    """A received camera message, decoded lazily (decoding costs time) and once."""
+
+    msg: Any
+    compressed: bool
+    max_pixels: int
+    _rgb: Optional[np.ndarray] = None
+
+    def rgb(self) -> np.ndarray:
+        if self._rgb is None:
+            self._rgb = (compressed_to_rgb(self.msg, self.max_pixels) if self.compressed
+                         else image_to_rgb(self.msg))
+        return self._rgb
+
+    def size(self) -> Optional[Tuple[int, int]]:
+        """(height, width) without decoding."""
+        return compressed_size(self.msg.data) if self.compressed else (int(self.msg.height), int(self.msg.width))
+
+    @property
+    def frame_id(self) -> str:
+        return self.msg.header.frame_id
+
+
+from vggts_ros.frame_history import check_pixels  # noqa: E402,F401  (core; re-exported for the node)

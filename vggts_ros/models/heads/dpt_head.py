@@ -3,7 +3,10 @@
 Four chosen layers are reshaped back to patch grids, projected to four channel widths,
 brought to four scales (x4, x2, x1, x0.5), and fused coarse-to-fine by RefineNet-style
 blocks. In ``feature_only`` mode (what the track head uses) the result is a dense feature
-map at ``1/down_ratio`` of the image resolution.
+map at ``1/down_ratio`` of the image resolution. Otherwise (VGGT's depth head: two output
+channels, ``exp`` on the value, ``1 + exp`` on the confidence) a small convolution stack
+turns it into per-pixel predictions: the first ``output_dim - 1`` channels are the value,
+the last one its confidence.
 """
 
 from __future__ import annotations
@@ -94,12 +97,18 @@ class FeatureFusionBlock(nn.Module):
         return self.out_conv(resize_bilinear(x, size))
 
 
+# Activations of the prediction channels and of the confidence channel (``feature_only=False``).
+VALUE_ACTIVATIONS = {"exp": torch.exp, "linear": lambda x: x}
+CONF_ACTIVATIONS = {"expp1": lambda c: 1 + c.exp(), "expp0": torch.exp, "sigmoid": torch.sigmoid}
+
+
 class DPTHead(nn.Module):
     """DPT decoder with the published key layout (``norm``, ``projects``, ``resize_layers``, ``scratch.*``).
 
-    With ``feature_only=False`` the extra ``output_conv2`` stack is built and its raw
-    output (before any activation) is returned; VGGT's depth/point activations are not
-    part of this project.
+    With ``feature_only=False`` the extra ``output_conv2`` stack is built and the forward
+    returns ``(value [B, S, H, W, output_dim - 1], confidence [B, S, H, W])`` after
+    ``activation`` / ``conf_activation`` (VGGT's depth head: ``output_dim=2``, ``"exp"``,
+    ``"expp1"``).
     """
 
     def __init__(
@@ -113,8 +122,21 @@ class DPTHead(nn.Module):
         pos_embed: bool = True,
         feature_only: bool = False,
         down_ratio: int = 1,
+        activation: str = "exp",
+        conf_activation: str = "expp1",
     ) -> None:
         super().__init__()
+        if not feature_only:
+            if activation not in VALUE_ACTIVATIONS:
+                raise ValueError(f"unknown DPT activation {activation!r}; expected one of {sorted(VALUE_ACTIVATIONS)}")
+            if conf_activation not in CONF_ACTIVATIONS:
+                raise ValueError(
+                    f"unknown DPT confidence activation {conf_activation!r}; expected one of {sorted(CONF_ACTIVATIONS)}"
+                )
+            if output_dim < 2:
+                raise ValueError(f"a predicting DPT head needs output_dim >= 2 (value + confidence), got {output_dim}")
+        self.activation = activation
+        self.conf_activation = conf_activation
         self.patch_size = patch_size
         self.pos_embed = pos_embed
         self.feature_only = feature_only
@@ -155,13 +177,18 @@ class DPTHead(nn.Module):
         images: torch.Tensor,
         patch_start_idx: int,
         frames_chunk_size: Optional[int] = 8,
-    ) -> torch.Tensor:
-        """Decode ``[B, S, C, H/down, W/down]`` from the token layers; frames are processed
+    ):
+        """Decode the token layers: features ``[B, S, C, H/down, W/down]`` (``feature_only``)
+        or ``(value, confidence)`` (see the class). Frames are processed
         ``frames_chunk_size`` at a time to bound memory (the result does not depend on it)."""
         b, s, _, h, w = images.shape
         step = s if not frames_chunk_size or frames_chunk_size >= s else int(frames_chunk_size)
         chunks = [self._decode(tokens_list, h, w, patch_start_idx, i, min(i + step, s)) for i in range(0, s, step)]
-        return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
+        if self.feature_only:
+            return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
+        if len(chunks) == 1:
+            return chunks[0]
+        return tuple(torch.cat(parts, dim=1) for parts in zip(*chunks))
 
     def _decode(self, tokens_list, h: int, w: int, patch_start_idx: int, f0: int, f1: int) -> torch.Tensor:
         ph, pw = h // self.patch_size, w // self.patch_size
@@ -187,9 +214,16 @@ class DPTHead(nn.Module):
         out = resize_bilinear(out, out_size)
         if self.pos_embed:
             out = add_uv_pos_embed(out, w, h)
-        if not self.feature_only:
-            out = self.scratch.output_conv2(out)
-        return out.reshape(b, s, *out.shape[1:])
+        if self.feature_only:
+            return out.reshape(b, s, *out.shape[1:])
+        return self._predict(self.scratch.output_conv2(out), b, s)
+
+    def _predict(self, out: torch.Tensor, b: int, s: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``[b*s, C, H, W]`` raw output -> activated value ``[b, s, H, W, C-1]`` and confidence ``[b, s, H, W]``."""
+        out = out.permute(0, 2, 3, 1)
+        value = VALUE_ACTIVATIONS[self.activation](out[..., :-1])
+        conf = CONF_ACTIVATIONS[self.conf_activation](out[..., -1])
+        return value.reshape(b, s, *value.shape[1:]), conf.reshape(b, s, *conf.shape[1:])
 
     def _fuse(self, maps: List[torch.Tensor]) -> torch.Tensor:
         sc = self.scratch
