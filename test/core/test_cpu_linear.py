@@ -104,9 +104,11 @@ def small_backbone():
 @needs_onednn
 def test_backbone_fast_path_matches_the_plain_path_and_leaves_float64_alone():
     """The aggregator's blocks (QKV, projection, MLP with its GELU) and the DPT projections
-    take the oneDNN path in float32: the same features within float32 rounding; float64
-    runs never take it (bit-identical with the path on and off)."""
+    take the oneDNN path in float32: the same features within float32 rounding; the tracker
+    does not (its iterations amplify rounding: bit-identical with the path on and off);
+    float64 runs never take it (bit-identical with the path on and off)."""
     backbone, images = small_backbone()
+    query = torch.rand(1, 6, 2, generator=torch.Generator().manual_seed(3)) * 125
     with torch.inference_mode():
         fast = backbone(images).features
         with cpu_linear.enabled(False):
@@ -114,6 +116,9 @@ def test_backbone_fast_path_matches_the_plain_path_and_leaves_float64_alone():
         scale = float(plain.abs().max())
         err = float((fast - plain).abs().max())
         assert 0 < err <= 1e-5 * scale  # 0 would mean the fast path was not taken
+        tracked = backbone.track(plain, query)[0][-1]
+        with cpu_linear.enabled(False):
+            assert torch.equal(backbone.track(plain, query)[0][-1], tracked)
         b64 = backbone.double()
         f64 = b64(images.double()).features
         with cpu_linear.enabled(False):

@@ -165,8 +165,8 @@ def run_end_to_end(seg, source_image, source_mask, view, keep_features: bool = F
     if keep_features:
         compute = seg.backbone_features
 
-        def recording(views):
-            out = compute(views)
+        def recording(*args, **kwargs):
+            out = compute(*args, **kwargs)
             trace.setdefault("features", []).append(out)
             return out
 
