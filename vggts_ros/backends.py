@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from vggts_ros.config import BACKENDS, InferenceConfig, ModelConfig, PipelineConfig
+from vggts_ros.config import BACKENDS, InferenceConfig, ModelConfig, PipelineConfig, precision_of
 from vggts_ros.device import resolve_device  # noqa: F401  (re-exported: the node imports it from here)
 from vggts_ros.types import Segmentor
 
@@ -19,7 +19,7 @@ def create_segmentor(model: ModelConfig, pipeline: Optional[PipelineConfig] = No
     if model.backend == "geometric":
         from vggts_ros.geometric import GeometricSegmentor
 
-        return GeometricSegmentor()
+        return GeometricSegmentor(model.geometric)
     if model.backend == "vggts":
         from vggts_ros.pipeline import VGGTSegmentor
 
@@ -46,16 +46,9 @@ def choose_backend(requested: str, preset: str = "vggt-1b", vggt_checkpoint: str
 
 def pipeline_config(inference: InferenceConfig, model: Optional[ModelConfig] = None) -> PipelineConfig:
     """The pipeline recipe a node configuration's ``inference`` (and ``model``) section asks
-    for: the one mapping the node, ``vggts replay --params-file`` and the demo share."""
-    return PipelineConfig(
-        refine_iterations=inference.refine_iterations,
-        backbone_dtype=(model or ModelConfig()).dtype,
-        precision=inference.precision,
-        point_identity=inference.point_identity,
-        temporal=inference.temporal,
-        memory_frames=inference.memory_frames,
-        temporal_weights=inference.temporal_weights,
-    )
+    for: the one mapping the node, ``vggts replay --params-file`` and the demo share
+    (:meth:`InferenceConfig.pipeline`, with a deprecated ``model.dtype`` folded in)."""
+    return precision_of(model or ModelConfig(), inference.pipeline())
 
 
 def warm_up(segmentor: Segmentor) -> float:

@@ -17,55 +17,14 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from vggts_ros.config import BACKENDS, MODEL_PRESETS, POINT_IDENTITY, PRECISION_MODES, ModelConfig, PipelineConfig
+from vggts_ros.config import BACKENDS, MODEL_PRESETS, POINT_IDENTITY, PRECISION_MODES, ModelConfig, NodeConfig, PipelineConfig
+from vggts_ros.errors import UsageError, run_command
+from vggts_ros.image_io import read_mask, read_rgb, write_png
 from vggts_ros.types import ROLES
-
-
-class UsageError(Exception):
-    """A problem with the user's input, reported without a traceback."""
-
-
-def _imread(path: str, what: str, flags: int) -> np.ndarray:
-    import cv2
-
-    if not Path(path).is_file():
-        raise UsageError(f"{what} file not found: {path}")
-    image = cv2.imread(str(path), flags)
-    if image is None:
-        raise UsageError(f"cannot read {path} as an image (is it a PNG/JPEG?)")
-    return image
-
-
-def read_rgb(path: str) -> np.ndarray:
-    import cv2
-
-    return np.ascontiguousarray(_imread(path, "image", cv2.IMREAD_COLOR)[..., ::-1])
-
-
-def read_mask(path: str) -> np.ndarray:
-    import cv2
-
-    mask = _imread(path, "mask", cv2.IMREAD_UNCHANGED)
-    if mask.ndim == 3:
-        colour = mask[..., :3]
-        if colour.shape[2] == 3 and not (
-            (colour[..., 0] == colour[..., 1]).all() and (colour[..., 1] == colour[..., 2]).all()
-        ):
-            raise UsageError(f"{path} is a colour image, not a mask; give a single-channel (grey) mask, nonzero = object")
-        mask = colour[..., 0]
-    return mask != 0
-
-
-def write_png(path: Path, image: np.ndarray) -> None:
-    import cv2
-
-    data = image if image.ndim == 2 else image[..., ::-1]
-    if not cv2.imwrite(str(path), np.ascontiguousarray(data)):
-        raise UsageError(f"cannot write {path}")
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -93,13 +52,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from vggts_ros.backends import choose_backend
 
     backend = choose_backend(args.backend, args.config, args.vggt_checkpoint or "", args.head_checkpoint or "")
-    model = ModelConfig(backend=backend, config=args.config, device=args.device)
-    if args.vggt_checkpoint:
-        model.vggt_checkpoint = args.vggt_checkpoint
-    if args.head_checkpoint:
-        model.head_checkpoint = args.head_checkpoint
-    pipeline = PipelineConfig(refine_iterations=args.refine, precision=args.precision,
-                              point_identity=args.point_identity)
+    flags = {"model.backend": backend, "model.config": args.config, "model.device": args.device,
+             "model.vggt_checkpoint": args.vggt_checkpoint, "model.head_checkpoint": args.head_checkpoint,
+             "inference.refine_iterations": args.refine, "inference.precision": args.precision,
+             "inference.point_identity": args.point_identity}
+    settings = node_settings(NodeConfig(), {k: v for k, v in flags.items() if v is not None}, args.sets)
+    model, pipeline = settings.model, settings.inference.pipeline()
     t0 = time.monotonic()
     segmentor = _build(model, pipeline)
     t_load = time.monotonic() - t0
@@ -126,6 +84,24 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def node_settings(base: NodeConfig, flags: Dict[str, Any], sets: Optional[List[str]]) -> NodeConfig:
+    """``base`` with the parameters the command's own options give (``flags``, by node
+    parameter name) and then its ``--set NAME=VALUE`` items; the model, inference and sync
+    settings are checked (cameras are the caller's business). Errors are UsageErrors."""
+    from vggts_ros.schema import field_errors, parse_assignments
+
+    try:
+        changes = dict(flags)
+        changes.update(parse_assignments(sets or []))
+        settings = base.with_parameters(changes)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    errors = field_errors(settings)  # every section (the cameras are checked by NodeConfig.validate)
+    if errors:
+        raise UsageError("; ".join(errors))
+    return settings
+
+
 def _build(model: ModelConfig, pipeline: PipelineConfig):
     from vggts_ros.backends import create_segmentor
     from vggts_ros.checkpoint import CheckpointError
@@ -147,6 +123,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         node = load_node_config(args.params_file, args.node_name) if args.params_file else None
     except (OSError, ValueError) as exc:
         raise UsageError(f"--params-file {args.params_file}: {exc}") from exc
+    if args.sets:  # --set NAME=VALUE: node parameters on top of the params file (or the defaults)
+        backend_given = bool(node) or any(s.strip().startswith("model.backend=") for s in args.sets)
+        node = node_settings(node or NodeConfig(), {}, args.sets)
+    else:
+        backend_given = bool(node)
     try:
         cameras = list(node.cameras) if node else []
         for name, topic in rp.parse_pairs(args.camera, "--camera").items():
@@ -172,7 +153,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from vggts_ros.backends import choose_backend
 
     backend = choose_backend(args.backend, args.config or model.config, args.vggt_checkpoint or "",
-                             args.head_checkpoint or "", default=node.model.backend if node else "geometric")
+                             args.head_checkpoint or "", default=node.model.backend if backend_given else "geometric")
     model.backend, model.device = backend, args.device or model.device
     if args.config:
         model.config = args.config
@@ -262,6 +243,9 @@ def add_replay_arguments(rep: argparse.ArgumentParser) -> None:
                      help="keyframe (default): masks stay on the frame they were drawn on; track: they "
                           "follow the object into the source camera's newer frames")
     rep.add_argument("--device", default="", help="auto, cpu or cuda")
+    rep.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=VALUE",
+                     help="a node parameter over --params-file, e.g. model.geometric.ratio=0.7 or "
+                          "sync.slop=0.1 (names and values: docs/parameters.md; repeatable)")
     rep.add_argument("--namespace", default="/vggts", help="output topics <namespace>/<camera>/{mask,points,overlay}")
     rep.add_argument("--storage", default="mcap", choices=("mcap", "sqlite3"),
                      help="storage of a directory output (a .mcap output is always MCAP)")
@@ -297,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--point-identity", choices=POINT_IDENTITY, default="accumulate",
                      help="refinement semantics: accumulate (reference, default) or per_pass")
     seg.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    seg.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=VALUE",
+                     help="any model.* or inference.* node parameter, applied after the options above, e.g. "
+                          "model.geometric.ratio=0.7 (names and values: docs/parameters.md; repeatable)")
     seg.set_defaults(func=cmd_segment)
 
     add_replay_arguments(sub.add_parser(
@@ -316,13 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except UsageError as exc:
-        print(f"vggts {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,23 @@
 
 Everything tunable lives here as dataclasses. Model presets (``vggt-1b``, ``test-tiny``)
 are named so that a YAML file, a CLI flag and a test all mean the same network.
+
+Each node parameter is declared once, as a field made by :func:`vggts_ros.schema.param`
+carrying its doc, range or choices and live flag. From those declarations come the ROS
+parameter names (:meth:`NodeConfig.to_parameters` / :meth:`NodeConfig.from_parameters`),
+their descriptors (:data:`PARAMETERS`, :data:`CAMERA_PARAMETERS`), the checks of
+:meth:`NodeConfig.validate`, the comments of ``config/multicam.yaml`` and the page
+``docs/parameters.md`` (both written by ``python -m vggts_ros.parameter_docs``).
+
+Adding a parameter is one declaration in its section, e.g. in :class:`PublishConfig`::
+
+    max_age: float = param(0.5, doc="s, outputs older than this are not published", range=(0.0, 60.0), live=True)
+
+``camera.<name>.<key>`` parameters are fields of :class:`CameraConfig`; list values are
+typed ``List[float]``/``Tuple[float, ...]`` (a list default needs ``default_factory=list``,
+a tuple default does not); a new section is a dataclass field of :class:`NodeConfig`, a
+nested one (``model.geometric.*``) a dataclass field of a section. Then run
+``python -m vggts_ros.parameter_docs`` and add the parameter to ``config/*.yaml``.
 """
 
 from __future__ import annotations
@@ -10,6 +27,23 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
+
+from vggts_ros.schema import fold_renamed, from_dict, param, parameters, renamed_value, to_dict  # noqa: F401
+from vggts_ros.schema import check, field_errors, flatten, unflatten
+
+# Allowed values, shared by the node, the command line and the checks.
+MODEL_PRESETS = ("vggt-1b", "test-tiny")
+ROLES = ("ego", "exo", "aerial", "ground")  # camera roles (vggts_ros.types.CROPPED_ROLES: cropped targets)
+SOURCE_MODES = ("keyframe", "track")
+DEVICES = ("auto", "cuda", "cpu")
+DTYPES = ("float32", "bfloat16")  # the deprecated model.dtype / PipelineConfig.backbone_dtype
+PRECISION_MODES = ("float32", "tf32", "bf16", "release", "float64")  # vggts_ros.precision
+POINT_IDENTITY = ("accumulate", "per_pass")  # models.union_head.refinement
+BACKENDS = ("vggts", "geometric")
+CROP_SCHEDULES = ("3x", "2x", "1.5x", "1x")  # vggts_ros.crops
+
+# The deprecated backbone dtype spellings mean this precision mode (float32: no change).
+_DTYPE_TO_PRECISION = {"float32": None, "bfloat16": "bf16"}
 
 
 @dataclass
@@ -93,64 +127,151 @@ class HeadConfig:
     num_heads: int = 8
 
 
+# ---------------------------------------------------------------------------------------
+# Settings the node and the pipeline share (declared once, used by both dataclasses)
+# ---------------------------------------------------------------------------------------
+_REFINE = dict(doc="refinement passes of the head per target view (they reuse the backbone features)",
+               range=(0, 16))
+_PRECISION = dict(
+    doc="numeric mode (float32: TF32 off on CUDA, so GPU and CPU agree; bf16: backbone autocast; release: the "
+        "released scripts' CUDA bf16 autocast)", choices=PRECISION_MODES,
+    details="`tf32`: TF32 allowed on CUDA; `release` on a CPU computes float32 (its autocast is CUDA's); "
+            "`float64`: networks and inputs in float64 (reference runs). See `vggts_ros/precision.py`.")
+_POINT_IDENTITY = dict(
+    doc="refinement semantics of the source points' identity (accumulate: the reference loops, what the "
+        "published head saw; per_pass: once per pass)", choices=POINT_IDENTITY)
+_TEMPORAL = dict(doc="Temporal VGGT-S: each (object, target camera) decodes with a memory of its earlier sets",
+                 details="Off: the per-frame pipeline. Without trained weights the memory's zero gate leaves "
+                         "every output unchanged (no trained temporal weights are published).")
+_MEMORY_FRAMES = dict(doc="recent frames kept per (object, camera) memory bank (plus the first confident one)",
+                      range=(1, 64))
+_TEMPORAL_WEIGHTS = dict(doc="temporal.pth of the memory modules; empty: untrained memory (outputs unchanged)")
+
+
 @dataclass
 class PipelineConfig:
     """Inference recipe of the paper (see SPEC "The pipeline")."""
 
-    image_size: int = 518
-    first_pass_points: int = 50
-    prompt_points: int = 5
-    outlier_k: int = 10
-    # "3x" (reference default), "2x", "1.5x", "1x".
-    crop_schedule: str = "3x"
-    source_crop_ratio: float = 2.0
-    refine_iterations: int = 1
-    # Optional second tracking pass on the target crop (supplement).
-    second_pass: bool = False
-    # "float32" (default, as in the paper) or "bfloat16" (backbone only).
-    backbone_dtype: str = "float32"
-    # Numeric mode (vggts_ros.precision): "float32" (default; TF32 off on CUDA), "tf32",
-    # "bf16" (backbone autocast), "release" (the released scripts' CUDA bf16 autocast
-    # around backbone and head), "float64" (networks cast to float64: reference runs).
-    precision: str = "float32"
-    # Source-point identity across refinement passes: "accumulate" (the reference's
-    # evaluation and training loops, which the published head was trained with) or
-    # "per_pass" (models.union_head.refinement).
-    point_identity: str = "accumulate"
-    # Temporal VGGT-S (vggts_ros/temporal.py): memory per (object, target camera) when a
-    # caller streams (segment_objects(..., stream=...)); off = the per-frame pipeline.
-    # Without temporal_weights the memory's zero gate leaves every output unchanged.
-    temporal: bool = False
-    memory_frames: int = 6
-    temporal_weights: str = ""
-    # Stream reuse (vggts_ros.stream_reuse; off by default, its accuracy with the published
-    # weights is unmeasured): a cropped target whose previous masks were confident skips
-    # the first pass (crop from the last mask, prompts tracked in the features pass); a
-    # full pass every ``reuse_full_every`` sets, or when a score is below
-    # ``reuse_min_score`` or fell more than ``reuse_max_drop`` since the last full pass.
-    stream_reuse: bool = False
-    reuse_full_every: int = 5
-    reuse_min_score: float = 0.6
-    reuse_max_drop: float = 0.1
-    # VGGT's camera and depth heads on the first pass's tokens (vggts_ros.geometry.camera):
-    # each result then carries its target's and its source's ViewGeometry in frame pixels
-    # (depth, confidence, intrinsics, pose relative to the source camera; unknown scale).
-    # Needs a backbone with BackboneConfig.geometry_heads (the constructors build one).
-    geometry_heads: bool = False
+    image_size: int = param(518, doc="network input side (set from the model preset)")
+    first_pass_points: int = param(50, doc="K-means points of the source mask tracked in the first pass")
+    prompt_points: int = param(5, doc="prompt points per view after outlier removal")
+    outlier_k: int = param(10, doc="neighbours of the outlier test on the tracked points")
+    crop_schedule: str = param("3x", doc="target crop side against the spread of the projected points "
+                                         "(3x: the reference default)", choices=CROP_SCHEDULES)
+    source_crop_ratio: float = param(2.0, doc="source crop side against the mask's bounding box")
+    refine_iterations: int = param(1, **_REFINE)
+    second_pass: bool = param(False, doc="a second tracking pass on the target crop (supplement)")
+    precision: str = param("float32", **_PRECISION)
+    point_identity: str = param("accumulate", **_POINT_IDENTITY)
+    temporal: bool = param(False, **_TEMPORAL)
+    memory_frames: int = param(6, **_MEMORY_FRAMES)
+    temporal_weights: str = param("", **_TEMPORAL_WEIGHTS)
+    stream_reuse: bool = param(
+        False, doc="stream reuse: a cropped target whose previous masks were confident skips the first pass",
+        details="Off by default: its accuracy with the published weights is unmeasured "
+                "(`vggts_ros/stream_reuse.py`). The crop comes from the last mask, the prompts are tracked in "
+                "the features pass.")
+    reuse_full_every: int = param(5, doc="stream reuse: a full pass every this many sets")
+    reuse_min_score: float = param(0.6, doc="stream reuse: a full pass when a score is below this")
+    reuse_max_drop: float = param(0.1, doc="stream reuse: a full pass when a score fell more than this "
+                                           "since the last full pass")
+    geometry_heads: bool = param(
+        False, doc="VGGT's camera and depth heads on the first pass's tokens (vggts_ros.geometry.camera)",
+        details="Each result then carries its target's and its source's ViewGeometry in frame pixels (depth, "
+                "confidence, intrinsics, pose relative to the source camera; unknown scale). Needs a backbone "
+                "with BackboneConfig.geometry_heads (the constructors build one).")
+    backbone_dtype: str = param("", doc="", renamed_to="precision", value_map=_DTYPE_TO_PRECISION)
+
+    def __post_init__(self) -> None:
+        fold_renamed(self, "PipelineConfig.")
+
+
+@dataclass
+class GeometricConfig:
+    """The weight-free backend (``vggts_ros/geometric.py``, ``model.backend: geometric``): SIFT
+    with simulated tilts, RANSAC homography plus a local correction, GrabCut, and a
+    scene-homography + colour fallback."""
+
+    n_points: int = param(5, doc="prompt points sampled in the source mask (K-means, as the learned pipeline)",
+                          range=(1, 64))
+    contrast_threshold: float = param(0.02, doc="SIFT contrast threshold (lower: more, weaker keypoints)",
+                                      range=(0.0, 1.0))
+    tilts: Tuple[float, ...] = param((1.0, 1.41, 2.0), doc="ASIFT tilts simulated on the source (1: as is)",
+                                     range=(1.0, 10.0))
+    tilt_angles: Tuple[float, ...] = param((0.0, 45.0, 90.0, 135.0), doc="degrees, directions of the simulated "
+                                           "tilts", range=(0.0, 360.0))
+    source_features: int = param(3000, doc="SIFT keypoints kept per simulated source view (strongest); 0 = all",
+                                 range=(0, 1_000_000))
+    target_features: int = param(10000, doc="SIFT keypoints kept on the target; 0 = all", range=(0, 1_000_000))
+    target_upscale: float = param(2.0, doc="the target is upsampled by this before SIFT (small far objects still "
+                                           "give keypoints)", range=(0.1, 8.0))
+    max_target_pixels: int = param(1_000_000, doc="largest target width x height after upscaling",
+                                   range=(1, 1 << 31))
+    ratio: float = param(0.8, doc="Lowe's ratio test threshold", range=(0.0, 1.0))
+    min_matches: int = param(8, doc="fewer ratio-test matches: no transfer (empty mask)", range=(4, 1_000_000))
+    min_inliers: int = param(8, doc="fewer RANSAC inliers: no transfer (empty mask)", range=(4, 1_000_000))
+    ransac_thresh: float = param(0.015, doc="RANSAC reprojection threshold, fraction of the target diagonal",
+                                 range=(1e-6, 1.0))
+    support_factor: float = param(3.0, doc="support band = this x the RANSAC threshold", range=(1.0, 100.0))
+    local_sigma: float = param(0.2, doc="width of the local correction, fraction of the object size "
+                                        "(sqrt of the mask area)", range=(1e-6, 100.0))
+    local_prior: float = param(0.5, doc="weight pulling the local correction to zero where matches are few",
+                               range=(0.0, 1e6))
+    grabcut: bool = param(True, doc="refine the transferred mask with GrabCut")
+    grabcut_iters: int = param(5, doc="GrabCut iterations", range=(1, 100))
+    band_gain: float = param(
+        1.5, doc="GrabCut's uncertain band: band_gain x (log(s1/s2) - band_deadzone), in object sizes",
+        range=(0.0, 100.0),
+        details="s1/s2: singular values of the homography's local Jacobian (out-of-plane rotation makes "
+                "silhouettes differ); capped at band_max, never below band_min_px.")
+    band_deadzone: float = param(0.08, doc="see band_gain", range=(0.0, 10.0))
+    band_max: float = param(0.5, doc="cap of the uncertain band, in object sizes", range=(0.0, 10.0))
+    band_min_px: int = param(3, doc="px, floor of the uncertain band", range=(0, 10_000))
+    crop_margin: int = param(16, doc="px around the transferred mask in GrabCut's crop", range=(0, 10_000))
+    fallback: bool = param(True, doc="when the object's own features do not localise it, the surrounding "
+                                     "scene's homography predicts its place and a colour model finds it there")
+    context_radius: float = param(1.5, doc="ring around the object whose features the fallback matches, in "
+                                           "object sizes", range=(1e-3, 100.0))
+    colour_bins: Tuple[int, int, int] = param((4, 16, 16), doc="L, a, b histogram bins of the fallback's colour "
+                                              "model", range=(1, 256))
+    min_colour_distance: float = param(0.35, doc="Bhattacharyya distance object vs surroundings below which "
+                                                 "the fallback has no colour model (above 1: never)",
+                                       range=(0.0, 2.0))
+    search_margin: float = param(0.75, doc="searched around the predicted region, in predicted object sizes",
+                                 range=(0.0, 100.0))
+    fallback_area: Tuple[float, float] = param((0.25, 4.0), doc="accepted area / predicted area of the "
+                                               "fallback's mask (low, high)", range=(1e-6, 1e6))
+    fallback_min_area: int = param(64, doc="source mask pixels below which the fallback has no colour model",
+                                   range=(0, 1 << 31))
 
 
 @dataclass
 class ModelConfig:
-    """Which network to run and where its weights come from."""
+    """Which backend and network run, where their weights come from and on which device."""
 
-    # "vggts" (the learned model) or "geometric" (weight-free baseline).
-    backend: str = "vggts"
-    # "vggt-1b" (published weights) or "test-tiny" (deterministic test weights).
-    config: str = "vggt-1b"
-    vggt_checkpoint: str = "facebook/VGGT-1B"
-    head_checkpoint: str = "zbbhhh/VGGT-S"
-    device: str = "auto"
-    dtype: str = "float32"
+    backend: str = param("vggts", doc="segmentation backend (geometric: the weight-free baseline, settings "
+                                      "model.geometric.*)", choices=BACKENDS)
+    config: str = param("vggt-1b", doc="network preset (test-tiny: deterministic test weights, meaningless on real "
+                                       "images)", choices=MODEL_PRESETS)
+    vggt_checkpoint: str = param("facebook/VGGT-1B", doc="VGGT-1B model.pt: a local file, a directory or a "
+                                                         "Hugging Face repo id")
+    head_checkpoint: str = param("zbbhhh/VGGT-S", doc="VGGT-S head main_exp.pth: a local file, a directory or "
+                                                      "a repo id")
+    device: str = param("auto", doc="where the model runs (auto: CUDA when available)", choices=DEVICES,
+                        pattern=(r"cuda:\d+", "cuda:<index>"))
+    dtype: str = param("", doc="", renamed_to="inference.precision", value_map=_DTYPE_TO_PRECISION)
+    geometric: GeometricConfig = field(default_factory=GeometricConfig)
+
+
+def precision_of(model: ModelConfig, pipeline: Optional[PipelineConfig]) -> PipelineConfig:
+    """``pipeline`` with the deprecated ``ModelConfig.dtype`` folded into its ``precision``
+    (what :meth:`VGGTSegmentor.from_config` runs; a NodeConfig folds ``model.dtype`` itself)."""
+    pipeline = pipeline or PipelineConfig()
+    if not model.dtype:
+        return pipeline
+    mode = renamed_value("ModelConfig.dtype", model.dtype, "PipelineConfig.precision", pipeline.precision,
+                         "float32", _DTYPE_TO_PRECISION)
+    return dataclasses.replace(pipeline, precision=mode)
 
 
 @dataclass
@@ -197,56 +318,24 @@ def model_preset(name: str) -> ModelPreset:
     raise ValueError(f"unknown model config {name!r}; expected one of: vggt-1b, test-tiny")
 
 
-MODEL_PRESETS = ("vggt-1b", "test-tiny")
-
-
-def to_dict(obj: Any) -> Dict[str, Any]:
-    return dataclasses.asdict(obj)
-
-
-def from_dict(cls, data: Dict[str, Any]):
-    """Build dataclass ``cls`` from a (possibly nested) dict, refusing unknown keys."""
-    if data is None:
-        return cls()
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown key(s) {unknown}; known: {sorted(names)}")
-    kwargs = {}
-    for key, value in data.items():
-        ftype = names[key].type
-        sub = _DATACLASSES.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
-        kwargs[key] = from_dict(sub, value) if sub is not None and isinstance(value, dict) else value
-    return cls(**kwargs)
-
-
-_DATACLASSES = {
-    c.__name__: c
-    for c in (AggregatorConfig, TrackHeadConfig, CameraHeadConfig, DepthHeadConfig, BackboneConfig, HeadConfig,
-              PipelineConfig, ModelConfig)
-}
-
-
 # ---------------------------------------------------------------------------------------
 # Node configuration: the `ros__parameters` of config/*.yaml, usable without ROS.
 # ---------------------------------------------------------------------------------------
-
-SOURCE_MODES = ("keyframe", "track")
-CAMERA_KEYS = ("topic", "role", "compressed", "required")
-DEVICES = ("auto", "cuda", "cpu")
-DTYPES = ("float32", "bfloat16")
-PRECISION_MODES = ("float32", "tf32", "bf16", "release", "float64")  # vggts_ros.precision
-POINT_IDENTITY = ("accumulate", "per_pass")  # models.union_head.refinement
-BACKENDS = ("vggts", "geometric")
-
-
 @dataclass
 class CameraConfig:
+    """The cameras: ``cameras`` names them in order, ``camera.<name>.*`` sets each one.
+
+    Every field with a ``param`` is a ``camera.<name>.<field>`` parameter."""
+
     name: str
-    topic: str = ""
-    role: str = "exo"
-    compressed: bool = False
-    required: bool = False  # sets are never made without this camera
+    topic: str = param("", doc="image topic (empty: <name>/image_raw[/compressed]); relative names resolve in "
+                                "the node namespace")
+    role: str = param("exo", doc="exo/aerial/ground targets are cropped around the projected points, ego "
+                                 "ones resized whole", choices=ROLES,
+                      details="A square ego target is resized whole (the reference); a non-square one takes the "
+                              "crop path (README, Fidelity).")
+    compressed: bool = param(False, doc="sensor_msgs/CompressedImage instead of Image")
+    required: bool = param(False, doc="sets are never made without this camera")
 
     def resolved_topic(self) -> str:
         """The topic as given, else ``<name>/image_raw[/compressed]``, relative so that a
@@ -256,57 +345,97 @@ class CameraConfig:
 
 @dataclass
 class SyncConfig:
-    slop: float = 0.05  # seconds between the stamps of one synchronised set
-    queue_size: int = 10  # messages kept per camera while waiting for partners
-    stale_after: float = 1.0  # a camera silent (or matching nothing) this long is left out of sets
-    min_cameras: int = 2  # a set has at least this many cameras
-    jump_threshold: float = 1.0  # s; stamps going back (or ahead) more than this are a time jump
-    correct_offset_above: float = 0.25  # s; larger estimated camera clock offsets are corrected (0: never)
-    # Rate-following staleness: k > 0 makes a camera stale after max(stale_after_min, k x its
-    # measured frame period) instead of stale_after (used until its rate is known); 5 is a good k.
-    stale_periods: float = 0.0
-    stale_after_min: float = 0.25  # s; floor of the rate-following limit
+    """The approximate-time synchroniser that groups the cameras' frames into sets
+    (``vggts_ros/sync.py``)."""
+
+    slop: float = param(0.05, doc="s, largest stamp difference inside one synchronised set", range=(1e-6, 10.0),
+                        live=True)
+    queue_size: int = param(10, doc="messages kept per camera while waiting for partners", range=(1, 1000),
+                            live=True)
+    stale_after: float = param(1.0, doc="s, a camera silent (or matching nothing) this long is left out of sets",
+                               range=(1e-3, 3600.0), live=True)
+    min_cameras: int = param(2, doc="cameras a set holds at least (at most the number of cameras)", range=(1, 64),
+                             live=True)
+    jump_threshold: float = param(1.0, doc="s, stamps going back (or ahead) more than this are a time jump "
+                                           "(a looped bag)", range=(1e-3, 1e6), live=True)
+    correct_offset_above: float = param(0.25, doc="s, camera clock offsets estimated above this are corrected "
+                                                  "(0: never)", range=(0.0, 1e9), live=True)
+    stale_periods: float = param(
+        0.0, doc="k > 0: a camera is stale after max(sync.stale_after_min, k x its measured frame period); "
+                 "0: always sync.stale_after (5 is a good k)", range=(0.0, 1000.0), live=True,
+        details="Until a camera's rate is known, sync.stale_after applies.")
+    stale_after_min: float = param(0.25, doc="s, floor of the rate-following stale limit (sync.stale_periods > 0)",
+                                   range=(1e-3, 3600.0), live=True)
 
 
 @dataclass
 class InferenceConfig:
-    refine_iterations: int = 1
-    precision: str = "float32"  # vggts_ros.precision mode: float32 | tf32 | bf16 | release | float64
-    point_identity: str = "accumulate"  # refinement semantics: accumulate (reference) | per_pass
-    source_mode: str = "keyframe"
-    max_rate: float = 0.0  # sets per second processed at most; 0 = as fast as possible
-    keyframe_history: float = 2.0  # s of recent frames per camera kept for masks drawn on older stamps
-    max_objects: int = 32  # objects tracked at once (each costs a pipeline call per set)
-    max_label_length: int = 256  # characters of an object's label
-    max_image_pixels: int = 16_777_216  # width x height of a camera frame or mask (checked before decoding)
-    temporal: bool = False  # Temporal VGGT-S memory per (object, camera); off until trained weights exist
-    memory_frames: int = 6  # recent frames in each memory bank
-    temporal_weights: str = ""  # temporal.pth; "" = untrained memory (zero gate: outputs unchanged)
-    warm_up: bool = True  # run the backend once on a synthetic pair at configure (the first mask is not slow)
+    """How each synchronised set is processed: pipeline settings, object limits, rate."""
+
+    refine_iterations: int = param(1, **_REFINE)
+    precision: str = param("float32", **_PRECISION)
+    point_identity: str = param("accumulate", **_POINT_IDENTITY)
+    source_mode: str = param("keyframe", doc="keyframe: a mask stays on the frame it was drawn on; track: it "
+                                             "follows the object in the source camera", choices=SOURCE_MODES,
+                             live=True)
+    max_rate: float = param(0.0, doc="sets/s processed at most; 0 = as fast as the model runs", range=(0.0, 1000.0),
+                            live=True, details="When the period has passed the newest waiting set is taken.")
+    keyframe_history: float = param(2.0, doc="s of frames kept per camera (at most 120) to find the frame a mask "
+                                             "was drawn on", range=(1e-3, 60.0), live=True)
+    max_objects: int = param(32, doc="objects tracked at once (each costs a pipeline call per set)",
+                             range=(1, 255), live=True)
+    max_label_length: int = param(256, doc="characters of an object label", range=(0, 65536), live=True)
+    max_image_pixels: int = param(16_777_216, doc="largest width x height of a frame or mask, checked before "
+                                                  "decoding", range=(1, 1 << 31), live=True,
+                                  details="Compressed frames: from the PNG/JPEG header.")
+    temporal: bool = param(False, **_TEMPORAL)
+    memory_frames: int = param(6, **_MEMORY_FRAMES)
+    temporal_weights: str = param("", **_TEMPORAL_WEIGHTS)
+    warm_up: bool = param(True, doc="run the backend once on a synthetic pair at start, so the first mask is not "
+                                    "slow")
+
+    def pipeline(self, base: Optional[PipelineConfig] = None) -> PipelineConfig:
+        """``base`` (default: the paper's recipe) with the settings this section shares
+        with :class:`PipelineConfig` (refinement, precision, point identity, temporal)."""
+        shared = {f.name for f in dataclasses.fields(PipelineConfig)} & {f.name for f in dataclasses.fields(self)}
+        return dataclasses.replace(base or PipelineConfig(), **{k: getattr(self, k) for k in sorted(shared)})
 
 
 @dataclass
 class PublishConfig:
-    overlay: bool = False
-    diagnostics_period: float = 1.0
-    stall_timeout: float = 0.0  # s without output (objects set) before ERROR; 0 = max(2 periods, 3 x median set time)
+    """What the node publishes besides masks and points, and its health reporting."""
+
+    overlay: bool = param(False, doc="also publish ~/<camera>/overlay images")
+    diagnostics_period: float = param(1.0, doc="s between /diagnostics messages", range=(1e-2, 3600.0))
+    stall_timeout: float = param(0.0, doc="s without output (objects set) before diagnostics say ERROR; "
+                                          "0 = max(2 periods, 3 x median set time)", range=(0.0, 1e6), live=True)
 
 
 @dataclass
 class ObjectsConfig:
-    # Directory where every object is saved when it changes and restored from at start
-    # (vggts_ros.object_store); "" = objects live in memory only.
-    state_dir: str = ""
+    """The objects the node follows, beyond its lifetime."""
+
+    state_dir: str = param("", doc="directory where objects are saved when they change and restored from at start "
+                                   "(survive a restart); empty = in memory only",
+                           details="One file per object, written atomically (`vggts_ros/object_store.py`); the "
+                                   "launch file sets one.")
+
+
+# ROS parameters the node accepts besides its own (never an error, never read).
+_FOREIGN = ("use_sim_time", "qos_overrides.")
 
 
 @dataclass
 class NodeConfig:
-    cameras: List[CameraConfig] = field(default_factory=list)
+    cameras: List[CameraConfig] = param(default_factory=list, doc="camera names, in order (at least two)")
     sync: SyncConfig = field(default_factory=SyncConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     objects: ObjectsConfig = field(default_factory=ObjectsConfig)
+
+    def __post_init__(self) -> None:
+        fold_renamed(self)  # model.dtype -> inference.precision, with a deprecation warning
 
     def camera(self, name: str) -> CameraConfig:
         for cam in self.cameras:
@@ -315,70 +444,24 @@ class NodeConfig:
         raise KeyError(name)
 
     def validate(self) -> "NodeConfig":
+        """Raise one ValueError naming every invalid setting; return self."""
         errors = []
         names = [c.name for c in self.cameras]
         if len(names) < 2:
             errors.append(f"cameras: need at least two cameras, got {names}")
         if len(set(names)) != len(names):
             errors.append(f"cameras: duplicate names in {names}")
-        from vggts_ros.types import ROLES
-
         for cam in self.cameras:
-            if not cam.name or not cam.name.replace("_", "").isalnum():
+            if not isinstance(cam.name, str) or not cam.name or not cam.name.replace("_", "").isalnum():
                 errors.append(f"camera {cam.name!r}: names must be non-empty letters, digits or '_'")
-            if cam.role not in ROLES:
-                errors.append(f"camera.{cam.name}.role: {cam.role!r} is not one of {ROLES}")
+            errors += field_errors(cam, f"camera.{cam.name}")
         topics = [c.resolved_topic() for c in self.cameras]
         if len(set(topics)) != len(topics):
             errors.append(f"camera topics must differ, got {topics}")
-        if self.sync.slop <= 0:
-            errors.append(f"sync.slop must be > 0, got {self.sync.slop}")
-        if self.sync.queue_size < 1:
-            errors.append(f"sync.queue_size must be >= 1, got {self.sync.queue_size}")
-        if self.sync.stale_after <= 0:
-            errors.append(f"sync.stale_after must be > 0, got {self.sync.stale_after}")
-        if not 1 <= self.sync.min_cameras <= max(1, len(names)):
-            errors.append(f"sync.min_cameras must be in [1, {len(names)}], got {self.sync.min_cameras}")
-        if self.sync.jump_threshold <= 0:
-            errors.append(f"sync.jump_threshold must be > 0, got {self.sync.jump_threshold}")
-        if self.sync.correct_offset_above < 0:
-            errors.append(f"sync.correct_offset_above must be >= 0, got {self.sync.correct_offset_above}")
-        if not 0 <= self.sync.stale_periods < float("inf"):
-            errors.append(f"sync.stale_periods must be >= 0 (0: fixed stale_after), got {self.sync.stale_periods}")
-        if not 0 < self.sync.stale_after_min < float("inf"):
-            errors.append(f"sync.stale_after_min must be > 0, got {self.sync.stale_after_min}")
-        if self.model.backend not in BACKENDS:
-            errors.append(f"model.backend: {self.model.backend!r} is not one of {BACKENDS}")
-        if self.model.config not in MODEL_PRESETS:
-            errors.append(f"model.config: {self.model.config!r} is not one of {MODEL_PRESETS}")
-        if self.model.device not in DEVICES and not re.fullmatch(r"cuda:\d+", self.model.device):
-            errors.append(f"model.device: {self.model.device!r} is not one of {DEVICES} or cuda:<index>")
-        if self.model.dtype not in DTYPES:
-            errors.append(f"model.dtype: {self.model.dtype!r} is not one of {DTYPES}")
-        if self.inference.refine_iterations < 0:
-            errors.append(f"inference.refine_iterations must be >= 0, got {self.inference.refine_iterations}")
-        if self.inference.precision not in PRECISION_MODES:
-            errors.append(f"inference.precision: {self.inference.precision!r} is not one of {PRECISION_MODES}")
-        if self.inference.point_identity not in POINT_IDENTITY:
-            errors.append(f"inference.point_identity: {self.inference.point_identity!r} is not one of {POINT_IDENTITY}")
-        if self.inference.source_mode not in SOURCE_MODES:
-            errors.append(f"inference.source_mode: {self.inference.source_mode!r} is not one of {SOURCE_MODES}")
-        if self.inference.memory_frames < 1:
-            errors.append(f"inference.memory_frames must be >= 1, got {self.inference.memory_frames}")
-        if self.inference.max_rate < 0:
-            errors.append(f"inference.max_rate must be >= 0, got {self.inference.max_rate}")
-        if self.inference.keyframe_history <= 0:
-            errors.append(f"inference.keyframe_history must be > 0 s, got {self.inference.keyframe_history}")
-        if not 1 <= self.inference.max_objects <= 255:
-            errors.append(f"inference.max_objects must be in [1, 255], got {self.inference.max_objects}")
-        if self.inference.max_label_length < 0:
-            errors.append(f"inference.max_label_length must be >= 0, got {self.inference.max_label_length}")
-        if self.inference.max_image_pixels < 1:
-            errors.append(f"inference.max_image_pixels must be >= 1, got {self.inference.max_image_pixels}")
-        if self.publish.diagnostics_period <= 0:
-            errors.append(f"publish.diagnostics_period must be > 0, got {self.publish.diagnostics_period}")
-        if self.publish.stall_timeout < 0:
-            errors.append(f"publish.stall_timeout must be >= 0, got {self.publish.stall_timeout}")
+        errors += field_errors(self)
+        if max(1, len(names)) < self.sync.min_cameras <= 64:  # beyond 64: the range check says so
+            errors.append(f"sync.min_cameras must be in [1, {len(names)}] (the number of cameras), "
+                          f"got {self.sync.min_cameras}")
         if errors:
             raise ValueError("invalid vggts configuration:\n  " + "\n  ".join(errors))
         return self
@@ -386,142 +469,74 @@ class NodeConfig:
     # -- flat ROS parameters ------------------------------------------------------------
 
     def to_parameters(self) -> Dict[str, Any]:
-        """Flatten to ROS parameter names (``sync.slop``, ``camera.ego.topic``, ...)."""
+        """Flatten to ROS parameter names (``sync.slop``, ``camera.ego.topic``,
+        ``model.geometric.ratio``, ...); tuples become lists."""
         params: Dict[str, Any] = {"cameras": [c.name for c in self.cameras]}
         for cam in self.cameras:
-            params[f"camera.{cam.name}.topic"] = cam.resolved_topic()
-            params[f"camera.{cam.name}.role"] = cam.role
-            params[f"camera.{cam.name}.compressed"] = cam.compressed
-            params[f"camera.{cam.name}.required"] = cam.required
-        for section in ("sync", "model", "inference", "publish", "objects"):
-            for key, value in dataclasses.asdict(getattr(self, section)).items():
-                params[f"{section}.{key}"] = value
+            for key, value in flatten(cam).items():
+                params[f"camera.{cam.name}.{key}"] = cam.resolved_topic() if key == "topic" else _ros_value(value)
+        for name, value in flatten(self, skip=("cameras",)).items():
+            params[name] = _ros_value(value)
         return params
 
     @classmethod
     def from_parameters(cls, params: Dict[str, Any]) -> "NodeConfig":
-        """Build from flat ROS parameter names; unknown names are an error."""
+        """Build from flat ROS parameter names; unknown names are an error, values are
+        converted by the fields' types (``vggts_ros.schema.coerce``)."""
         params = dict(params)
-        names = list(params.pop("cameras", []) or [])
+        names = params.pop("cameras", []) or []
+        if isinstance(names, str) or not hasattr(names, "__iter__"):
+            raise ValueError(f"cameras: expected a list of camera names, got {names!r}")
         cameras = []
-        for name in names:
-            cam = CameraConfig(name=name)
-            for key in CAMERA_KEYS:
-                full = f"camera.{name}.{key}"
-                if full in params:
-                    setattr(cam, key, params.pop(full))
-            cameras.append(cam)
-        sections: Dict[str, Dict[str, Any]] = {"sync": {}, "model": {}, "inference": {}, "publish": {}, "objects": {}}
+        for name in list(names):
+            values = {k: params.pop(f"camera.{name}.{k}") for k in CAMERA_KEYS if f"camera.{name}.{k}" in params}
+            cameras.append(from_dict(CameraConfig, dict(values, name=name), f"camera.{name}"))
+        known = set(_SECTION_PARAMETERS)
         unknown = []
-        for key, value in params.items():
-            head, _, rest = key.partition(".")
-            if head in sections and rest and "." not in rest:
-                sections[head][rest] = value
-            elif head == "camera":
-                unknown.append(f"{key} (camera not listed in 'cameras')")
-            elif head in ("use_sim_time",) or key.startswith("qos_overrides."):
+        for key in params:
+            if key in known or key.startswith(_FOREIGN):
                 continue
-            else:
-                unknown.append(key)
+            unknown.append(f"{key} (camera not listed in 'cameras')" if key.startswith("camera.") else key)
         if unknown:
             raise ValueError(f"unknown vggts parameter(s): {sorted(unknown)}")
-        typed = {
-            "sync": SyncConfig, "model": ModelConfig, "inference": InferenceConfig, "publish": PublishConfig,
-            "objects": ObjectsConfig,
-        }
-        built = {}
-        for section, values in sections.items():
-            dc = typed[section]
-            fields_ = {f.name: f for f in dataclasses.fields(dc)}
-            bad = sorted(set(values) - set(fields_))
-            if bad:
-                raise ValueError(f"unknown vggts parameter(s): {[f'{section}.{b}' for b in bad]}")
-            default = dc()
-            coerced = {k: _coerce(v, getattr(default, k), f"{section}.{k}") for k, v in values.items()}
-            built[section] = dc(**coerced)
-        for cam in cameras:
-            cam.compressed = _coerce(cam.compressed, False, f"camera.{cam.name}.compressed")
-            cam.required = _coerce(cam.required, False, f"camera.{cam.name}.required")
-            cam.topic = _coerce(cam.topic, "", f"camera.{cam.name}.topic")
-            cam.role = _coerce(cam.role, "", f"camera.{cam.name}.role")
-        return cls(cameras=cameras, **built)
+        tree = unflatten({k: v for k, v in params.items() if k in known})
+        return from_dict(cls, dict(tree, cameras=cameras), "")
+
+    def with_parameters(self, changes: Dict[str, Any]) -> "NodeConfig":
+        """A copy with some parameters changed (flat names, as :meth:`to_parameters`)."""
+        return NodeConfig.from_parameters({**self.to_parameters(), **changes})
 
 
-# ROS parameter descriptors: name -> (description, live (changeable while running), range).
+def _ros_value(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+# ---------------------------------------------------------------------------------------
+# What the node declares, derived from the fields above.
+# ---------------------------------------------------------------------------------------
+def _ros_range(entry) -> Optional[Tuple[Any, Any]]:
+    """A descriptor range (both ends, in the field's type) for a scalar number, else None."""
+    rng = entry.spec.range
+    if rng is None or None in rng or entry.annotation not in (int, float):
+        return None
+    return tuple(entry.annotation(v) for v in rng)
+
+
+_SECTION_PARAMETERS = parameters(NodeConfig, skip=("cameras",))
+_CAMERA_PARAMETERS = parameters(CameraConfig)
+
+# name -> (description, live (changeable while running), descriptor range or None).
 # Everything not live needs a restart (the node refuses to change it).
-PARAMETERS: Dict[str, Tuple[str, bool, Optional[Tuple[float, float]]]] = {
-    "cameras": ("camera names, in order", False, None),
-    "sync.slop": ("s, largest stamp difference inside one synchronised set", True, (1e-6, 10.0)),
-    "sync.queue_size": ("messages kept per camera while waiting for partners", True, (1, 1000)),
-    "sync.stale_after": ("s, a camera silent (or matching nothing) this long is left out of sets", True, (1e-3, 3600.0)),
-    "sync.min_cameras": ("cameras a set holds at least", True, (1, 64)),
-    "sync.jump_threshold": ("s, stamps going back/ahead more than this are a time jump", True, (1e-3, 1e6)),
-    "sync.correct_offset_above": ("s, camera clock offsets above this are corrected (0: never)", True, (0.0, 1e9)),
-    "sync.stale_periods": ("k > 0: a camera is stale after max(sync.stale_after_min, k x its measured frame "
-                           "period), sync.stale_after until its rate is known; 0: always sync.stale_after "
-                           "(5 is a good k)", True, (0.0, 1000.0)),
-    "sync.stale_after_min": ("s, floor of the rate-following stale limit (sync.stale_periods > 0)", True,
-                             (1e-3, 3600.0)),
-    "model.backend": ("vggts | geometric", False, None),
-    "model.config": ("vggt-1b | test-tiny", False, None),
-    "model.vggt_checkpoint": ("VGGT-1B weights: local file, directory or repo id", False, None),
-    "model.head_checkpoint": ("VGGT-S head weights: local file, directory or repo id", False, None),
-    "model.device": ("auto | cpu | cuda | cuda:<index>", False, None),
-    "model.dtype": ("float32 | bfloat16 (backbone only)", False, None),
-    "inference.refine_iterations": ("refinement passes per target view", False, (0, 16)),
-    "inference.precision": ("float32 (TF32 off on CUDA) | tf32 | bf16 (backbone autocast) | release "
-                            "(the released scripts' CUDA bf16 autocast) | float64", False, None),
-    "inference.point_identity": ("refinement semantics: accumulate (reference) | per_pass", False, None),
-    "inference.source_mode": ("keyframe (mask stays on its frame) | track (follows the object)", True, None),
-    "inference.max_rate": ("sets/s processed at most, 0 = as fast as the model runs", True, (0.0, 1000.0)),
-    "inference.keyframe_history": ("s of frames kept per camera to find the frame a mask was drawn on", True,
-                                   (1e-3, 60.0)),
-    "inference.max_objects": ("objects tracked at once", True, (1, 255)),
-    "inference.max_label_length": ("characters of an object label", True, (0, 65536)),
-    "inference.max_image_pixels": ("largest width x height of a frame or mask, checked before decoding", True,
-                                   (1, 1 << 31)),
-    "inference.warm_up": ("run the backend once on a synthetic pair at start, so the first mask is not slow",
-                          False, None),
-    "inference.temporal": ("Temporal VGGT-S: memory of earlier sets per (object, camera)", False, None),
-    "inference.memory_frames": ("recent frames kept per (object, camera) memory bank", False, (1, 64)),
-    "inference.temporal_weights": ("temporal.pth of the memory modules; empty = untrained (outputs unchanged)",
-                                   False, None),
-    "publish.overlay": ("also publish ~/<camera>/overlay images", False, None),
-    "publish.diagnostics_period": ("s between /diagnostics messages", False, (1e-2, 3600.0)),
-    "objects.state_dir": ("directory where objects are saved when they change and restored from at start "
-                          "(survive a restart); empty = in memory only", False, None),
-    "publish.stall_timeout": ("s without output (objects set) before ERROR; 0 = max(2 periods, 3 x median set time)",
-                              True, (0.0, 1e6)),
+PARAMETERS: Dict[str, Tuple[str, bool, Optional[Tuple[Any, Any]]]] = {
+    entry.name: (entry.spec.summary(), entry.spec.live, _ros_range(entry))
+    for entry in parameters(NodeConfig).values()
 }
-CAMERA_PARAMETERS = {
-    "topic": "image topic (relative names resolve in the node namespace)",
-    "role": "ego | exo | aerial | ground",
-    "compressed": "sensor_msgs/CompressedImage instead of Image",
-    "required": "sets are never made without this camera",
-}
-
-
-def _coerce(value: Any, default: Any, name: str) -> Any:
-    """Accept YAML's loose typing (1 for 1.0, 'true') but refuse nonsense by name."""
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise ValueError(f"{name}: expected true/false, got {value!r}")
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise ValueError(f"{name}: expected an integer, got {value!r}")
-        return int(value)
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{name}: expected a number, got {value!r}")
-        return float(value)
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            raise ValueError(f"{name}: expected a string, got {value!r}")
-        return value
-    return value
+CAMERA_KEYS: Tuple[str, ...] = tuple(_CAMERA_PARAMETERS)
+CAMERA_PARAMETERS: Dict[str, str] = {key: e.spec.summary() for key, e in _CAMERA_PARAMETERS.items()}
+CAMERA_DEFAULTS: Dict[str, Any] = {key: _ros_value(e.default) for key, e in _CAMERA_PARAMETERS.items()}
+# Deprecated spellings the node still accepts: old name -> new name.
+DEPRECATED_PARAMETERS: Dict[str, str] = {
+    e.name: e.spec.renamed_to for e in parameters(NodeConfig).values() if e.spec.renamed_to}
 
 
 def flatten_parameters(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:

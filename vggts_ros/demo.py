@@ -196,7 +196,7 @@ def run_scene(scene, model: ModelConfig, out_dir: Path, timeout: float, started:
             titles.append(f"{cam} ({scene.role(cam)}): mean IoU {np.mean(ious):.2f}")
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"{scene.name}_mosaic.png"
-        from vggts_ros.cli import write_png
+        from vggts_ros.image_io import write_png
 
         write_png(path, mosaic(tiles, titles))
         return dict(rows=rows, mosaic=str(path), startup_seconds=startup, first_output_seconds=first_output,

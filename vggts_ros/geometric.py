@@ -42,6 +42,7 @@ on one synchronised set pay for the target features once.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import threading
@@ -53,50 +54,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from .config import GeometricConfig  # noqa: F401  (its settings: the node's model.geometric.*)
+from .prompts import kmeans_sample_points  # the reference sampler, shared with VGGT-S
+from .schema import check, from_dict
 from .stream import StatelessSegmentor
 from .types import SegmentationResult, TargetView
-
-from .prompts import kmeans_sample_points  # the reference sampler, shared with VGGT-S
-
-
-@dataclass
-class GeometricConfig:
-    n_points: int = 5
-    contrast_threshold: float = 0.02
-    tilts: Tuple[float, ...] = (1.0, 1.41, 2.0)  # ASIFT tilts simulated on the source
-    tilt_angles: Tuple[float, ...] = (0.0, 45.0, 90.0, 135.0)
-    source_features: int = 3000  # per simulated view (strongest kept); 0 = all
-    target_features: int = 10000
-    target_upscale: float = 2.0
-    max_target_pixels: int = 1_000_000  # after upscaling
-    ratio: float = 0.8
-    min_matches: int = 8
-    min_inliers: int = 8
-    ransac_thresh: float = 0.015  # of the target diagonal
-    support_factor: float = 3.0  # support band = factor * ransac threshold
-    local_sigma: float = 0.2  # of the object size (sqrt of mask area)
-    local_prior: float = 0.5  # weight pulling the correction to 0 where matches are few
-    grabcut: bool = True
-    grabcut_iters: int = 5
-    # GrabCut's uncertain band, as a fraction of the object size:
-    # band_gain * (log(s1/s2) - band_deadzone) of the homography's local Jacobian
-    # (out-of-plane rotation makes silhouettes differ), capped at band_max; never
-    # below band_min_px.
-    band_gain: float = 1.5
-    band_deadzone: float = 0.08
-    band_max: float = 0.5
-    band_min_px: int = 3
-    crop_margin: int = 16
-    # Fallback when the object's own features do not localise it (textureless objects,
-    # wide baselines): the homography of the surrounding scene predicts where it is,
-    # a colour model of the object against its surroundings finds it there.
-    fallback: bool = True
-    context_radius: float = 1.5  # ring around the object whose features are matched, in object sizes
-    colour_bins: Tuple[int, int, int] = (4, 16, 16)  # L, a, b histogram bins
-    min_colour_distance: float = 0.35  # Bhattacharyya distance object vs surroundings, below: no colour model
-    search_margin: float = 0.75  # searched around the predicted region, in (predicted) object sizes
-    fallback_area: Tuple[float, float] = (0.25, 4.0)  # accepted area / predicted area
-    fallback_min_area: int = 64  # source mask pixels, below: no colour model
 
 
 @dataclass
@@ -135,11 +97,9 @@ class GeometricSegmentor(StatelessSegmentor):
 
     def __init__(self, config: Optional[GeometricConfig] = None, **overrides) -> None:
         cfg = config or GeometricConfig()
-        for k, v in overrides.items():
-            if not hasattr(cfg, k):
-                raise ValueError(f"unknown GeometricSegmentor option {k!r}")
-            setattr(cfg, k, v)
-        self.config = cfg
+        if overrides:  # a copy: the caller's config stays as it was
+            cfg = from_dict(GeometricConfig, {**dataclasses.asdict(cfg), **overrides}, "model.geometric")
+        self.config = cfg = check(cfg, "model.geometric", "geometric backend settings")
         self._sift_src = cv2.SIFT_create(nfeatures=cfg.source_features, contrastThreshold=cfg.contrast_threshold)
         self._sift_tgt = cv2.SIFT_create(nfeatures=cfg.target_features, contrastThreshold=cfg.contrast_threshold)
         # Features of recently seen images (several objects on one frame set reuse them).

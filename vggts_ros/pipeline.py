@@ -70,7 +70,7 @@ import numpy as np
 import torch
 
 from vggts_ros import crops, precision, prompts, stream_reuse, transforms
-from vggts_ros.config import ModelConfig, ModelPreset, PipelineConfig, model_preset
+from vggts_ros.config import ModelConfig, ModelPreset, PipelineConfig, model_preset, precision_of
 from vggts_ros.device import resolve_device
 from vggts_ros.models.union_head.refinement import check_identity, decode_with_refinement
 from vggts_ros.stream import StreamState, StreamStep, check_stream
@@ -257,13 +257,9 @@ class VGGTSegmentor:
         self.dtype = precision.model_dtype(cfg.precision)
         self.backbone = backbone.to(self.device, self.dtype).eval()
         self.head = head.to(self.device, self.dtype).eval()
-        if self.backbone.dtype == torch.float32:  # an explicit backbone dtype wins over the config's
-            self.backbone.dtype = cfg.backbone_dtype
-            if self.backbone.dtype == torch.float32 and precision.plan(cfg.precision).backbone_autocast is not None:
-                # bf16 / release: the aggregator under bf16 autocast (release: on CUDA only).
-                kind = precision.plan(cfg.precision).autocast_device
-                if kind is None or kind == self.device.type:
-                    self.backbone.dtype = precision.plan(cfg.precision).backbone_autocast
+        # the one place precision reaches the backbone: it runs its aggregator under this
+        # autocast and its DPT/tracker without (vggts_ros.precision); the head's autocast is decode()'s
+        self.backbone.dtype = precision.backbone_dtype(cfg.precision, self.device)
         if cfg.geometry_heads and getattr(self.backbone, "camera_head", None) is None:
             raise ValueError("PipelineConfig.geometry_heads needs a backbone built with "
                              "BackboneConfig.geometry_heads (camera_head.* and depth_head.* of model.pt)")
@@ -285,12 +281,12 @@ class VGGTSegmentor:
         directories or Hugging Face repo ids). Presets with weight seeds (``test-tiny``)
         use the deterministic weights while both checkpoints are left at the published
         defaults (which cannot fit them); naming both loads them into the preset's
-        networks instead (e.g. checkpoints of a trained small model). ``model.dtype`` (or
-        ``pipeline.backbone_dtype``) ``bfloat16`` applies to the backbone's aggregator only.
+        networks instead (e.g. checkpoints of a trained small model). The numeric mode is
+        ``pipeline.precision`` (the deprecated ``model.dtype`` is folded into it).
         """
         preset = model_preset(model.config)
         device = resolve_device(model.device)
-        dtype = model.dtype if model.dtype != "float32" else (pipeline or PipelineConfig()).backbone_dtype
+        pipeline = precision_of(model, pipeline)
         defaults = ModelConfig()
         if preset.backbone_seed is not None:
             given = [
@@ -298,15 +294,14 @@ class VGGTSegmentor:
                 model.head_checkpoint != defaults.head_checkpoint,
             ]
             if not any(given):
-                return cls.deterministic(model.config, pipeline, device=device, dtype=dtype)
+                return cls.deterministic(model.config, pipeline, device=device)
             if not all(given):
                 raise ValueError(
                     f"model config {model.config!r} uses deterministic weights unless both the VGGT and "
                     f"the head checkpoint are given; got only the {'VGGT' if given[0] else 'head'} checkpoint"
                 )
         return cls.from_checkpoints(
-            model.vggt_checkpoint, model.head_checkpoint, preset=model.config, pipeline=pipeline,
-            device=device, dtype=dtype,
+            model.vggt_checkpoint, model.head_checkpoint, preset=model.config, pipeline=pipeline, device=device,
         )
 
     @classmethod
@@ -315,10 +310,10 @@ class VGGTSegmentor:
         preset: str | ModelPreset = "test-tiny",
         pipeline: Optional[PipelineConfig] = None,
         device: str = "cpu",
-        dtype: str = "float32",
         **options,
     ) -> "VGGTSegmentor":
-        """The preset's networks filled by the fixtures' deterministic weight rule."""
+        """The preset's networks filled by the fixtures' deterministic weight rule (numeric
+        mode: ``pipeline.precision``)."""
         from vggts_ros.models.backbone import VGGTBackbone
         from vggts_ros.models.deterministic import fill_deterministic
         from vggts_ros.models.union_head import UnionSegmentationHead
@@ -328,7 +323,6 @@ class VGGTSegmentor:
             raise ValueError("this preset has no weight seeds; its weights come from checkpoints")
         backbone = VGGTBackbone(_backbone_config(p, pipeline)).fill_deterministic(p.backbone_seed)
         head = fill_deterministic(UnionSegmentationHead(p.head), p.head_seed)
-        backbone.dtype = dtype
         return cls(backbone, head, pipeline, device=device, image_size=p.image_size, **options)
 
     @classmethod
@@ -339,18 +333,17 @@ class VGGTSegmentor:
         preset: str | ModelPreset = "vggt-1b",
         pipeline: Optional[PipelineConfig] = None,
         device: str = "cpu",
-        dtype: str = "float32",
         **options,
     ) -> "VGGTSegmentor":
-        """Load ``model.pt`` (flat VGGT state dict; other heads skipped) and ``main_exp.pth``
-        (``{"model": ...}``, ``module.`` prefix allowed) into the preset's networks."""
+        """Load ``model.pt`` (flat VGGT state dict; the heads not asked for skipped) and
+        ``main_exp.pth`` (``{"model": ...}``, ``module.`` prefix allowed) into the preset's
+        networks (numeric mode: ``pipeline.precision``)."""
         from vggts_ros.models.backbone import VGGTBackbone
         from vggts_ros.models.union_head import UnionSegmentationHead
 
         p = model_preset(preset) if isinstance(preset, str) else preset
         backbone = VGGTBackbone.from_pretrained(vggt, cfg=_backbone_config(p, pipeline), map_location="cpu")
         head_net = UnionSegmentationHead.from_pretrained(head, cfg=p.head)
-        backbone.dtype = dtype
         return cls(backbone, head_net, pipeline, device=device, image_size=p.image_size, **options)
 
     @classmethod
@@ -359,12 +352,12 @@ class VGGTSegmentor:
         vggt: str = "facebook/VGGT-1B",
         head: str = "zbbhhh/VGGT-S",
         device: str = "auto",
-        dtype: str = "float32",
         **pipeline_kwargs,
     ) -> "VGGTSegmentor":
-        """The published model, e.g. ``VGGTSegmentor.from_pretrained(refine_iterations=2)``."""
+        """The published model, e.g. ``VGGTSegmentor.from_pretrained(refine_iterations=2,
+        precision="bf16")`` (keywords: :class:`PipelineConfig` fields)."""
         pipeline = PipelineConfig(**pipeline_kwargs)
-        return cls.from_checkpoints(vggt, head, "vggt-1b", pipeline, device=resolve_device(device), dtype=dtype)
+        return cls.from_checkpoints(vggt, head, "vggt-1b", pipeline, device=resolve_device(device))
 
     # ------------------------------------------------------------------ public API
     def init_stream(self) -> StreamState:
@@ -491,8 +484,7 @@ class VGGTSegmentor:
     def backbone_features(self, views: Sequence[np.ndarray], geometry: bool = False):
         """One backbone pass (aggregator + DPT): ``[1, S, C, size/2, size/2]``; with
         ``geometry`` also the camera and depth heads on its tokens: ``(features, GeometryOutput)``."""
-        with precision.autocast(self.cfg.precision, self.device, "backbone"):
-            out = self.backbone(self.images_to_tensor(views), geometry=geometry)
+        out = self.backbone(self.images_to_tensor(views), geometry=geometry)
         return (out.features, out.geometry) if geometry else out.features
 
     def track(self, features: torch.Tensor, query_sets: Sequence[np.ndarray]) -> List[Tracks]:
@@ -510,8 +502,7 @@ class VGGTSegmentor:
         return [Tracks(*self._track_one(features, torch.from_numpy(q).to(self.device)[None])) for q in sets]
 
     def _track_one(self, features: torch.Tensor, queries: torch.Tensor):
-        with precision.autocast(self.cfg.precision, self.device, "backbone"):
-            coord_iters, vis, conf = self.backbone.track(features, queries.to(self.dtype))
+        coord_iters, vis, conf = self.backbone.track(features, queries.to(self.dtype))
         as_np = (lambda x: x.cpu().numpy()) if self.dtype == torch.float64 else (lambda x: x.float().cpu().numpy())
         coords = as_np(coord_iters[-1][0])
         vis_np = as_np(vis[0])

@@ -23,8 +23,12 @@ run differ from a CPU one far beyond float32 rounding. The modes:
     reproducible across CPUs to ~0.2 px, float64 ones to far below 1e-6 px).
 
 Use :func:`precision_context` around a run (it restores the TF32 flags on exit),
-:func:`model_dtype` to cast models and inputs, and :func:`autocast` around the backbone
-(``part="backbone"``) or the head (``part="head"``).
+:func:`model_dtype` to cast models and inputs, :func:`backbone_dtype` for the backbone's
+own aggregator autocast, and :func:`autocast` around the backbone (``part="backbone"``)
+or the head (``part="head"``). The mode itself is the one setting ``precision``
+(``PipelineConfig.precision``, node parameter ``inference.precision``); the old spellings
+``model.dtype`` and ``PipelineConfig.backbone_dtype`` are folded into it by
+``vggts_ros.config`` with a deprecation warning.
 """
 
 from __future__ import annotations
@@ -76,6 +80,19 @@ def check_mode(mode: str) -> str:
 def plan(mode: str) -> PrecisionPlan:
     """The :class:`PrecisionPlan` of ``mode``."""
     return _PLANS[check_mode(mode)]
+
+
+def backbone_dtype(mode: str, device: DeviceLike) -> torch.dtype:
+    """The autocast dtype of the backbone's aggregator in ``mode`` on ``device``
+    (``torch.float32``: no autocast). What :class:`~vggts_ros.models.backbone.VGGTBackbone`
+    takes as its ``dtype`` from the pipeline: ``bf16`` gives bfloat16 everywhere,
+    ``release`` only on CUDA (the released scripts' CUDA autocast), the others float32."""
+    p = plan(mode)
+    if p.backbone_autocast is None:
+        return torch.float32
+    if p.autocast_device is not None and p.autocast_device != _device_kind(device):
+        return torch.float32
+    return p.backbone_autocast
 
 
 def model_dtype(mode: str) -> torch.dtype:

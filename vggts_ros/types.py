@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING, List, Optional, Protocol, Sequence
 
 import numpy as np
 
+from vggts_ros.config import ROLES  # noqa: F401  (camera roles, declared with the camera settings)
+
 if TYPE_CHECKING:  # pragma: no cover
     from vggts_ros.geometry.camera import ViewGeometry
     from vggts_ros.stream import StreamState, StreamStep
 
-ROLES = ("ego", "exo", "aerial", "ground")
 # Targets whose view is wide and far away get the square crop around the projected
 # points before decoding; close views are resized whole (SPEC pipeline step 3).
 CROPPED_ROLES = ("exo", "aerial", "ground")

@@ -92,9 +92,11 @@ def test_segment_with_default_checkpoints_offline(hub, tmp_path, monkeypatch, ca
     mask[20:40, 20:40] = 255
     cv2.imwrite(str(tmp_path / "m.png"), mask)
     rc = main(["segment", "--source", str(tmp_path / "s.png"), "--source-mask", str(tmp_path / "m.png"),
-               "--target", str(tmp_path / "s.png"), "--out", str(tmp_path / "out"), "--device", "cpu"])
+               "--target", str(tmp_path / "s.png"), "--out", str(tmp_path / "out"), "--device", "cpu",
+               "--backend", "vggts"])  # auto would pick the weight-free backend: ask for the published model
     err = capsys.readouterr().err
     assert rc == 2
     assert "vggts segment: error: model.pt of Hugging Face repo 'facebook/VGGT-1B'" in err
     assert "--vggt-checkpoint" in err and "Traceback" not in err
+    assert "--backend geometric" in err  # and how to do without any download
     assert len(attempts) == 1

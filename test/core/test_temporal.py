@@ -210,5 +210,5 @@ def test_config_errors():
                 dict(stale_after_s=0)):
         with pytest.raises(ValueError):
             TemporalConfig(**bad).validate()
-    with pytest.raises(ValueError, match="unknown temporal config keys"):
+    with pytest.raises(ValueError, match=r"temporal config: unknown key\(s\) \['memory_frame'\]"):
         TemporalConfig.from_dict({"memory_frame": 3})

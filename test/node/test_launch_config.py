@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vggts_ros.config import NodeConfig, flatten_parameters, load_node_config, load_params_file
+from vggts_ros.config import (DEPRECATED_PARAMETERS, PARAMETERS, NodeConfig, flatten_parameters, load_node_config,
+                              load_params_file)
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCH = REPO / "launch" / "multicam.launch.py"
@@ -52,7 +53,7 @@ def test_shipped_yaml_is_complete_and_valid(path):
     cfg = load_node_config(str(path))
     assert len(cfg.cameras) >= 3
     documented = set(load_params_file(str(path)))
-    expected = set(cfg.to_parameters())
+    expected = set(cfg.to_parameters()) - set(DEPRECATED_PARAMETERS)  # old spellings: accepted, not shipped
     assert documented == expected, f"missing: {sorted(expected - documented)}; unknown: {sorted(documented - expected)}"
 
 
@@ -71,10 +72,10 @@ def test_unknown_or_invalid_parameters_are_refused_by_name(tmp_path):
 
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy (ros-kilted-rclpy) is not installed")
+from vggts_ros.ros.node import VGGTSNode  # noqa: E402
 
 
 def test_node_declares_exactly_the_config_parameters():
-    from vggts_ros.ros.node import VGGTSNode
     from rclpy.parameter import Parameter
 
     params = load_params_file(str(REPO / "config" / "multicam.yaml"))
@@ -85,10 +86,46 @@ def test_node_declares_exactly_the_config_parameters():
         try:
             names = {n for n in node.list_parameters([], 10).names
                      if n not in ("use_sim_time", "start_type_description_service") and not n.startswith("qos_overrides.")}
-            assert names == set(params)
+            assert names == set(params) | set(DEPRECATED_PARAMETERS)  # old spellings are still accepted
             for key, value in params.items():
                 assert node.get_parameter(key).value == value, key
             assert [c.name for c in node.cfg.cameras] == ["ego", "exo1", "exo2"]
+        finally:
+            node.destroy_node()
+    finally:
+        rclpy.shutdown()
+
+
+def test_node_descriptors_deprecated_precision_and_geometric_settings(caplog):
+    """The node's descriptors are the declarations' (text, live or not, range); model.dtype is
+    folded into inference.precision with a warning; model.geometric.* (arrays included)
+    reach the geometric backend the node builds."""
+    import logging
+
+    from rclpy.parameter import Parameter
+
+    params = load_params_file(str(REPO / "config" / "multicam.yaml"))
+    params.update({"model.backend": "geometric", "model.dtype": "bfloat16", "model.geometric.ratio": 0.7,
+                   "model.geometric.tilts": [1.0, 3.0], "model.geometric.colour_bins": [2, 8, 8]})
+    rclpy.init()
+    try:
+        with caplog.at_level(logging.WARNING, logger="vggts_ros.config"):
+            node = VGGTSNode(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+        try:
+            assert "model.dtype is deprecated: use inference.precision" in caplog.text
+            assert node.cfg.inference.precision == "bf16" and node.cfg.model.dtype == ""
+            seg = node.segmentor.config
+            assert (seg.ratio, seg.tilts, seg.colour_bins) == (0.7, (1.0, 3.0), (2, 8, 8))
+            slop, ratio, backend, role = node.describe_parameters(
+                ["sync.slop", "model.geometric.ratio", "model.backend", "camera.exo1.role"])
+            assert slop.description == PARAMETERS["sync.slop"][0]  # live: no read-only note
+            assert (slop.floating_point_range[0].from_value, slop.floating_point_range[0].to_value) == (1e-6, 10.0)
+            assert ratio.description.startswith("Lowe's ratio test threshold (read-only")
+            assert ratio.floating_point_range[0].to_value == 1.0
+            assert backend.description.startswith(PARAMETERS["model.backend"][0] + " (read-only")
+            assert role.description.startswith("exo/aerial/ground targets are cropped")
+            [bad] = node.set_parameters([Parameter("sync.slop", value=20.0)])
+            assert not bad.successful and node.cfg.sync.slop == 0.05
         finally:
             node.destroy_node()
     finally:

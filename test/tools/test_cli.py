@@ -152,6 +152,36 @@ def test_precision_option_runs_the_same_model_in_float64(files):
     assert proc.returncode == 2 and "--precision" in proc.stderr and "float16" in proc.stderr
 
 
+def test_set_reaches_the_geometric_backend_and_bad_settings_are_named(tmp_path):
+    """`--set model.geometric.<key>=VALUE` tunes the weight-free backend (docs/parameters.md
+    names): fewer prompt points come back, an unreachable match count empties the mask."""
+    from vggts_ros.scenes import synthetic_scene
+
+    sc = synthetic_scene(seed=0)
+    src = write_rgb(tmp_path / "ego.png", sc.image("ego"))
+    assert cv2.imwrite(str(tmp_path / "mask.png"), sc.mask("ego", 1).astype(np.uint8) * 255)
+    tgt = write_rgb(tmp_path / "exo1.png", sc.image("exo1"))
+    base = ["segment", "--source", str(src), "--source-mask", str(tmp_path / "mask.png"), "--target", str(tgt),
+            "--backend", "geometric"]
+
+    def run(out, *sets):
+        proc = run_cli(*base, "--out", str(tmp_path / out), *[a for s in sets for a in ("--set", s)], cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)["targets"][0]
+
+    three = run("three", "model.geometric.n_points=3")
+    assert len(three["points"]) == 3 and three["area"] > 0
+    none = run("none", "model.geometric.min_matches=1000000", "model.geometric.fallback=false")
+    assert none["area"] == 0
+    for sets, message in [(["model.geometric.ratio=2"], "model.geometric.ratio must be in [0.0, 1.0], got 2.0"),
+                          (["model.geometric.ratioo=0.5"], "unknown vggts parameter(s): ['model.geometric.ratioo']"),
+                          (["model.geometric.grabcut=1"], "model.geometric.grabcut: expected true or false, got 1"),
+                          (["inference.precision=fp8"], "inference.precision: 'fp8' is not one of"),
+                          (["model.geometric.ratio"], "expected name=value")]:
+        proc = run_cli(*base, "--out", str(tmp_path / "bad"), *[a for s in sets for a in ("--set", s)], cwd=tmp_path)
+        assert message in one_line_error(proc), proc.stderr
+
+
 def test_segment_defaults_to_the_backend_that_needs_no_download(files):
     """First contact: no checkpoints at hand, no --backend: the weight-free backend runs
     (``auto``, as replay and demo choose); naming missing weights says how to do without."""

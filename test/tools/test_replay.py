@@ -384,6 +384,20 @@ def test_points_msg_fills_fields_added_to_the_msg_later(monkeypatch):
     assert (o.object_id, o.label, o.reason, o.path, len(o.extra)) == (7, "cup", "3 feature matches", "", 0)
 
 
+def test_replay_set_tunes_the_geometric_backend(data, tmp_path):
+    """--set NAME=VALUE (node parameter names) reaches the backend the replay builds: an
+    unreachable match count with the fallback off leaves every mask empty, with its reason;
+    without a params file the backend stays the weight-free default."""
+    report = tmp_path / "r.json"
+    assert run_replay(data, tmp_path / "s.mcap", "--set", "model.geometric.min_matches=1000000",
+                      "--set", "model.geometric.fallback=false", "--report", str(report)) == 0
+    rows = json.loads(report.read_text())["results"]
+    assert json.loads(report.read_text())["backend"] == "geometric"
+    assert rows and all(r["area"] == 0 and "matches" in r["reason"] for r in rows), rows[:3]
+    assert run_replay(data, tmp_path / "d.mcap", "--report", str(report)) == 0
+    assert any(r["area"] > 0 for r in json.loads(report.read_text())["results"])
+
+
 def test_cameras_without_usable_frames_are_named_and_counted(tmp_path, scene, capsys):
     """A camera topic with no messages, and one whose frames are all of an encoding the
     replay cannot decode (raw Bayer), are reported per camera (count and reason) and never as present;

@@ -17,9 +17,7 @@ from typing import Any, Callable, Dict, List
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.parameter import Parameter
 
-from vggts_ros.config import CAMERA_KEYS, CAMERA_PARAMETERS, PARAMETERS, NodeConfig
-
-CAMERA_DEFAULTS = {"topic": "", "role": "exo", "compressed": False, "required": False}
+from vggts_ros.config import CAMERA_DEFAULTS, CAMERA_KEYS, CAMERA_PARAMETERS, PARAMETERS, NodeConfig
 
 
 def descriptor(name: str) -> ParameterDescriptor:

@@ -30,78 +30,9 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .config import DATA_KINDS, DIRECTIONS, MODEL_PRESETS, TrainConfig
-from vggts_ros.cli import UsageError
-
-
-def _base_config(args: argparse.Namespace) -> TrainConfig:
-    if args.config:
-        if not Path(args.config).is_file():
-            raise UsageError(f"config file not found: {args.config}")
-        try:
-            return TrainConfig.load(args.config)
-        except ValueError as exc:
-            raise UsageError(f"{args.config}: {exc}") from exc
-    return TrainConfig()
-
-
-def assignments(args: argparse.Namespace, pairs) -> List[str]:
-    """``section.key=value`` overrides for the (argument, config key) ``pairs`` given on
-    the command line (``--vggt-checkpoint none``: no backbone weights)."""
-    sets = []
-    for attr, key in pairs:
-        value = getattr(args, attr, None)
-        if value is None:
-            continue
-        if key == "model.vggt_checkpoint" and str(value).lower() == "none":
-            value = None
-        sets.append(f"{key}={json.dumps(value)}")
-    return sets
-
-
-def _apply(cfg: TrainConfig, args: argparse.Namespace, pairs, extra: List[str]) -> TrainConfig:
-    sets = assignments(args, pairs)
-    try:
-        return cfg.override(sets + list(extra or []))
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML/JSON training configuration to start from")
-    p.add_argument("--preset", choices=MODEL_PRESETS, help="network architecture (default vggt-1b)")
-    p.add_argument("--img-size", type=int, help="network input side (default: the preset's)")
-    p.add_argument("--vggt-checkpoint", help="VGGT model.pt: path, directory, HF repo id, or 'none' for "
-                                             "deterministic test weights")
-    p.add_argument("--data", choices=DATA_KINDS, help="self (single-image self-training) or egoexo")
-    p.add_argument("--data-root", help="image/mask folder (self) or Ego-Exo4D SegSwap root (egoexo)")
-    p.add_argument("--coco", help="self: COCO instances JSON (RLE or polygons) instead of PNG pairs")
-    p.add_argument("--images-dir", help="self: folder of the COCO images")
-    p.add_argument("--split", help="egoexo: split name (train, val, ...)")
-    p.add_argument("--directions", nargs="+", choices=DIRECTIONS, help="egoexo: directions to use")
-    p.add_argument("--projections", help="egoexo: cached first-pass projections JSON (computed when missing)")
-    p.add_argument("--limit", type=int, help="use at most this many samples")
-    p.add_argument("--step", type=int, help="use every n-th sample")
-    p.add_argument("--out", help="output directory")
-    p.add_argument("--device", help="auto, cpu, cuda")
-    p.add_argument("--batch-size", type=int, help="batch size per process")
-    p.add_argument("--workers", type=int, help="data loader workers per process")
-    p.add_argument("--feature-cache", help="directory caching backbone features between epochs")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="any configuration value, e.g. optim.lr_drops=[8,11] (repeatable)")
-
-
-def _data_pairs(section: str):
-    return [("data", f"{section}.kind"), ("data_root", f"{section}.root"), ("coco", f"{section}.coco"),
-            ("images_dir", f"{section}.images_dir"), ("split", f"{section}.split"),
-            ("directions", f"{section}.directions"), ("projections", f"{section}.projections"),
-            ("limit", f"{section}.limit"), ("step", f"{section}.step")]
-
-
-MODEL_PAIRS = [("preset", "model.preset"), ("img_size", "model.img_size"), ("vggt_checkpoint", "model.vggt_checkpoint")]
-RUN_PAIRS = [("out", "run.out_dir"), ("device", "run.device"), ("batch_size", "optim.batch_size"),
-             ("workers", "run.num_workers"), ("feature_cache", "run.feature_cache")]
+from ..errors import UsageError, run_command
+from .arguments import (MODEL_PAIRS, RUN_PAIRS, add_common_arguments, apply_options, base_config, check_data,
+                        data_pairs)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -110,20 +41,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     import dataclasses
 
-    pairs = MODEL_PAIRS + RUN_PAIRS + _data_pairs("data") + [
+    pairs = MODEL_PAIRS + RUN_PAIRS + data_pairs("data") + [
         ("init_head", "model.init_head"), ("epochs", "optim.epochs"), ("lr", "optim.lr"), ("resume", "run.resume"),
     ]
-    cfg = _apply(_base_config(args), args, pairs, [])
+    cfg = apply_options(base_config(args), args, pairs, [])
     if args.eval_root:
         # evaluate on data prepared like the training data, from another root/split
         cfg.eval_data = dataclasses.replace(cfg.data, root=args.eval_root, split=args.eval_split or "val",
                                             fixed_pairs=True, coco=None)
-    cfg = _apply(cfg, args, [], args.sets)
+    cfg = apply_options(cfg, args, [], args.sets)
     if args.no_progress:
         cfg.run.progress = False
-    _check_data(cfg.data)
+    check_data(cfg.data)
     if cfg.eval_data is not None:
-        _check_data(cfg.eval_data)
+        check_data(cfg.eval_data)
     try:
         summary = train(cfg)
     except (FileNotFoundError, CheckpointError, ValueError, KeyError) as exc:
@@ -135,17 +66,6 @@ def cmd_train(args: argparse.Namespace) -> int:
                "last_epoch": last}
         print(json.dumps(out, indent=2, default=str))
     return 0
-
-
-def _check_data(data) -> None:
-    if data.kind == "self" and not data.coco and not data.root:
-        raise UsageError("self-training needs --data-root (image/mask PNG pairs) or --coco")
-    if data.kind == "egoexo" and not data.root:
-        raise UsageError("--data egoexo needs --data-root (the SegSwap-layout Ego-Exo4D folder)")
-    if data.root and not Path(data.root).is_dir():
-        raise UsageError(f"data root {data.root} is not a directory")
-    if data.coco and not Path(data.coco).is_file():
-        raise UsageError(f"COCO file {data.coco} not found")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -168,16 +88,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .runtime import (FeatureExtractor, build_backbone, build_dataset, build_head, check_sizes,
                           ensure_projections, load_head_weights, setup_distributed)
 
-    pairs = MODEL_PAIRS + RUN_PAIRS + _data_pairs("eval_data") + [
+    pairs = MODEL_PAIRS + RUN_PAIRS + data_pairs("eval_data") + [
         ("refine", "run.refine_iterations"), ("worst", "run.worst_overlays")]
-    cfg = _base_config(args)
+    cfg = base_config(args)
     if cfg.eval_data is None:  # evaluate what the configuration trained on unless told otherwise
         cfg.eval_data = dataclasses.replace(cfg.data, split=args.split or "val")
-    cfg = _apply(cfg, args, pairs, args.sets)
+    cfg = apply_options(cfg, args, pairs, args.sets)
     if args.no_progress:
         cfg.run.progress = False
     data = cfg.eval_data
-    _check_data(data)
+    check_data(data)
     head_ckpt = args.head_checkpoint
     if head_ckpt is None and cfg.model.preset == "vggt-1b":
         head_ckpt = "zbbhhh/VGGT-S"
@@ -218,7 +138,7 @@ def add_commands(subparsers) -> None:
     tr = subparsers.add_parser("train", help="train the segmentation head (self-training or Ego-Exo4D pairs)",
                                description="Train the Union Segmentation Head on a frozen VGGT backbone. "
                                            "Runs under torchrun for DDP.")
-    _common(tr)
+    add_common_arguments(tr)
     tr.add_argument("--epochs", type=int, help="last epoch (default 12)")
     tr.add_argument("--lr", type=float, help="AdamW learning rate (default 5e-5)")
     tr.add_argument("--init-head", help="start from this head checkpoint (main_exp.pth) instead of scratch")
@@ -231,7 +151,7 @@ def add_commands(subparsers) -> None:
                                                 "plain vs temporal on clips (--clips)",
                                description="IoU, location error, contour accuracy and visibility balanced "
                                            "accuracy per direction; table, JSON and worst-case overlays.")
-    _common(ev)
+    add_common_arguments(ev)
     ev.add_argument("--head-checkpoint", help="head weights (main_exp.pth or a training checkpoint); "
                                               "default zbbhhh/VGGT-S for vggt-1b (with --clips: the plain arm, "
                                               "default the temporal run's model.init_head)")
@@ -261,9 +181,9 @@ def add_commands(subparsers) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     """``python -m vggts_ros.training.cli train|evaluate ...`` (what torchrun starts): the
     same commands, options and error handling as ``vggts train|evaluate``."""
-    from vggts_ros.cli import main as vggts_main
-
-    return vggts_main(argv)
+    parser = argparse.ArgumentParser(prog="vggts", description="VGGT-S training and evaluation")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    return run_command(parser, argv)
 
 
 if __name__ == "__main__":

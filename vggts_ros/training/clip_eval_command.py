@@ -27,9 +27,8 @@ import time
 from pathlib import Path
 from typing import Dict, Optional
 
-from vggts_ros.cli import UsageError
-
-from .cli import MODEL_PAIRS, RUN_PAIRS, _check_data, _data_pairs, assignments
+from ..errors import UsageError
+from .arguments import MODEL_PAIRS, RUN_PAIRS, apply_options, check_data, data_pairs
 
 HEAD_FILENAME = "head.pth"
 CONFIG_FILENAME = "config.json"
@@ -76,15 +75,10 @@ def _config(args: argparse.Namespace, files: Optional[Dict[str, Optional[str]]])
         cfg, asks = TemporalTrainConfig(), False
     if cfg.base.eval_data is None:  # clips prepared like the training data, from the given root/split
         cfg.base.eval_data = dataclasses.replace(cfg.base.data, split=args.split or "val", fixed_pairs=True)
-    pairs = MODEL_PAIRS + RUN_PAIRS + _data_pairs("eval_data") + [
+    pairs = MODEL_PAIRS + RUN_PAIRS + data_pairs("eval_data") + [
         ("refine", "run.refine_iterations"), ("frames", "clips.frames"), ("truth", "clips.truth"),
         ("seed", "eval_data.seed"), ("memory_frames", "temporal.memory_frames")]
-    sets = assignments(args, pairs)
-    try:
-        cfg = cfg.override(sets + list(args.sets or []))
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
-    return cfg, asks
+    return apply_options(cfg, args, pairs, args.sets), asks
 
 
 def evaluate_clips_command(args: argparse.Namespace) -> int:
@@ -103,7 +97,7 @@ def evaluate_clips_command(args: argparse.Namespace) -> int:
         raise UsageError("--memory-off, --temporal-head and --memory-frames need --temporal-weights")
     cfg, asks = _config(args, files)
     base, data = cfg.base, cfg.base.eval_data
-    _check_data(data)
+    check_data(data)
     # the architecture the weights must have: what a configuration's temporal section or the
     # command line asked for (nothing asked: the file's own)
     requested = asks or args.memory_frames is not None or any(

@@ -25,6 +25,7 @@ from ..config import (
     TrackHeadConfig,
     model_preset,
 )
+from ..schema import assign, from_dict
 
 MODEL_PRESETS = ("vggt-1b", "test-tiny", "smoke")
 DATA_KINDS = ("self", "egoexo")
@@ -143,8 +144,24 @@ class RunSection:
     worst_overlays: int = 8
 
 
+class SectionsFile:
+    """File round trip and ``section.key=value`` overrides of a configuration made of
+    sections (a subclass provides ``from_dict`` and ``to_dict``)."""
+
+    @classmethod
+    def load(cls, path: str):
+        return cls.from_dict(read_sections(path))
+
+    def save(self, path: str) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
+
+    def override(self, assignments: Sequence[str]):
+        """Apply ``section.key=value`` strings (values parsed as YAML: numbers, lists, null)."""
+        return type(self).from_dict(assign(self.to_dict(), assignments, EMPTY_SECTIONS))
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(SectionsFile):
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
@@ -158,43 +175,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Optional[Dict[str, Any]]) -> "TrainConfig":
         data = dict(data or {})
-        sections = {"model": ModelSection, "data": DataSection, "optim": OptimSection, "run": RunSection}
-        unknown = sorted(set(data) - set(sections) - {"eval_data"})
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ValueError(f"TrainConfig: unknown section(s) {unknown}; known: {sorted(sections) + ['eval_data']}")
-        kwargs = {name: _section(sc, data.get(name), name) for name, sc in sections.items()}
-        ev = data.get("eval_data")
-        kwargs["eval_data"] = None if ev is None else _section(DataSection, ev, "eval_data")
-        return cls(**kwargs).validate()
-
-    @classmethod
-    def load(cls, path: str) -> "TrainConfig":
-        return cls.from_dict(read_sections(path))
-
-    def save(self, path: str) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
-
-    def override(self, assignments: Sequence[str]) -> "TrainConfig":
-        """Apply ``section.key=value`` strings (values parsed as YAML: numbers, lists, null)."""
-        import yaml
-
-        data = self.to_dict()
-        for item in assignments:
-            if "=" not in item:
-                raise ValueError(f"override {item!r}: expected section.key=value")
-            name, raw = item.split("=", 1)
-            parts = name.strip().split(".")
-            if len(parts) != 2:
-                raise ValueError(f"override {item!r}: expected section.key=value (e.g. optim.lr=1e-4)")
-            section, key = parts
-            if section == "eval_data" and data.get("eval_data") is None:
-                data["eval_data"] = dataclasses.asdict(DataSection())
-            if section not in data or not isinstance(data[section], dict):
-                raise ValueError(f"override {item!r}: unknown section {section!r}")
-            if key not in data[section]:
-                raise ValueError(f"override {item!r}: {section} has no key {key!r}; known: {sorted(data[section])}")
-            data[section][key] = yaml.safe_load(raw)
-        return TrainConfig.from_dict(data)
+            raise ValueError(f"TrainConfig: unknown section(s) {unknown}; known: {sorted(known)}")
+        return from_dict(cls, data, "").validate()
 
     # -- checks --------------------------------------------------------------------------
     def validate(self) -> "TrainConfig":
@@ -253,53 +238,8 @@ class TrainConfig:
         return self
 
 
-def _section(cls, data: Optional[Dict[str, Any]], name: str):
-    if data is None:
-        return cls()
-    if not isinstance(data, dict):
-        raise ValueError(f"{name}: expected a mapping, got {type(data).__name__}")
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ValueError(f"{name}: unknown key(s) {unknown}; known: {sorted(known)}")
-    values = {k: _coerce(v, str(known[k].type), f"{name}.{k}") for k, v in data.items()}
-    if "target_crop" in values and values["target_crop"] is not None:
-        values["target_crop"] = tuple(float(v) for v in values["target_crop"])
-    if "directions" in values and isinstance(values["directions"], str):
-        values["directions"] = [values["directions"]]
-    return cls(**values)
-
-
-def _coerce(value: Any, annotation: str, name: str) -> Any:
-    """YAML reads ``5e-5`` as a string and ``1`` where a float is meant: convert by the
-    field's annotation, refusing what does not fit."""
-    if value is None:
-        if annotation.startswith("Optional"):
-            return None
-        raise ValueError(f"{name}: a value is required")
-    base = annotation[len("Optional["):-1] if annotation.startswith("Optional[") else annotation
-    try:
-        if base == "float":
-            if isinstance(value, bool):
-                raise TypeError
-            return float(value)
-        if base == "int":
-            if isinstance(value, bool) or float(value) != int(float(value)):
-                raise TypeError
-            return int(float(value))
-        if base == "bool":
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("true", "false", "yes", "no", "1", "0"):
-                return str(value).lower() in ("true", "yes", "1")
-            raise TypeError
-        if base == "List[int]":
-            return [int(float(v)) for v in (value if isinstance(value, (list, tuple)) else [value])]
-        if base == "str" and not isinstance(value, str):
-            raise TypeError
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: {value!r} is not a valid {base}") from None
-    return value
+# An optional section an override switches on starts from its defaults.
+EMPTY_SECTIONS = {"eval_data": lambda: dataclasses.asdict(DataSection())}
 
 
 # ---------------------------------------------------------------------------------------

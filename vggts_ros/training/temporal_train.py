@@ -41,7 +41,8 @@ from ..models.temporal import TemporalConfig, TemporalMemory, load_temporal, sav
 from ..models.union_head.union_head import LOW_RES_CLAMP, UnionSegmentationHead
 from .clip_eval import OCCLUDED, clip_features, clip_inputs, context_rows, evaluate_clips, summarise  # noqa: F401
 from .clips import ClipSection, ImageClips, collate_clips
-from .config import DataSection, ModelSection, OptimSection, RunSection, TrainConfig, read_sections
+from ..schema import from_dict
+from .config import DataSection, ModelSection, OptimSection, RunSection, SectionsFile, TrainConfig
 from .losses import batch_iou, segmentation_loss
 from .pairs import EpochTaggedSampler
 from .runtime import DistEnv, FeatureExtractor, build_backbone, build_head, check_sizes, setup_distributed
@@ -69,7 +70,7 @@ class ModeSection:
 
 
 @dataclass
-class TemporalTrainConfig:
+class TemporalTrainConfig(SectionsFile):
     base: TrainConfig = field(default_factory=TrainConfig)
     clips: ClipSection = field(default_factory=ClipSection)
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
@@ -87,11 +88,9 @@ class TemporalTrainConfig:
     def from_dict(cls, data: Optional[Dict[str, Any]]) -> "TemporalTrainConfig":
         data = dict(data or {})
         own = {k: data.pop(k) for k in cls.OWN if k in data}
-        clips = _own_section(ClipSection, own.get("clips"), "clips")
-        for name in ("occluder_size", "occluder_travel", "blur_sigma", "scale", "target_crop"):
-            setattr(clips, name, tuple(float(v) for v in getattr(clips, name)))
-        temporal = _own_section(TemporalConfig, own.get("temporal"), "temporal")
-        mode = _own_section(ModeSection, own.get("mode"), "mode")
+        clips = from_dict(ClipSection, own.get("clips"), "clips")
+        temporal = from_dict(TemporalConfig, own.get("temporal"), "temporal")
+        mode = from_dict(ModeSection, own.get("mode"), "mode")
         cfg = cls(TrainConfig.from_dict(data), clips, temporal, mode)
         return cfg.validate()
 
@@ -102,44 +101,6 @@ class TemporalTrainConfig:
             raise ValueError("mode.use_memory=false and mode.train_head=false leave nothing to train")
         return self
 
-    @classmethod
-    def load(cls, path: str) -> "TemporalTrainConfig":
-        return cls.from_dict(read_sections(path))
-
-    def save(self, path: str) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
-
-    def override(self, assignments: Sequence[str]) -> "TemporalTrainConfig":
-        """``section.key=value`` strings (YAML values) for any section."""
-        import yaml
-
-        data = self.to_dict()
-        for item in assignments:
-            name, sep, raw = item.partition("=")
-            parts = name.strip().split(".")
-            if not sep or len(parts) != 2:
-                raise ValueError(f"override {item!r}: expected section.key=value")
-            section, key = parts
-            if section == "eval_data" and data.get("eval_data") is None:
-                data["eval_data"] = dataclasses.asdict(DataSection())
-            if not isinstance(data.get(section), dict):
-                raise ValueError(f"override {item!r}: unknown section {section!r}")
-            if key not in data[section]:
-                raise ValueError(f"override {item!r}: {section} has no key {key!r}; known: {sorted(data[section])}")
-            data[section][key] = yaml.safe_load(raw)
-        return TemporalTrainConfig.from_dict(data)
-
-
-def _own_section(cls, data, name):
-    if data is None:
-        return cls()
-    if not isinstance(data, dict):
-        raise ValueError(f"{name}: expected a mapping, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{name}: unknown key(s) {unknown}; known: {sorted(known)}")
-    return cls(**data)
 
 
 def smoke_temporal_config(out_dir: str, data_root: str, use_memory: bool = True,

@@ -3,8 +3,10 @@ until the pipeline/node integration moves them into ``vggts_ros/config.py``)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional
+
+from ...schema import from_dict
 
 
 @dataclass
@@ -50,11 +52,7 @@ class TemporalConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "TemporalConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown temporal config keys: {sorted(unknown)}")
-        return cls(**d).validate()
+        return from_dict(cls, d, "temporal config").validate()
 
     # fields that change the shapes of the weights (a checkpoint must agree on them)
     ARCH = ("memory_frames", "tokens", "blocks", "num_heads", "mlp_ratio", "fuse_logits")
