@@ -481,7 +481,7 @@ def whole_set(R, objects: int, repeats: int, profile: bool, cfg: BackboneConfig 
     # others are that object's own: sum them over the objects
     stages = {}
     for k, v in out_o[0][0].timings.items():
-        per_object = k not in ("prompts", "first_pass", "total")
+        per_object = k not in ("prompts", "first_pass", "features_batch", "total")
         stages[k] = sum(out_o[o][0].timings.get(k, 0.0) for o in range(objects)) if per_object else v
     prof = None
     if profile:
