@@ -167,11 +167,13 @@ def ref_track_head(R, cfg: BackboneConfig):
 def paired_backbones(R, cfg: BackboneConfig, seed: int = 0):
     """(ours, reference aggregator, reference track head) holding *the same* deterministic
     weight tensors (``load_state_dict(assign=True)``, strict): one copy in memory, which
-    lets VGGT-1B's size (1.2 B parameters, 4.6 GB in float32) run both sides. Built on the
-    meta device, so no random initialisation is spent on tensors replaced at once."""
+    lets VGGT-1B's size (1.2 B parameters, 4.6 GB in float32) run both sides. Ours is
+    built on the meta device; the reference's DINOv2 cannot be (its constructor reads
+    tensor values), so it is built and initialised on the CPU, and its own tensors are
+    released when the shared ones are assigned."""
     with torch.device("meta"):
         ours = VGGTBackbone(cfg)
-        ref_agg, ref_th = ref_aggregator(R, cfg.aggregator), ref_track_head(R, cfg)
+    ref_agg, ref_th = ref_aggregator(R, cfg.aggregator), ref_track_head(R, cfg)
     state = deterministic_state_dict(ours, seed)
     ours.load_state_dict(state, strict=True, assign=True)
     ref_agg.load_state_dict({k[len("aggregator."):]: v for k, v in state.items() if k.startswith("aggregator.")},
@@ -263,8 +265,9 @@ def backbone_passes(R, cfg: BackboneConfig, repeats: int, warmup: bool = True) -
         tokens, start = ref_agg(images2)
         return ref_th.feature_extractor(tokens, images2, start)
 
-    tr, to, f_r, f_o = interleaved(ref_pass, lambda: ours(images2).features, repeats, warmup)
-    t3, _ = timed(lambda: ours(images3).features, repeats, warmup)
+    with torch.inference_mode():
+        tr, to, f_r, f_o = interleaved(ref_pass, lambda: ours(images2).features, repeats, warmup)
+        t3, _ = timed(lambda: ours(images3).features, repeats, warmup)
     out = dict(ref2=tr, ours2=to, ours3=t3, diff=max_diff(f_r, f_o), scale=float(f_r.abs().max()),
                wall2=WALL["ref"] / WALL["ours"])
     del ours, ref_agg, ref_th
