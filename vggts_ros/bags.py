@@ -97,6 +97,32 @@ def image_msg(array: np.ndarray, encoding: str, stamp_ns: int, frame_id: str = "
                  data=array.reshape(-1).view(np.uint8))
 
 
+def depth_msg(depth: np.ndarray, encoding: str, stamp_ns: int, frame_id: str = ""):
+    """``sensor_msgs/msg/Image`` of a depth map in metres (NaN = no reading) as REP 118
+    publishes it: ``32FC1`` (metres) or ``16UC1`` (millimetres)."""
+    from vggts_ros.geometry.depth import encode_depth
+
+    arr = encode_depth(depth, encoding)
+    Image = typestore().types[IMAGE]
+    return Image(header=header(stamp_ns, frame_id), height=int(arr.shape[0]), width=int(arr.shape[1]),
+                 encoding=encoding, is_bigendian=0, step=int(arr.shape[1] * arr.itemsize),
+                 data=arr.reshape(-1).view(np.uint8))
+
+
+def camera_info_msg(K: np.ndarray, size: Tuple[int, int], stamp_ns: int, frame_id: str = ""):
+    """``sensor_msgs/msg/CameraInfo`` of a pinhole camera without distortion (``K`` 3x3,
+    ``size`` = (width, height)); ``P = [K | 0]``."""
+    K = np.asarray(K, np.float64).reshape(3, 3)
+    P = np.hstack([K, np.zeros((3, 1))])
+    ts = typestore()
+    Info = ts.types["sensor_msgs/msg/CameraInfo"]
+    Roi = ts.types["sensor_msgs/msg/RegionOfInterest"]
+    return Info(header=header(stamp_ns, frame_id), height=int(size[1]), width=int(size[0]),
+                distortion_model="plumb_bob", d=np.zeros(5), k=K.reshape(-1), r=np.eye(3).reshape(-1),
+                p=P.reshape(-1), binning_x=0, binning_y=0,
+                roi=Roi(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
+
+
 def compressed_msg(rgb: np.ndarray, stamp_ns: int, frame_id: str = "", fmt: str = "png"):
     """``sensor_msgs/msg/CompressedImage`` of an RGB image (PNG or JPEG)."""
     import cv2
@@ -206,7 +232,8 @@ class BagWriter:
 def write_scene_bag(scene, path: str | Path, frames: int = 3, period: float = 0.2, jitter: float = 0.004,
                     start: float = 100.0, storage: str = "mcap", gt: bool = True, namespace: str = "/scene",
                     mask_camera: Optional[str] = None, drop: Sequence[Tuple[str, int]] = (),
-                    compressed: bool = False, noise: float = 0.0) -> Dict[str, str]:
+                    compressed: bool = False, noise: float = 0.0, depth: Optional[Dict[str, str]] = None,
+                    camera_info: bool = False) -> Dict[str, str]:
     """A bag of a bundled scene (``vggts_ros.scenes``) seen as still camera streams.
 
     Every camera publishes ``frames`` images at ``period`` s; camera ``k``'s stamps are
@@ -217,7 +244,10 @@ def write_scene_bag(scene, path: str | Path, frames: int = 3, period: float = 0.
     left out, as a camera that missed a frame. ``compressed`` writes PNG
     ``sensor_msgs/CompressedImage`` on ``.../image_raw/compressed`` instead of raw images;
     ``noise`` adds seeded Gaussian noise of that sigma to every frame (frames differ, as
-    a real camera's do). Returns camera name -> image topic.
+    a real camera's do). ``depth``: camera -> encoding (``32FC1``/``16UC1``): that camera's
+    exact depth on ``<namespace>/<camera>/depth/image_raw`` with each frame's stamp;
+    ``camera_info``: every camera's ``K`` on ``<namespace>/<camera>/camera_info``. Returns
+    camera name -> image topic.
     """
     topics = {}
     with BagWriter(path, storage=storage) as bag:
@@ -236,9 +266,41 @@ def write_scene_bag(scene, path: str | Path, frames: int = 3, period: float = 0.
                     bag.write(topic, compressed_msg(image, stamp, name), stamp)
                 else:
                     bag.write(topic, image_msg(image, "rgb8", stamp, name), stamp)
+                if depth and name in depth:
+                    bag.write(f"{namespace}/{name}/depth/image_raw",
+                              depth_msg(scene.depth(name), depth[name], stamp, name), stamp)
+                if camera_info:
+                    cam = scene.cameras[name]
+                    bag.write(f"{namespace}/{name}/camera_info", camera_info_msg(cam.K, cam.size, stamp, name), stamp)
                 labels = np.zeros(scene.image(name).shape[:2], np.uint8)
                 for oid in scene.object_ids:
                     labels[scene.mask(name, oid)] = oid
+                if gt:
+                    bag.write(f"{namespace}/{name}/gt", image_msg(labels, "mono8", stamp, name), stamp)
+                if mask_camera == name and i == 0:
+                    bag.write(f"{namespace}/{name}/source_mask", image_msg(labels, "mono8", stamp, name), stamp + 1)
+    return topics
+
+
+def write_sequence_bag(seq, path: str | Path, start: float = 100.0, jitter: float = 0.004, storage: str = "mcap",
+                       gt: bool = True, namespace: str = "/scene", mask_camera: Optional[str] = None) -> Dict[str, str]:
+    """A bag of a moving sequence (``vggts_ros.sequences``): every camera's frames at the
+    sequence's rate (camera ``k``'s stamps offset by ``k * jitter`` s), with ``gt`` the
+    exact label images of every frame on ``<namespace>/<camera>/gt``, and with
+    ``mask_camera`` that camera's first-frame labels on ``<namespace>/<camera>/source_mask``.
+    Returns camera name -> image topic."""
+    topics = {}
+    with BagWriter(path, storage=storage) as bag:
+        for i in range(len(seq)):
+            for k, name in enumerate(seq.cameras):
+                stamp = int(round((start + seq.stamp(i) + k * jitter) * 1e9))
+                topic = f"{namespace}/{name}/image_raw"
+                topics[name] = topic
+                image, masks = seq.view(i, name)
+                bag.write(topic, image_msg(image, "rgb8", stamp, name), stamp)
+                labels = np.zeros(image.shape[:2], np.uint8)
+                for oid, m in masks.items():
+                    labels[m] = oid
                 if gt:
                     bag.write(f"{namespace}/{name}/gt", image_msg(labels, "mono8", stamp, name), stamp)
                 if mask_camera == name and i == 0:

@@ -46,6 +46,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise UsageError(f"give one --target-role for all targets or one per target ({len(args.target)})")
     roles = roles * len(args.target) if len(roles) == 1 else roles
     targets = [TargetView(read_rgb(p), role=r, name=Path(p).stem) for p, r in zip(args.target, roles)]
+    geometry = _geometry_inputs(args, targets)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -67,6 +68,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     except ValueError as exc:  # inputs the pipeline cannot use, named by the pipeline
         raise UsageError(str(exc)) from exc
     t_run = time.monotonic() - t0
+    located = _objects3d(geometry, source, mask, targets, results)
     summary = []
     for view, path, result in zip(targets, args.target, results):
         stem = Path(path).stem
@@ -76,12 +78,95 @@ def cmd_segment(args: argparse.Namespace) -> int:
         summary.append(dict(target=str(path), role=view.role, mask=str(out / f"{stem}_mask.png"),
                             area=int(result.mask.sum()), score=round(float(result.score), 4),
                             points=np.round(np.asarray(result.target_points, dtype=float), 2).tolist()))
-    print(json.dumps(dict(backend=getattr(segmentor, "name", args.backend), config=args.config,
-                          load_seconds=round(t_load, 3), segment_seconds=round(t_run, 3), targets=summary), indent=2))
+        if located is not None:
+            from vggts_ros.geometry.messages import object_dict
+
+            summary[-1]["object3d"] = object_dict(result.object3d)
+    report = dict(backend=getattr(segmentor, "name", args.backend), config=args.config,
+                  load_seconds=round(t_load, 3), segment_seconds=round(t_run, 3), targets=summary)
+    if located is not None:
+        from vggts_ros.geometry.messages import objects_dict
+
+        report["objects3d"] = dict(cameras={n: objects_dict(o) for n, o in located.cameras.items()},
+                                   fused=objects_dict(located.fused) if located.fused is not None else None)
+    print(json.dumps(report, indent=2))
     if args.config == "test-tiny" and backend == "vggts":
         print("note: test-tiny has deterministic test weights; its masks are meaningless on real images",
               file=sys.stderr)
     return 0
+
+
+def read_depth(path: str) -> np.ndarray:
+    """A depth image file: ``.npy`` (float metres or uint16 millimetres) or a 16-bit PNG
+    (millimetres, as ``16UC1``)."""
+    import cv2
+
+    if not Path(path).is_file():
+        raise UsageError(f"depth file not found: {path}")
+    if path.endswith(".npy"):
+        try:
+            depth = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise UsageError(f"cannot read {path} as a NumPy array: {exc}") from exc
+    else:
+        depth = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if depth is None:
+            raise UsageError(f"cannot read {path} as an image")
+        if depth.dtype != np.uint16 or depth.ndim != 2:
+            raise UsageError(f"{path}: a depth PNG must be single-channel 16-bit (millimetres), got "
+                             f"{depth.dtype} with shape {depth.shape}")
+    return depth
+
+
+def _geometry_inputs(args, targets) -> Optional[dict]:
+    """``--depth``/``--intrinsics``/``--pose`` read and checked before the backend runs (a typo
+    does not wait for the segmentation): ``results_in_3d``'s keyword arguments, or None."""
+    if not (args.depth or args.intrinsics or args.pose):
+        return None
+    from vggts_ros.geometry.objects3d_step import pose_matrix
+    from vggts_ros.replay import ReplayError, parse_pairs
+
+    names = {t.name for t in targets} | {"source"}
+    try:
+        given = {flag: parse_pairs(values, flag) for flag, values in
+                 (("--depth", args.depth), ("--intrinsics", args.intrinsics), ("--pose", args.pose))}
+    except ReplayError as exc:
+        raise UsageError(str(exc)) from exc
+    for flag, pairs in given.items():
+        unknown = sorted(set(pairs) - names)
+        if unknown:
+            raise UsageError(f"{flag} given for unknown camera(s) {unknown}; cameras: 'source' and the targets' "
+                             f"file stems {sorted(names - {'source'})}")
+    numbers: dict = {}
+    for flag in ("--intrinsics", "--pose"):
+        numbers[flag] = {}
+        for k, v in given[flag].items():
+            try:
+                numbers[flag][k] = [float(x) for x in v.replace(",", " ").split()]
+            except ValueError:
+                raise UsageError(f"{flag} {k}={v}: expected numbers separated by commas") from None
+            if flag == "--intrinsics" and len(numbers[flag][k]) != 4:
+                raise UsageError(f"--intrinsics {k}: needs 4 numbers fx,fy,cx,cy, got {len(numbers[flag][k])}")
+            if flag == "--pose":
+                try:
+                    pose_matrix(numbers[flag][k])
+                except ValueError as exc:
+                    raise UsageError(f"--pose {k}: {exc}") from exc
+    return dict(depth={k: read_depth(v) for k, v in given["--depth"].items()}, intrinsics=numbers["--intrinsics"],
+                poses=numbers["--pose"], frame=args.frame or "")
+
+
+def _objects3d(geometry: Optional[dict], source: np.ndarray, mask: np.ndarray, targets, results):
+    """The object in 3D per camera (and fused) of one segment call, or None without depth."""
+    if geometry is None:
+        return None
+    from vggts_ros.geometry.results3d import results_in_3d
+
+    try:
+        return results_in_3d(results, targets, source_mask=mask, source_name="source",
+                             source_size=(source.shape[1], source.shape[0]), **geometry)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def node_settings(base: NodeConfig, flags: Dict[str, Any], sets: Optional[List[str]]) -> NodeConfig:
@@ -117,7 +202,7 @@ def _build(model: ModelConfig, pipeline: PipelineConfig):
 def cmd_replay(args: argparse.Namespace) -> int:
     from vggts_ros import replay as rp
     from vggts_ros.bags import BagError
-    from vggts_ros.config import CameraConfig, NodeConfig, SyncConfig, load_node_config
+    from vggts_ros.config import CameraConfig, GeometryConfig, NodeConfig, SyncConfig, load_node_config
 
     try:
         node = load_node_config(args.params_file, args.node_name) if args.params_file else None
@@ -145,7 +230,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
             namespace=args.namespace, overlay=not args.no_overlay, copy_inputs=not args.no_copy_inputs,
             progress=not args.no_progress, roles=roles,
             source_mode=args.source_mode or (node.inference.source_mode if node else "keyframe"),
+            realtime=args.realtime, step_seconds=args.step_seconds,
+            propagation=args.propagation or (node.publish.propagation if node else False),
+            max_age=args.max_age if args.max_age is not None else (node.publish.max_age if node else 2.0),
+            refresh_pairs=(args.refresh_pairs if args.refresh_pairs is not None
+                           else (node.publish.refresh_pairs if node else 0)),
+            depth_topics=rp.parse_pairs(args.depth_topic, "--depth-topic"),
+            geometry=node.geometry if node else GeometryConfig(),
         )
+        if options.step_seconds is not None and not options.step_seconds > 0:
+            raise rp.ReplayError(f"--step-seconds must be > 0, got {options.step_seconds}")
+        if not options.max_age > 0:
+            raise rp.ReplayError(f"--max-age must be > 0 s, got {options.max_age}")
+        if options.refresh_pairs < 0:
+            raise rp.ReplayError(f"--refresh-pairs must be >= 0 (0 = all), got {options.refresh_pairs}")
     except rp.ReplayError as exc:
         raise UsageError(str(exc)) from exc
 
@@ -169,7 +267,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         from vggts_ros.backends import pipeline_config
 
         # the node's mapping of its parameters (temporal memory, precision, ...), as the node runs it
-        pipe = pipeline_config(node.inference, model) if node else PipelineConfig()
+        pipe = pipeline_config(node.inference, model, node.geometry) if node else \
+            dataclasses.replace(PipelineConfig(), geometry_heads=options.geometry.vggt_heads)
         built["segmentor"] = _build(model, dataclasses.replace(pipe, refine_iterations=refine))
         built["seconds"] = time.monotonic() - t0
         return built["segmentor"]
@@ -185,8 +284,23 @@ def cmd_replay(args: argparse.Namespace) -> int:
           f"written to {args.out} ({getattr(segmentor, 'name', backend)} backend; load {t_load:.1f} s, "
           f"replay {result.seconds - t_load:.1f} s)")
     print("cameras: " + ", ".join(f"{c.name} ({c.role}, {c.topic})" for c in result.cameras))
+    if result.objects3d:
+        estimates = [o for r in result.objects3d for c in r["cameras"].values() for o in c["objects"]]
+        why: Dict[str, int] = {}
+        for o in estimates:
+            if o["reason"]:
+                why[o["reason"]] = why.get(o["reason"], 0) + 1
+        print(f"objects in 3D: {len(estimates) - sum(why.values())} of {len(estimates)} per-camera estimates, "
+              f"{sum(1 for r in result.objects3d if r['fused'])} fused sets")
+        for reason, n in sorted(why.items(), key=lambda kv: -kv[1]):
+            print(f"  {n:>4} x no 3D: {reason}")
     for line in result.camera_problems():
         print(f"warning: {line}", file=sys.stderr)
+    if result.steps:
+        secs = sorted(st["seconds"] for st in result.steps)
+        print(f"real time: {len(result.steps)} cross-view steps (median {secs[len(secs) // 2]:.2f} s), "
+              f"{result.dropped_sets} sets left out while the worker was busy"
+              + (", masks propagated on the frames between" if options.propagation else ""))
     empty = result.empty_reasons()
     if empty:
         print(f"{sum(empty.values())} of {len(result.results)} object masks are empty:")
@@ -209,6 +323,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
             scores=[vars(r) for r in result.scores],
             mean_iou={f"{cam}/{oid}": v for (cam, oid), v in result.mean_iou().items()},
             stream=result.stream,
+            steps=result.steps, dropped_sets=result.dropped_sets,
+            objects3d=result.objects3d,
         )
         Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
     return 0
@@ -228,6 +344,10 @@ def add_replay_arguments(rep: argparse.ArgumentParser) -> None:
     rep.add_argument("--camera", action="append",
                      help="NAME=TOPIC; default: every image topic, named after it (/x/front/image_raw -> front)")
     rep.add_argument("--role", action="append", help=f"NAME=ROLE with ROLE one of {', '.join(ROLES)} (default exo)")
+    rep.add_argument("--depth-topic", action="append",
+                     help="CAMERA=TOPIC: that camera's registered depth images (32FC1 m / 16UC1 mm) in the bag; "
+                          "objects in 3D are written to <namespace>/<camera>/objects3d (also camera.<name>.depth_topic "
+                          "of --params-file)")
     rep.add_argument("--params-file", help="the node's parameters YAML (cameras, sync, model, inference)")
     rep.add_argument("--node-name", default="vggts", help="node name to read from --params-file (default vggts)")
     rep.add_argument("--slop", type=float, help="synchroniser slop in seconds (default 0.05)")
@@ -253,6 +373,22 @@ def add_replay_arguments(rep: argparse.ArgumentParser) -> None:
     rep.add_argument("--no-copy-inputs", action="store_true", help="do not copy the camera topics into the output")
     rep.add_argument("--no-progress", action="store_true", help="no progress bar")
     rep.add_argument("--report", help="write the sets, outputs and scores as JSON here")
+    rep.add_argument("--realtime", action="store_true",
+                     help="one cross-view worker on the recording's clock: it takes the newest set when free, "
+                          "its results come out when its step's time is up, sets that come while it is busy "
+                          "are left out")
+    rep.add_argument("--propagation", action="store_true",
+                     help="masks on every target frame between cross-view results, moved by a per-camera "
+                          "tracker (implies --realtime; publish.propagation)")
+    rep.add_argument("--step-seconds", type=float,
+                     help="real time: every cross-view step takes this long on the recording's clock "
+                          "(reproducible); default: its measured CPU time")
+    rep.add_argument("--max-age", type=float,
+                     help="propagation: s since its cross-view result after which a mask is not good "
+                          "(publish.max_age, default 2)")
+    rep.add_argument("--refresh-pairs", type=int,
+                     help="propagation: (object, target) pairs per cross-view step, oldest first; 0 = all "
+                          "(publish.refresh_pairs)")
     rep.set_defaults(func=cmd_replay)
 
 
@@ -281,6 +417,14 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--point-identity", choices=POINT_IDENTITY, default="accumulate",
                      help="refinement semantics: accumulate (reference, default) or per_pass")
     seg.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    seg.add_argument("--depth", action="append",
+                     help="NAME=FILE: registered depth of 'source' or a target (its file stem): .npy float metres "
+                          "or uint16 mm, or a 16-bit PNG in mm; the object in 3D goes into the JSON")
+    seg.add_argument("--intrinsics", action="append", help="NAME=fx,fy,cx,cy of that image (needed with --depth)")
+    seg.add_argument("--pose", action="append",
+                     help="NAME=x,y,z,qx,qy,qz,qw: that camera's optical frame in one reference frame; with two or "
+                          "more the object is also fused")
+    seg.add_argument("--frame", help="name of the fused frame (default: the first camera with depth)")
     seg.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=VALUE",
                      help="any model.* or inference.* node parameter, applied after the options above, e.g. "
                           "model.geometric.ratio=0.7 (names and values: docs/parameters.md; repeatable)")

@@ -333,9 +333,22 @@ class CameraConfig:
     role: str = param("exo", doc="exo/aerial/ground targets are cropped around the projected points, ego "
                                  "ones resized whole", choices=ROLES,
                       details="A square ego target is resized whole (the reference); a non-square one takes the "
-                              "crop path (README, Fidelity).")
+                              "crop path (docs/fidelity.md).")
     compressed: bool = param(False, doc="sensor_msgs/CompressedImage instead of Image")
     required: bool = param(False, doc="sets are never made without this camera")
+    depth_topic: str = param("", doc="registered depth image (32FC1 metres or 16UC1 millimetres, aligned to the "
+                                     "colour image) for objects in 3D; empty = none",
+                             details="A depth image of another size with the same aspect ratio is scaled to the "
+                                     "colour image (nearest). Matched to the colour frame by stamp within sync.slop "
+                                     "(docs/geometry.md).")
+    intrinsics: List[float] = param(default_factory=list, doc="fx, fy, cx, cy in the colour image's pixels; empty = "
+                                                              "from the camera_info beside the image topic",
+                                    details="Write floats in a parameters file (`[525.0, 525.0, 319.5, 239.5]`): a "
+                                            "ROS list of mixed integers and floats is refused.")
+    pose: List[float] = param(default_factory=list, doc="x, y, z, qx, qy, qz, qw: the camera's optical frame in "
+                                                        "geometry.frame (static extrinsics); empty = unknown",
+                              details="The camera named by geometry.frame is the identity when another camera has "
+                                      "a pose. With poses, objects are fused over the cameras (~/objects3d).")
 
     def resolved_topic(self) -> str:
         """The topic as given, else ``<name>/image_raw[/compressed]``, relative so that a
@@ -409,6 +422,14 @@ class PublishConfig:
     diagnostics_period: float = param(1.0, doc="s between /diagnostics messages", range=(1e-2, 3600.0))
     stall_timeout: float = param(0.0, doc="s without output (objects set) before diagnostics say ERROR; "
                                           "0 = max(2 periods, 3 x median set time)", range=(0.0, 1e6), live=True)
+    # Masks at camera rate (vggts_ros.propagation_stage): every target frame between two
+    # cross-view results gets the latest masks moved by a per-camera tracker.
+    propagation: bool = param(False, doc="masks on every target frame between cross-view results, moved by a "
+                                         "per-camera tracker")
+    max_age: float = param(2.0, doc="s since its cross-view result after which a propagated mask is not "
+                                    "published as good", range=(1e-3, 3600.0), live=True)
+    refresh_pairs: int = param(0, doc="(object, target) pairs per cross-view step, oldest refresh first; "
+                                      "0 = all", range=(0, 65025), live=True)
 
 
 @dataclass
@@ -419,6 +440,23 @@ class ObjectsConfig:
                                    "(survive a restart); empty = in memory only",
                            details="One file per object, written atomically (`vggts_ros/object_store.py`); the "
                                    "launch file sets one.")
+
+
+@dataclass
+class GeometryConfig:
+    """Objects in 3D (docs/geometry.md): per camera from its depth topic or VGGT's depth head,
+    fused over the cameras whose poses are known (camera.<name>.pose or VGGT's camera head)."""
+
+    enabled: bool = param(True, doc="objects in 3D (~/<camera>/objects3d, ~/objects3d, ~/<camera>/object_cloud) "
+                                    "for the cameras with a depth topic or VGGT's depth head")
+    vggt_heads: bool = param(True, doc="VGGT's camera and depth heads with model.backend vggts (the geometric "
+                                       "backend has none): every camera's depth and pose",
+                             details="On: 2.7 % of a set's compute and +1.0 GB of float32 weights "
+                                     "(docs/geometry.md, \"VGGT's geometry heads\").")
+    baseline: str = param("", doc="'cam_a,cam_b,metres': the distance between two cameras, a metric scale for "
+                                  "VGGT's geometry without a depth topic; empty = none")
+    frame: str = param("", doc="frame of the fused objects: a camera name (its optical frame) or the frame "
+                               "camera.<name>.pose is given in; empty = the first camera")
 
 
 # ROS parameters the node accepts besides its own (never an error, never read).
@@ -433,6 +471,7 @@ class NodeConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     objects: ObjectsConfig = field(default_factory=ObjectsConfig)
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
 
     def __post_init__(self) -> None:
         fold_renamed(self)  # model.dtype -> inference.precision, with a deprecation warning
@@ -462,9 +501,62 @@ class NodeConfig:
         if max(1, len(names)) < self.sync.min_cameras <= 64:  # beyond 64: the range check says so
             errors.append(f"sync.min_cameras must be in [1, {len(names)}] (the number of cameras), "
                           f"got {self.sync.min_cameras}")
+        errors += self._geometry_errors(names, topics)
         if errors:
             raise ValueError("invalid vggts configuration:\n  " + "\n  ".join(errors))
         return self
+
+    def vggt_heads(self) -> bool:
+        """Whether VGGT's heads run: ``geometry.vggt_heads`` with the VGGT backend."""
+        return bool(self.geometry.vggt_heads and self.model.backend == "vggts")
+
+    def reference_frame(self) -> str:
+        """``geometry.frame``, or the first camera's name when it is empty."""
+        return self.geometry.frame or (self.cameras[0].name if self.cameras else "")
+
+    def _geometry_errors(self, names: List[str], topics: List[str]) -> List[str]:
+        """Depth topics, intrinsics, poses and the baseline (objects in 3D)."""
+        import math
+
+        errors = []
+        norm = lambda t: "/" + t.strip("/")  # noqa: E731 - relative and absolute names of one topic
+        images = {norm(t) for t in topics}
+        depth_topics = [c.depth_topic for c in self.cameras if c.depth_topic]
+        for cam in self.cameras:
+            key = f"camera.{cam.name}"
+            if cam.depth_topic and norm(cam.depth_topic) in images:
+                errors.append(f"{key}.depth_topic: {cam.depth_topic!r} is a camera image topic; give the "
+                              "registered depth image's topic (e.g. <camera>/aligned_depth_to_color/image_raw)")
+            if cam.depth_topic and depth_topics.count(cam.depth_topic) > 1:
+                errors.append(f"{key}.depth_topic: {cam.depth_topic!r} is the depth topic of several cameras")
+            if cam.intrinsics:
+                v = cam.intrinsics
+                if len(v) != 4:
+                    errors.append(f"{key}.intrinsics: needs 4 numbers fx, fy, cx, cy (or empty for camera_info), "
+                                  f"got {len(v)}: {list(v)}")
+                elif not all(math.isfinite(x) for x in v) or v[0] <= 0 or v[1] <= 0:
+                    errors.append(f"{key}.intrinsics: fx and fy must be positive and all four finite, got {list(v)}")
+            if cam.pose:
+                v = cam.pose
+                if len(v) != 7:
+                    errors.append(f"{key}.pose: needs 7 numbers x y z qx qy qz qw (the camera's optical frame in "
+                                  f"geometry.frame; empty = unknown), got {len(v)}: {list(v)}")
+                elif not all(math.isfinite(x) for x in v):
+                    errors.append(f"{key}.pose: every number must be finite, got {list(v)}")
+                elif abs(math.sqrt(sum(x * x for x in v[3:])) - 1.0) > 1e-3:
+                    errors.append(f"{key}.pose: the quaternion (qx qy qz qw) {list(v[3:])} is not a unit quaternion "
+                                  f"(norm {math.sqrt(sum(x * x for x in v[3:])):.4g})")
+        g = self.geometry
+        if g.baseline:
+            from vggts_ros.geometry.scale import ScaleError, check_baseline, parse_baseline
+
+            try:
+                check_baseline(parse_baseline(g.baseline), names)
+            except ScaleError as exc:
+                errors.append(str(exc))
+        if g.frame and g.frame != g.frame.strip():
+            errors.append(f"geometry.frame: {g.frame!r} has leading or trailing spaces")
+        return errors
 
     # -- flat ROS parameters ------------------------------------------------------------
 

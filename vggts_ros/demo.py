@@ -7,6 +7,12 @@ exact ground truth. Output: one overlay mosaic PNG per scene, ``results.json`` a
 table of IoU per target view, with the backend that produced them, the path that made
 each mask and, for each object the node published empty, its "not found" reason.
 
+Objects in 3D: the player also publishes each view's exact depth (``32FC1``) and its
+``camera_info``, the node gets the true camera poses (in the source camera's frame) as
+static extrinsics; the 3D column is the published centroid's error against the centroid
+of the view's exact depth under its exact mask (% of its distance), and the fused boxes
+are scored against the scenes' true boxes (``boxes3d`` in results.json).
+
 The default scenes include the hard cases of the weight-free backend (tall boxes at
 wide baselines, a flat-coloured box, a painted wall), whatever their IoU.
 
@@ -28,7 +34,8 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from vggts_ros.config import BACKENDS, MODEL_PRESETS, CameraConfig, InferenceConfig, ModelConfig, NodeConfig, PublishConfig, SyncConfig
+from vggts_ros.config import (BACKENDS, MODEL_PRESETS, CameraConfig, GeometryConfig, InferenceConfig, ModelConfig,
+                               NodeConfig, PublishConfig, SyncConfig)
 
 # The easy scenes, then the hard cases for the weight-free backend (vggts_ros.scenes):
 # tall boxes at wide baselines, a flat-coloured box, a painted wall.
@@ -72,13 +79,26 @@ def load_scenes(spec: str):
 
 
 def _scene_config(scene, model: ModelConfig, prefix: str = "/vggts_demo") -> NodeConfig:
-    cams = [CameraConfig(name, f"{prefix}/{scene.name}/{name}/image_raw", scene.role(name)) for name in scene.views]
+    """The scene's cameras, each with its exact depth as a depth topic and its true pose in
+    the source camera's optical frame (static extrinsics: the fused objects are in that frame)."""
+    from vggts_ros.geometry.boxes import quaternion_from_matrix
+
+    cams = []
+    for name in scene.views:
+        cam = CameraConfig(name, f"{prefix}/{scene.name}/{name}/image_raw", scene.role(name))
+        if name in scene.depths:
+            cam.depth_topic = f"{prefix}/{scene.name}/{name}/depth/image_raw"
+        if scene.cameras:
+            T = scene.cameras[scene.source].T_cam_from_world @ scene.cameras[name].T_world_from_cam
+            cam.pose = [float(v) for v in T[:3, 3]] + [float(v) for v in quaternion_from_matrix(T[:3, :3])]
+        cams.append(cam)
     return NodeConfig(
         cameras=cams,
         sync=SyncConfig(slop=0.02, queue_size=5, stale_after=5.0),
         model=model,
         inference=InferenceConfig(refine_iterations=1, source_mode="keyframe"),
         publish=PublishConfig(overlay=True, diagnostics_period=1.0),
+        geometry=GeometryConfig(frame=scene.source),
     )
 
 
@@ -99,7 +119,8 @@ class SceneNode:
         # node of frames for > 30 s even with large transport buffers. Real cameras keep
         # sensor-data QoS (README).
         reliable = {"reliability": "reliable", "history": "keep_last", "depth": 5}
-        overrides = {c.topic: {"subscription": dict(reliable)} for c in self.cfg.cameras}
+        overrides = {t: {"subscription": dict(reliable)}
+                     for c in self.cfg.cameras for t in (c.topic, c.depth_topic) if t}
         self.process = NodeProcess(self.cfg, node_name=self.base, extra_params={"qos_overrides": overrides}).start()
         self.started = time.monotonic()
         self.interrupted = False
@@ -132,9 +153,14 @@ def run_scene(scene, model: ModelConfig, out_dir: Path, timeout: float, started:
     own = started is None
     started = started or SceneNode(scene, model, 0)
     base, cfg, node = started.base, started.cfg, started.process
-    player = CameraPlayer([PlayedCamera(c.name, c.topic, scene.image(c.name)) for c in cfg.cameras], rate_hz=5.0,
+    # each camera's exact depth (32FC1 metres) and K (camera_info) beside its images
+    played = [PlayedCamera(c.name, c.topic, scene.image(c.name), depth=scene.depths.get(c.name),
+                           depth_topic=c.depth_topic, K=scene.cameras[c.name].K if scene.cameras else None)
+              for c in cfg.cameras]
+    player = CameraPlayer(played, rate_hz=5.0,
                           name=f"{base}_cameras", reliable=True)
-    collector = OutputCollector(base, [c.name for c in cfg.cameras], name=f"{base}_client")
+    collector = OutputCollector(base, [c.name for c in cfg.cameras], name=f"{base}_client", objects3d=True)
+    with3d = any(c.depth_topic for c in cfg.cameras)
     spinner = Spinner(player, collector)
     t0 = started.started
     try:
@@ -144,6 +170,11 @@ def run_scene(scene, model: ModelConfig, out_dir: Path, timeout: float, started:
             received = {c: (collector.camera_status(c) or {}).get("received", "no diagnostics") for c in scene.views}
             raise RuntimeError(f"the node reports no frames from the cameras within 30 s ({len(player.stamps)} "
                                f"published per camera, node received {received}):\n{node.log()[-3000:]}")
+        depth_cams = [c.name for c in cfg.cameras if c.depth_topic]
+        if not wait_until(lambda: all(int((collector.camera_status(c) or {}).get("depth_received", 0) or 0) > 0
+                                      for c in depth_cams), 30):
+            got = {c: (collector.camera_status(c) or {}).get("depth_received") for c in depth_cams}
+            raise RuntimeError(f"the node reports no depth images within 30 s (received {got}):\n{node.log()[-3000:]}")
         startup = time.monotonic() - t0
         ids = scene.object_ids
         for oid in ids:
@@ -160,12 +191,34 @@ def run_scene(scene, model: ModelConfig, out_dir: Path, timeout: float, started:
                     return False
                 if collector.at_stamp("masks", cam, latest.stamp) is None:
                     return False  # the set's mask is still on its way
+                if with3d and cfg.camera(cam).depth_topic and \
+                        collector.at_stamp("objects3d", cam, latest.stamp) is None:
+                    return False  # its objects in 3D too
+            if with3d and scene.cameras:
+                newest = collector.latest("points", targets[0])
+                if collector.at_stamp("objects3d", "", newest.stamp) is None:
+                    return False  # and the fused ones
             return True
 
         t_set = time.monotonic()
         if not wait_until(complete, timeout, period=0.1):
             raise RuntimeError(f"no complete output within {timeout:.0f} s:\n{node.log()[-3000:]}")
         first_output = time.monotonic() - t_set
+
+        def complete3d() -> bool:
+            """A complete set whose cameras all had their depth (the first sets after start-up
+            may come from frames older than the first depth image)."""
+            if not complete():
+                return False
+            for cam in targets:
+                got = collector.at_stamp("objects3d", cam, collector.latest("points", cam).stamp) \
+                    if cfg.camera(cam).depth_topic else None
+                if got is not None and any("no depth image" in o.reason for o in got.msg.objects):
+                    return False
+            return True
+
+        if with3d:
+            wait_until(complete3d, 30, period=0.1)  # else scored as it is: the reasons are in the table
         if when_done is not None:
             when_done()
         status = collector.pipeline_status() or {}
@@ -189,6 +242,7 @@ def run_scene(scene, model: ModelConfig, out_dir: Path, timeout: float, started:
                            gt_area=int(gt.sum()), pred_area=int(pred.sum()),
                            # as published: the path that made the mask, and why it is empty if it is
                            path=published[oid].path, reason=published[oid].reason)
+                row.update(_centroid_row(scene, cam, oid, collector.at_stamp("objects3d", cam, points_msg.stamp)))
                 rows.append(row)
                 ious.append(row["iou"])
             tile = overlay_masks(scene.image(cam), labels, [points[o] for o in ids if o in points])
@@ -199,8 +253,9 @@ def run_scene(scene, model: ModelConfig, out_dir: Path, timeout: float, started:
         from vggts_ros.image_io import write_png
 
         write_png(path, mosaic(tiles, titles))
+        fused = collector.at_stamp("objects3d", "", collector.latest("points", targets[0]).stamp) if with3d else None
         return dict(rows=rows, mosaic=str(path), startup_seconds=startup, first_output_seconds=first_output,
-                    diagnostics=status)
+                    diagnostics=status, boxes3d=_box_rows(scene, fused))
     finally:
         spinner.close()
         if own:
@@ -209,6 +264,44 @@ def run_scene(scene, model: ModelConfig, out_dir: Path, timeout: float, started:
             started.interrupt()  # the caller waits for it (finish) while the next scene runs
         player.destroy_node()
         collector.destroy_node()
+
+
+def _centroid_row(scene, cam: str, oid: int, received) -> Dict:
+    """The published centroid of ``oid`` in ``cam`` against the truth (the centroid of the
+    exact depth under the exact mask of that view), as a share of its distance."""
+    if received is None:
+        return dict(centroid_error=None, distance=None, points3d=0, reason3d="no objects3d for this camera")
+    o = next((o for o in received.msg.objects if o.object_id == oid), None)
+    truth = scene.surface_points(cam, oid).mean(0)
+    dist = float(np.linalg.norm(truth))
+    if o is None or o.reason:
+        return dict(centroid_error=None, distance=dist, points3d=0, reason3d=o.reason if o else "not published")
+    err = float(np.linalg.norm(np.array([o.centroid.x, o.centroid.y, o.centroid.z]) - truth)) / dist
+    return dict(centroid_error=err, distance=dist, points3d=int(o.points), reason3d="")
+
+
+def _box_rows(scene, received) -> List[Dict]:
+    """Each fused box (source camera's frame) against the scene's true box: size error (worst
+    axis, share of the true size) and centre error (share of the true centre's distance)."""
+    from vggts_ros.geometry.boxes import OrientedBox, compare_boxes, matrix_from_quaternion
+
+    if received is None or not scene.boxes:
+        return []
+    out = []
+    for o in received.msg.objects:
+        truth = scene.box(o.object_id, scene.source)
+        dist = float(np.linalg.norm(truth.center))
+        if o.reason:
+            out.append(dict(scene=scene.name, object=o.object_id, size_error=None, centre_error=None,
+                            cameras=list(o.cameras), reason=o.reason))
+            continue
+        q = o.orientation
+        box = OrientedBox(np.array([o.box_center.x, o.box_center.y, o.box_center.z]),
+                          np.array([o.size.x, o.size.y, o.size.z]), matrix_from_quaternion([q.x, q.y, q.z, q.w]))
+        c = compare_boxes(box, truth)
+        out.append(dict(scene=scene.name, object=o.object_id, size_error=float(c["size_error"]),
+                        centre_error=float(c["center_error"]) / dist, cameras=list(o.cameras), reason=""))
+    return out
 
 
 def _labels(scene, cam: str) -> np.ndarray:
@@ -231,14 +324,18 @@ def _outline(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def format_table(rows: List[Dict], backend: str) -> str:
-    """IoU, location error and contour accuracy per target and object, with the path that
-    made each mask and, for an empty one, the published "not found" reason."""
+def format_table(rows: List[Dict], backend: str, boxes: Optional[List[Dict]] = None) -> str:
+    """IoU, location error and contour accuracy per target and object, the 3D centroid's
+    error (% of the distance; "-" when there is none, the reason below), the path that made
+    each mask and, for an empty one, the published "not found" reason; then the 3D summary
+    (centroids and the fused boxes)."""
     lines = [f"backend: {backend}",
-             f"{'scene':<14} {'target':<8} {'role':<7} {'obj':>3} {'IoU':>6} {'LE':>6} {'CA':>6}  path"]
+             f"{'scene':<14} {'target':<8} {'role':<7} {'obj':>3} {'IoU':>6} {'LE':>6} {'CA':>6} {'3D %':>6}  path"]
     for r in rows:
+        err = r.get("centroid_error")
+        c3d = f"{100 * err:>6.2f}" if err is not None else f"{'-':>6}"
         line = (f"{r['scene']:<14} {r['target']:<8} {r['role']:<7} {r['object']:>3} {r['iou']:>6.3f} "
-                f"{r['location_error']:>6.3f} {r['contour_accuracy']:>6.3f}  {r.get('path', '')}")
+                f"{r['location_error']:>6.3f} {r['contour_accuracy']:>6.3f} {c3d}  {r.get('path', '')}")
         if r.get("reason"):
             line += f" ({r['reason']})"
         lines.append(line)
@@ -251,7 +348,33 @@ def format_table(rows: List[Dict], backend: str) -> str:
     lines.append(f"overall mean IoU: {np.mean([r['iou'] for r in rows]):.3f}")
     empty = [r for r in rows if r["pred_area"] == 0]
     lines.append(f"not found: {len(empty)} of {len(rows)} object/view pairs (reasons above)")
+    lines += _table3d(rows, boxes or [])
     return "\n".join(lines)
+
+
+def _table3d(rows: List[Dict], boxes: List[Dict]) -> List[str]:
+    """The 3D column's summary: centroid errors (share of the distance) over the pairs with
+    an estimate, the pairs without one and why, the fused boxes' errors."""
+    errs = np.array([r["centroid_error"] for r in rows if r.get("centroid_error") is not None])
+    if not len(errs) and not boxes:
+        return []
+    lines = [f"3D centroid error (% of the distance; truth: the exact depth under the exact mask): "
+             f"median {100 * np.median(errs):.2f}, 95th percentile {100 * np.percentile(errs, 95):.2f}, "
+             f"max {100 * errs.max():.2f} over {len(errs)} of {len(rows)} pairs" if len(errs) else
+             f"3D: no centroid over {len(rows)} pairs"]
+    for r in rows:
+        if r.get("centroid_error") is None and r.get("reason3d"):
+            lines.append(f"  no 3D: {r['scene']} {r['target']} object {r['object']}: {r['reason3d']}")
+    done = [b for b in boxes if b["size_error"] is not None]
+    if done:
+        lines.append(f"fused boxes (static poses, source camera's frame): size error worst "
+                     f"{100 * max(b['size_error'] for b in done):.1f} % (median "
+                     f"{100 * np.median([b['size_error'] for b in done]):.1f} %), centre error worst "
+                     f"{100 * max(b['centre_error'] for b in done):.2f} % of the distance, over {len(done)} boxes")
+    for b in boxes:
+        if b["size_error"] is None:
+            lines.append(f"  no fused box: {b['scene']} object {b['object']}: {b['reason']}")
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
@@ -301,7 +424,8 @@ def run(args: argparse.Namespace) -> int:
             started.finish()
         rclpy.shutdown()
     rows = [r for res in results for r in res["rows"]]
-    table = format_table(rows, model.backend)
+    boxes = [b for res in results for b in res.get("boxes3d", [])]
+    table = format_table(rows, model.backend, boxes)
     print(table)
     wall = time.monotonic() - t_start
     summary = dict(backend=model.backend, config=model.config, wall_seconds=wall, scenes=results)

@@ -73,6 +73,15 @@ class Throttle:
         with self._lock:
             return self.suppressed.pop(key, 0)
 
+    def say(self, key: str, now: float, emit, message: str, force: bool = False) -> bool:
+        """``emit(message)`` unless said for ``key`` less than a period ago (``force``: say it
+        anyway), with ``(+N more)`` for those suppressed since. True if it was said."""
+        if not (self.ready(key, now) or force):
+            return False
+        more = self.take_suppressed(key)
+        emit(message + (f" (+{more} more)" if more else ""))
+        return True
+
 
 @dataclass
 class CameraHealth:

@@ -184,3 +184,15 @@ class ObjectStore:
                 on_error(f"objects.state_dir: cannot write {self.dir}: {exc}")
 
         registry.listeners.append(changed)
+
+    def attach(self, registry: ObjectRegistry, cameras: Sequence[str], mode: Callable[[], str], *,
+               info: Callable[[str], None], warning: Callable[[str], None], error: Callable[[str], None]) -> List[int]:
+        """What a node does at configure: restore the stored objects of ``cameras`` into
+        ``registry`` (saying what was restored and what was set aside), then follow it."""
+        ids, problems = self.restore_into(registry, {name: None for name in cameras})
+        for problem in problems:
+            warning(f"objects.state_dir: {problem}")
+        if ids:
+            info(f"restored {len(ids)} object(s) from {self.dir}: ids {ids}")
+        self.follow(registry, mode, error)
+        return ids

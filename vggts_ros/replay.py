@@ -25,6 +25,15 @@ Output topics (``<ns>`` = ``--namespace``, default ``/vggts`` as the node's ``~/
 log time of the target frame; the input camera topics are copied too, so that a viewer
 shows images and overlays together. Ground-truth label topics are scored with
 ``vggts_ros.metrics``. The same bag and options give byte-identical output.
+
+Objects in 3D, as the node publishes them: with depth topics (``camera.<name>.depth_topic``
+of ``--params-file`` or ``--depth-topic CAMERA=TOPIC``; registered ``sensor_msgs/Image``,
+32FC1/16UC1) and the camera_info beside each image topic (or ``camera.<name>.intrinsics``),
+the set processor's 3D step writes ``<ns>/<camera>/objects3d``, ``<ns>/objects3d`` (fused,
+with ``camera.<name>.pose``), ``<ns>/<camera>/object_cloud`` and, with VGGT's heads,
+``<ns>/camera_poses``. A set waits until each of its depth streams has passed its colour
+frame's stamp (or has been silent ``sync.stale_after`` s of log time, or the bag ended), so
+its depth image is matched whatever order the recorder wrote them in.
 """
 
 from __future__ import annotations
@@ -41,9 +50,15 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from vggts_ros import bags
-from vggts_ros.config import CameraConfig, SyncConfig
+from vggts_ros.config import CameraConfig, GeometryConfig, SyncConfig
 from vggts_ros.registry import MAX_OBJECT_ID, ObjectRegistry, RegistryError
-from vggts_ros.set_processor import CameraOutput, SetProcessor, apply_advances, compose_labels  # noqa: F401
+from vggts_ros.frame_history import check_pixels
+from vggts_ros.geometry.depth import camera_info_topic
+from vggts_ros.geometry.objects3d_step import Objects3DStep
+from vggts_ros.propagation import PropagationConfig
+from vggts_ros.propagation_stage import PropagationStage
+from vggts_ros.set_processor import (CameraFrame, CameraOutput, SetOutput, SetProcessor, apply_advances,  # noqa: F401
+                                     compose_labels)
 from vggts_ros.sync import ApproximateTimeSync, SyncSet
 from vggts_ros.types import ROLES
 
@@ -80,6 +95,17 @@ class ReplayOptions:
     overlay: bool = True
     copy_inputs: bool = True
     progress: bool = True
+    depth_topics: Dict[str, str] = field(default_factory=dict)  # camera -> depth topic, over the cameras'
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
+    # Real time on the log clock (issue 22): one cross-view worker takes the newest set when
+    # it is free and its results come out when its step's time is up; sets that arrive
+    # while it is busy are left out. ``propagation`` (implies real time) publishes a mask on
+    # every target frame, moved from the latest cross-view result (vggts_ros.propagation_stage).
+    realtime: bool = False
+    propagation: bool = False
+    step_seconds: Optional[float] = None  # simulated length of every cross-view step; None: its CPU time
+    max_age: float = 2.0  # publish.max_age
+    refresh_pairs: int = 0  # publish.refresh_pairs (0 = all pairs every step)
 
 
 @dataclass
@@ -108,6 +134,11 @@ class ReplayResult:
     stream: Dict[str, str] = field(default_factory=dict)  # the stream state at the end (temporal memory)
     frames_read: Dict[str, int] = field(default_factory=dict)  # camera -> its messages in the bag
     skip_reasons: Dict[str, Dict[str, int]] = field(default_factory=dict)  # camera -> reason -> frames
+    objects3d: List[Dict] = field(default_factory=list)  # per set: each camera's and the fused objects in 3D
+    # real time: each cross-view step (start and length in log seconds, set stamp, pairs)
+    # and the sets left out because the worker was busy
+    steps: List[Dict] = field(default_factory=list)
+    dropped_sets: int = 0
 
     def camera_problems(self) -> List[str]:
         """One line per camera that gave nothing usable or lost frames (empty when all is well)."""
@@ -273,6 +304,20 @@ class _Replayer:
         self.skip_reasons: Dict[str, Dict[str, int]] = {c.name: {} for c in self.cameras}
         self.read: Dict[str, int] = {c.name: 0 for c in self.cameras}
         self.results: List[Dict] = []
+        self.waiting: List[SyncSet] = []  # sets emitted, waiting for their depth images
+        self.depth_camera: Dict[str, str] = {}  # depth topic -> camera
+        self.info_camera: Dict[str, str] = {}  # camera_info topic -> camera
+        self.objects3d: List[Dict] = []
+        self.frame_ids: Dict[str, str] = {}  # camera -> the optical frame its images name
+        # real time (see ReplayOptions)
+        self.realtime = options.realtime or options.propagation
+        self.stage: Optional[PropagationStage] = None
+        self.busy_until = -math.inf  # when the cross-view worker is free (log seconds)
+        self.held: Optional[SyncSet] = None  # the newest set that came while it was busy
+        self.done: List[Tuple[float, SetOutput, object, Dict]] = []  # the step in flight: (end, output, targets, frames)
+        self.steps: List[Dict] = []
+        self.dropped = 0
+        self._end = 0.0  # log time the synchroniser is flushed at (the end)
 
     # -- configuration against the bag
     def _topics(self) -> Dict[str, str]:
@@ -285,8 +330,11 @@ class _Replayer:
         ns = self.opt.namespace.rstrip("/") + "/"
         # Bag topics are absolute; a relative camera topic (the node's default) is taken from /.
         cams = [dataclasses.replace(c, topic=bag_topic(c)) for c in self.opt.cameras]
+        depth_given = set(self.opt.depth_topics.values()) | {c.depth_topic for c in self.opt.cameras if c.depth_topic}
         if not cams:
-            candidates = [t for t in images if t not in label_topics and not t.startswith(ns)]
+            # depth images are not cameras: given depth topics and any topic with a "depth" level
+            candidates = [t for t in images if t not in label_topics and not t.startswith(ns) and t not in depth_given
+                          and "depth" not in t.strip("/").split("/")]
             # Camera streams end in image_raw, image, compressed...; masks and labels do not.
             named = [t for t in candidates if t.strip("/").split("/")[-1] in _SUFFIXES]
             candidates = named or candidates
@@ -321,6 +369,19 @@ class _Replayer:
                 raise ReplayError(f"source mask for camera {sm.camera!r}: cameras are {names}")
         if not self.opt.source_masks and not self.opt.mask_topics:
             raise ReplayError("no object to follow: give --source-mask CAMERA=PNG[@STAMP] or --mask-topic CAMERA=TOPIC")
+        unknown = sorted(set(self.opt.depth_topics) - set(names))
+        if unknown:
+            raise ReplayError(f"--depth-topic names unknown camera(s) {unknown}; cameras: {names}")
+        for cam in cams:
+            cam.depth_topic = self.opt.depth_topics.get(cam.name, cam.depth_topic)
+            if cam.depth_topic:
+                cam.depth_topic = cam.depth_topic if cam.depth_topic.startswith("/") else "/" + cam.depth_topic
+                if cam.depth_topic not in topics:
+                    raise ReplayError(f"camera {cam.name!r}: depth topic {cam.depth_topic} is not in the bag "
+                                      f"(its image topics are {images})")
+                if topics[cam.depth_topic] != bags.IMAGE:
+                    raise ReplayError(f"camera {cam.name!r}: depth topic {cam.depth_topic} holds "
+                                      f"{topics[cam.depth_topic]}, not sensor_msgs/msg/Image")
         return cams
 
     # -- pass 1: label topics (masks drawn by a person or a tool, ground truth)
@@ -374,31 +435,86 @@ class _Replayer:
             raise ReplayError(f"{what}: {exc}") from exc
 
     # -- pass 2: camera streams through the synchroniser
+    def _objects3d_step(self) -> Optional[Objects3DStep]:
+        """The 3D step (None when no camera has depth): depth topics and camera_info read from the bag."""
+        # VGGT's heads count when the backend runs them (PipelineConfig.geometry_heads)
+        heads = bool(getattr(getattr(self.segmentor, "cfg", None), "geometry_heads", False))
+        geometry = dataclasses.replace(self.opt.geometry, vggt_heads=self.opt.geometry.vggt_heads and heads)
+        step = Objects3DStep(self.cameras, geometry, self.opt.sync.slop)
+        if not step.active:
+            return None
+        topics = self._topics()
+        self.depth_camera = {c.depth_topic: c.name for c in self.cameras if c.depth_topic}
+        self.info_camera = {camera_info_topic(c.topic): c.name for c in self.cameras
+                            if topics.get(camera_info_topic(c.topic)) == "sensor_msgs/msg/CameraInfo"}
+        return step
+
+    def _ready(self, item: SyncSet, log_now: Optional[float]) -> bool:
+        """A set may be processed once every depth stream of its cameras has passed its frame's
+        stamp, or has been silent for sync.stale_after s of log time (``log_now`` None: the end)."""
+        step = self.processor.objects3d
+        if step is None or log_now is None:
+            return True
+        for name, frame in item.messages.items():
+            stream = step.depth.get(name)
+            if stream is None:
+                continue
+            kept = stream.kept()
+            if (not kept or kept[-1] < frame.stamp) and log_now - frame.log_ns * 1e-9 < self.opt.sync.stale_after:
+                return False
+        return True
+
+    def _drain(self, log_now: Optional[float]) -> None:
+        while self.waiting and self._ready(self.waiting[0], log_now):
+            self._process(self.waiting.pop(0), self._end if log_now is None else log_now)
+
     def run(self) -> Tuple[int, Dict]:
         s = self.opt.sync
         sync = ApproximateTimeSync.from_config(s, self.cameras)
-        self.processor = SetProcessor(self.segmentor, self.roles, self.opt.source_mode, stale_after=s.stale_after)
-        conns = [c for c in self.reader.connections if c.topic in self.topic_camera]
+        self.processor = SetProcessor(self.segmentor, self.roles, self.opt.source_mode, stale_after=s.stale_after,
+                                      objects3d=self._objects3d_step())
+        step = self.processor.objects3d
+        extra = set(self.depth_camera) | set(self.info_camera) if step is not None else set()
+        conns = [c for c in self.reader.connections if c.topic in self.topic_camera or c.topic in extra]
+        if self.opt.propagation:
+            self.stage = PropagationStage(self.roles, PropagationConfig(max_age=self.opt.max_age),
+                                          backend=self.processor.backend,
+                                          max_pairs=self.opt.refresh_pairs or None)
         total = sum(int(getattr(c, "msgcount", 0) or 0) for c in conns)
         progress = _Progress(total, self.opt.progress)
         count, last_log = 0, 0
         try:
             for conn, log_ns, raw in self.reader.messages(connections=conns):
-                camera = self.topic_camera[conn.topic]
                 msg = bags.deserialize(raw, conn.msgtype)
-                frame = _Frame(camera, bags.stamp_of(msg), int(log_ns), msg, conn.msgtype == bags.COMPRESSED)
-                self.read[camera] += 1
                 if self.opt.copy_inputs:
                     self.writer.write_raw(conn.topic, conn.msgtype, raw, log_ns)
+                if conn.topic in extra:
+                    if conn.topic in self.info_camera:
+                        step.camera_info[self.info_camera[conn.topic]] = msg
+                    else:
+                        step.depth[self.depth_camera[conn.topic]].add(bags.stamp_of(msg) * 1e-9, msg)
+                    self._drain(log_ns * 1e-9)
+                    continue
+                camera = self.topic_camera[conn.topic]
+                frame = _Frame(camera, bags.stamp_of(msg), int(log_ns), msg, conn.msgtype == bags.COMPRESSED)
+                self.read[camera] += 1
                 self._attach(frame)
-                for item in sync.add(camera, frame.stamp, frame, now=log_ns * 1e-9):
-                    self._process(item)
+                now = log_ns * 1e-9
+                if self.realtime:
+                    self._clock(now)
+                self.waiting += sync.add(camera, frame.stamp, frame, now=now)
+                self._drain(now)
+                if self.stage is not None:
+                    self._propagate(frame)
                 count += 1
                 last_log = max(last_log, int(log_ns))
                 progress.update(len(self.sets))
             # Nothing more will come: let every camera go stale and flush what is queued.
-            for item in sync.poll(now=last_log * 1e-9 + 2 * s.stale_after + 1.0):
-                self._process(item)
+            self._end = last_log * 1e-9 + 2 * s.stale_after + 1.0
+            self.waiting += sync.poll(now=self._end)
+            self._drain(None)
+            if self.realtime:
+                self._clock(math.inf)
         finally:
             progress.close()
         if self.pending:
@@ -415,15 +531,37 @@ class _Replayer:
                               f"{stamps[0] * 1e-9:.6f} s (masks must carry the stamp of the frame they were drawn on)")
         return count, sync.stats()
 
-    def _process(self, item: SyncSet) -> None:
+    def _process(self, item: SyncSet, now: float = 0.0) -> None:
+        """A set from the synchroniser: processed at once (offline), or offered to the
+        cross-view worker at log time ``now`` (real time)."""
         self.sets.append(SyncSet(item.stamp, {n: f.stamp_ns for n, f in item.messages.items()}, item.stamps,
                                  item.missing))
+        if not self.realtime:
+            output, frames = self._cross_view(item)
+            if output is not None:
+                apply_advances(output, self.objects)  # lost objects keep their frame, as in the node
+                self._write3d(output.objects3d, frames)
+                for cam in output.cameras:
+                    self._write(cam)
+            return
+        self._clock(now)
+        if now >= self.busy_until:
+            self._start(item, now)
+        else:  # the worker is busy: this set waits, replacing an older waiting one
+            self.dropped += self.held is not None
+            self.held = item
+
+    def _cross_view(self, item: SyncSet, targets=None) -> Tuple[Optional[SetOutput], Dict]:
         newest = max(f.stamp_ns for f in item.messages.values()) * 1e-9
         _, objects = self.objects.snapshot()
         objects = [o for o in objects if o.stamp <= newest]  # an object applies from its frame on
         if not objects:
-            return
+            return None, {}
         frames, rejected = self.processor.usable(item.messages, lambda f: f.rgb(), lambda f: f.stamp)
+        self._rejected(rejected)
+        return self.processor.process(item.stamp, frames, objects, targets), frames
+
+    def _rejected(self, rejected) -> None:
         for r in rejected:
             self.skipped[r.camera] += 1
             counts = self.skip_reasons[r.camera]
@@ -431,30 +569,122 @@ class _Replayer:
             if self.reasons.get(r.camera) != r.problem:
                 print(f"replay: camera {r.camera!r}: frame at {r.stamp:.3f} s skipped: {r.problem}", file=sys.stderr)
             self.reasons[r.camera] = r.problem
-        output = self.processor.process(item.stamp, frames, objects)
-        apply_advances(output, self.objects)  # lost objects keep their frame, as in the node
-        for cam in output.cameras:
-            self._write(cam)
 
-    def _write(self, out: CameraOutput) -> None:
+    # -- real time: one cross-view worker on the log clock
+    def _clock(self, now: float) -> None:
+        """Everything the worker finishes or starts up to log time ``now``."""
+        while True:
+            if self.done and self.done[0][0] <= now:
+                end, output, targets, frames = self.done.pop(0)
+                self._finish(end, output, targets, frames)
+            elif self.held is not None and self.busy_until <= now:
+                item, self.held = self.held, None
+                self._start(item, self.busy_until)
+            else:
+                return
+
+    def _start(self, item: SyncSet, start: float) -> None:
+        newest = max(f.stamp_ns for f in item.messages.values()) * 1e-9
+        _, objects = self.objects.snapshot()
+        objects = [o for o in objects if o.stamp <= newest]
+        if not objects:
+            return
+        targets = self.stage.choose(start, objects) if self.stage is not None else None
+        t0 = time.thread_time()
+        output, frames = self._cross_view(item, targets)
+        seconds = time.thread_time() - t0 if self.opt.step_seconds is None else self.opt.step_seconds
+        if output is None or not output.cameras:
+            if self.stage is not None:
+                self.stage.cancel(targets)
+            return
+        pairs = sorted((o.object.object_id, c.camera) for c in output.cameras for o in c.objects)
+        self.steps.append(dict(start=start, seconds=seconds, stamp=item.stamp, pairs=[list(p) for p in pairs]))
+        self.busy_until = start + seconds
+        self.done.append((self.busy_until, output, targets, frames))
+
+    def _finish(self, end: float, output: SetOutput, targets, frames) -> None:
+        """A step's results come out at log time ``end``."""
+        apply_advances(output, self.objects)
+        self._write3d(output.objects3d, frames)
+        if self.stage is not None:
+            _, objects = self.objects.snapshot()
+            self.stage.accept(output, {o.object_id: o for o in objects}, targets)
+            return
+        for cam in output.cameras:
+            self._write(cam, int(round(end * 1e9)))
+
+    def _propagate(self, frame: _Frame) -> None:
+        """Propagation: this camera frame gets the latest masks, moved to it."""
+        _, objects = self.objects.snapshot()
+        if not objects:
+            return
+        # A frame it cannot use is left out here and reported once, by the set it belongs to.
+        try:
+            image = frame.rgb()
+        except ValueError:
+            return
+        size = self.processor.sizes.size(frame.camera)
+        if check_pixels(image) or (size is not None and image.shape[:2] != size):
+            return
+        out = self.stage.frame(CameraFrame(frame.camera, frame.stamp, image, frame), objects)
+        if out is not None:
+            self._write(out)
+
+
+    def _write3d(self, result, frames) -> None:
+        """A set's objects in 3D, as the node publishes them (each camera's at its frame's log time)."""
+        if result is None:
+            return
+        from vggts_ros.geometry import messages
+
+        ns = self.opt.namespace.rstrip("/")
+        types, as_array = messages.bag_types, (lambda a: a)
+        headers = {}
+        for name, f in frames.items():
+            stamp = f.meta.stamp_ns
+            headers[name] = bags.header(stamp, f.meta.msg.header.frame_id or f"{name}_optical_frame")
+        row: Dict = dict(stamp=result.stamp, cameras={}, fused=None, notes=list(result.notes))
+        for name, objs in result.cameras.items():
+            log = frames[name].meta.log_ns
+            self.writer.write(f"{ns}/{name}/objects3d", messages.objects3d_msg(types, headers[name], objs), log)
+            self.writer.write(f"{ns}/{name}/object_cloud",
+                              messages.cloud_msg(types, headers[name], objs, as_array), log)
+            row["cameras"][name] = messages.objects_dict(objs)
+        self.frame_ids.update({name: h.frame_id for name, h in headers.items()})
+        ref = result.frame
+        if ref in headers:
+            fused_header, log = headers[ref], frames[ref].meta.log_ns
+        else:  # the reference camera is not in this set (or the reference is not a camera)
+            frame_id = self.frame_ids.get(ref, f"{ref}_optical_frame") if ref in self.roles else ref
+            fused_header = bags.header(int(round(result.stamp * 1e9)), frame_id)
+            log = max(f.meta.log_ns for f in frames.values())
+        if result.fused is not None:
+            self.writer.write(f"{ns}/objects3d", messages.objects3d_msg(types, fused_header, result.fused), log)
+            row["fused"] = messages.objects_dict(result.fused)
+        if result.poses is not None:
+            self.writer.write(f"{ns}/camera_poses", messages.camera_poses_msg(types, fused_header, result.poses), log)
+        self.objects3d.append(row)
+
+    def _write(self, out: CameraOutput, log_ns: Optional[int] = None) -> None:
         from vggts_ros import metrics
         from vggts_ros.visualize import overlay_masks
 
         camera, frame, labels = out.camera, out.frame.meta, out.labels
+        log_ns = frame.log_ns if log_ns is None else log_ns
         header = frame.msg.header
         entries = [(o.object, o.result, o.area) for o in out.objects]
         ns = self.opt.namespace.rstrip("/")
         mask = bags.image_msg(labels, "mono8", 0)
         mask.header = header
-        self.writer.write(f"{ns}/{camera}/mask", mask, frame.log_ns)
+        self.writer.write(f"{ns}/{camera}/mask", mask, log_ns)
         self.writer.write(f"{ns}/{camera}/points", points_msg(header, out.source_cameras, camera, entries),
-                          frame.log_ns)
+                          log_ns)
         if self.opt.overlay:
             drawn = overlay_masks(out.frame.image, labels,
                                   [np.asarray(o.result.target_points).reshape(-1, 2) for o in out.objects])
             over = bags.image_msg(drawn, "rgb8", 0)
             over.header = header
-            self.writer.write(f"{ns}/{camera}/overlay", over, frame.log_ns)
+            self.writer.write(f"{ns}/{camera}/overlay", over, log_ns)
         self.outputs[camera].append(frame.stamp_ns)
         for obj, res, area in sorted(entries, key=lambda e: e[0].object_id):
             self.results.append(dict(camera=camera, stamp_ns=frame.stamp_ns, object_id=obj.object_id,
@@ -496,7 +726,8 @@ def replay(input_path: str | Path, out_path: str | Path, segmentor, options: Rep
         reader.close()
     stream = rp.processor.state.describe() if rp.processor is not None else {}
     return ReplayResult(rp.cameras, rp.sets, rp.outputs, rp.scores, rp.skipped, count,
-                        time.monotonic() - t0, stats, rp.results, stream, dict(rp.read), rp.skip_reasons)
+                        time.monotonic() - t0, stats, rp.results, stream, dict(rp.read), rp.skip_reasons,
+                        rp.objects3d, rp.steps, rp.dropped)
 
 
 def format_scores(result: ReplayResult) -> str:

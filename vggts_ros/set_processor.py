@@ -16,7 +16,9 @@ frame size. For one set it
    overlaps), completes every result's ``path`` and ``reason`` (:mod:`vggts_ros.outcome`),
    and sums the stage times,
 5. returns the track-mode moves of the source masks (:class:`Advance`), which the caller
-   applies to its registry when the objects are still current (:func:`apply_advances`).
+   applies to its registry when the objects are still current (:func:`apply_advances`),
+6. with a 3D step (``objects3d``, :class:`vggts_ros.geometry.objects3d_step.Objects3DStep`)
+   locates the objects in 3D from the cameras' depth (``SetOutput.objects3d``).
 
 Objects are :class:`vggts_ros.registry.TrackedObject` (id, camera, label, frame, mask,
 stamp, generation); frames are :class:`CameraFrame` (the caller's own message rides along
@@ -26,7 +28,7 @@ in ``meta``, so a node publishes with the frame's header and a replay writes at 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -92,6 +94,8 @@ class SetOutput:
     advances: List[Advance] = field(default_factory=list)
     pipeline_seconds: float = 0.0  # inside the backend
     stages: Dict[str, float] = field(default_factory=dict)  # stage -> seconds, summed over calls
+    # Objects in 3D (vggts_ros.geometry.objects3d_step.Set3D) when the processor has a 3D step
+    objects3d: Optional[Any] = None
 
     def camera(self, name: str) -> Optional[CameraOutput]:
         return next((c for c in self.cameras if c.camera == name), None)
@@ -108,7 +112,8 @@ class SetProcessor:
     """See the module docstring. ``roles``: camera name -> role, in the cameras' order."""
 
     def __init__(self, segmentor: Segmentor, roles: Mapping[str, str], source_mode: str = "keyframe",
-                 stale_after: Optional[float] = None, clock: Optional[Callable[[], float]] = None) -> None:
+                 stale_after: Optional[float] = None, clock: Optional[Callable[[], float]] = None,
+                 objects3d: Optional[Any] = None) -> None:
         if source_mode not in SOURCE_MODES:
             raise ValueError(f"source mode must be one of {SOURCE_MODES}, got {source_mode!r}")
         import time
@@ -121,6 +126,8 @@ class SetProcessor:
         self.clock = clock or time.monotonic
         self.state: StreamState = segmentor.init_stream()
         self.sizes = SizeTracker()
+        # Objects in 3D after segmentation (vggts_ros.geometry.objects3d_step.Objects3DStep), or None
+        self.objects3d = objects3d
 
     @property
     def backend(self) -> str:
@@ -159,24 +166,33 @@ class SetProcessor:
 
     # ------------------------------------------------------------------ one set
     def process(self, stamp: float, frames: Mapping[str, CameraFrame],
-                objects: Sequence[TrackedObject]) -> SetOutput:
+                objects: Sequence[TrackedObject],
+                targets: Optional[Mapping[int, Collection[str]]] = None) -> SetOutput:
         """Every object of ``objects`` found in the other cameras of ``frames`` (usable frames,
-        in the set's order). Objects are taken in id order."""
+        in the set's order). Objects are taken in id order. ``targets`` (object id -> target
+        cameras, e.g. a refresh schedule's choice) limits the work to those objects and,
+        per backend call, to the union of its objects' targets; None: every object in every
+        other camera."""
         out = SetOutput(stamp, [])
         if not objects or not frames:
             return out
+        if self.objects3d is not None:
+            self.objects3d.begin(frames)  # keep the set's depth images through inference
         track = self.source_mode == "track"
         per_target: Dict[str, List[Tuple[TrackedObject, SegmentationResult]]] = {}
         groups: Dict[Tuple[str, float], List[TrackedObject]] = {}
         for obj in sorted(objects, key=lambda o: o.object_id):
+            if targets is not None and not targets.get(obj.object_id):
+                continue
             groups.setdefault((obj.camera, obj.stamp), []).append(obj)
         for (camera, source_stamp), members in groups.items():
-            targets = [name for name in frames if name != camera]
+            wanted = None if targets is None else set().union(*(targets[m.object_id] for m in members))
+            cams = [name for name in frames if name != camera and (wanted is None or name in wanted)]
             if track and camera in frames and frames[camera].stamp > source_stamp:
-                targets.append(camera)  # the source camera's newer frame: the object moves on
-            if not targets:
+                cams.append(camera)  # the source camera's newer frame: the object moves on
+            if not cams:
                 continue
-            views = [TargetView(frames[n].image, role=self.roles[n], name=n) for n in targets]
+            views = [TargetView(frames[n].image, role=self.roles[n], name=n) for n in cams]
             step = StreamStep(stamp, [m.object_id for m in members], [m.generation for m in members],
                               self.stale_after)
             t0 = self.clock()
@@ -188,7 +204,7 @@ class SetProcessor:
                 for name, seconds in (results[0].timings or {}).items() if results else ():
                     call_stages[name] = (max(call_stages.get(name, 0.0), seconds) if name in SHARED_STAGES
                                          else call_stages.get(name, 0.0) + seconds)
-                for name, result in zip(targets, results):
+                for name, result in zip(cams, results):
                     if name == camera:
                         out.advances.append(Advance(obj, frames[name], result.mask.astype(bool)
                                                     if result.mask.any() else None))
@@ -198,6 +214,10 @@ class SetProcessor:
         for name in self.order:
             if name in per_target:
                 out.cameras.append(self.compose(frames[name], per_target[name]))
+        if self.objects3d is not None:
+            out.objects3d = self.objects3d.process(out, frames, objects)
+            if out.objects3d is not None:
+                out.stages["objects3d"] = out.objects3d.seconds
         return out
 
     def compose(self, frame: CameraFrame, pairs: Sequence[Tuple[TrackedObject, SegmentationResult]]) -> CameraOutput:

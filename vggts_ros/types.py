@@ -16,6 +16,7 @@ from vggts_ros.config import ROLES  # noqa: F401  (camera roles, declared with t
 if TYPE_CHECKING:  # pragma: no cover
     from vggts_ros.geometry.camera import ViewGeometry
     from vggts_ros.stream import StreamState, StreamStep
+    from vggts_ros.geometry.objects3d import Object3D
 
 # Targets whose view is wide and far away get the square crop around the projected
 # points before decoding; close views are resized whole (SPEC pipeline step 3).
@@ -45,6 +46,10 @@ class SegmentationResult:
     score: float = 0.0  # mean foreground probability inside the mask (0 when empty)
     logits: Optional[np.ndarray] = None  # HxW float32 when the backend has them
     timings: dict = field(default_factory=dict)  # stage -> seconds
+    # The object in 3D in this target camera's optical frame (vggts_ros.geometry.objects3d.Object3D)
+    # when the caller had depth for it (vggts_ros.geometry.results3d.results_in_3d, the set
+    # processor's 3D step); None otherwise.
+    object3d: Optional["Object3D"] = None
     # Which method produced the mask (backend specific, e.g. the geometric backend's
     # "object_features" or "scene_homography+colour"), and why it is empty when it is.
     path: str = ""

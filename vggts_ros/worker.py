@@ -14,7 +14,34 @@ import time
 from typing import Any, Callable, Optional, Tuple
 
 
-class LatestWorker:
+class _Thread:
+    """A daemon thread running ``_loop`` with a condition to wake it, stopped by :meth:`stop`."""
+
+    def __init__(self, process, on_error, name: str) -> None:
+        self._process = process
+        self._on_error = on_error
+        self._wake = threading.Condition()
+        self._running = True
+        self.replaced = 0
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Take no more items; the one in progress finishes (waits up to ``timeout`` s)."""
+        with self._wake:
+            self._running = False
+            self._wake.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _loop(self) -> None:  # pragma: no cover - each worker's own
+        raise NotImplementedError
+
+
+class LatestWorker(_Thread):
     """One background thread processing the newest submitted item (see the module docstring).
 
     ``process(item, queued_seconds)`` runs on the thread; ``on_error(item, exc)`` is called
@@ -22,14 +49,9 @@ class LatestWorker:
 
     def __init__(self, process: Callable[[Any, float], None], on_error: Callable[[Any, BaseException], None],
                  max_rate: Callable[[], float] = lambda: 0.0, name: str = "vggts-inference") -> None:
-        self._process = process
-        self._on_error = on_error
+        super().__init__(process, on_error, name)
         self._max_rate = max_rate
-        self._wake = threading.Condition()
         self._pending: Optional[Tuple[Any, float]] = None
-        self._running = True
-        self.replaced = 0
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
     def submit(self, item: Any) -> bool:
@@ -45,18 +67,6 @@ class LatestWorker:
         """Drop the waiting item, if any (e.g. every object was cleared)."""
         with self._wake:
             self._pending = None
-
-    def stop(self, timeout: float = 20.0) -> None:
-        """Take no more items; the one in progress finishes (waits up to ``timeout`` s)."""
-        with self._wake:
-            self._running = False
-            self._wake.notify_all()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout=timeout)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
 
     def _loop(self) -> None:
         last_start = -1e9
@@ -77,3 +87,41 @@ class LatestWorker:
                 self._process(item, last_start - queued_at)
             except Exception as exc:  # noqa: BLE001 - a failed item is reported, the thread goes on
                 self._on_error(item, exc)
+
+
+class LatestPerKeyWorker(_Thread):
+    """One background thread processing, for each key (a camera), the newest submitted
+    item: an item submitted while an older one of the same key waits replaces it (counted
+    in ``replaced``); keys are served in the order their newest items came. Camera-rate
+    work (propagation of masks to every new frame) that must never queue up or hold up the
+    executor. ``process(key, item)`` runs on the thread; ``on_error(key, item, exc)`` is
+    called when it raises."""
+
+    def __init__(self, process: Callable[[Any, Any], None], on_error: Callable[[Any, Any, BaseException], None],
+                 name: str = "vggts-camera-rate") -> None:
+        super().__init__(process, on_error, name)
+        self._pending: "dict[Any, Any]" = {}  # key -> newest item, in arrival order
+        self._thread.start()
+
+    def submit(self, key: Any, item: Any) -> bool:
+        with self._wake:
+            replaced = key in self._pending
+            self.replaced += int(replaced)
+            self._pending.pop(key, None)
+            self._pending[key] = item
+            self._wake.notify()
+        return replaced
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while self._running and not self._pending:
+                    self._wake.wait(timeout=0.5)
+                if not self._running:
+                    return
+                key = next(iter(self._pending))
+                item = self._pending.pop(key)
+            try:
+                self._process(key, item)
+            except Exception as exc:  # noqa: BLE001 - reported, the thread goes on
+                self._on_error(key, item, exc)

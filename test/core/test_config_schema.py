@@ -69,14 +69,16 @@ def test_descriptors_come_from_the_declarations():
     assert PARAMETERS["model.geometric.tilts"][2] is None  # list values: no ROS range (checked by validate)
     assert PARAMETERS["model.dtype"] == ("deprecated: use inference.precision", False, None)
     assert DEPRECATED_PARAMETERS == {"model.dtype": "inference.precision"}
-    assert CAMERA_KEYS == ("topic", "role", "compressed", "required")
-    assert CAMERA_DEFAULTS == {"topic": "", "role": "exo", "compressed": False, "required": False}
+    assert CAMERA_KEYS == ("topic", "role", "compressed", "required", "depth_topic", "intrinsics", "pose")
+    assert CAMERA_DEFAULTS == {"topic": "", "role": "exo", "compressed": False, "required": False, "depth_topic": "",
+                               "intrinsics": [], "pose": []}
     assert CAMERA_PARAMETERS["role"].endswith("[ego | exo | aerial | ground]")
     live = {n for n, (_, is_live, _) in PARAMETERS.items() if is_live}
     assert live == {f"sync.{k}" for k in ("slop", "queue_size", "stale_after", "min_cameras", "jump_threshold",
                                           "correct_offset_above", "stale_periods", "stale_after_min")} | {
         f"inference.{k}" for k in ("source_mode", "max_rate", "keyframe_history", "max_objects",
-                                   "max_label_length", "max_image_pixels")} | {"publish.stall_timeout"}
+                                   "max_label_length", "max_image_pixels")} | {
+        f"publish.{k}" for k in ("stall_timeout", "max_age", "refresh_pairs")}
 
 
 def _outside(value, lo, hi):

@@ -1,5 +1,5 @@
 """The benchmark scripts keep running: the GPU benchmark's CPU dry run (same code path as
-on a GPU, tiny network) and the FLOP accounting the README's latency floors rest on."""
+on a GPU, tiny network) and the FLOP accounting docs/measurements.md's latency floors rest on."""
 
 import json
 import math

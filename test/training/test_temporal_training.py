@@ -5,7 +5,7 @@ weights go to their own strictly loaded file and the fine-tuned head keeps the
 
 The margin test trains memory modules on a frozen per-frame head and asserts, through
 ``vggts evaluate --clips``, that they beat that head on the held-out frames where the
-object is more than half occluded (README "Temporal VGGT-S": the margins it reached over
+object is more than half occluded (docs/temporal.md: the margins it reached over
 seeds and CPU instruction sets).
 """
 
@@ -113,13 +113,13 @@ def test_two_process_clip_training(tmp_path):
 
 
 # ------------------------------------------------------------------------------ margin
-# The cheapest setup found where memory reliably helps (README "Temporal VGGT-S"): amodal
+# The cheapest setup found where memory reliably helps (docs/temporal.md): amodal
 # truth, video-like motion, 5-frame clips at 56 px; stage A trains the per-frame head on
 # the clips (x0.1 for its last 2 epochs), stage B trains only the memory modules on that
 # frozen head (no teacher forcing, carried mask fused into the logits), so the plain arm
 # is the stage-A head itself and the memory is all that differs.
 MARGIN_SEED = 0
-MARGIN = 0.015  # occluded-frame IoU, temporal minus plain; lowest seen +0.038 (21 runs, seeds 0-8, 3 ISAs; README)
+MARGIN = 0.015  # occluded-frame IoU, temporal minus plain; lowest seen +0.038 (21 runs, seeds 0-8, 3 ISAs; docs/temporal.md)
 CLIP_SETTINGS = {"model.img_size": SIZE, "clips.frames": 5, "clips.truth": "amodal", "clips.scale": [0.9, 1.1],
                  "clips.rotate_deg": 6.0, "clips.shift": 0.06, "run.log_every": 0}
 

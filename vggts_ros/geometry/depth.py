@@ -105,6 +105,53 @@ def sensor_depth(data: np.ndarray, encoding: str, image_size: Size) -> np.ndarra
     return scale_depth(metres, image_size)
 
 
+def depth_image(msg) -> Tuple[np.ndarray, str]:
+    """A ``sensor_msgs/Image`` holding depth (a ROS message or a ``rosbags`` one: any object
+    with ``height``, ``width``, ``encoding``, ``step``, ``is_bigendian``, ``data``) -> its
+    ``HxW`` array in the encoding's dtype (``32FC1`` float32, ``16UC1`` uint16) and the
+    encoding. Raises :class:`DepthError` naming an unknown encoding or a buffer that does
+    not hold the image."""
+    encoding = str(msg.encoding)
+    if encoding not in DEPTH_ENCODINGS:
+        raise DepthError(f"unknown depth encoding {encoding!r}; REP 118 depth is one of "
+                         f"{', '.join(DEPTH_ENCODINGS)} (32FC1 metres, 16UC1 millimetres)")
+    dtype = np.dtype(np.float32 if encoding == "32FC1" else np.uint16)
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h <= 0 or w <= 0:
+        raise DepthError(f"the depth image has no pixels ({w}x{h})")
+    if step < w * dtype.itemsize:
+        raise DepthError(f"depth image step {step} is smaller than width x {dtype.itemsize} bytes "
+                         f"= {w * dtype.itemsize}")
+    data = msg.data
+    raw = np.frombuffer(data if isinstance(data, (bytes, bytearray, memoryview, np.ndarray)) else bytes(data), np.uint8)
+    if raw.size < step * h:
+        raise DepthError(f"the depth image's data holds {raw.size} bytes, its step x height is {step * h}")
+    rows = np.ascontiguousarray(raw[: step * h].reshape(h, step)[:, : w * dtype.itemsize])
+    order = ">" if int(msg.is_bigendian) else "<"
+    return rows.view(dtype.newbyteorder(order)).reshape(h, w).astype(dtype, copy=False), encoding
+
+
+def encode_depth(depth: np.ndarray, encoding: str) -> np.ndarray:
+    """``HxW`` depth in metres (NaN = no reading) -> the ``HxW`` array a REP 118 depth
+    message of ``encoding`` carries: ``32FC1`` float32 metres (NaN kept), ``16UC1`` uint16
+    millimetres (rounded; no reading, and depth beyond 65.535 m, is 0). Little-endian."""
+    if encoding not in DEPTH_ENCODINGS:
+        raise DepthError(f"unknown depth encoding {encoding!r}; one of {', '.join(DEPTH_ENCODINGS)}")
+    z = np.asarray(depth, np.float64)
+    if encoding == "32FC1":
+        return np.ascontiguousarray(z.astype("<f4"))
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(z) & (z > 0) & (z < 65.5355)
+    return np.ascontiguousarray(np.where(ok, np.round(np.where(ok, z, 0.0) * 1000.0), 0).astype("<u2"))
+
+
+def camera_info_topic(image_topic: str) -> str:
+    """``<camera>/camera_info`` beside an image topic (``/cam/image_raw[/compressed]``), as
+    ``image_transport`` pairs them."""
+    base = image_topic[: -len("/compressed")] if image_topic.endswith("/compressed") else image_topic
+    return base.rsplit("/", 1)[0] + "/camera_info" if "/" in base.strip("/") else "camera_info"
+
+
 # ----------------------------------------------------------------------------- intrinsics
 @dataclass(frozen=True)
 class Intrinsics:

@@ -617,7 +617,9 @@ class CameraGeometry:
     relative units, with ``vggt_confidence``). ``intrinsics`` (camera_info or parameter) or
     ``vggt_intrinsics``. Pose in the reference frame, 4x4 ``T_ref_from_cam``: ``pose``
     (static extrinsics, metres) or ``vggt_pose`` (VGGT's, relative units). Sensor depth and
-    a static pose are preferred to VGGT's. ``scores``: mask confidence per object id."""
+    a static pose are preferred to VGGT's. ``scores``: mask confidence per object id.
+    ``depth_reason`` / ``intrinsics_reason``: why this camera has no depth / intrinsics for
+    this set (given to every object instead of a generic reason)."""
 
     name: str
     masks: Mapping[int, np.ndarray]
@@ -629,6 +631,8 @@ class CameraGeometry:
     vggt_intrinsics: Optional[Intrinsics] = None
     vggt_pose: Optional[np.ndarray] = None
     scores: Optional[Mapping[int, float]] = None
+    depth_reason: str = ""
+    intrinsics_reason: str = ""
 
 
 @dataclass
@@ -690,8 +694,13 @@ def objects_in_3d(cameras: Sequence[CameraGeometry], *, labels: Optional[Mapping
         objs = []
         for oid in sorted(cam.masks):
             score = 1.0 if cam.scores is None else float(cam.scores.get(oid, 1.0))
-            est = estimate_object(cam.masks[oid], depth, intr, object_id=int(oid), label=labels.get(oid, ""),
-                                  camera=cam.name, confidence=conf, score=score, up=up_cam, config=cam_cfg)
+            if depth is None and cam.depth_reason:
+                est = _no_estimate(int(oid), labels.get(oid, ""), cam.name, cam.depth_reason)
+            elif intr is None and cam.intrinsics_reason:
+                est = _no_estimate(int(oid), labels.get(oid, ""), cam.name, cam.intrinsics_reason)
+            else:
+                est = estimate_object(cam.masks[oid], depth, intr, object_id=int(oid), label=labels.get(oid, ""),
+                                      camera=cam.name, confidence=conf, score=score, up=up_cam, config=cam_cfg)
             objs.append(est)
             if pose is None:
                 continue

@@ -7,11 +7,13 @@ received/processed/dropped/failed/discarded, stale and unmatched cameras, the st
 state (Temporal VGGT-S memory per object and camera) and the last set's latency split
 (pipeline, queue, node overhead, per stage). Camera (``<node>: camera <name>``): topic,
 role, staleness, frames and rejections (with the last reason), synchroniser counters,
-the estimated and applied clock offset, frame size and size changes.
+the estimated and applied clock offset, frame size and size changes, and with a depth
+topic its depth status (rate, sets matched and missed, the last reason a set got no depth).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Dict, Optional
 
@@ -97,8 +99,10 @@ def pipeline_status(name: str, *, now: float, cfg, health, sync, registry, state
     return status(level, name, message, values, device)
 
 
-def camera_statuses(name_of, *, now: float, cfg, health, sync, sizes, topics: Dict[str, str]):
-    """One status per camera (``name_of(what)`` makes the status name)."""
+def camera_statuses(name_of, *, now: float, cfg, health, sync, sizes, topics: Dict[str, str], extra=None):
+    """One status per camera (``name_of(what)`` makes the status name); ``extra(camera)``:
+    more key/values (the camera's depth: ``depth_*``, see vggts_ros.geometry.depth_stream;
+    a last set without usable depth is a WARN naming why)."""
     stale = sync.stale_cameras(now)
     unmatched = sync.unmatched_cameras(now)
     stats = sync.stats()
@@ -132,6 +136,10 @@ def camera_statuses(name_of, *, now: float, cfg, health, sync, sizes, topics: Di
         }
         for reason, count in stats["dropped_by_reason"][n].items():
             values[f"sync_dropped_{reason}"] = str(count)
+        more = extra(n) if extra is not None else {}
+        values.update(more)
+        if more.get("depth_ok") == "false" and level == OK:
+            level, message = WARN, f"no depth for 3D: {more.get('depth_last_reason', '')}"
         out.append(status(level, name_of(f"camera {n}"), message, values, topics[n]))
     return out
 
@@ -141,3 +149,32 @@ def array(stamp, statuses) -> DiagnosticArray:
     out.header.stamp = stamp
     out.status = list(statuses)
     return out
+
+
+def node_statuses(node) -> list:
+    """Every status of a :class:`vggts_ros.ros.node.VGGTSNode` now (and one log line per camera
+    that went stale, rejoined or changed size since the last call)."""
+    now = time.monotonic()
+    name = node.status_name("pipeline")
+    if not node._active or node.sync is None:
+        error = "" if node._configure_error is None else f"configure failed: {node._configure_error}"
+        return [not_running(name, node.lifecycle_state, [c.name for c in node.cfg.cameras], node.device, error)]
+    processor, cfg = node.processor, node.cfg
+    state_values = processor.state.describe(node.registry.ids()) if processor is not None else {}
+    if node.camera_rate is not None and node.last is not None:
+        state_values = dict(state_values, **node.camera_rate.diagnostics(node.last.stamp))
+    statuses = [pipeline_status(
+        name, now=now, cfg=cfg, health=node.health, sync=node.sync, registry=node.registry, state_values=state_values,
+        sets_processed=node.sets_processed, last=node.last, device=node.device,
+        backend=processor.backend if processor is not None else "", lifecycle_state=node.lifecycle_state)]
+    statuses += camera_statuses(node.status_name, now=now, cfg=cfg, health=node.health, sync=node.sync,
+                                sizes=processor.sizes, topics=node.topics, extra=node.io3d.camera_values)
+    sizes = {c.name: processor.sizes.size(c.name) for c in cfg.cameras}
+    log = node.get_logger()
+    for level, line in node.camera_events.update(node.sync.stale_cameras(now), dict(processor.sizes.changes), sizes,
+                                                 node.sync.stale_limits()):
+        if level == WARN:  # rclpy: one severity per call site
+            log.warning(line)
+        else:
+            log.info(line)
+    return statuses

@@ -6,7 +6,8 @@ visibility, confidence, score, label, area, path and reason), ``overlay`` (rgb8,
 enabled and subscribed), ``camera_info`` (the camera's own ``CameraInfo`` with the mask's
 header when its size matches, else a nominal pinhole) and ``markers`` (the projected points
 on their viewing rays, placed with the ``CameraInfo``'s ``P`` as RViz and Foxglove project
-them; only while subscribed). The camera_info beside each image topic is subscribed here.
+them, plus the objects' 3D boxes and centroids when there are some; only while subscribed).
+The camera_info beside each image topic is subscribed here.
 """
 
 from __future__ import annotations
@@ -20,17 +21,12 @@ from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, Image
 from visualization_msgs.msg import Marker, MarkerArray
 
+from vggts_ros.geometry.depth import camera_info_topic  # noqa: F401  (re-exported)
 from vggts_ros.markers import ObjectPointsView, camera_info_fields, projected_point_markers
 from vggts_ros.msg import ObjectPoints, ProjectedPoints
 from vggts_ros.ros.conversions import fill_image
 from vggts_ros.set_processor import CameraOutput
 from vggts_ros.visualize import overlay_masks
-
-
-def camera_info_topic(image_topic: str) -> str:
-    """``<camera>/camera_info`` beside an image topic (``/cam/image_raw[/compressed]``)."""
-    base = image_topic[: -len("/compressed")] if image_topic.endswith("/compressed") else image_topic
-    return base.rsplit("/", 1)[0] + "/camera_info" if "/" in base.strip("/") else "camera_info"
 
 
 def mouse_topic(image_topic: str) -> str:
@@ -82,7 +78,8 @@ class Outputs:
             self.node.destroy_subscription(sub)
 
     # ------------------------------------------------------------------ one camera of a set
-    def publish(self, out: CameraOutput, header) -> None:
+    def publish(self, out: CameraOutput, header, extra_markers=()) -> None:
+        """One camera's outputs; ``extra_markers`` (e.g. the objects' 3D boxes) join its markers."""
         camera, labels = out.camera, out.labels
         points = ProjectedPoints(header=header, target_camera=camera, source_camera=out.source_cameras)
         for o in out.objects:
@@ -101,7 +98,9 @@ class Outputs:
         self.published_on.add(camera)
         info = self._camera_info(camera, header, labels.shape)
         if self.markers[camera].get_subscription_count() > 0:
-            self.markers[camera].publish(self._markers(header, viewer_matrix(info), out))
+            array = self._markers(header, viewer_matrix(info), out)
+            array.markers.extend(extra_markers)
+            self.markers[camera].publish(array)
         pub = self.overlay.get(camera)
         if pub is not None and pub.get_subscription_count() > 0:
             overlay = Image(header=header)

@@ -18,6 +18,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.parameter import Parameter
 
 from vggts_ros.config import CAMERA_DEFAULTS, CAMERA_KEYS, CAMERA_PARAMETERS, PARAMETERS, NodeConfig
+from vggts_ros.ros import compat
 
 
 def descriptor(name: str) -> ParameterDescriptor:
@@ -63,11 +64,7 @@ class NodeParameters:
                          and not k.startswith("qos_overrides."))
         if unknown:
             raise ValueError(f"unknown vggts parameter(s): {unknown}")
-        if hasattr(node, "add_post_set_parameters_callback"):
-            node.add_on_set_parameters_callback(self._validate)
-            node.add_post_set_parameters_callback(self._applied)
-        else:  # Humble: no post-set callbacks; apply once validated
-            node.add_on_set_parameters_callback(self._validate_and_apply)
+        compat.add_parameter_callbacks(node, self._validate, self._applied, lambda p: self._applied(p, pending=True))
 
     def declare_cameras(self) -> None:
         """``camera.<name>.*`` of every camera ``cameras`` names (defaults unless overridden)."""
@@ -123,12 +120,6 @@ class NodeParameters:
         except ValueError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         return SetParametersResult(successful=True)
-
-    def _validate_and_apply(self, params) -> SetParametersResult:
-        result = self._validate(params)
-        if result.successful:
-            self._applied(params, pending=True)
-        return result
 
     def _applied(self, params, pending: bool = False) -> None:
         mine = self._mine(params)

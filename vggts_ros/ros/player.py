@@ -17,17 +17,17 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import yaml
 
-import rclpy
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.srv import SetParameters
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from vggts_ros.config import NodeConfig
-from vggts_ros.msg import ProjectedPoints
+from vggts_ros.geometry.depth import camera_info_topic, encode_depth
+from vggts_ros.msg import Objects3D, ProjectedPoints
 from vggts_ros.ros.conversions import fill_image, to_uint8_array
 from vggts_ros.ros.runner import stop_executor
 from vggts_ros.srv import ClearObjects, SetSourceMask
@@ -47,6 +47,16 @@ class PlayedCamera:
     paused: bool = False
     frame_id: str = ""
     clock_offset: float = 0.0  # added to this camera's stamps (a camera with its own clock)
+    # A registered depth camera: ``depth`` (HxW metres, NaN = no reading) published on
+    # ``depth_topic`` as ``depth_encoding`` (32FC1 / 16UC1) with each frame's stamp and frame_id;
+    # ``depth_raw`` = (array, encoding) publishes that array as it is instead (bad input tests).
+    depth: Optional[np.ndarray] = None
+    depth_topic: str = ""
+    depth_encoding: str = "32FC1"
+    depth_raw: Optional[tuple] = None
+    depth_paused: bool = False
+    # Intrinsics: a 3x3 K published as CameraInfo (P = [K | 0]) beside the image topic (None: none).
+    K: Optional[np.ndarray] = None
 
 
 class CameraPlayer(Node):
@@ -65,9 +75,14 @@ class CameraPlayer(Node):
         self._cams = {c.name: c for c in cameras}
         self._lock = threading.Lock()
         self._pubs = {}
+        self._depth_pubs = {}
+        self._info_pubs = {}
         for cam in cameras:
             msg_type = CompressedImage if cam.compressed else Image
             self._pubs[cam.name] = self.create_publisher(msg_type, cam.topic, qos)
+            if cam.depth_topic:
+                self._depth_pubs[cam.name] = self.create_publisher(Image, cam.depth_topic, qos)
+            self._info_pubs[cam.name] = self.create_publisher(CameraInfo, camera_info_topic(cam.topic), qos)
         self.stamps: List[float] = []
         self.publish_times: Dict[float, float] = {}
         self.time_shift = 0.0
@@ -81,6 +96,27 @@ class CameraPlayer(Node):
     def set_image(self, camera: str, image: np.ndarray) -> None:
         with self._lock:
             self._cams[camera].image = image
+
+    def set_depth(self, camera: str, depth: Optional[np.ndarray] = None, encoding: str = "32FC1",
+                  raw: Optional[tuple] = None) -> None:
+        """From the next tick on, ``camera`` publishes ``depth`` (metres) as ``encoding``, or
+        ``raw`` = (array, encoding label) as it is."""
+        self._replace(camera, depth=depth, depth_encoding=encoding, depth_raw=raw)
+
+    def _replace(self, camera: str, **changes) -> None:
+        # A new object, not a change in place: a tick in progress keeps the one it took.
+        import dataclasses
+
+        with self._lock:
+            self._cams[camera] = dataclasses.replace(self._cams[camera], **changes)
+
+    def set_camera_info(self, camera: str, K: Optional[np.ndarray]) -> None:
+        """From the next tick on, ``camera`` publishes a CameraInfo with ``K`` (None: none)."""
+        self._replace(camera, K=K)
+
+    def pause_depth(self, camera: str, paused: bool = True) -> None:
+        """Stop (or resume) ``camera``'s depth stream while its colour stream goes on."""
+        self._replace(camera, depth_paused=paused)
 
     def set_clock_offset(self, camera: str, offset: float) -> None:
         with self._lock:
@@ -115,8 +151,33 @@ class CameraPlayer(Node):
             msg.header.stamp = to_time(own)
             msg.header.frame_id = cam.frame_id or f"{cam.name}_optical_frame"
             self._pubs[cam.name].publish(msg)
+            self._publish_geometry(cam, msg.header)
         self.stamps.append(stamp_sec)
         self.publish_times[round(stamp_sec, 6)] = time.monotonic()
+
+
+    def _publish_geometry(self, cam: PlayedCamera, header) -> None:
+        """The camera's depth image and camera_info with the colour frame's header."""
+        pub = self._depth_pubs.get(cam.name)
+        if pub is not None and not cam.depth_paused and (cam.depth is not None or cam.depth_raw is not None):
+            if cam.depth_raw is not None:
+                arr, encoding = cam.depth_raw
+                arr = np.ascontiguousarray(arr)
+            else:
+                encoding = cam.depth_encoding
+                arr = encode_depth(cam.depth, encoding)
+            msg = Image(header=header, height=int(arr.shape[0]), width=int(arr.shape[1]), encoding=encoding,
+                        is_bigendian=0, step=int(arr.shape[1] * arr.itemsize * (arr.shape[2] if arr.ndim == 3 else 1)))
+            msg.data = to_uint8_array(arr.view(np.uint8))
+            pub.publish(msg)
+        info_pub = self._info_pubs.get(cam.name)
+        if info_pub is not None and cam.K is not None:
+            h, w = cam.image.shape[:2]
+            K = np.asarray(cam.K, np.float64).reshape(3, 3)
+            info = CameraInfo(header=header, height=h, width=w, distortion_model="plumb_bob", d=[0.0] * 5,
+                              k=K.reshape(-1).tolist(), r=np.eye(3).reshape(-1).tolist(),
+                              p=np.hstack([K, np.zeros((3, 1))]).reshape(-1).tolist())
+            info_pub.publish(info)
 
 
 @dataclass
@@ -129,19 +190,33 @@ class Received:
 class OutputCollector(Node):
     """Subscribes to the node's per-camera outputs and ``/diagnostics``; calls its services."""
 
-    def __init__(self, node_name: str, cameras: Sequence[str], name: str = "vggts_collector") -> None:
+    def __init__(self, node_name: str, cameras: Sequence[str], name: str = "vggts_collector",
+                 objects3d: bool = False, clouds: bool = False) -> None:
+        """``objects3d``: also collect ``~/<camera>/objects3d`` and the fused ``~/objects3d``
+        (key ``""``); ``clouds``: ``~/<camera>/object_cloud`` (subscribing makes the node publish it)."""
         super().__init__(name)
         self._lock = threading.Lock()
         self.masks: Dict[str, List[Received]] = {c: [] for c in cameras}
         self.points: Dict[str, List[Received]] = {c: [] for c in cameras}
         self.overlays: Dict[str, List[Received]] = {c: [] for c in cameras}
         self.diagnostics: List[DiagnosticArray] = []
+        self.objects3d: Dict[str, List[Received]] = {c: [] for c in list(cameras) + [""]}
+        self.clouds: Dict[str, List[Received]] = {c: [] for c in cameras}
         base = f"/{node_name}"
         self._node_name = node_name.strip("/")
         for cam in cameras:
             self.create_subscription(Image, f"{base}/{cam}/mask", self._store(self.masks, cam), 10)
             self.create_subscription(ProjectedPoints, f"{base}/{cam}/points", self._store(self.points, cam), 10)
             self.create_subscription(Image, f"{base}/{cam}/overlay", self._store(self.overlays, cam), 10)
+        if objects3d:
+            for cam in cameras:
+                self.create_subscription(Objects3D, f"{base}/{cam}/objects3d", self._store(self.objects3d, cam), 10)
+            self.create_subscription(Objects3D, f"{base}/objects3d", self._store(self.objects3d, ""), 10)
+        if clouds:
+            from sensor_msgs.msg import PointCloud2
+
+            for cam in cameras:
+                self.create_subscription(PointCloud2, f"{base}/{cam}/object_cloud", self._store(self.clouds, cam), 10)
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
         self._set = self.create_client(SetSourceMask, f"{base}/set_source_mask")
         self._clear = self.create_client(ClearObjects, f"{base}/clear_objects")
@@ -178,7 +253,7 @@ class OutputCollector(Node):
 
     def clear_received(self) -> None:
         with self._lock:
-            for table in (self.masks, self.points, self.overlays):
+            for table in (self.masks, self.points, self.overlays, self.objects3d, self.clouds):
                 for items in table.values():
                     items.clear()
             self.diagnostics.clear()

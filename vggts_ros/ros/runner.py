@@ -26,6 +26,8 @@ from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
 
+from vggts_ros.ros import compat
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 FLUSH_TIMEOUT = 1.0  # seconds for all reliable outputs together to be acknowledged at exit
 
@@ -58,7 +60,7 @@ def stop_executor(executor, timeout: float = 5.0) -> None:
     for task in handed:
         if task.done() and task.exception() is not None:
             sys.stderr.write(f"vggts: a callback failed while stopping: {task.exception()}\n")
-    executor.shutdown(timeout_sec=max(0.0, deadline - time.monotonic()))
+    compat.shutdown_executor(executor, max(0.0, deadline - time.monotonic()))  # joins its threads on every rclpy
 
 
 class _Stop:

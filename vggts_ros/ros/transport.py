@@ -21,6 +21,8 @@ from __future__ import annotations
 import os
 from typing import MutableMapping, Optional
 
+from vggts_ros.ros import compat
+
 SEGMENT_SIZE = "16MB"
 USER_SETTINGS = (
     "FASTDDS_BUILTIN_TRANSPORTS",
@@ -39,6 +41,8 @@ def configure(environ: Optional[MutableMapping[str, str]] = None) -> str:
     if not rmw.startswith("rmw_fastrtps"):
         return ""
     if any(env.get(name) for name in USER_SETTINGS):
+        return ""
+    if not compat.fastdds_accepts_transport_options():  # Humble: Fast DDS 2.6 would log "Wrong value"
         return ""
     value = f"DEFAULT?sockets_size={SEGMENT_SIZE}"
     env["FASTDDS_BUILTIN_TRANSPORTS"] = value
