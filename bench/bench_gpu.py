@@ -11,9 +11,13 @@ one synchronised set of 3 cameras (source + 2 targets) as the pipeline schedules
   first pass     aggregator + DPT features over the 3 views
   tracker        50 points through the 3 views (once per object)
   features pass  aggregator + DPT over [source crop, 2 targets] (once per object)
+  features xO     the features passes of O objects (``--objects``): one backbone call
+                   per object, and all of them as one batched call (what the pipeline
+                   does by default, ``batch_features``); same FLOPs, larger batches
   head encode / head decode / head refine   batched over the 2 targets
   segment_objects  the whole public call on synthetic frames (ego 704x704, 2 exo
-                   960x540), including the NumPy stages (K-means, crops, recovery)
+                   960x540), including the NumPy stages (K-means, crops, recovery);
+                   a second row with the features passes one call per object
 
 Precision modes (``vggts_ros.precision``): ``float32`` (TF32 off for matmul and cuDNN),
 ``tf32`` (TF32 on), ``bf16`` (aggregator under bf16 autocast, the rest float32, TF32 off),
@@ -275,6 +279,7 @@ def make_stages(seg, size: int, points: int, device: torch.device, objects: int,
     mask = torch.zeros(t, size, size, device=device)
     mask[:, size // 4 : size // 2, size // 3 : 2 * size // 3] = 1
     head, backbone = seg.head, seg.backbone
+    batch_views = views.expand(objects, -1, -1, -1, -1).contiguous()
     state: Dict[str, object] = {}
     state["ctx"] = setup.head(lambda: head.encode(fmap, src, tar, mask))()
     state["low"] = setup.head(lambda: head.decode(state["ctx"]))()[1]
@@ -287,15 +292,23 @@ def make_stages(seg, size: int, points: int, device: torch.device, objects: int,
         m[y0 : y0 + 160, x0 : x0 + 120] = 1
         masks.append(m)
     targets = [TargetView(exo1, role="exo"), TargetView(exo2, role="exo")]
+    from vggts_ros.pipeline import VGGTSegmentor
+
+    one_by_one = VGGTSegmentor(seg.backbone, seg.head, seg.cfg, device=device, image_size=seg.image_size,
+                               batch_features=False)
 
     return {
         "first pass (backbone, 3 views)": lambda: backbone(views).features,
         f"tracker ({points} pts, 3 views)": lambda: backbone.track(feats, query),
         "features pass (backbone, 3 views)": lambda: backbone(views).features,
+        f"features x{objects} one call per object": lambda: [backbone(views).features for _ in range(objects)],
+        f"features x{objects} one batched call": lambda: backbone(batch_views).features,
         "head encode (2 targets)": setup.head(lambda: head.encode(fmap, src, tar, mask)),
         "head decode (2 targets)": setup.head(lambda: head.decode(state["ctx"])),
         "head refine (2 targets)": setup.head(lambda: head.decode(state["ctx"], state["low"])),
         f"segment_objects ({objects} obj, 3 cams)": lambda: seg.segment_objects(ego, masks, targets),
+        f"segment_objects ({objects} obj, 3 cams), features one by one":
+            lambda: one_by_one.segment_objects(ego, masks, targets),
     }
 
 
@@ -305,6 +318,7 @@ def stage_flop_map(f: Dict[str, int], points: int, objects: int) -> Dict[str, in
         "first pass": f["backbone_3"],
         "tracker": f["tracker_3"],
         "features pass": f["backbone_3"],
+        "features x": objects * f["backbone_3"],
         "head encode": f["encode"],
         "head decode": f["decode"],
         "head refine": f["refine"],
@@ -383,6 +397,8 @@ def run(args) -> List[dict]:
                     print(f"[{mode}] segment_objects runs its head without autocast (the pipeline has no "
                           "precision setting yet); the head rows have it")
                 for stage, fn in stages.items():
+                    if args.only and not any(key in stage for key in args.only):
+                        continue
                     is_whole = stage.startswith("segment_objects")
                     try:
                         rows.append(measure(mode, stage, fn, is_whole, device, args, fm, peak))
@@ -422,6 +438,8 @@ def main(argv=None) -> int:
     ap.add_argument("--peak-tflops", type=float, default=None, help="override the device's peak (all modes)")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument("--only", nargs="+", default=None,
+                    help="run only the stages whose name contains one of these strings (e.g. 'features x')")
     ap.add_argument("--dry-run", action="store_true",
                     help="70 px network on CPU, 1 iteration, no warm-up (checks the script runs)")
     args = ap.parse_args(argv)

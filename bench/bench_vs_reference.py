@@ -38,6 +38,16 @@ replaced by empty stand-ins when not installed.
    ``torch.profiler`` operator summary.
 
 The last line is ``whole set ref/ours: R.RRx``.
+
+4. ``--full-size``: VGGT-1B's real aggregator shape (width 1024, 24 frame + 24 global
+   blocks, DINOv2-L patch embedding) with the full track head, deterministic weights
+   shared by both sides (one copy in memory): FLOPs per stage and per set
+   (``bench/flops.py``), the backbone pass side by side at that size (one run each), and
+   the whole set it implies: the measured small-backbone set with each backbone pass
+   replaced by a full-size one (the other stages do not depend on the backbone's size).
+   ``--full-size-set`` runs the whole set at that size instead (about 20 minutes of CPU
+   time on one core). Either prints ``full-size whole set ref/ours: R.RRx (implied ...)``
+   or ``(measured)`` last.
 """
 
 from __future__ import annotations
@@ -154,6 +164,35 @@ def ref_track_head(R, cfg: BackboneConfig):
                        corr_levels=th.corr_levels, corr_radius=th.corr_radius, hidden_size=th.hidden_size)
 
 
+def paired_backbones(R, cfg: BackboneConfig, seed: int = 0):
+    """(ours, reference aggregator, reference track head) holding *the same* deterministic
+    weight tensors (``load_state_dict(assign=True)``, strict): one copy in memory, which
+    lets VGGT-1B's size (1.2 B parameters, 4.6 GB in float32) run both sides. Ours is
+    built on the meta device; the reference's DINOv2 cannot be (its constructor reads
+    tensor values), so it is built and initialised on the CPU, and its own tensors are
+    released when the shared ones are assigned."""
+    with torch.device("meta"):
+        ours = VGGTBackbone(cfg)
+    ref_agg, ref_th = ref_aggregator(R, cfg.aggregator), ref_track_head(R, cfg)
+    state = deterministic_state_dict(ours, seed)
+    ours.load_state_dict(state, strict=True, assign=True)
+    ref_agg.load_state_dict({k[len("aggregator."):]: v for k, v in state.items() if k.startswith("aggregator.")},
+                            strict=True, assign=True)
+    ref_th.load_state_dict({k[len("track_head."):]: v for k, v in state.items() if k.startswith("track_head.")},
+                           strict=True, assign=True)
+    # the reference's two non-persistent buffers (ImageNet normalisation), not in a state dict
+    from vggts_ros.models.aggregator import IMAGENET_MEAN, IMAGENET_STD
+
+    for name, value in (("_resnet_mean", IMAGENET_MEAN), ("_resnet_std", IMAGENET_STD)):
+        if hasattr(ref_agg, name):
+            setattr(ref_agg, name, torch.tensor(value, dtype=torch.float32).view(1, 1, 3, 1, 1))
+    left = [n for m in (ours, ref_agg, ref_th) for n, t in list(m.named_parameters()) + list(m.named_buffers())
+            if t.is_meta]
+    if left:
+        raise RuntimeError(f"tensors left on the meta device: {left[:5]}")
+    return ours.eval(), ref_agg.eval(), ref_th.eval()
+
+
 # =======================================================================================
 # Timing
 # =======================================================================================
@@ -195,6 +234,53 @@ def interleaved(ref_fn: Callable, our_fn: Callable, repeats: int, warmup: bool =
 
 def max_diff(a, b) -> float:
     return float((torch.as_tensor(a).double() - torch.as_tensor(b).double()).abs().max())
+
+
+def timed(fn: Callable, repeats: int, warmup: bool = True):
+    """(median seconds of ``CLOCK``, last output) of ``fn`` alone."""
+    out = fn() if warmup else None
+    times = []
+    for _ in range(repeats):
+        w0, c0 = _clocks()
+        out = fn()
+        w1, c1 = _clocks()
+        times.append(c1 - c0 if CLOCK["name"] == "cpu" else w1 - w0)
+    return statistics.median(times), out
+
+
+# =======================================================================================
+# Backbone passes (aggregator + DPT track features), any size
+# =======================================================================================
+def backbone_passes(R, cfg: BackboneConfig, repeats: int, warmup: bool = True) -> dict:
+    """One backbone pass (aggregator + the track head's DPT features) at 518 px: the
+    reference's on 2 views (the only way its recipe calls it) against ours on 2 views,
+    interleaved, and ours on 3 views (the project's passes over a 3-camera set).
+    Returns seconds ``ref2``, ``ours2``, ``ours3`` and the 2-view features' ``diff``/``scale``."""
+    ours, ref_agg, ref_th = paired_backbones(R, cfg, 0)
+    gen = torch.Generator().manual_seed(0)
+    images2 = torch.rand(1, 2, 3, SIZE, SIZE, generator=gen)
+    images3 = torch.rand(1, 3, 3, SIZE, SIZE, generator=gen)
+
+    def ref_pass():
+        tokens, start = ref_agg(images2)
+        return ref_th.feature_extractor(tokens, images2, start)
+
+    with torch.inference_mode():
+        tr, to, f_r, f_o = interleaved(ref_pass, lambda: ours(images2).features, repeats, warmup)
+        t3, _ = timed(lambda: ours(images3).features, repeats, warmup)
+    out = dict(ref2=tr, ours2=to, ours3=t3, diff=max_diff(f_r, f_o), scale=float(f_r.abs().max()),
+               wall2=WALL["ref"] / WALL["ours"])
+    del ours, ref_agg, ref_th
+    return out
+
+
+def full_size_flops(objects: int) -> dict:
+    """FLOPs per stage of one set at VGGT-1B's size (``bench/flops.py``)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from flops import set_flops, stage_flops
+
+    f = stage_flops("vggt-1b", views=3, targets=2)
+    return {"stages": f, "set": set_flops(f, cameras=3, objects=objects, refinements=1)}
 
 
 # =======================================================================================
@@ -364,19 +450,13 @@ class ReferenceRecipe:
         return [[self.run_pair(ego, m, x) for x in exos] for m in masks]
 
 
-def whole_set(R, objects: int, repeats: int, profile: bool):
-    cfg = tiny_backbone()
-    backbone = VGGTBackbone(cfg)
+def whole_set(R, objects: int, repeats: int, profile: bool, cfg: BackboneConfig = None):
+    """The whole job with the backbone ``cfg`` (default: the small one of the parity fixtures)."""
+    cfg = cfg or tiny_backbone()
+    backbone, ref_agg, ref_th = paired_backbones(R, cfg, 0)
     head = UnionSegmentationHead(HeadConfig(img_size=SIZE, sa_tokens=37))
-    ref_agg, ref_th = ref_aggregator(R, cfg.aggregator), ref_track_head(R, cfg)
     ref_pred = R.Predictor(img_size=SIZE, sa_tokens=37)
-    state = deterministic_state_dict(backbone, 0)
-    backbone.load_state_dict(state, strict=True)
-    ref_agg.load_state_dict({k[11:]: v for k, v in state.items() if k.startswith("aggregator.")}, strict=True)
-    ref_th.load_state_dict({k[11:]: v for k, v in state.items() if k.startswith("track_head.")}, strict=True)
     load_same(head, ref_pred, 1)
-    for m in (ref_agg, ref_th):
-        m.eval()
     seg = VGGTSegmentor(backbone, head, PipelineConfig(), device="cpu")
     recipe = ReferenceRecipe(R, ref_agg, ref_th, ref_pred)
 
@@ -404,7 +484,7 @@ def whole_set(R, objects: int, repeats: int, profile: bool):
     # others are that object's own: sum them over the objects
     stages = {}
     for k, v in out_o[0][0].timings.items():
-        per_object = k not in ("prompts", "first_pass", "total")
+        per_object = k not in ("prompts", "first_pass", "features_batch", "total")
         stages[k] = sum(out_o[o][0].timings.get(k, 0.0) for o in range(objects)) if per_object else v
     prof = None
     if profile:
@@ -434,6 +514,12 @@ def main(argv=None) -> int:
                     help="what the ratios use: process CPU time (default; with 1 thread it equals the wall time "
                          "on an idle machine and does not count the neighbours' load on a shared one) or wall time")
     ap.add_argument("--skip-components", action="store_true")
+    ap.add_argument("--full-size", action="store_true",
+                    help="also time the backbone pass at VGGT-1B's size (width 1024, 24+24 blocks, DINOv2-L patch "
+                         "embedding) on both sides and print the whole set it implies")
+    ap.add_argument("--full-size-set", action="store_true",
+                    help="also run the whole set with the VGGT-1B-size backbone on both sides, once each "
+                         "(about 20 min of CPU time on one core) and print the measured ratio")
     args = ap.parse_args(argv)
     CLOCK["name"] = args.clock
     vggt_dir, vggts_dir = reference_dirs(args)
@@ -480,8 +566,56 @@ def main(argv=None) -> int:
     if res["profile"]:
         print("\ntorch.profiler, one project set, top operators by self CPU time:")
         print(res["profile"])
-    print(f"whole set ref/ours: {res['ref'] / res['ours']:.2f}x")
+    print(f"whole set ref/ours: {res['ref'] / res['ours']:.2f}x", flush=True)
+    if args.full_size or args.full_size_set:
+        report_full_size(R, args, res)
     return 0
+
+
+def report_full_size(R, args, small_set: dict) -> None:
+    """The whole set at VGGT-1B's size: FLOPs per stage, the backbone pass side by side,
+    the ratio implied by swapping the small backbone's passes for full-size ones in the
+    measured small-backbone set, and (``--full-size-set``) the measured full-size set."""
+    from vggts_ros.config import vggt_1b_backbone
+
+    objects, pairs = small_set["objects"], small_set["ref_pairs"]
+    fl = full_size_flops(objects)
+    st, fs = fl["stages"], fl["set"]
+    print(f"\nFull size (VGGT-1B aggregator: width 1024, 24 frame + 24 global blocks, DINOv2-L patch embedding; "
+          f"track head; head 518/37), FLOPs per call (FlopCounterMode, TFLOP):")
+    print("  " + "  ".join(f"{k} {v / 1e12:.3f}" for k, v in st.items()))
+    print(f"  one set, {objects} object(s), 3 cameras, 1 refinement: reference "
+          + ", ".join(f"{k[len('reference_'):]} {v / 1e12:.2f}" for k, v in fs.items() if k.startswith("reference_"))
+          + "; project " + ", ".join(f"{k[len('ours_'):]} {v / 1e12:.2f}" for k, v in fs.items() if k.startswith("ours_"))
+          + f"; FLOP ratio {fs['reference_total'] / fs['ours_total']:.2f}x", flush=True)
+    if args.full_size:
+        reps = 1 if args.quick else args.repeats
+        small = backbone_passes(R, tiny_backbone(), reps)
+        print(f"\nBackbone pass (aggregator + DPT track features) at 518 px, {CLOCK['name']} seconds:")
+        print(f"  small (conv w64 d24): reference 2 views {small['ref2']:.2f}, project 2 views {small['ours2']:.2f}, "
+              f"3 views {small['ours3']:.2f} (max diff {small['diff']:.2g})", flush=True)
+        full = backbone_passes(R, vggt_1b_backbone(), 1, warmup=False)
+        print(f"  VGGT-1B size, one run each: reference 2 views {full['ref2']:.1f}, project 2 views {full['ours2']:.1f} "
+              f"(ratio {full['ref2'] / full['ours2']:.2f}x, wall {full['wall2']:.2f}x), 3 views {full['ours3']:.1f}; "
+              f"features max diff {full['diff']:.2g} of max |features| {full['scale']:.3g}", flush=True)
+        n_ref, n_ours = 2 * pairs, 1 + objects
+        ref_full = small_set["ref"] + n_ref * (full["ref2"] - small["ref2"])
+        ours_full = small_set["ours"] + n_ours * (full["ours3"] - small["ours3"])
+        print("  implied full-size set = measured small-backbone set + passes x (full pass - small pass):")
+        print(f"    reference: {small_set['ref']:.1f} + {n_ref} x ({full['ref2']:.1f} - {small['ref2']:.2f}) = "
+              f"{ref_full:.1f} s  ({pairs} pairs x (first pass + features pass), 2 views each)")
+        print(f"    project:   {small_set['ours']:.1f} + {n_ours} x ({full['ours3']:.1f} - {small['ours3']:.2f}) = "
+              f"{ours_full:.1f} s  (one shared first pass + one features pass per object, 3 views each)")
+        print(f"full-size whole set ref/ours: {ref_full / ours_full:.2f}x (implied from the full-size backbone passes "
+              f"and the measured small-backbone set)", flush=True)
+    if args.full_size_set:
+        res = whole_set(R, objects, 1, False, cfg=vggt_1b_backbone())
+        print(f"\nWhole set with the VGGT-1B-size backbone, one interleaved run each: reference {res['ref']:.1f} s, "
+              f"project {res['ours']:.1f} s {CLOCK['name']} (wall {res['wall'][0]:.1f} / {res['wall'][1]:.1f} s); "
+              "mask IoU per (object, target): " + ", ".join(f"{x:.3f}" for x in res["ious"]))
+        st = res["stages"]
+        print("  project stages: " + "  ".join(f"{k} {v:.1f}" for k, v in st.items()))
+        print(f"full-size whole set ref/ours: {res['ref'] / res['ours']:.2f}x (measured)", flush=True)
 
 
 if __name__ == "__main__":

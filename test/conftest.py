@@ -1,5 +1,10 @@
 """Shared fixtures. Parity tests read the reference fixture directory from
-``VGGTS_REFERENCE_DIR`` (default: the copy shipped in ``test/fixtures/reference``)."""
+``VGGTS_REFERENCE_DIR`` (default: the copy shipped in ``test/fixtures/reference``).
+
+A *seed set* (``test/fixtures/reference_seed1``, ``..._seed2``: made by
+``scripts/make_reference_fixtures.py --no-copy`` with other seeds, marked by a
+``seed_set.json``) holds only the files that depend on the seed; the others (``prompts.pt``,
+the state-dict key lists) come from the shipped set."""
 
 import os
 from pathlib import Path
@@ -8,6 +13,8 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_REFERENCE_DIR = HERE / "fixtures" / "reference"
+SEED_SET_MARKER = "seed_set.json"
+SEED_SET_DIRS = tuple(sorted((HERE / "fixtures").glob("reference_seed*")))
 
 
 def reference_dir() -> Path:
@@ -22,10 +29,18 @@ def ref_dir() -> Path:
     return path
 
 
+def fixture_path(name: str) -> Path:
+    """The selected set's file ``name``; a seed set's missing files are the shipped set's."""
+    path = reference_dir() / name
+    if not path.is_file() and (reference_dir() / SEED_SET_MARKER).is_file():
+        return DEFAULT_REFERENCE_DIR / name
+    return path
+
+
 def load_fixture(name: str):
     import torch
 
-    path = reference_dir() / name
+    path = fixture_path(name)
     if not path.is_file():
         pytest.fail(f"reference fixture {path} is missing")
     return torch.load(str(path), map_location="cpu", weights_only=False)

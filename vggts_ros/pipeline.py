@@ -47,6 +47,10 @@ Design decisions:
 * Several targets of one object share one features pass (SPEC multi-view rule); with a
   single target this is exactly the reference pair. ``multi_view_features=False`` runs one
   pass per (source zoom, target) pair instead.
+* ``batch_features=True`` (the default) runs the features passes of all objects of a set
+  as one batched backbone call (up to ``max_feature_batch`` sequences per call): each
+  sequence attends only within itself, so the outputs are those of one call per object up
+  to float32 rounding; the call is timed once, as the shared stage ``features_batch``.
 * ``PipelineConfig.second_pass`` re-tracks K-means points of the source zoom into each
   target input with the features pass (no extra backbone pass) and re-clusters the prompts.
 * The network size comes from the model (the head's ``img_size``); the pipeline config's
@@ -232,6 +236,8 @@ class VGGTSegmentor:
         accumulate_point_identity: Optional[bool] = None,
         multi_view_features: bool = True,
         joint_tracking: bool = False,
+        batch_features: bool = True,
+        max_feature_batch: int = 8,
     ) -> None:
         size = int(image_size if image_size is not None else head.cfg.img_size)
         if head.cfg.img_size != size:
@@ -267,6 +273,10 @@ class VGGTSegmentor:
         self.image_size = size
         self.multi_view_features = bool(multi_view_features)
         self.joint_tracking = bool(joint_tracking)
+        if int(max_feature_batch) < 1:
+            raise ValueError(f"max_feature_batch must be >= 1, got {max_feature_batch}")
+        self.batch_features = bool(batch_features)
+        self.max_feature_batch = int(max_feature_batch)
         # Temporal VGGT-S: the memory modules (None when off); the banks are in each caller's
         # StreamState (init_stream), used by streamed calls only
         self.memory = memory_from_config(cfg.temporal, cfg.memory_frames, cfg.temporal_weights, self.head,
@@ -432,20 +442,32 @@ class VGGTSegmentor:
             with clock("geometry"):
                 geometry = self.view_geometry(geometry, sources, [first_views[t] for t in full])
         shared = dict(clock.times)
-        results = []
+        object_inputs, object_times = [], []
         for o, (src, (tr_first, tr_direct)) in enumerate(zip(sources, tracks)):
             clock.times = dict(shared)
             with clock("remap"):
-                inputs = [
+                object_inputs.append([
                     self.reused_target(v.image, prev[t][o]) if prev[t] is not None
                     else self.cropped_target(v.image, first_views[t], tr_first, pos[t], src) if cropped[t]
                     else self.direct_target(v.image, tr_direct, pos[t], src)
                     for t, v in enumerate(targets)
-                ]
+                ])
+            object_times.append(clock.times)
+        batched = [None] * len(sources)
+        if self.batch_features and len(sources) > 1:
+            clock.times = {}
+            with clock("features_batch"):
+                batched = self.batched_features(sources, object_inputs)
+            shared["features_batch"] = clock.times["features_batch"]
+            object_times = [dict(t, features_batch=shared["features_batch"]) for t in object_times]
+        results = []
+        for o, (src, inputs) in enumerate(zip(sources, object_inputs)):
+            clock.times = object_times[o]
             memory = state.temporal if state is not None else None
             refs = step.refs(o, targets) if memory is not None else None
             logits = self.features_and_head(src, inputs, clock, refs, retrack=[p is not None for p in prev],
-                                            memory=memory)
+                                            memory=memory, features=batched[o])
+            batched[o] = None
             with clock("recover"):
                 per_object = [self.recover_result(lg, ti) for lg, ti in zip(logits, inputs)]
             if geometry:  # [source, first-pass targets] of this object's pass
@@ -607,19 +629,43 @@ class VGGTSegmentor:
             confidence=tracks.conf[view_index].astype(np.float32),
         )
 
+    def feature_groups(self, n_targets: int) -> List[List[int]]:
+        """The targets of each features pass of one object: all together, or one by one
+        with ``multi_view_features=False``."""
+        return [list(range(n_targets))] if self.multi_view_features else [[t] for t in range(n_targets)]
+
+    def batched_features(self, sources: Sequence[SourceInput],
+                         object_inputs: Sequence[List[TargetInput]]) -> List[List[torch.Tensor]]:
+        """Stage 4 for every object at once: the ``[source zoom, target inputs]`` sequences
+        of all objects' feature groups through the backbone as batches of up to
+        ``max_feature_batch`` (all sequences of a set have the same length). Returns per
+        object the features of each group, ``[1, S, C, g, g]`` each."""
+        seqs = [(o, [src.crop_image] + [object_inputs[o][t].image for t in group])
+                for o, src in enumerate(sources) for group in self.feature_groups(len(object_inputs[o]))]
+        out: List[List[torch.Tensor]] = [[] for _ in sources]
+        for start in range(0, len(seqs), self.max_feature_batch):
+            chunk = seqs[start:start + self.max_feature_batch]
+            images = torch.cat([self.images_to_tensor(views) for _, views in chunk])  # [B, S, 3, H, W]
+            feats = self.backbone(images).features
+            for b, (o, _) in enumerate(chunk):
+                out[o].append(feats[b:b + 1])
+        return out
+
     def features_and_head(self, src: SourceInput, inputs: List[TargetInput], clock: _StageClock,
                           refs: Optional[List[StreamRef]] = None,
-                          retrack: Sequence[bool] = (), memory: Optional[TemporalState] = None) -> List[torch.Tensor]:
+                          retrack: Sequence[bool] = (), memory: Optional[TemporalState] = None,
+                          features: Optional[List[torch.Tensor]] = None) -> List[torch.Tensor]:
         """Stages 4-5: features of ``[source zoom, target inputs]`` (one pass, or one per
-        target with ``multi_view_features=False``), optional second pass (always for the
+        target with ``multi_view_features=False``; ``features``: those passes already made,
+        one per group, by :meth:`batched_features`), optional second pass (always for the
         targets flagged in ``retrack``: stream reuse), then the head (``refs``: each
         target's stream in ``memory``, see :meth:`decode`).
         Returns each target's last network-size logits ``[size, size]`` (on the device)."""
         fulls: List[torch.Tensor] = [None] * len(inputs)  # type: ignore[list-item]
-        groups = [list(range(len(inputs)))] if self.multi_view_features else [[t] for t in range(len(inputs))]
-        for group in groups:
+        for g, group in enumerate(self.feature_groups(len(inputs))):
             with clock("features"):
-                f = self.backbone_features([src.crop_image] + [inputs[t].image for t in group])
+                f = (features[g] if features is not None
+                     else self.backbone_features([src.crop_image] + [inputs[t].image for t in group]))
                 tracked = None  # one tracker call serves every target of the group
                 for j, t in enumerate(group):
                     if self.cfg.second_pass or (t < len(retrack) and retrack[t]):

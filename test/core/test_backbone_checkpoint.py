@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import reference_dir
+from conftest import fixture_path
 from vggts_ros.checkpoint import CheckpointError, save_state_dict
 from vggts_ros.config import AggregatorConfig, BackboneConfig, TrackHeadConfig, vggt_1b_backbone
 from vggts_ros.models.backbone import BackboneOutput, VGGTBackbone
@@ -25,7 +25,7 @@ def small_config() -> BackboneConfig:
 
 
 def _published_shapes(prefixes) -> dict:
-    path = reference_dir() / "vggt_1b_state_dict.json"
+    path = fixture_path("vggt_1b_state_dict.json")
     if not path.is_file():
         pytest.fail(f"reference fixture {path} is missing")
     published = json.loads(path.read_text())

@@ -27,8 +27,14 @@ def test_linear_relu_and_residual_match_f_linear():
         assert torch.allclose(cpu_linear.linear(x, w, b), ref, atol=1e-4, rtol=1e-5)
         assert torch.allclose(cpu_linear.linear(x, w, b, relu=True), F.relu(ref), atol=1e-4, rtol=1e-5)
         assert torch.allclose(cpu_linear.linear_add(x, w, b, res), res + ref, atol=1e-4, rtol=1e-5)
+        assert torch.allclose(cpu_linear.linear(x, w, b, gelu=True), F.gelu(ref), atol=1e-4, rtol=1e-5)
         assert torch.equal(cpu_linear.linear(x.double(), w.double(), b.double()), F.linear(x.double(), w.double(),
                                                                                           b.double()))
+
+
+def test_relu_and_gelu_are_exclusive():
+    with pytest.raises(ValueError, match="exclusive"):
+        cpu_linear.linear(torch.ones(1, 2), torch.ones(3, 2), relu=True, gelu=True)
 
 
 def test_gradients_flow_on_the_plain_path():
@@ -78,3 +84,42 @@ def test_head_built_under_inference_mode_runs():
         out = head(torch.randn(1, 2, 128, 63, 63), torch.rand(1, 5, 2) * 125, torch.rand(1, 5, 2) * 125,
                    torch.ones(1, 126, 126))[0]
     assert out.shape == (1, 1, 126, 126) and torch.isfinite(out).all()
+
+
+def small_backbone():
+    """A VGGT backbone with the DINOv2 patch embedding (2 blocks), 2 aggregator blocks
+    and the track head, deterministic weights, 2 views at 126 px."""
+    from vggts_ros.config import AggregatorConfig, BackboneConfig, TrackHeadConfig
+    from vggts_ros.models.backbone import VGGTBackbone
+    from vggts_ros.models.deterministic import fill_deterministic
+
+    cfg = BackboneConfig(AggregatorConfig(img_size=126, embed_dim=384, depth=24, num_heads=6,
+                                          patch_embed="dinov2_vits14_reg", patch_embed_depth=2),
+                         TrackHeadConfig(corr_levels=4))
+    backbone = fill_deterministic(VGGTBackbone(cfg).eval(), 0)
+    images = torch.rand(1, 2, 3, 126, 126, generator=torch.Generator().manual_seed(2))
+    return backbone, images
+
+
+@needs_onednn
+def test_backbone_fast_path_matches_the_plain_path_and_leaves_float64_alone():
+    """The aggregator's blocks (QKV, projection, MLP with its GELU) and the DPT projections
+    take the oneDNN path in float32: the same features within float32 rounding; the tracker
+    does not (its iterations amplify rounding: bit-identical with the path on and off);
+    float64 runs never take it (bit-identical with the path on and off)."""
+    backbone, images = small_backbone()
+    query = torch.rand(1, 6, 2, generator=torch.Generator().manual_seed(3)) * 125
+    with torch.inference_mode():
+        fast = backbone(images).features
+        with cpu_linear.enabled(False):
+            plain = backbone(images).features
+        scale = float(plain.abs().max())
+        err = float((fast - plain).abs().max())
+        assert 0 < err <= 1e-5 * scale  # 0 would mean the fast path was not taken
+        tracked = backbone.track(plain, query)[0][-1]
+        with cpu_linear.enabled(False):
+            assert torch.equal(backbone.track(plain, query)[0][-1], tracked)
+        b64 = backbone.double()
+        f64 = b64(images.double()).features
+        with cpu_linear.enabled(False):
+            assert torch.equal(b64(images.double()).features, f64)

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import assert_close_ref, load_fixture, reference_dir
+from conftest import assert_close_ref, fixture_path, load_fixture
 from helpers.head_fixture import fixture_features, head_config
 from vggts_ros.config import HeadConfig
 from vggts_ros.models.deterministic import fill_deterministic, weight_sums
@@ -89,7 +89,7 @@ def test_forward_and_predict(fx, head, passes):
 
 
 def test_full_size_keys_and_shapes():
-    ref = json.loads((reference_dir() / "vggts_head_state_dict.json").read_text())
+    ref = json.loads(fixture_path("vggts_head_state_dict.json").read_text())
     with torch.device("meta"):
         model = UnionSegmentationHead(HeadConfig())
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}

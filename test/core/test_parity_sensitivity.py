@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO_ROOT, reference_dir
+from conftest import REPO_ROOT, fixture_path, reference_dir
 
 HERE = Path(__file__).resolve().parent
 
@@ -101,11 +101,11 @@ def _pytest(args, env, timeout=900):
 @pytest.mark.parametrize("name", sorted(SELECTIONS))
 def test_perturbed_reference_outputs_fail(name, tmp_path):
     src = reference_dir()
-    if not (src / name).is_file():
-        pytest.fail(f"reference fixture {src / name} is missing")
+    if not fixture_path(name).is_file():
+        pytest.fail(f"reference fixture {fixture_path(name)} is missing")
     copy = tmp_path / "reference"
     shutil.copytree(src, copy)
-    data = torch.load(str(src / name), map_location="cpu", weights_only=False)
+    data = torch.load(str(fixture_path(name)), map_location="cpu", weights_only=False)
     torch.save(_perturb(data, "", INPUTS[name]), str(copy / name))
 
     env = dict(os.environ, VGGTS_REFERENCE_DIR=str(copy), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))

@@ -119,9 +119,9 @@ def test_segment_objects_matches_segment_and_shares_the_first_pass(seg, exo_targ
     counter = CallCounter(backbone=seg.backbone)
     try:
         joint = seg.segment_objects(square, masks, targets)
-        assert counter.counts["backbone"] == 1 + 2  # shared first pass + one features pass per object
+        assert counter.counts["backbone"] == 1 + 1  # shared first pass + both objects' features passes batched
         single = [seg.segment(square, m, targets) for m in masks]
-        assert counter.counts["backbone"] == 3 + 2 * 2
+        assert counter.counts["backbone"] == 2 + 2 * 2
     finally:
         counter.close()
     assert len(joint) == 2 and all(len(per) == len(targets) for per in joint)
@@ -144,9 +144,41 @@ def test_non_square_source_views_are_shared_per_square(seg, exo_target):
         joint = seg.segment_objects(SOURCE, [MASK_A, MASK_B, mask_c], [exo_target])
     finally:
         counter.close()
-    assert counter.counts["backbone"] == 2 + 3  # two distinct squares + a features pass per object
+    assert counter.counts["backbone"] == 2 + 1  # two distinct squares + the batched features passes
     single = seg.segment(SOURCE, MASK_B, [exo_target])[0]
     np.testing.assert_allclose(joint[1][0].logits, single.logits, rtol=0, atol=1e-5)
+
+
+def test_batched_features_pass_equals_one_pass_per_object(seg, exo_target):
+    """``batch_features`` (default): the features passes of all objects in one backbone
+    call (batches of ``max_feature_batch``), the same outputs as one call per object up to
+    float32 rounding, for both feature groupings."""
+    targets = [exo_target, TargetView(noise(100, 100, 7), role="ego")]
+    masks = [MASK_A, MASK_B, box_mask(120, 160, 35, 60, 42, 87)]  # two distinct source squares
+    runs, calls = {}, {}
+    for name, kw in {"batched": {}, "batches of 2": dict(max_feature_batch=2), "one by one": dict(batch_features=False),
+                     "pairs batched": dict(multi_view_features=False),
+                     "pairs one by one": dict(multi_view_features=False, batch_features=False)}.items():
+        s = VGGTSegmentor(seg.backbone, seg.head, PipelineConfig(), **kw)
+        counter = CallCounter(backbone=seg.backbone)
+        try:
+            runs[name] = s.segment_objects(SOURCE, masks, targets)
+        finally:
+            counter.close()
+        calls[name] = counter.counts["backbone"]
+    # first passes: 2 (two source squares); features: 3 objects x 1 group, or 3 x 2 pairs
+    assert calls == {"batched": 2 + 1, "batches of 2": 2 + 2, "one by one": 2 + 3, "pairs batched": 2 + 1,
+                     "pairs one by one": 2 + 6}
+    for name, plain in (("batched", "one by one"), ("batches of 2", "one by one"), ("pairs batched", "pairs one by one")):
+        for per_a, per_b in zip(runs[name], runs[plain]):
+            for a, b in zip(per_a, per_b):
+                scale = max(1.0, float(np.abs(b.logits).max()))
+                assert np.abs(a.logits - b.logits).max() <= 1e-5 * scale, name
+                assert np.array_equal(a.target_points, b.target_points)  # from the first pass
+                assert abs(a.score - b.score) <= 1e-5
+                assert "features_batch" in a.timings and "features_batch" not in b.timings
+    with pytest.raises(ValueError, match="max_feature_batch"):
+        VGGTSegmentor(seg.backbone, seg.head, PipelineConfig(), max_feature_batch=0)
 
 
 def test_refinement_reuses_the_backbone_features(seg, exo_target):

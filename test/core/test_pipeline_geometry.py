@@ -48,8 +48,8 @@ def test_masks_unchanged_and_no_extra_aggregator_pass(segs, runs):
     on_state = on.backbone.state_dict()
     assert all(torch.equal(v, on_state[k]) for k, v in shared.items()), "the track path's weights moved"
     (res_off, n_off), (res_on, n_on) = runs
-    # two objects with different source squares: two first passes, two features passes
-    assert n_off["aggregator"] == n_on["aggregator"] == 4
+    # two objects with different source squares: two first passes, both features passes batched
+    assert n_off["aggregator"] == n_on["aggregator"] == 3
     assert n_on["camera_head"] == 2  # once per first pass, on its tokens
     for per_off, per_on in zip(res_off, res_on):
         for a, b in zip(per_off, per_on):

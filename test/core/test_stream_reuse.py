@@ -139,11 +139,11 @@ def test_whole_frame_targets_and_new_targets_run_the_first_pass(base):
     _, n = backbone_passes(seg, [other], masks=(MASK, mask_b))
     assert seg.reuse.last_reused == [False]
     _, n = backbone_passes(seg, [other], masks=(MASK, mask_b))
-    assert seg.reuse.last_reused == [True] and n == 2  # one features pass per object, no first pass
+    assert seg.reuse.last_reused == [True] and n == 1  # both objects' features passes batched, no first pass
     # an object removed from the stream state (cleared, or its mask replaced): full pass
     seg.state.remove_object(2)
     _, n = backbone_passes(seg, [other], masks=(MASK, mask_b))
-    assert seg.reuse.last_reused == [False] and n == 4  # first passes again (two source squares) + features
+    assert seg.reuse.last_reused == [False] and n == 3  # first passes again (two source squares) + batched features
     # the same masks under other ids are other objects: full pass
     _, n = backbone_passes(seg, [other], masks=(MASK, mask_b), ids=[5, 6])
     assert seg.reuse.last_reused == [False]

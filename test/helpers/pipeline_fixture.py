@@ -156,13 +156,77 @@ def module_fixtures(file_name: str):
     return pipe_fixture, segs_fixture, seg_fixture, seg64_fixture
 
 
-def run_end_to_end(seg, source_image, source_mask, view):
+def run_end_to_end(seg, source_image, source_mask, view, keep_features: bool = False):
     """One default ``_run`` for one object and one target: (result, trace) where the trace
-    holds the pipeline's own sources, first-pass tracks and target inputs."""
+    holds the pipeline's own sources, first-pass tracks and target inputs, and with
+    ``keep_features`` the output of each backbone pass (``trace["features"]``: first pass,
+    features pass), recorded as the pipeline computed them."""
     trace: dict = {}
-    with torch.inference_mode():
-        result = seg._run(np_(source_image), [np_(source_mask) > 0], [view], trace)[0][0]
+    if keep_features:
+        compute = seg.backbone_features
+
+        def recording(*args, **kwargs):
+            out = compute(*args, **kwargs)
+            trace.setdefault("features", []).append(out)
+            return out
+
+        seg.backbone_features = recording
+    try:
+        with torch.inference_mode():
+            result = seg._run(np_(source_image), [np_(source_mask) > 0], [view], trace)[0][0]
+    finally:
+        if keep_features:
+            del seg.backbone_features  # the class's method again
     return result, trace
+
+
+def float64_model_logits(seg64, features64, source, target) -> torch.Tensor:
+    """The float64 model's frame logits for one target input (its crop and prompts) given
+    the float64 features of ``[source zoom, target image]``: the function a float32 run
+    computes, evaluated without float32 rounding."""
+    with torch.inference_mode():
+        full, _ = seg64.decode(features64, source.prompts, [target.prompts], source.crop_mask)
+        return seg64.recover(full[0, 0], target)[0].double()
+
+
+def float32_logit_tolerance(logits64) -> float:
+    """Float32 rounding of the features pass and the head (no iterative amplification: the
+    tracker is not on this path): the fixtures' relative tolerance ``REL_FLOOR``."""
+    return ptol.REL_FLOOR * max(1.0, float(torch.as_tensor(logits64).abs().max()))
+
+
+def nearest_labels(points, centres) -> np.ndarray:
+    """The K-means assignment a set of centres makes: each point's nearest centre."""
+    p, c = np.asarray(points, np.float64).reshape(-1, 2), np.asarray(centres, np.float64).reshape(-1, 2)
+    return np.argmin(((p[:, None] - c[None]) ** 2).sum(-1), axis=1)
+
+
+def match_points(points_a, points_b, tol: float):
+    """Indices ``m``, a one-to-one pairing of the two sets (the assignment with the least
+    total distance; repeated points, e.g. tracks clipped to a border, pair up in any
+    order), with every ``|points_a[i] - points_b[m[i]]| <= tol``; None where the two sets do
+    not agree point for point."""
+    from scipy.optimize import linear_sum_assignment
+
+    a, b = np.asarray(points_a, np.float64).reshape(-1, 2), np.asarray(points_b, np.float64).reshape(-1, 2)
+    if a.shape != b.shape:
+        return None
+    dist = np.sqrt(((a[:, None] - b[None]) ** 2).sum(-1))
+    rows, match = linear_sum_assignment(dist)
+    if dist[rows, match].max() > tol:
+        return None
+    return match
+
+
+def same_partition(points_a, centres_a, points_b, centres_b, tol: float) -> bool:
+    """Whether two clusterings of two point sets that agree point for point within ``tol``
+    group the points the same way (labels up to renaming)."""
+    match = match_points(points_a, points_b, tol)
+    if match is None:
+        return False
+    la, lb = nearest_labels(points_a, centres_a), nearest_labels(points_b, centres_b)[match]
+    pairs = set(zip(la.tolist(), lb.tolist()))
+    return len(pairs) == len({x for x, _ in pairs}) == len({y for _, y in pairs})
 
 
 def traced_first_pass(trace, direct: bool, reference_points):
@@ -184,19 +248,6 @@ def reference_order(ours, reference) -> np.ndarray:
     idx = np.empty_like(o)
     idx[r] = o
     return idx
-
-
-def logit_tolerance(seg, features, src_points, src_mask, low32, prompts64, ref_low) -> float:
-    """End-to-end logit tolerance: ``DRIFT_FACTOR`` times how much the head's low-res
-    logits move when the target prompts derived from the reference's float32 first pass
-    (``low32``: the head already run on them) are replaced by those of its float64 first
-    pass (``prompts64``), same features; at least the fixtures' 1e-4 relative."""
-    with torch.inference_mode():
-        _, low64 = seg.decode(features, np_(src_points), [np.asarray(prompts64, np.float32)], np_(src_mask))
-    scale = max(1.0, float(torch.as_tensor(ref_low).abs().max()))
-    tol = max(1e-4 * scale, ptol.DRIFT_FACTOR * (torch.as_tensor(low32) - low64).abs().max().item())
-    assert tol < 0.1 * scale, f"derived tolerance {tol:.3g} is not small against the logits ({scale:.3g})"
-    return tol
 
 
 def network_logits(low: torch.Tensor, size: int) -> torch.Tensor:

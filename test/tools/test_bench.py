@@ -13,7 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-STAGES = ("first pass", "tracker", "features pass", "head encode", "head decode", "head refine", "segment_objects")
+STAGES = ("first pass", "tracker", "features pass", "features x1 one call per object", "features x1 one batched call",
+          "head encode", "head decode", "head refine", "segment_objects", "segment_objects")
 
 
 def test_bench_gpu_dry_run_prints_a_sane_table(tmp_path):
@@ -33,7 +34,7 @@ def test_bench_gpu_dry_run_prints_a_sane_table(tmp_path):
     assert set(by_mode) == {"float32", "bf16", "release"}
     for mode, mode_rows in by_mode.items():
         names = [r["stage"] for r in mode_rows]
-        expected = STAGES if mode != "release" or len(names) == len(STAGES) else STAGES[:-1]
+        expected = STAGES if mode != "release" or len(names) == len(STAGES) else STAGES[:-2]
         assert [n.split(" (")[0] for n in names] == list(expected), names
         for r in mode_rows:
             for key in ("latency_s", "gflop", "tflops"):
@@ -46,6 +47,7 @@ def test_bench_gpu_dry_run_prints_a_sane_table(tmp_path):
     f32 = {r["stage"].split(" (")[0]: r["gflop"] for r in by_mode["float32"]}
     for r in by_mode["bf16"]:
         assert r["gflop"] == f32[r["stage"].split(" (")[0]]
+    assert f32["features x1 one call per object"] == f32["features x1 one batched call"] == f32["features pass"]
     whole = f32["first pass"] + f32["tracker"] + f32["features pass"] + f32["head encode"] + f32["head decode"] \
         + f32["head refine"]
     assert f32["segment_objects"] == pytest.approx(whole, rel=1e-9)

@@ -70,6 +70,7 @@ class Aggregator(nn.Module):
                 init_values=cfg.init_values,
                 qk_norm=cfg.qk_norm,
                 rope=self.rope,
+                onednn=True,  # the oneDNN float32 path for the products (models/cpu_linear.py)
             )
 
         self.frame_blocks = nn.ModuleList([make_block() for _ in range(cfg.depth)])

@@ -4,7 +4,11 @@ Why: on the AMD (Zen) CPUs this project is benchmarked on, PyTorch's MKL ``sgemm
 the head's large products at about half the speed of oneDNN's matmul (measured 45-70 vs
 90-120 GFLOP/s, 1 thread), and ``addmm`` first copies the broadcast bias into the whole
 output. oneDNN computes the same float32 products (IEEE float32, only the summation
-order differs: relative differences ~1e-6) and fuses the bias, a ReLU or a residual add.
+order differs: relative differences ~1e-6) and fuses the bias, a ReLU, an (erf) GELU or a
+residual add. Used by the head and by the backbone (every transformer block of the
+aggregator and of its DINOv2 patch embedding: QKV, output projection, MLP with its GELU).
+At VGGT-1B's sizes the products are already near this CPU's float32 peak with MKL (~81 vs
+~95 GFLOP/s, 1 thread); the fused GELU saves a pass over the MLP's hidden activations.
 
 The fast path is taken only where it is exactly a drop-in: CPU float32 tensors, no
 autocast, and no autograd graph to build (inference or ``no_grad``). Everything else
@@ -49,12 +53,17 @@ def _fast(x: Tensor, weight: Tensor) -> bool:
     return not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
 
 
-def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, relu: bool = False) -> Tensor:
-    """``F.linear(x, weight, bias)`` (then ReLU when ``relu``)."""
+def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, relu: bool = False, gelu: bool = False) -> Tensor:
+    """``F.linear(x, weight, bias)``, then ReLU when ``relu`` or the exact (erf) GELU when
+    ``gelu`` (``nn.GELU()``)."""
+    if relu and gelu:
+        raise ValueError("linear: relu and gelu are exclusive")
     if _fast(x, weight):
+        if gelu:
+            return _OP(x, weight, bias, "gelu", [], "none")
         return _OP(x, weight, bias, "relu" if relu else "none", [], "")
     y = F.linear(x, weight, bias)
-    return F.relu(y) if relu else y
+    return F.relu(y) if relu else F.gelu(y) if gelu else y
 
 
 def linear_add(x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: Tensor) -> Tensor:

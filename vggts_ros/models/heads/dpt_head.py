@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cpu_linear import linear
+
 # Above this many output elements F.interpolate can overflow int32 indexing; split the batch.
 _INTERP_LIMIT = 1610612736
 
@@ -198,8 +200,11 @@ class DPTHead(nn.Module):
             t = t[:, f0:f1, patch_start_idx:]
             b, s = t.shape[:2]
             x = self.norm(t.reshape(b * s, -1, t.shape[-1]))
-            x = x.permute(0, 2, 1).reshape(b * s, x.shape[-1], ph, pw)
-            x = self.projects[i](x)
+            # the 1x1 projection as a product over the tokens (oneDNN on CPU float32,
+            # cpu_linear), before the tokens are laid out as a grid: no copy of the wide map
+            proj = self.projects[i]
+            x = linear(x, proj.weight.view(proj.out_channels, -1), proj.bias)
+            x = x.permute(0, 2, 1).reshape(b * s, proj.out_channels, ph, pw)
             if self.pos_embed:
                 x = add_uv_pos_embed(x, w, h)
             maps.append(self.resize_layers[i](x))

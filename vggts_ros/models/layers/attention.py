@@ -8,12 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cpu_linear import linear
+
 
 class Attention(nn.Module):
     """Fused-QKV self-attention.
 
     Parameter names (``qkv``, ``q_norm``, ``k_norm``, ``proj``) follow the published
-    checkpoints. ``rope`` (if given) rotates queries and keys after the QK norm.
+    checkpoints. ``rope`` (if given) rotates queries and keys after the QK norm. ``onednn``:
+    the QKV and output products on the oneDNN float32 path of :mod:`..cpu_linear`.
     """
 
     def __init__(
@@ -25,8 +28,10 @@ class Attention(nn.Module):
         qk_norm: bool = False,
         norm_eps: float = 1e-5,
         rope: Optional[nn.Module] = None,
+        onednn: bool = False,
     ) -> None:
         super().__init__()
+        self.onednn = onednn
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
@@ -39,7 +44,8 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, pos: Optional[torch.Tensor] = None) -> torch.Tensor:
         b, n, c = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = linear(x, self.qkv.weight, self.qkv.bias) if self.onednn else self.qkv(x)
+        q, k, v = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q = self.q_norm(q)
         k = self.k_norm(k)
         if self.rope is not None and pos is not None:
@@ -48,4 +54,5 @@ class Attention(nn.Module):
         if q.dtype != v.dtype:  # QK LayerNorm under autocast comes back in float32
             q, k = q.to(v.dtype), k.to(v.dtype)
         out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+        out = out.transpose(1, 2).reshape(b, n, c)
+        return linear(out, self.proj.weight, self.proj.bias) if self.onednn else self.proj(out)

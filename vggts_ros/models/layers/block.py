@@ -17,6 +17,7 @@ class Block(nn.Module):
 
     ``init_values`` falsy means no layer scale (and no ``ls*.gamma`` keys). ``norm_eps``
     differs between the two users (DINOv2 uses 1e-6, the aggregator PyTorch's 1e-5).
+    ``onednn``: attention and MLP products on the oneDNN float32 path (:mod:`..cpu_linear`).
     """
 
     def __init__(
@@ -31,13 +32,15 @@ class Block(nn.Module):
         qk_norm: bool = False,
         norm_eps: float = 1e-5,
         rope: Optional[nn.Module] = None,
+        onednn: bool = False,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, proj_bias=proj_bias, qk_norm=qk_norm, rope=rope)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, proj_bias=proj_bias, qk_norm=qk_norm, rope=rope,
+                              onednn=onednn)
         self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), bias=ffn_bias)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), bias=ffn_bias, onednn=onednn)
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
 
     def forward(self, x: torch.Tensor, pos: Optional[torch.Tensor] = None) -> torch.Tensor:

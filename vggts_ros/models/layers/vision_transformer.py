@@ -62,7 +62,7 @@ class DinoVisionTransformer(nn.Module):
         )
         self.blocks = nn.ModuleList(
             [
-                Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, init_values=init_values, norm_eps=1e-6)
+                Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, init_values=init_values, norm_eps=1e-6, onednn=True)
                 for _ in range(depth)
             ]
         )
