@@ -3,6 +3,7 @@
     python bench/bench_propagation.py cost      [--frames 40]            # (a) per-step cost, 640x480
     python bench/bench_propagation.py methods   [--seeds 0,1]            # KLT vs dense flow, IoU by age
     python bench/bench_propagation.py stream    [--seeds 0,1] [--duration 10] [--json out.json]   # (b)
+                                                [--cache DIR] [--step-seconds 0.8]
 
 (a) ``cost``: the tracker's ``update`` on the moving sequences rendered at 640x480 for
     every camera, 3 objects per camera; time per (object, target) = time of one camera's
@@ -28,7 +29,9 @@
     worker and schedule; each result published when it arrives). All arms start from
     the cross-view results on frame 0 (the objects were found once before the clock
     starts); frames 1.. are scored. ``--cache DIR`` keeps the offline arm's masks (the
-    backend is deterministic), so a rerun only runs the online arms.
+    backend is deterministic), so a rerun only runs the online arms. ``--step-seconds S``:
+    every cross-view step takes exactly S on the simulated clock (its results handed over
+    at once), a reproducible schedule for comparing tracker changes.
 
     Per target and object, over the frames: the fraction of frames with a good mask
     published for that very frame; the age of each published mask, (a) as the issue
@@ -246,11 +249,13 @@ def run_offline(stream: Stream, cache: Optional[Path] = None) -> Arm:
 
 
 def run_online(stream: Stream, propagate: bool, max_pairs: Optional[int], max_age: float,
-               lost_bonus: float) -> Arm:
+               lost_bonus: float, step_seconds: Optional[float] = None) -> Arm:
     """The simulated clock (module docstring), on the shipped code path: a
     ``SetProcessor`` with the geometric backend is the cross-view step (targets chosen by
     the refresh schedule), and with ``propagate`` a ``PropagationStage`` takes its results
-    and gives each target frame its masks."""
+    and gives each target frame its masks. ``step_seconds``: every cross-view step (and
+    the hand-over of its results) takes exactly this long on the simulated clock instead
+    of its measured CPU time (a reproducible schedule, for comparing tracker changes)."""
     arm = Arm("propagation on" if propagate else "propagation off")
     roles = {c: stream.seq.role(c) for c in stream.seq.cameras}
     processor = SetProcessor(GeometricSegmentor(), roles)
@@ -324,7 +329,7 @@ def run_online(stream: Stream, propagate: bool, max_pairs: Optional[int], max_ag
                     targets.setdefault(o, set()).add(t)
             c0 = time.thread_time()
             output = processor.process(stream.stamp(k), frames(k), objects, targets)
-            cost = time.thread_time() - c0
+            cost = time.thread_time() - c0 if step_seconds is None else step_seconds
             arm.steps.append((now, cost, k, sum(len(c.objects) for c in output.cameras)))
             push(now + cost, "done", (k, output, targets))
         elif kind == "done":
@@ -334,7 +339,7 @@ def run_online(stream: Stream, propagate: bool, max_pairs: Optional[int], max_ag
                 # cameras' frames propagated so far), then takes the next set
                 c0 = time.thread_time()
                 stage.accept(output, current(), targets)
-                push(now + time.thread_time() - c0, "step", None)
+                push(now + (time.thread_time() - c0 if step_seconds is None else 0.0), "step", None)
             else:
                 push(now, "step", None)
                 sched.refreshed([(oo.object.object_id, c.camera) for c in output.cameras for oo in c.objects],
@@ -437,7 +442,8 @@ def bench_stream(args) -> Dict:
         offline = run_offline(stream, args.cache)
         arms = [offline]
         for propagate in (True, False):
-            arms.append(run_online(stream, propagate, args.max_pairs or None, args.max_age, args.lost_bonus))
+            arms.append(run_online(stream, propagate, args.max_pairs or None, args.max_age, args.lost_bonus,
+                                   args.step_seconds))
         seed_out = {}
         for arm in arms:
             s = score(stream, arm)
@@ -477,6 +483,8 @@ def main() -> None:
     ap.add_argument("--max-pairs", type=int, default=3, help="stream: pairs per cross-view step (0 = all)")
     ap.add_argument("--max-age", type=float, default=6.0, help="stream: propagation deadline (s); keep it above the refresh bound")
     ap.add_argument("--lost-bonus", type=float, default=3.0, help="stream: scheduler priority of lost tracks (s)")
+    ap.add_argument("--step-seconds", type=float, help="stream: every cross-view step takes exactly this long "
+                    "(simulated; default: its measured CPU time)")
     ap.add_argument("--json", type=Path, help="write the figures here")
     ap.add_argument("--cache", type=Path, help="stream: keep the offline arm's masks here and reuse them")
     args = ap.parse_args()

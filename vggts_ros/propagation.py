@@ -22,10 +22,23 @@ such results each camera's own stream carries the mask forward:
 * Where two tracked objects' masks overlap, the overlap goes to the one in front: the
   one whose points there are still followed while the other's there were lost.
 * A track that loses its points (hidden, out of view) keeps moving at its last velocity
-  for ``coast`` s and looks for its object there: its starting corners, from the anchor
-  frame straight to the new one; enough of them agreeing on one fit and it is followed
+  for ``coast`` s and looks for its object there: its starting corners that should be in
+  sight (not under another tracked object), from the anchor frame straight to the new
+  one; enough of them agreeing on one translation of its last shape and it is followed
   again (an object passing behind another comes out tracked, without a new cross-view
   result).
+* **Occlusion by another tracked object.** A track that loses its points with at least
+  ``occluded`` of its mask under a tracked object in front (or is still followed with
+  ``behind`` of it under one: the few points left beside the occluder's edge fix its
+  motion poorly) is *occluded by* that object: predicted behind it at its last velocity
+  (measured only while little of it was hidden), published as good where it is
+  predicted, minus the part under the one in front, with ``occluded_by`` set; the share
+  of in-sight points kept counts only points that should be in sight. Once the whole
+  predicted object has been in sight for ``reanchor`` s and its corners are not found
+  (it may look different by then), the track starts over from the prediction on that
+  frame. A followed track also takes back starting corners in sight again (``_revive``);
+  while only a strip of the object is followed, it keeps the shape of its last full fit
+  and moves it (a translation). A restarted track keeps the object's velocity.
 * One :class:`CameraPropagator` per camera holds all the tracks of that camera: the
   points of every track go through one optical-flow call per frame (forward, then
   backward), so the image pyramids are built once per frame, not once per object.
@@ -88,6 +101,12 @@ class PropagationConfig:
     coast: float = 2.0  # s a lost track keeps moving at its last velocity, looking for its object again
     quiet: float = 0.3  # s without losing a point before a track takes new corners
     reacquire: float = 0.3  # ... found again when this fraction of its starting corners match the anchor frame
+    occluded: float = 0.5  # a track that loses its points with this much of its mask under a tracked object in
+    #                        front is occluded by it: predicted behind it (coasting) and published as such
+    reanchor: float = 0.4  # s the whole of an object predicted behind another is in sight again, its corners not
+    #                        found, before its track starts over from the prediction
+    behind: float = 0.8  # ... and a followed track with this much of its mask under one is predicted behind it
+    #                      too (the few points left beside the occluder's edge fix its motion poorly)
     max_catch_up: int = 12  # optical-flow steps at most for a catch-up (frames in between are skipped evenly)
 
     def __post_init__(self) -> None:
@@ -107,6 +126,10 @@ class PropagationConfig:
             raise ValueError(f"max_age must be positive seconds or None (got {self.max_age})")
         if self.model not in MODELS:
             raise ValueError(f"propagation model {self.model!r}: use one of {', '.join(MODELS)}")
+        if not 0.0 < self.occluded <= 1.0 or not 0.0 < self.behind <= 1.0:
+            raise ValueError(f"occluded and behind must be fractions in (0, 1] (got {self.occluded}, {self.behind})")
+        if self.reanchor < 0:
+            raise ValueError(f"reanchor must be >= 0 s (got {self.reanchor})")
         if self.coast < 0 or not 0.0 < self.reacquire <= 1.0:
             raise ValueError("coast must be >= 0 s and reacquire a fraction in (0, 1]")
         if self.history < 0 or self.max_catch_up < 1:
@@ -141,6 +164,9 @@ class Propagated:
     good: bool
     reason: str = ""
     transform: np.ndarray = field(default_factory=lambda: np.eye(3))  # anchor -> this frame
+    hidden: float = 0.0  # share of the object's (predicted) mask covered by tracked objects in front
+    occluded_by: Optional[Hashable] = None  # behind this tracked object: its points are gone, its place predicted
+    full: int = 0  # pixels of the object's whole (predicted) mask, the hidden part included
 
     @property
     def path(self) -> str:
@@ -221,6 +247,8 @@ class _Track:
         self.misses = np.zeros(len(anchor_pts), np.int32)  # frames in a row off the fit
         self.dead = np.zeros((0, 2), np.float32)  # anchor places of points lost inside the image
         self.dead_at = np.zeros(0)  # ... and when
+        self.dead_idx = np.zeros(0, np.int64)  # ... and which points they were
+        self.revivable = np.zeros(0, np.int64)  # starting points lost but in sight again (last frame)
         self.H = np.eye(3)
         self.steps = 0
         self.stamp = stamp  # the frame it is on
@@ -232,6 +260,13 @@ class _Track:
             if self.box is not None else np.zeros(2)
         self.coasting = False  # lost its points: moving at its last velocity, looking for the object
         self.lost = ""  # sticky reason once the points are gone
+        self.lost_new = False  # lost its points on this frame (occluded or not: decided with the others' masks)
+        self.occluded_by: Optional[Hashable] = None  # lost behind this tracked object (while coasting)
+        self.cover: Dict[Hashable, int] = {}  # pixels of its mask taken by each tracked object in front
+        self.hidden = 0.0  # share of its mask under tracked objects in front (last frame)
+        self.shape_H = np.eye(3)  # the last fit on points spanning the object (its shape now)
+        self.kept_sight = 1.0  # share of its points in sight still followed (last frame)
+        self.out_since: Optional[float] = None  # predicted behind another object, and whole in sight since
         self.empty = False  # started from an empty mask (the object was not found there)
         self.pending: Optional[np.ndarray] = None  # its own frame, while the camera is behind it
         self.full: Optional[np.ndarray] = None  # warped anchor mask on its frame, before occlusion
@@ -328,8 +363,9 @@ class CameraPropagator:
         for src, tracks in groups.values():
             self._advance(src, gray, tracks, stamp)
         out = self._finish(stamp)
+        self._revive([self._tracks[k] for k in out], gray)
         self._replenish([self._tracks[k] for k in out], gray)
-        return out
+        return {k: self._tracks[k].result for k in out}
 
     def start(self, key: Hashable, image: np.ndarray, stamp: float, mask: np.ndarray,
               points: Optional[np.ndarray] = None) -> Propagated:
@@ -348,6 +384,12 @@ class CameraPropagator:
             raise ValueError(f"stamp must be a finite number of seconds (got {stamp})")
         track = _Track(key, m, pts, stamp, self._corners(gray, m))
         track.anchor_gray = gray
+        old = self._tracks.get(key)
+        if old is not None and old.velocity.any() and abs(old.good_stamp - stamp) <= self.config.coast:
+            # the object's motion so far: a result that goes behind another object on its
+            # way to the newest frame is predicted there at that speed (its own fits, if it
+            # is followed for long enough, take over)
+            track.velocity = old.velocity.copy()
         self._tracks[key] = track
         if track.area == 0:
             track.empty = True  # the result did not find the object: nothing to move, nothing lost
@@ -443,8 +485,7 @@ class CameraPropagator:
                 # Points lost while inside the image are evidence of an occluder there.
                 gone = i[~good & inside[at:at + n]]
                 if len(gone):
-                    t.dead = np.concatenate([t.dead, t.anchor_pts[gone]])
-                    t.dead_at = np.concatenate([t.dead_at, np.full(len(gone), stamp)])
+                    _bury(t, gone, stamp)
                 at += n
                 self._fit(t, before, stamp)
         for t in tracks:
@@ -472,20 +513,24 @@ class CameraPropagator:
                 drop = idx[t.misses[idx] >= cfg.outlier_frames]
                 if len(drop):
                     t.alive[drop] = False
-                    t.dead = np.concatenate([t.dead, t.anchor_pts[drop]])
-                    t.dead_at = np.concatenate([t.dead_at, np.full(len(drop), stamp)])
+                    _bury(t, drop, stamp)
         n_alive = int(t.alive.sum())
         if n_alive < cfg.min_points:
             t.lost = (f"too few points kept ({n_alive} of {t.n_start}, need {cfg.min_points}): "
                       "occluded, out of view or lost")
             t.coasting = cfg.coast > 0 and t.anchor_gray is not None
+            t.lost_new = True
             return
         # 2. Anchor -> now, on the points left.
         a, c = t.anchor_pts[t.alive], t.current[t.alive]
         model = cfg.model
-        if model != "similarity" and self._ill_conditioned(t, a):
-            model = "similarity"  # the points left cover too little of the object to fix more
-        if model == "homography":
+        if self._ill_conditioned(t, a):
+            # the points left span too little of the object to fix its shape (a strip of
+            # it beside an occluder): its shape stays that of the last fit that could, moved
+            model = "translation"
+        if model == "translation":
+            H, inl = _translate(t.shape_H, a, c, cfg.ransac)
+        elif model == "homography":
             H, inl = cv2.findHomography(a, c, cv2.RANSAC, cfg.ransac, maxIters=500, confidence=0.995)
         else:
             fit = cv2.estimateAffine2D if model == "affine" else cv2.estimateAffinePartial2D
@@ -495,16 +540,21 @@ class CameraPropagator:
             t.lost = f"degenerate fit: no {model} fits the {n_alive} tracked points"
             return
         t.H = H / H[2, 2]
-        if t.kept >= cfg.min_kept:  # a fit on a good share of its points: the object's own motion
-            self._moved(t, stamp)
+        if model != "translation":
+            t.shape_H = t.H.copy()
+        if t.kept_sight >= cfg.min_kept:
+            # a fit on a good share of the points in sight: where the object is; its
+            # velocity only from fits over (nearly) all of it (the visible strip of an
+            # object going behind another fixes its motion poorly)
+            self._moved(t, stamp, velocity=t.hidden <= 0.2)
 
     @staticmethod
-    def _moved(t: _Track, stamp: float) -> None:
+    def _moved(t: _Track, stamp: float, velocity: bool = True) -> None:
         """The object's velocity (its anchor centre through the fits, pixels per second,
         smoothed), for coasting once the points are lost; ``good_H`` at ``good_stamp`` is
         the last fit made while the track was good."""
         dt = stamp - t.good_stamp
-        if dt > 1e-6:
+        if velocity and dt > 1e-6:
             c = t.centre.reshape(1, 1, 2)
             now = cv2.perspectiveTransform(c, t.H)[0, 0]
             before = cv2.perspectiveTransform(c, t.good_H)[0, 0]
@@ -521,6 +571,9 @@ class CameraPropagator:
         dt = stamp - t.good_stamp
         if dt > cfg.coast:
             t.coasting = False
+            if t.occluded_by is not None:
+                t.lost = (f"occluded by object {t.occluded_by} for over {cfg.coast:g} s and not seen coming out: "
+                          "lost")
             return
         shift = np.eye(3)
         shift[:2, 2] = t.velocity * dt
@@ -528,21 +581,33 @@ class CameraPropagator:
         t.H = predicted
         anchor = t.anchor_pts[: t.n_start].reshape(-1, 1, 2).astype(np.float32)
         guess = cv2.perspectiveTransform(anchor.astype(np.float64), predicted).astype(np.float32)
+        # only the corners that should be in sight: in the image, not under a tracked
+        # object's mask (one behind it would match the one in front's texture)
+        seen = self._in_sight(t, guess.reshape(-1, 2))
+        need = max(cfg.min_points, int(np.ceil(cfg.reacquire * int(seen.sum()))))
+        if seen.sum() < need:
+            return self._out_again(t, gray, stamp, predicted)
+        idx_seen = np.flatnonzero(seen)
+        anchor, guess = anchor[idx_seen], guess[idx_seen]
         lk = dict(winSize=(cfg.window, cfg.window), maxLevel=cfg.levels, flags=cv2.OPTFLOW_USE_INITIAL_FLOW,
                   criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03))
         p1, st1, _ = cv2.calcOpticalFlowPyrLK(t.anchor_gray, gray, anchor, guess.copy(), **lk)
         back, st2, _ = cv2.calcOpticalFlowPyrLK(gray, t.anchor_gray, p1, anchor.copy(), **lk)
         ok = (st1.ravel() == 1) & (st2.ravel() == 1) & \
             (np.linalg.norm((back - anchor).reshape(-1, 2), axis=1) <= cfg.fb_max)
-        need = max(cfg.min_points, int(np.ceil(cfg.reacquire * t.n_start)))
         if ok.sum() < need:
-            return
+            return self._out_again(t, gray, stamp, predicted)
+        # its shape as last followed, moved to where the corners are (a part of it coming
+        # out from behind another object fixes no more than that)
         a, c = anchor.reshape(-1, 2)[ok], p1.reshape(-1, 2)[ok]
-        A, inl = cv2.estimateAffinePartial2D(a, c, method=cv2.RANSAC, ransacReprojThreshold=cfg.ransac,
-                                             maxIters=500, confidence=0.995)
-        if A is None or inl is None or int(inl.sum()) < need:
-            return
-        idx = np.flatnonzero(ok)[inl.ravel().astype(bool)]
+        H, inl = _translate(predicted, a, c, cfg.ransac)
+        if H is None or int(inl.sum()) < need:
+            return self._out_again(t, gray, stamp, predicted)
+        p_all = cv2.perspectiveTransform(t.anchor_pts[: t.n_start].reshape(1, -1, 2).astype(np.float64),
+                                         H)[0].astype(np.float32)
+        p_all[idx_seen[ok]] = c
+        p1 = p_all
+        idx = idx_seen[np.flatnonzero(ok)[inl.ravel().astype(bool)]]
         t.anchor_pts = t.anchor_pts[: t.n_start].copy()
         t.current = p1.reshape(-1, 2).copy()
         t.alive = np.zeros(t.n_start, bool)
@@ -550,9 +615,95 @@ class CameraPropagator:
         t.misses = np.zeros(t.n_start, np.int32)
         t.dead = np.zeros((0, 2), np.float32)
         t.dead_at = np.zeros(0)
-        t.H = np.vstack([A, [0.0, 0.0, 1.0]])
-        t.lost, t.coasting = "", False
+        t.dead_idx = np.zeros(0, np.int64)
+        t.H = H
+        t.shape_H = H.copy()
+        t.lost, t.coasting, t.occluded_by, t.out_since = "", False, None, None
         t.good_H, t.good_stamp = t.H.copy(), stamp
+
+    def _out_again(self, t: _Track, gray: np.ndarray, stamp: float, predicted: np.ndarray) -> None:
+        """A track predicted behind another object whose starting corners are not found
+        again although the whole of it is predicted in sight (and in the image) again:
+        the object may look different from its anchor frame by now (a long way from where
+        it was); the track starts over from its prediction, anchored on this frame (new
+        corners inside the predicted mask; the object's points win the step-motion check
+        over any of the background's), so that it follows the object from here on."""
+        cfg = self.config
+        if t.occluded_by is None or t.hidden > 0.05 or t.box is None:
+            t.out_since = None
+            return
+        if t.out_since is None:
+            t.out_since = stamp
+        if stamp - t.out_since < cfg.reanchor - 1e-6:
+            return  # its corners may still be found (a better fit than the prediction)
+        h, w = self._shape
+        corners = cv2.perspectiveTransform(np.float64([[[t.box[0], t.box[1]], [t.box[2], t.box[1]],
+                                                        [t.box[2], t.box[3]], [t.box[0], t.box[3]]]]), predicted)[0]
+        if corners[:, 0].min() < 0 or corners[:, 1].min() < 0 or corners[:, 0].max() > w or corners[:, 1].max() > h:
+            return
+        mask = warp_mask(t.mask, predicted, (h, w))
+        pts = self._corners(gray, mask)
+        if len(pts) < cfg.min_points:
+            return
+        targets = _move_points(t.target_points, predicted, (h, w))[0] if len(t.target_points) else t.target_points
+        velocity = t.velocity.copy()
+        fresh = _Track(t.key, mask, np.asarray(targets, np.float32), stamp, pts)
+        for name in ("mask", "box", "area", "target_points", "n_start", "anchor_pts", "current", "alive", "misses",
+                     "dead", "dead_at", "dead_idx", "revivable", "centre"):
+            setattr(t, name, getattr(fresh, name))
+        t.anchor_gray = gray
+        t.H, t.shape_H, t.good_H, t.good_stamp = np.eye(3), np.eye(3), np.eye(3), stamp
+        t.velocity = velocity
+        t.lost, t.coasting, t.occluded_by, t.out_since = "", False, None, None
+
+    def _revive(self, tracks: List[_Track], gray: np.ndarray) -> None:
+        """A followed track whose starting corners were lost but should be in sight again
+        (an object coming out from behind another, found again by a few of its corners)
+        looks for them: from the anchor frame straight to this one, where the fit puts
+        them as the first guess; those found there (forward-backward checked, within the
+        fit's RANSAC threshold of where it puts them) are followed again."""
+        cfg = self.config
+        for t in tracks:
+            if t.lost or t.empty or t.anchor_gray is None or not t.steps or len(t.revivable) < 2 \
+                    or t.kept_sight >= 0.9:
+                continue
+            idx = t.revivable
+            anchor = t.anchor_pts[idx].reshape(-1, 1, 2).astype(np.float32)
+            guess = cv2.perspectiveTransform(anchor.astype(np.float64), t.H).astype(np.float32)
+            lk = dict(winSize=(cfg.window, cfg.window), maxLevel=cfg.levels, flags=cv2.OPTFLOW_USE_INITIAL_FLOW,
+                      criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03))
+            p1, st1, _ = cv2.calcOpticalFlowPyrLK(t.anchor_gray, gray, anchor, guess.copy(), **lk)
+            back, st2, _ = cv2.calcOpticalFlowPyrLK(gray, t.anchor_gray, p1, anchor.copy(), **lk)
+            ok = (st1.ravel() == 1) & (st2.ravel() == 1) & \
+                (np.linalg.norm((back - anchor).reshape(-1, 2), axis=1) <= cfg.fb_max) & \
+                (np.linalg.norm((p1 - guess).reshape(-1, 2), axis=1) <= cfg.ransac)
+            if not ok.any():
+                continue
+            back_to = idx[ok]
+            t.current[back_to] = p1.reshape(-1, 2)[ok]
+            t.alive[back_to] = True
+            t.misses[back_to] = 0
+            keep = ~np.isin(t.dead_idx, back_to)
+            t.dead, t.dead_at, t.dead_idx = t.dead[keep], t.dead_at[keep], t.dead_idx[keep]
+            t.result = self._result(t, t.stamp)  # with the points found again
+            t.revivable = np.zeros(0, np.int64)
+
+    def _in_sight(self, t: _Track, points: np.ndarray) -> np.ndarray:
+        """Which of ``points`` (on the newest frame) are inside the image and not under
+        (within half a tracking window of) another tracked object's mask as last seen."""
+        h, w = self._shape
+        q = np.round(points).astype(int)
+        ok = (q[:, 0] >= 0) & (q[:, 0] < w) & (q[:, 1] >= 0) & (q[:, 1] < h)
+        cover = None
+        for o in self._tracks.values():
+            if o is t or o.full is None or o.lost:
+                continue
+            cover = o.full.copy() if cover is None else (cover | o.full)
+        if cover is not None and cover.any():
+            r = self.config.window // 2
+            cover = cv2.dilate(cover.astype(np.uint8), np.ones((2 * r + 1, 2 * r + 1), np.uint8)) > 0
+            ok[ok] = ~cover[q[ok, 1], q[ok, 0]]
+        return ok
 
     def _ill_conditioned(self, t: _Track, anchor_alive: np.ndarray) -> bool:
         """The live points span much less of the object than the starting ones did in some
@@ -625,8 +776,22 @@ class CameraPropagator:
         for t in tracks:
             t.full = warp_mask(t.mask, t.H, (h, w)) if t.steps else t.mask.copy()
             t.visible_mask = t.full
+            t.cover = {}
         self._occlusions(tracks)
         for t in tracks:
+            area = float(t.full.sum())
+            t.hidden = 1.0 - float(t.visible_mask.sum()) / area if area else 0.0
+            if t.lost_new:  # lost its points on this frame: behind a tracked object, or lost
+                t.lost_new = False
+                if t.coasting and t.cover and t.hidden >= self.config.occluded:
+                    t.occluded_by = max(t.cover, key=t.cover.get)
+            elif (not t.lost and not t.empty and t.steps and t.cover and t.hidden >= self.config.behind
+                  and self.config.coast > 0 and t.anchor_gray is not None):
+                # still followed by a few points beside the edge of a tracked object in
+                # front, most of it under that object: predicted behind it from here on
+                t.lost = f"{t.hidden:.0%} of its mask under tracked objects in front"
+                t.coasting = True
+                t.occluded_by = max(t.cover, key=t.cover.get)
             t.result = self._result(t, stamp)
         return {t.key: t.result for t in tracks}
 
@@ -643,8 +808,10 @@ class CameraPropagator:
                 front_a = self._evidence(a, b, overlap)
                 if front_a > 0:
                     b.visible_mask = b.visible_mask & ~overlap
+                    b.cover[a.key] = b.cover.get(a.key, 0) + int(overlap.sum())
                 elif front_a < 0:
                     a.visible_mask = a.visible_mask & ~overlap
+                    a.cover[b.key] = a.cover.get(b.key, 0) + int(overlap.sum())
 
     def _evidence(self, a: _Track, b: _Track, overlap: np.ndarray) -> int:
         """> 0 when ``a`` is in front of ``b`` over ``overlap``, < 0 when behind, 0 unknown:
@@ -679,11 +846,19 @@ class CameraPropagator:
         cfg = self.config
         h, w = self._shape
         H = t.H
-        reason = t.lost
-        kept = 1.0 if t.empty else t.kept
-        if not reason and kept < cfg.min_kept:
-            reason = (f"too few points kept ({kept:.0%} of the starting points, need {cfg.min_kept:.0%}): "
-                      "occluded or out of view")
+        occluded = t.coasting and t.occluded_by is not None
+        reason = "" if occluded else t.lost
+        hidden = t.hidden
+        if t.empty:
+            kept = 1.0
+        elif occluded:
+            kept = 0.0  # a prediction: no point of it is followed
+        else:
+            kept = self._kept(t)
+        t.kept_sight = kept
+        if not reason and not occluded and kept < cfg.min_kept:
+            reason = (f"too few points kept ({kept:.0%} of the points that should be in sight, need "
+                      f"{cfg.min_kept:.0%}): occluded or lost")
         if not reason and t.box is not None and t.steps:
             ratio = _warped_area(t.area, t.box, H) / max(t.area, 1.0)
             if np.linalg.det(H[:2, :2]) <= 0 or not (1 / cfg.max_scale_change <= ratio <= cfg.max_scale_change):
@@ -696,9 +871,61 @@ class CameraPropagator:
         if not reason and cfg.max_age is not None and age > cfg.max_age:
             reason = f"age {age:.2f} s since the cross-view result is over the deadline {cfg.max_age:.2f} s"
         pts, visible = _move_points(t.target_points, H, (h, w))
+        if hidden > 0 and len(pts):  # points under a tracked object in front are not visible
+            q = np.round(pts).astype(int)
+            visible &= ~(t.full & ~t.visible_mask)[q[:, 1], q[:, 0]]
         return Propagated(key=t.key, mask=t.visible_mask, points=pts, visible=visible, kept=kept, age=age,
                           steps=t.steps, stamp=stamp, anchor_stamp=t.anchor_stamp, good=not reason, reason=reason,
-                          transform=H.copy())
+                          transform=H.copy(), hidden=hidden, occluded_by=t.occluded_by if occluded else None,
+                          full=int(t.full.sum()) if t.full is not None else int(t.visible_mask.sum()))
+
+    def _kept(self, t: _Track) -> float:
+        """Of the track's points that should be in sight now (inside the image, not under
+        a tracked object in front of it, nor within half a tracking window of one: a point
+        that close loses its window to the occluder's edge), the fraction still followed."""
+        if not len(t.anchor_pts):
+            return 0.0
+        h, w = self._shape
+        pts = cv2.perspectiveTransform(t.anchor_pts.reshape(1, -1, 2).astype(np.float64), t.H)[0]
+        q = np.round(pts).astype(int)
+        sight = (q[:, 0] >= 0) & (q[:, 0] < w) & (q[:, 1] >= 0) & (q[:, 1] < h)
+        if t.cover:
+            box = _bbox(t.full & ~t.visible_mask)
+            if box is not None:
+                r = self.config.window // 2
+                x0, y0, x1, y1 = max(box[0] - r, 0), max(box[1] - r, 0), min(box[2] + r, w), min(box[3] + r, h)
+                part = (t.full & ~t.visible_mask)[y0:y1, x0:x1].astype(np.uint8)
+                zone = cv2.dilate(part, np.ones((2 * r + 1, 2 * r + 1), np.uint8)) > 0
+                inz = sight & (q[:, 0] >= x0) & (q[:, 0] < x1) & (q[:, 1] >= y0) & (q[:, 1] < y1)
+                hid = np.zeros(len(q), bool)
+                hid[inz] = zone[q[inz, 1] - y0, q[inz, 0] - x0]
+                sight &= ~hid
+        expected = int((t.alive | sight).sum())
+        t.revivable = np.flatnonzero(sight[: t.n_start] & ~t.alive[: t.n_start])
+        return min(1.0, float(t.alive.sum()) / max(1, expected))
+
+
+def _bury(t: _Track, idx: np.ndarray, stamp: float) -> None:
+    """Points ``idx`` of track ``t`` were lost inside the image at ``stamp``."""
+    t.dead = np.concatenate([t.dead, t.anchor_pts[idx]])
+    t.dead_at = np.concatenate([t.dead_at, np.full(len(idx), stamp)])
+    t.dead_idx = np.concatenate([t.dead_idx, np.asarray(idx, np.int64)])
+
+
+def _translate(H0: np.ndarray, anchor: np.ndarray, now: np.ndarray, threshold: float):
+    """``T @ H0`` with T the translation that best moves ``H0``'s image of the ``anchor``
+    points onto ``now`` (their median displacement, then the mean over the points within
+    ``threshold`` of it); (None, None) when fewer than 3 points agree."""
+    base = cv2.perspectiveTransform(anchor.reshape(1, -1, 2).astype(np.float64), H0)[0]
+    d = now.astype(np.float64) - base
+    shift = np.median(d, axis=0)
+    inl = np.linalg.norm(d - shift, axis=1) <= threshold
+    if inl.sum() < 3:
+        return None, None
+    shift = d[inl].mean(0)
+    T = np.eye(3)
+    T[:2, 2] = shift
+    return T @ H0, inl.astype(np.uint8).reshape(-1, 1)
 
 
 def _move_points(points: np.ndarray, H: np.ndarray, shape: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:

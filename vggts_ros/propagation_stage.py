@@ -24,7 +24,14 @@ cross-view path>)`` (the age is the frame's stamp minus the stamp of the cross-v
 frame the track started from), its target points moved with the mask. A propagated mask
 that is not good (older than the deadline ``max_age`` since its cross-view result, or
 its tracker lost most of its points, left the image, or the fit degenerated) is left out
-of the label image: area 0, ``reason`` ``"propagation: <why>"``.
+of the label image: area 0, ``reason`` ``"propagation: <why>"``. An object the tracker
+predicts behind another tracked object (its points lost under it) is published where it is
+predicted, minus the part under the one in front; its path says so
+(``propagated(age=0.900s, occluded_by=1, from=...)``), and while none of it is in sight it
+is published empty with the reason ``occluded by object 1 (predicted behind it by
+propagation)``. Such a pair counts as lost for the refresh schedule, and a new cross-view
+result that covers less than half of the object the track predicts (it saw the part in
+sight) does not replace the prediction.
 
 Objects cleared or replaced (a new registry generation for their id) lose their tracks.
 """
@@ -47,10 +54,12 @@ from vggts_ros.types import SegmentationResult
 PROPAGATED = "propagated"
 
 
-def propagated_path(age: float, origin: str) -> str:
+def propagated_path(age: float, origin: str, occluded_by: Optional[int] = None) -> str:
     """``ObjectPoints.path`` of a propagated mask: the propagation, the age of the
-    cross-view result it started from, and that result's own path."""
-    return f"{PROPAGATED}(age={age:.3f}s, from={origin or 'cross_view'})"
+    cross-view result it started from, the tracked object it is predicted behind (if it
+    is), and that result's own path."""
+    behind = "" if occluded_by is None else f", occluded_by={occluded_by}"
+    return f"{PROPAGATED}(age={age:.3f}s{behind}, from={origin or 'cross_view'})"
 
 
 class PropagationStage:
@@ -149,6 +158,8 @@ class PropagationStage:
                     mask = np.asarray(res.mask, bool)
                     if not mask.any() and self.keep_tracked and self._still_tracked(obj, frame.camera):
                         continue  # "not found" while the track still follows it: a miss, kept out
+                    if self.keep_tracked and self._partly_behind(obj, frame.camera, mask):
+                        continue  # only the part of it in sight beside the object it is predicted behind
                     prop.start(obj.object_id, frame.image, frame.stamp, mask, np.asarray(res.target_points))
                     self._origin[(obj.object_id, frame.camera)] = (obj.generation, res)
             self.scheduler.refreshed(done, output.stamp)
@@ -161,7 +172,19 @@ class PropagationStage:
         prop = self._props.get(camera)
         state = prop.current(obj.object_id) if prop is not None else None
         return (origin is not None and origin[0] == obj.generation and state is not None and state.good
-                and bool(state.mask.any()))
+                and (bool(state.mask.any()) or state.occluded_by is not None))
+
+    def _partly_behind(self, obj: TrackedObject, camera: str, mask: np.ndarray) -> bool:
+        """The pair's track has the object (mostly) behind another tracked one (predicted
+        there, or half of it under that one) and ``mask`` (a new cross-view result) covers
+        less than half of the whole object the track has: the result saw the part in
+        sight, a worse start than the whole object tracked (its shape from before it went
+        behind)."""
+        origin = self._origin.get((obj.object_id, camera))
+        prop = self._props.get(camera)
+        state = prop.current(obj.object_id) if prop is not None else None
+        return (origin is not None and origin[0] == obj.generation and state is not None and state.good
+                and (state.occluded_by is not None or state.hidden >= 0.5) and mask.sum() < 0.5 * state.full)
 
     # ------------------------------------------------------------------ camera side
     def frame(self, frame: CameraFrame, objects: Sequence[TrackedObject]) -> Optional[CameraOutput]:
@@ -189,7 +212,8 @@ class PropagationStage:
                 if obj is None or origin is None or origin[0] != obj.generation:
                     continue
                 state = states[oid]
-                self.scheduler.set_lost((oid, frame.camera), not state.good)
+                # a prediction behind another object follows no point: refreshed early, as a lost one
+                self.scheduler.set_lost((oid, frame.camera), not state.good or state.occluded_by is not None)
                 pairs.append((obj, self._result(state, origin[1])))
             if not pairs:
                 return None
@@ -207,10 +231,13 @@ class PropagationStage:
         confidence = np.asarray(origin.confidence, np.float32)[:n] if len(origin.confidence) >= n \
             else np.zeros(n, np.float32)
         mask = state.mask if state.good else np.zeros_like(state.mask)
-        path = origin.path if state.steps == 0 else propagated_path(state.age, origin.path)
+        path = origin.path if state.steps == 0 else propagated_path(state.age, origin.path, state.occluded_by)
         reason = "" if state.good else f"propagation: {state.reason}"
         if state.good and not mask.any():
-            reason = origin.reason  # the cross-view step did not find it; still not found
+            if state.occluded_by is not None:  # predicted behind another object, all of it hidden
+                reason = f"occluded by object {state.occluded_by} (predicted behind it by propagation)"
+            else:
+                reason = origin.reason  # the cross-view step did not find it; still not found
         return dataclasses.replace(origin, mask=mask, target_points=state.points, visibility=visibility,
                                    confidence=(confidence * min(1.0, state.kept)).astype(np.float32),
                                    score=float(origin.score) if state.good else 0.0, logits=None, path=path,

@@ -178,7 +178,8 @@ def test_empty_result_stays_empty_and_good():
 def test_occlusion_by_another_tracked_object():
     # Object 2 slides over object 1 from the left (drawn in front) until it covers it
     # whole. The overlap goes to object 2 (its points there are tracked, object 1's were
-    # lost there); object 1 ends up not good, "too few points kept".
+    # lost there); once its points are gone under object 2 it is predicted behind it:
+    # good, "occluded by" object 2, nothing of it in sight.
     stage = Stage(5)
     p1 = _affine(0.0, 360, 240)
     p2 = lambda k: _affine(0.0, 150 + 12.0 * k, 242)
@@ -196,7 +197,8 @@ def test_occlusion_by_another_tracked_object():
             partly.append(iou(gt1, out[1].mask))
             assert not (out[1].mask & out[2].mask).any()  # the overlap was given to object 2
         if covered >= 0.9:
-            assert not out[1].good and "points kept" in out[1].reason, (k, out[1].reason)
+            assert out[1].good and out[1].occluded_by == 2 and out[1].kept == 0.0, (k, out[1].reason)
+            assert out[1].hidden >= 0.9 and not (out[1].mask & out[2].mask).any(), k
     assert partly and min(partly) >= 0.8, partly
 
 
@@ -235,7 +237,9 @@ def test_bad_input_is_refused_and_changes_nothing():
         prop.update(np.zeros((4, 4, 2), np.uint8), 0.1)
     assert prop.keys == [1] and prop.stamp == 0.0
     for bad, words in ((dict(method="sift"), "method"), (dict(window=4), "odd"), (dict(model="spline"), "model"),
-                       (dict(max_age=0), "max_age"), (dict(min_kept=1.5), "fractions")):
+                       (dict(max_age=0), "max_age"), (dict(min_kept=1.5), "fractions"),
+                       (dict(occluded=0.0), "occluded and behind"), (dict(behind=1.5), "occluded and behind"),
+                       (dict(reanchor=-1.0), "reanchor")):
         with pytest.raises(ValueError, match=words):
             PropagationConfig(**bad)
     prop.drop(1)
