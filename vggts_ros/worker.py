@@ -92,7 +92,9 @@ class LatestWorker(_Thread):
 class LatestPerKeyWorker(_Thread):
     """One background thread processing, for each key (a camera), the newest submitted
     item: an item submitted while an older one of the same key waits replaces it (counted
-    in ``replaced``); keys are served in the order their newest items came. Camera-rate
+    in ``replaced``) and keeps that key's place, so keys are served in the order they
+    started waiting and no key starves when items come faster than they are processed
+    (moving a replaced key to the back starved the camera sent last in each tick). Camera-rate
     work (propagation of masks to every new frame) that must never queue up or hold up the
     executor. ``process(key, item)`` runs on the thread; ``on_error(key, item, exc)`` is
     called when it raises."""
@@ -100,15 +102,14 @@ class LatestPerKeyWorker(_Thread):
     def __init__(self, process: Callable[[Any, Any], None], on_error: Callable[[Any, Any, BaseException], None],
                  name: str = "vggts-camera-rate") -> None:
         super().__init__(process, on_error, name)
-        self._pending: "dict[Any, Any]" = {}  # key -> newest item, in arrival order
+        self._pending: "dict[Any, Any]" = {}  # key -> newest item, keys in the order they started waiting
         self._thread.start()
 
     def submit(self, key: Any, item: Any) -> bool:
         with self._wake:
             replaced = key in self._pending
             self.replaced += int(replaced)
-            self._pending.pop(key, None)
-            self._pending[key] = item
+            self._pending[key] = item  # a waiting key keeps its place (dict order)
             self._wake.notify()
         return replaced
 

@@ -1,5 +1,5 @@
 """The camera-rate thread (vggts_ros.worker.LatestPerKeyWorker): per camera only the newest
-frame waits, cameras are served in the order their newest frames came, a failing item is
+frame waits, cameras are served in the order they started waiting (none starves), a failing item is
 reported and the thread goes on, stop lets the item in progress finish."""
 
 import threading
@@ -43,6 +43,33 @@ def test_newest_item_per_key_in_arrival_order_and_errors_reported():
     finally:
         w.stop(timeout=5)
     assert not w.alive
+
+
+def test_no_camera_starves_when_frames_come_faster_than_they_are_processed():
+    """Each tick sends ego, exo1, exo2 while the thread is still busy with the previous
+    frame (the demo's moving scene under load): every camera is still served, in turn. A
+    replaced frame that moved its camera to the back of the queue starved the camera sent
+    last in each tick."""
+    done = []
+    finished = threading.Event()
+
+    def process(key, item):
+        done.append(key)
+        if len(done) < 30:
+            for cam in ("ego", "exo1", "exo2"):  # the next tick arrives during this frame
+                w.submit(cam, len(done))
+        else:
+            finished.set()
+
+    w = LatestPerKeyWorker(process, lambda k, i, e: None)
+    try:
+        for cam in ("ego", "exo1", "exo2"):
+            w.submit(cam, 0)
+        assert finished.wait(10)
+        assert done[:30] == ["ego", "exo1", "exo2"] * 10
+        assert w.replaced > 0
+    finally:
+        w.stop(timeout=5)
 
 
 def test_stop_lets_the_item_in_progress_finish():
