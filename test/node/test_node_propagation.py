@@ -18,32 +18,11 @@ from rclpy.parameter import Parameter  # noqa: E402
 from helpers.node_graph import NodeGraph, labels, ros  # noqa: E402,F401
 from helpers.oracle_backend import OracleSegmentor  # noqa: E402
 from vggts_ros import metrics  # noqa: E402
-from vggts_ros.ros.player import CameraPlayer, PlayedCamera, wait_until  # noqa: E402
+from vggts_ros.ros.player import PlayedCamera, SequencePlayer, wait_until  # noqa: E402
 from vggts_ros.sequences import load_sequence  # noqa: E402
 
 DELAY = 0.8  # s per cross-view call: 8 frame intervals
 AGE = re.compile(r"^propagated\(age=([0-9.]+)s, from=oracle\)$")
-
-
-class SequencePlayer(CameraPlayer):
-    """Plays the frames of a sequence, one per tick, once ``go`` is set (frame 0 until
-    then, the last frame after the end); ``frame_at[stamp]`` is the frame it sent."""
-
-    def __init__(self, seq, cameras, rate_hz, name):
-        self.seq, self.index, self.go = seq, 0, False
-        self.frame_at = {}
-        self._frames = [seq.frame(i) for i in range(len(seq))]
-        super().__init__(cameras, rate_hz=rate_hz, name=name)
-
-    def tick(self):
-        k = min(self.index, len(self._frames) - 1)
-        for cam in self.seq.cameras:
-            self.set_image(cam, self._frames[k].image(cam))
-        n = len(self.stamps)
-        super().tick()
-        self.frame_at[round(self.stamps[n], 6)] = k
-        if self.go:
-            self.index += 1
 
 
 @pytest.fixture(scope="module")

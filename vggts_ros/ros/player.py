@@ -180,6 +180,46 @@ class CameraPlayer(Node):
             info_pub.publish(info)
 
 
+class SequencePlayer(CameraPlayer):
+    """Plays the frames of a moving sequence (:mod:`vggts_ros.sequences`), one per tick at
+    ``rate_hz``, once ``go`` is set: frame 0 until then (objects can be drawn on it), the
+    last frame after the end. ``frame_at[round(stamp, 6)]`` is the frame index sent with
+    that stamp. Every frame is rendered here, before the first tick. ``cameras``: the
+    played cameras (their topics), one per camera of the sequence."""
+
+    def __init__(self, seq, cameras: Sequence[PlayedCamera], rate_hz: float = 10.0, name: str = "vggts_seqplayer",
+                 reliable: bool = False) -> None:
+        self.seq, self.index, self.go = seq, 0, False
+        self.frame_at: Dict[float, int] = {}
+        self._frames = [seq.frame(i) for i in range(len(seq))]
+        super().__init__(cameras, rate_hz=rate_hz, name=name, reliable=reliable)
+
+    def frame(self, k: int):
+        """Frame ``k`` as played (a :class:`vggts_ros.scenes.Scene`, its exact masks included)."""
+        return self._frames[k]
+
+    @property
+    def finished(self) -> bool:
+        """Every frame of the sequence has been sent."""
+        return self.index >= len(self._frames)
+
+    def sent(self) -> List[tuple]:
+        """(stamp, frame index) of every tick so far, in order."""
+        with self._lock:
+            return sorted(self.frame_at.items())
+
+    def tick(self) -> None:
+        k = min(self.index, len(self._frames) - 1)
+        for cam in self.seq.cameras:
+            self.set_image(cam, self._frames[k].image(cam))
+        n = len(self.stamps)
+        super().tick()
+        with self._lock:
+            self.frame_at[round(self.stamps[n], 6)] = k
+        if self.go:
+            self.index += 1
+
+
 @dataclass
 class Received:
     stamp: float
