@@ -45,7 +45,9 @@ def enabled(on: bool) -> Iterator[None]:
         _STATE["on"] = before
 
 
-def _fast(x: Tensor, weight: Tensor) -> bool:
+def takes_fast_path(x: Tensor, weight: Tensor) -> bool:
+    """Whether ``linear(x, weight, ...)`` runs on the oneDNN path (CPU float32, no
+    autocast, no autograd graph); elsewhere it is ``F.linear``."""
     if not _STATE["on"] or x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
         return False
     if torch.is_autocast_enabled("cpu"):
@@ -58,7 +60,7 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, relu: bool 
     ``gelu`` (``nn.GELU()``)."""
     if relu and gelu:
         raise ValueError("linear: relu and gelu are exclusive")
-    if _fast(x, weight):
+    if takes_fast_path(x, weight):
         if gelu:
             return _OP(x, weight, bias, "gelu", [], "none")
         return _OP(x, weight, bias, "relu" if relu else "none", [], "")
@@ -68,7 +70,7 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, relu: bool 
 
 def linear_add(x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: Tensor) -> Tensor:
     """``residual + F.linear(x, weight, bias)`` (one pass over the output on the fast path)."""
-    if _fast(x, weight) and residual.dtype == torch.float32 and residual.shape == x.shape[:-1] + (weight.shape[0],):
+    if takes_fast_path(x, weight) and residual.dtype == torch.float32 and residual.shape == x.shape[:-1] + (weight.shape[0],):
         return _OP.binary(x, residual.contiguous(), weight, bias, "add")
     return residual + F.linear(x, weight, bias)
 
