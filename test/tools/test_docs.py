@@ -30,9 +30,7 @@ SHELL_LANGS = {"bash", "sh", "shell", "console", "zsh"}
 
 # Pages other engineers write (linked from the index and the README); a link to one of them
 # may dangle until it lands. Remove an entry once its page is on main.
-PENDING_PAGES = {
-    "docs/performance.md": "full-size figures on a GPU (issue 23)",
-}
+PENDING_PAGES: Dict[str, str] = {}
 
 
 # ----------------------------------------------------------------------------- extraction
