@@ -123,8 +123,8 @@ def test_first_pass_float64(seg64, end_to_end64, pipe):
     assert feats.dtype == torch.float64 and tracks.coords.dtype == np.float64
     clipped = np.clip(tracks.coords[1], 0, seg64.image_size - 1)
     assert_points(clipped, f64["target_points"], "float64 target points", tol=ptol.F64_COORD_TOL_PX)
-    assert_close(tracks.vis[1], f64["vis"], "float64 visibility", ptol.f64_tolerance(f64["vis"]))
-    assert_close(tracks.conf[1], f64["conf"], "float64 confidence", ptol.f64_tolerance(f64["conf"]))
+    assert_close(tracks.vis[1], f64["vis"], "float64 visibility", ptol.f64_track_score_tolerance(f64["vis"]))
+    assert_close(tracks.conf[1], f64["conf"], "float64 confidence", ptol.f64_track_score_tolerance(f64["conf"]))
 
 
 def test_source_crop(source, pipe):

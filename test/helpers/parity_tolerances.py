@@ -46,6 +46,17 @@ ISA setting above (bit for bit under the fixture machine's AVX-512), so these ar
 from any rounding effect yet tight enough that any change of the function fails. (That
 needs the weights and the tracker's one float32 step to be ISA-independent: see
 ``vggts_ros.models.deterministic`` and ``sample_points_f32_exact``.)
+
+The tracker's visibility and confidence in float64 get ``F64_TRACK_SCORE_TOL = 1e-7``
+(absolute; they are sigmoids). The published tracker rounds its flow embedding (the sin/cos
+of each point's displacement) to float32 in every precision. Float64 coordinates that
+differ in their last bits between instruction sets (~1e-13 px, from the backbone's float64
+products) occasionally flip one of those roundings, and the remaining iterations carry a
+flip into visibility and confidence: on the ``reference_seed1`` exo->ego first pass under
+AVX2, 1.77e-8 against the fixture made under AVX-512. With that rounding removed (an
+experiment, not the reference's function) the two instruction sets agree to 2.5e-11, and
+the removal itself moves the points by 8.7e-6 px: the flips are the whole effect, and
+1e-7 still fails any change of the function.
 """
 
 from __future__ import annotations
@@ -59,6 +70,7 @@ COORD_FLOOR_PX = 1e-4
 REL_FLOOR = 1e-4
 F64_COORD_TOL_PX = 1e-6
 F64_REL = 1e-9
+F64_TRACK_SCORE_TOL = 1e-7
 
 
 def max_abs_diff(a, b) -> float:
@@ -124,6 +136,12 @@ def f64_tolerance(ref64) -> float:
     """Float64 tolerance (absolute) for non-coordinate outputs: ``F64_REL * max(1, max|ref|)``."""
     ref = torch.as_tensor(ref64).double()
     return F64_REL * max(1.0, ref.abs().max().item() if ref.numel() else 0.0)
+
+
+def f64_track_score_tolerance(ref64) -> float:
+    """Float64 tolerance (absolute) for the tracker's visibility and confidence (see the
+    module docstring: float32 roundings inside the published tracker)."""
+    return max(f64_tolerance(ref64), F64_TRACK_SCORE_TOL)
 
 
 def assert_within(actual, expected, tol: float, what: str) -> float:
