@@ -63,7 +63,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Dict, Hashable, List, Optional, Tuple
+from typing import Any, Dict, Hashable, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -278,29 +278,14 @@ class _Track:
         return min(1.0, float(self.alive.sum()) / max(1, self.n_start))
 
 
-class CameraPropagator:
-    """All the mask tracks of one camera stream (the ``klt`` method).
+class _TrackTable:
+    """What both propagators keep per camera: the tracks by key, the newest frame's stamp
+    and size, and the state accessors over them."""
 
-    ``update(image, stamp)`` for every new frame (stamps never decreasing); ``start(key,
-    image, stamp, mask, points)`` when a cross-view result arrives for that camera
-    (``image`` is the frame it was computed on, ``stamp`` its stamp, which may be older
-    than the newest frame: the track catches up at once, or newer: it waits for that
-    frame). Keys are whatever the caller names an object with (its id).
+    _tracks: Dict[Hashable, Any]
+    _stamp: Optional[float]
+    _shape: Optional[Tuple[int, int]]
 
-    Where two objects' masks overlap, the overlap goes to the one in front: the one whose
-    points there are still tracked, while the other's points there were lost."""
-
-    def __init__(self, config: Optional[PropagationConfig] = None) -> None:
-        self.config = config or PropagationConfig()
-        if self.config.method != "klt":
-            raise ValueError("CameraPropagator is the 'klt' method; make_propagator() builds the 'dense' one")
-        self._tracks: Dict[Hashable, _Track] = {}
-        self._gray: Optional[np.ndarray] = None  # the newest frame
-        self._history: "deque[Tuple[float, np.ndarray]]" = deque()  # (stamp, frame) of recent frames, oldest first
-        self._stamp: Optional[float] = None
-        self._shape: Optional[Tuple[int, int]] = None
-
-    # ------------------------------------------------------------------ state
     @property
     def keys(self) -> List[Hashable]:
         return list(self._tracks)
@@ -326,6 +311,29 @@ class CameraPropagator:
             self._tracks.clear()
         else:
             self._tracks.pop(key, None)
+
+
+class CameraPropagator(_TrackTable):
+    """All the mask tracks of one camera stream (the ``klt`` method).
+
+    ``update(image, stamp)`` for every new frame (stamps never decreasing); ``start(key,
+    image, stamp, mask, points)`` when a cross-view result arrives for that camera
+    (``image`` is the frame it was computed on, ``stamp`` its stamp, which may be older
+    than the newest frame: the track catches up at once, or newer: it waits for that
+    frame). Keys are whatever the caller names an object with (its id).
+
+    Where two objects' masks overlap, the overlap goes to the one in front: the one whose
+    points there are still tracked, while the other's points there were lost."""
+
+    def __init__(self, config: Optional[PropagationConfig] = None) -> None:
+        self.config = config or PropagationConfig()
+        if self.config.method != "klt":
+            raise ValueError("CameraPropagator is the 'klt' method; make_propagator() builds the 'dense' one")
+        self._tracks: Dict[Hashable, _Track] = {}
+        self._gray: Optional[np.ndarray] = None  # the newest frame
+        self._history: "deque[Tuple[float, np.ndarray]]" = deque()  # (stamp, frame) of recent frames, oldest first
+        self._stamp: Optional[float] = None
+        self._shape: Optional[Tuple[int, int]] = None
 
     def _check_shape(self, shape: Tuple[int, int], what: str) -> None:
         if self._shape is not None and shape != self._shape:
@@ -953,7 +961,7 @@ class _DenseTrack:
         self.result: Optional[Propagated] = None
 
 
-class DenseCameraPropagator:
+class DenseCameraPropagator(_TrackTable):
     """The measured alternative to :class:`CameraPropagator` (same API): DIS dense optical
     flow between consecutive frames at ``dense_scale`` of the frame size, computed once
     per frame for all objects of the camera; each object's mask is pulled through the
@@ -970,28 +978,6 @@ class DenseCameraPropagator:
         self._small: Optional[np.ndarray] = None
         self._stamp: Optional[float] = None
         self._shape: Optional[Tuple[int, int]] = None
-
-    @property
-    def keys(self) -> List[Hashable]:
-        return list(self._tracks)
-
-    @property
-    def stamp(self) -> Optional[float]:
-        return self._stamp
-
-    @property
-    def shape(self) -> Optional[Tuple[int, int]]:
-        return self._shape
-
-    def current(self, key: Hashable) -> Optional[Propagated]:
-        t = self._tracks.get(key)
-        return None if t is None else t.result
-
-    def drop(self, key: Optional[Hashable] = None) -> None:
-        if key is None:
-            self._tracks.clear()
-        else:
-            self._tracks.pop(key, None)
 
     def _downscale(self, gray: np.ndarray) -> np.ndarray:
         s = self.config.dense_scale
