@@ -96,20 +96,9 @@ def _randn(shape, seed: int) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------ tiny track model
 def make_track_tiny(base: dict, weight_seed: int, seed: int) -> dict:
-    from vggt.heads.track_head import TrackHead
-    from vggt.models.aggregator import Aggregator
-
     cfg = copy.deepcopy(base["config"])
-    th = dict(cfg["track_head"])
-    agg_kw = {k: v for k, v in cfg.items() if k != "track_head"}
-
-    class Tiny(nn.Module):  # the VGGT key layout: aggregator.*, track_head.*
-        def __init__(self):
-            super().__init__()
-            self.aggregator = Aggregator(**agg_kw)
-            self.track_head = TrackHead(**th)
-
-    model = _fill(Tiny().eval(), weight_seed)
+    model = _track_model(cfg, weight_seed)
+    th = cfg["track_head"]
     _, frames, _, fh, fw = base["feature_shape"]
     image_seed, query_seed, index_seed = 1000 * seed + 7, 1000 * seed + 8, 1000 * seed + 9
     h, w = fh * 2, fw * 2
