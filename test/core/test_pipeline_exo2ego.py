@@ -26,6 +26,8 @@ from helpers.pipeline_fixture import (assert_close, assert_image, assert_points,
 from vggts_ros.pipeline import Tracks, is_cropped
 from vggts_ros.types import TargetView
 
+pytestmark = pytest.mark.parity_sets  # CI runs these beside the other ROS-free tests (.ci/run)
+
 
 pipe, segs, seg, seg64 = module_fixtures("pipeline_exo2ego.pt")
 

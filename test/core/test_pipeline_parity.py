@@ -27,6 +27,8 @@ from vggts_ros import prompts, transforms
 from vggts_ros.pipeline import Tracks, VGGTSegmentor
 from vggts_ros.types import TargetView
 
+pytestmark = pytest.mark.parity_sets  # CI runs these beside the other ROS-free tests (.ci/run)
+
 
 pipe, segs, seg, seg64 = module_fixtures("pipeline_ego2exo.pt")
 

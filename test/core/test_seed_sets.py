@@ -25,6 +25,8 @@ import pytest
 
 from conftest import REPO_ROOT, SEED_SET_DIRS
 
+pytestmark = pytest.mark.parity_sets  # CI runs these beside the other ROS-free tests (.ci/run)
+
 SELECTION = [
     ("test/core/test_pipeline_parity.py", "first_pass or end_to_end"),
     ("test/core/test_backbone_parity.py", "track_coords or track_features"),

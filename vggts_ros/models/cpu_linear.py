@@ -75,13 +75,16 @@ def linear_add(x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: Tens
     return residual + F.linear(x, weight, bias)
 
 
-def derived(module: nn.Module, name: str, build: Callable[[], Tuple[Tensor, ...]]) -> Tuple[Tensor, ...]:
+def derived(module: nn.Module, name: str, build: Callable[[], Tuple[Tensor, ...]],
+            params: Optional[Tuple[Optional[Tensor], ...]] = None) -> Tuple[Tensor, ...]:
     """``build()`` (tensors derived from ``module``'s parameters, e.g. a conv weight laid
     out as a matrix), cached on the module until a parameter changes (in-place update,
     new tensor, dtype or device). Not part of the state dict. Built afresh when autograd
     is recording (so that gradients reach the parameters) and for parameters created
-    under ``torch.inference_mode`` (they carry no version counter)."""
-    params = tuple(module.parameters(recurse=False))
+    under ``torch.inference_mode`` (they carry no version counter). ``params``: the
+    parameters ``build`` reads when they are not ``module``'s own (``None`` entries are
+    skipped)."""
+    params = tuple(module.parameters(recurse=False)) if params is None else tuple(p for p in params if p is not None)
     if torch.is_grad_enabled() and any(p.requires_grad for p in params):
         return build()
     if any(p.is_inference() for p in params):  # no version counter to see in-place updates by
@@ -92,6 +95,6 @@ def derived(module: nn.Module, name: str, build: Callable[[], Tuple[Tensor, ...]
     if hit is not None and hit[0] == key:
         return hit[1]
     with torch.inference_mode(False), torch.no_grad():
-        value = tuple(t.detach().clone() for t in build())
+        value = tuple(None if t is None else t.detach().clone() for t in build())
     cache[name] = (key, value)
     return value

@@ -43,6 +43,11 @@ class Attention(nn.Module):
         self.rope = rope
 
     def forward(self, x: torch.Tensor, pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+        out = self.attend(x, pos)
+        return linear(out, self.proj.weight, self.proj.bias) if self.onednn else self.proj(out)
+
+    def attend(self, x: torch.Tensor, pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The heads' outputs ``[B, N, C]`` before the output projection ``proj``."""
         b, n, c = x.shape
         qkv = linear(x, self.qkv.weight, self.qkv.bias) if self.onednn else self.qkv(x)
         q, k, v = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -54,5 +59,4 @@ class Attention(nn.Module):
         if q.dtype != v.dtype:  # QK LayerNorm under autocast comes back in float32
             q, k = q.to(v.dtype), k.to(v.dtype)
         out = F.scaled_dot_product_attention(q, k, v)
-        out = out.transpose(1, 2).reshape(b, n, c)
-        return linear(out, self.proj.weight, self.proj.bias) if self.onednn else self.proj(out)
+        return out.transpose(1, 2).reshape(b, n, c)

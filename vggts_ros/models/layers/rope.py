@@ -7,6 +7,8 @@ formulation is used with frequencies ``base ** (-2k / d)``.
 
 from __future__ import annotations
 
+from typing import List, Tuple
+
 import torch
 from torch import nn
 
@@ -22,29 +24,46 @@ def grid_positions(batch: int, rows: int, cols: int, device=None) -> torch.Tenso
 class RotaryPositionEmbedding2D(nn.Module):
     """Apply 2D RoPE to per-head features ``[B, heads, N, head_dim]`` given positions ``[B, N, 2]``.
 
-    Holds no parameters or buffers, so it never appears in a state dict.
+    Holds no parameters or buffers, so it never appears in a state dict. The cosine and
+    sine tables of the last ``positions`` tensor are kept (every block of a pass rotates
+    with the same one), and the rotation is two products and a sum over the features
+    (with the partner of each feature read from a flipped view): the same values, product
+    for product, as rotating each axis half with "rotate half" and concatenating.
     """
 
     def __init__(self, frequency: float = 100.0) -> None:
         super().__init__()
         self.frequency = float(frequency)
+        # (positions, head_dim, dtype, cos, signed sin) of the last few positions tensors
+        # (a pass alternates its frame and global ones); the tensor is held, so its id is its own
+        self._tables: List[tuple] = []
 
-    def _rotate_axis(self, x: torch.Tensor, coord: torch.Tensor) -> torch.Tensor:
-        d = x.shape[-1]
-        inv_freq = 1.0 / (self.frequency ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d))
-        angles = coord.to(torch.float32)[..., None] * inv_freq  # [B, N, d/2]
-        angles = torch.cat((angles, angles), dim=-1).to(x.dtype)[:, None]  # [B, 1, N, d]
-        cos, sin = angles.cos(), angles.sin()
-        first, second = x[..., : d // 2], x[..., d // 2 :]
-        rotated = torch.cat((-second, first), dim=-1)
-        return x * cos + rotated * sin
+    def _axis_angles(self, coord: torch.Tensor, d: int) -> torch.Tensor:
+        """Angles ``[B, N, d/2]`` (float32) of one axis for ``d`` features of that axis."""
+        inv_freq = 1.0 / (self.frequency ** (torch.arange(0, d, 2, device=coord.device, dtype=torch.float32) / d))
+        return coord.to(torch.float32)[..., None] * inv_freq
+
+    def tables(self, positions: torch.Tensor, head_dim: int, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``cos`` ``[B, 1, N, 2, 1, head_dim/4]`` and the signed ``sin``
+        ``[B, 1, N, 2, 2, head_dim/4]`` (``-sin`` for the first half of each axis, ``+sin``
+        for the second) of ``positions`` (axis 0: rows, 1: columns)."""
+        for hit in self._tables:
+            if hit[0] is positions and hit[1] == head_dim and hit[2] == dtype:
+                return hit[3], hit[4]
+        d = head_dim // 2
+        angles = torch.stack([self._axis_angles(positions[..., a], d) for a in (0, 1)], dim=2).to(dtype)
+        cos, sin = angles.cos(), angles.sin()  # [B, N, 2, q]
+        cos = cos[:, None, :, :, None, :]
+        sin = torch.stack((-sin, sin), dim=3)[:, None]
+        self._tables = [(positions, head_dim, dtype, cos, sin)] + self._tables[:3]
+        return cos, sin
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % 4:
             raise ValueError(f"2D RoPE needs a head dimension divisible by 4, got {x.shape[-1]}")
         if positions.dim() != 3 or positions.shape[-1] != 2:
             raise ValueError(f"positions must be [B, N, 2], got {tuple(positions.shape)}")
-        rows, cols = x.chunk(2, dim=-1)
-        return torch.cat(
-            (self._rotate_axis(rows, positions[..., 0]), self._rotate_axis(cols, positions[..., 1])), dim=-1
-        )
+        b, h, n, d = x.shape
+        cos, sin = self.tables(positions, d, x.dtype)
+        halves = x.reshape(b, h, n, 2, 2, d // 4)  # [.., axis, half, q]
+        return (halves * cos + halves.flip(-2) * sin).reshape(b, h, n, d)

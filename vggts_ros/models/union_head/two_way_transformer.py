@@ -9,14 +9,65 @@ token->image and image->token cross-attentions.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..cpu_linear import derived, linear
+from ..cpu_linear import derived, linear, linear_add, takes_fast_path
 from .common import MLP, Attention
+
+# The image side of a block is processed in chunks of about this many bytes per tensor
+# on the CPU float32 path (see ``TwoWayBlock._forward_chunked``).
+CHUNK_BYTES = 8 << 20
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def chunked_path(keys: Tensor, weight: Tensor) -> bool:
+    """Whether the image side runs chunk by chunk: the oneDNN float32 path of
+    :mod:`..cpu_linear` (CPU float32, inference) and a CPU attention kernel that returns
+    its log-sum-exp."""
+    return _FLASH_CPU is not None and takes_fast_path(keys, weight)
+
+
+def row_chunks(rows: int, row_bytes: int) -> List[Tuple[int, int]]:
+    """``[start, end)`` ranges covering ``rows`` rows, each about ``CHUNK_BYTES``."""
+    step = max(1, CHUNK_BYTES // max(1, row_bytes))
+    return [(i, min(rows, i + step)) for i in range(0, rows, step)]
+
+
+class TokenToImageAttention:
+    """``attn(queries, image + pe, image, residual)`` for a few query tokens over image
+    tokens that arrive chunk by chunk: each chunk's keys and values are projected and
+    attended on their own, and the chunks' outputs are combined by their log-sum-exp (the
+    softmax over all image tokens, summed in another order). No tensor the size of the
+    whole image side is made."""
+
+    def __init__(self, attn: Attention, queries: Tensor) -> None:
+        self.attn = attn
+        self.q = attn._heads(linear(queries, attn.q_proj.weight, attn.q_proj.bias))
+        self.parts: List[Tuple[Tensor, Tensor]] = []
+
+    def add(self, image_pe: Tensor, image: Tensor) -> None:
+        """One chunk ``[B, n, C]`` of the image tokens with and without their encoding."""
+        a = self.attn
+        k = a._heads(linear(image_pe, a.k_proj.weight, a.k_proj.bias))
+        v = a._heads(linear(image, a.v_proj.weight, a.v_proj.bias))
+        out, lse = _FLASH_CPU(self.q, k, v)
+        self.parts.append((out, lse))
+
+    def result(self, residual: Tensor) -> Tensor:
+        """``residual`` + the attention output (output projection applied)."""
+        lse = torch.stack([lse for _, lse in self.parts]).logsumexp(0)
+        out = None
+        for part, part_lse in self.parts:
+            term = part * (part_lse - lse).exp().unsqueeze(-1)
+            out = term if out is None else out + term
+        b, _, n, _ = out.shape
+        out = out.transpose(1, 2).reshape(b, n, -1)
+        a = self.attn
+        return linear_add(out, a.out_proj.weight, a.out_proj.bias, residual)
 
 
 def patchify(conv: nn.Conv2d, grid: Tensor) -> Tensor:
@@ -93,19 +144,11 @@ class TwoWayBlock(nn.Module):
         the source half's coarse cells ``[B, s, s, C']`` when already known."""
         b, _, c = keys.shape
         h, w = grid_hw
-        grid = keys.reshape(b, h, 2 * w, c)
-        if src_down is None:  # both views in one product (patches never straddle the seam)
-            coarse = patchify(self.downsampling, grid)
-        else:
-            coarse = torch.cat([src_down, patchify(self.downsampling, grid[:, :, w:])], dim=2)
-        _, s_h, s_w2, c2 = coarse.shape
-        t = coarse.reshape(b, s_h * s_w2, c2)
-        qk = t + sa_pe
-        t = self.norm0(self.self_attn_img(qk, qk, t, residual=t))
-        t = self.norm_ffn(self.img_mlp(t, residual=t))
+        t = self._coarse_cells(keys, sa_pe, grid_hw, src_down)
+        _, s_h, s_w2, _ = t.shape
         # un-patchify both views at once, added to the keys in the same pass
         r = h // s_h
-        fine = _unpatch_cells(self.upsampling, t.view(b, s_h, s_w2, c2))
+        fine = _unpatch_cells(self.upsampling, t)
         return self.norm_nf((keys.reshape(b, s_h, r, s_w2, r, c) + fine).view(b, h * 2 * w, c))
 
     def forward(
@@ -117,15 +160,14 @@ class TwoWayBlock(nn.Module):
         sa_pe: Tensor,
         grid_hw: Tuple[int, int],
         src_down: Optional[Tensor] = None,
+        keys_owned: bool = False,
     ) -> Tuple[Tensor, Tensor]:
+        """``keys_owned``: the caller hands ``keys`` over (the chunked CPU path may then
+        update it in place instead of copying it)."""
+        if chunked_path(keys, self.upsampling.weight):
+            return self._forward_chunked(queries, keys, query_pe, ca_pe, sa_pe, grid_hw, src_down, keys_owned)
         keys = self.coarse_image_attention(keys, sa_pe, grid_hw, src_down)
-
-        if self.first:
-            queries = self.self_attn_token(queries, queries, queries)
-        else:
-            q = queries + query_pe
-            queries = self.self_attn_token(q, q, queries, residual=queries)
-        queries = self.norm1(queries)
+        queries = self._token_attention(queries, query_pe)
 
         q = queries + query_pe
         k = keys + ca_pe
@@ -134,6 +176,75 @@ class TwoWayBlock(nn.Module):
 
         q = queries + query_pe
         keys = self.norm4(self.cross_attn_image_to_token(k, q, queries, residual=keys))
+        return queries, keys
+
+    def _token_attention(self, queries: Tensor, query_pe: Tensor) -> Tensor:
+        """The tokens' self-attention (without residual and PE in the first block)."""
+        if self.first:
+            queries = self.self_attn_token(queries, queries, queries)
+        else:
+            q = queries + query_pe
+            queries = self.self_attn_token(q, q, queries, residual=queries)
+        return self.norm1(queries)
+
+    def _coarse_cells(self, keys: Tensor, sa_pe: Tensor, grid_hw: Tuple[int, int],
+                      src_down: Optional[Tensor]) -> Tensor:
+        """The coarse self-attention's output cells ``[B, s, 2s, C']`` (before un-patchifying)."""
+        b, _, c = keys.shape
+        h, w = grid_hw
+        grid = keys.reshape(b, h, 2 * w, c)
+        if src_down is None:  # both views in one product (patches never straddle the seam)
+            coarse = patchify(self.downsampling, grid)
+        else:
+            coarse = torch.cat([src_down, patchify(self.downsampling, grid[:, :, w:])], dim=2)
+        _, s_h, s_w2, c2 = coarse.shape
+        t = coarse.reshape(b, s_h * s_w2, c2)
+        qk = t + sa_pe
+        t = self.norm0(self.self_attn_img(qk, qk, t, residual=t))
+        t = self.norm_ffn(self.img_mlp(t, residual=t))
+        return t.view(b, s_h, s_w2, c2)
+
+    def _forward_chunked(self, queries: Tensor, keys: Tensor, query_pe: Tensor, ca_pe: Tensor, sa_pe: Tensor,
+                         grid_hw: Tuple[int, int], src_down: Optional[Tensor],
+                         keys_owned: bool = False) -> Tuple[Tensor, Tensor]:
+        """``forward`` on the CPU float32 path with the image side (``h x 2w`` tokens, the
+        bulk of the head's memory traffic) processed a few coarse rows at a time, in place
+        in ``keys`` (a copy of it unless ``keys_owned``): un-patchify + norm and the token->image attention in one
+        sweep, then (after the tokens' MLP) the image->token attention + norm in a second.
+        Every chunk's tensors stay a few MB, so they stay in cache and are never fresh
+        pages from the system. The same function as ``forward`` (float32 rounding aside)."""
+        b, n_img, c = keys.shape
+        h, w = grid_hw
+        cells = self._coarse_cells(keys, sa_pe, grid_hw, src_down)
+        _, s_h, s_w2, _ = cells.shape
+        r = h // s_h
+        row = r * 2 * w  # image tokens per coarse row
+        if not keys_owned:
+            keys = keys.clone()
+        queries = self._token_attention(queries, query_pe)
+        weight, bias = _unpatch_matrix(self.upsampling)
+        to_image = TokenToImageAttention(self.cross_attn_token_to_image, queries + query_pe)
+        chunks = row_chunks(s_h, b * row * c * keys.element_size())
+        for i0, i1 in chunks:
+            part = keys[:, i0 * row:i1 * row]
+            fine = linear(cells[:, i0:i1].reshape(-1, cells.shape[-1]), weight, bias)
+            fine = fine.view(b, i1 - i0, s_w2, r, r, c).permute(0, 1, 3, 2, 4, 5)
+            x = self.norm_nf((part.view(b, i1 - i0, r, s_w2, r, c) + fine).view(b, -1, c))
+            part.copy_(x)
+            to_image.add(x + ca_pe[:, i0 * row:i1 * row], x)
+        queries = self.norm2(to_image.result(queries))
+        queries = self.norm3(self.token_mlp(queries, residual=queries))
+
+        a = self.cross_attn_image_to_token
+        q = queries + query_pe
+        k = a._heads(linear(q, a.k_proj.weight, a.k_proj.bias))
+        v = a._heads(linear(queries, a.v_proj.weight, a.v_proj.bias))
+        for i0, i1 in chunks:
+            part = keys[:, i0 * row:i1 * row]
+            qi = a._heads(linear(part + ca_pe[:, i0 * row:i1 * row], a.q_proj.weight, a.q_proj.bias))
+            out = F.scaled_dot_product_attention(qi, k, v)
+            out = out.transpose(1, 2).reshape(b, -1, out.shape[1] * out.shape[-1])
+            part.copy_(self.norm4(linear_add(out, a.out_proj.weight, a.out_proj.bias, part)))
         return queries, keys
 
 
@@ -168,8 +279,15 @@ class TwoWayTransformer(nn.Module):
         queries = tokens
         for i, layer in enumerate(self.layers):
             queries, keys = layer(
-                queries, keys, tokens, ca_pe, sa_pe, (h, w), src_down=src_down0 if i == 0 else None
+                queries, keys, tokens, ca_pe, sa_pe, (h, w), src_down=src_down0 if i == 0 else None, keys_owned=True
             )
         q = queries + tokens
+        if chunked_path(keys, self.final_attn_token_to_image.k_proj.weight):
+            attn = TokenToImageAttention(self.final_attn_token_to_image, q)
+            step = max(1, CHUNK_BYTES // (b * c * keys.element_size()))
+            for i in range(0, keys.shape[1], step):
+                part = keys[:, i:i + step]
+                attn.add(part + ca_pe[:, i:i + step], part)
+            return self.norm_final_attn(attn.result(queries)), keys
         queries = self.norm_final_attn(self.final_attn_token_to_image(q, keys + ca_pe, keys, residual=queries))
         return queries, keys
