@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .common import MLP, LayerNorm2d
-from .two_way_transformer import TwoWayTransformer, unpatchify
+from .two_way_transformer import TwoWayTransformer, chunked_path, row_chunks, unpatchify
 
 
 class MaskDecoder(nn.Module):
@@ -45,11 +45,26 @@ class MaskDecoder(nn.Module):
         hs, keys = self.transformer(tokens, src_map, tar_map, ca_pe, sa_pe, src_down0)
         b, c, h, w = tar_map.shape
         tar = keys.reshape(b, h, 2 * w, c)[:, :, w:]
-        up = self.upscale(tar)  # [B, 4h, 4w, C/8]
         weights = self.output_hypernetworks_mlps[0](hs[:, 0, :])  # [B, C/8]
+        if chunked_path(keys, self.output_upscaling[0].weight):
+            return self._logits_chunked(tar, weights)
+        up = self.upscale(tar)  # [B, 4h, 4w, C/8]
         _, hu, wu, cu = up.shape
         logits = torch.bmm(up.reshape(b, hu * wu, cu), weights.unsqueeze(-1))
         return logits.view(b, 1, hu, wu)
+
+    def _logits_chunked(self, tar: Tensor, weights: Tensor) -> Tensor:
+        """The logits a few feature rows at a time (the upscaling acts on each feature cell
+        alone, so rows of cells give rows of logits): no full-size upscaled map is made."""
+        b, h, w, _ = tar.shape
+        cu = weights.shape[-1]
+        out = tar.new_empty(b, 1, 4 * h, 4 * w)
+        # the widest tensor of a row: 4 output rows x 4w x 2 C/8 channels (the first deconv's)
+        for i0, i1 in row_chunks(h, b * 4 * 4 * w * 2 * cu * tar.element_size()):
+            up = self.upscale(tar[:, i0:i1])
+            rows = torch.bmm(up.reshape(b, -1, cu), weights.unsqueeze(-1))
+            out[:, 0, 4 * i0:4 * i1] = rows.view(b, 4 * (i1 - i0), 4 * w)
+        return out
 
     def upscale(self, grid: Tensor) -> Tensor:
         """``output_upscaling`` on a channels-last map ``[B, h, w, C]`` -> ``[B, 4h, 4w, C/8]``."""
