@@ -123,3 +123,71 @@ def test_backbone_fast_path_matches_the_plain_path_and_leaves_float64_alone():
         f64 = b64(images.double()).features
         with cpu_linear.enabled(False):
             assert torch.equal(b64(images.double()).features, f64)
+
+
+@needs_onednn
+def test_head_image_side_in_many_chunks_matches_the_plain_path(monkeypatch):
+    """The CPU float32 path runs the head's image side a few coarse rows at a time (the
+    token->image attention combined over chunks by log-sum-exp, the logits row by row).
+    With chunks of one coarse row (9 chunks per block, final attention and logits in many
+    pieces) the logits are those of the plain path within float32 rounding, and the same
+    as with one chunk."""
+    from vggts_ros.models.union_head import two_way_transformer
+
+    if two_way_transformer._FLASH_CPU is None:
+        pytest.skip("this torch build has no CPU attention kernel returning its log-sum-exp")
+    head, run = small_head()
+    one_chunk = run()
+    monkeypatch.setattr(two_way_transformer, "CHUNK_BYTES", 1)
+    many = run()
+    with cpu_linear.enabled(False):
+        plain = run()
+    scale = float(plain.abs().max())
+    assert float((many - plain).abs().max()) <= 1e-5 * scale
+    assert float((many - one_chunk).abs().max()) <= 1e-5 * scale
+    assert float((many - plain).abs().max()) > 0  # the chunked path was taken
+
+
+@needs_onednn
+def test_chunked_block_leaves_the_callers_keys_alone():
+    """A block given keys it does not own copies them before its in-place updates; the
+    transformer hands over the keys it built itself."""
+    head, _ = small_head()
+    block = head.mask_decoder.transformer.layers[1]
+    g = torch.Generator().manual_seed(4)
+    keys = torch.randn(2, 63 * 126, 128, generator=g)
+    queries, pe = torch.randn(2, 16, 128, generator=g), torch.randn(2, 16, 128, generator=g)
+    ca_pe = head.prompt_encoder.cross_attn_pe()
+    sa_pe = head.prompt_encoder.self_attn_pe()
+    before = keys.clone()
+    with torch.inference_mode():
+        _, out = block(queries, keys, pe, ca_pe, sa_pe, (63, 63))
+        with cpu_linear.enabled(False):
+            _, plain = block(queries, keys, pe, ca_pe, sa_pe, (63, 63))
+    assert torch.equal(keys, before)
+    assert float((out - plain).abs().max()) <= 1e-5 * float(plain.abs().max())
+
+
+@needs_onednn
+def test_folded_layer_scale_follows_updates_of_gamma():
+    """The fast path folds each block's layer scale into the product before it; changing
+    ``gamma`` in place rebuilds the folded weights (the output follows, and still matches
+    the plain path)."""
+    from vggts_ros.models.layers import Block
+
+    block = Block(64, 4, init_values=0.5, qk_norm=True, onednn=True).eval()
+    x = torch.randn(2, 30, 64, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        fast = block(x)
+        with cpu_linear.enabled(False):
+            plain = block(x)
+    assert 0 < float((fast - plain).abs().max()) <= 1e-5 * float(plain.abs().max())
+    with torch.no_grad():
+        block.ls1.gamma.mul_(3.0)
+        block.ls2.gamma.mul_(-1.0)
+    with torch.inference_mode():
+        updated = block(x)
+        with cpu_linear.enabled(False):
+            updated_plain = block(x)
+    assert float((updated - fast).abs().max()) > 1e-2
+    assert float((updated - updated_plain).abs().max()) <= 1e-5 * float(updated_plain.abs().max())

@@ -25,8 +25,8 @@ class RotaryPositionEmbedding2D(nn.Module):
     """Apply 2D RoPE to per-head features ``[B, heads, N, head_dim]`` given positions ``[B, N, 2]``.
 
     Holds no parameters or buffers, so it never appears in a state dict. The cosine and
-    sine tables of the last ``positions`` tensor are kept (every block of a pass rotates
-    with the same one), and the rotation is two products and a sum over the features
+    sine tables of the last few ``positions`` tensors are kept (every block of a pass
+    rotates with the same frame or global one; a tensor changed in place is recomputed), and the rotation is two products and a sum over the features
     (with the partner of each feature read from a flipped view): the same values, product
     for product, as rotating each axis half with "rotate half" and concatenating.
     """
@@ -34,7 +34,7 @@ class RotaryPositionEmbedding2D(nn.Module):
     def __init__(self, frequency: float = 100.0) -> None:
         super().__init__()
         self.frequency = float(frequency)
-        # (positions, head_dim, dtype, cos, signed sin) of the last few positions tensors
+        # (positions, (head_dim, dtype, version), cos, signed sin) of the last few positions tensors
         # (a pass alternates its frame and global ones); the tensor is held, so its id is its own
         self._tables: List[tuple] = []
 
@@ -47,15 +47,17 @@ class RotaryPositionEmbedding2D(nn.Module):
         """``cos`` ``[B, 1, N, 2, 1, head_dim/4]`` and the signed ``sin``
         ``[B, 1, N, 2, 2, head_dim/4]`` (``-sin`` for the first half of each axis, ``+sin``
         for the second) of ``positions`` (axis 0: rows, 1: columns)."""
+        version = None if positions.is_inference() else positions._version  # in-place changes
+        key = (head_dim, dtype, version)
         for hit in self._tables:
-            if hit[0] is positions and hit[1] == head_dim and hit[2] == dtype:
-                return hit[3], hit[4]
+            if hit[0] is positions and hit[1] == key:
+                return hit[2], hit[3]
         d = head_dim // 2
         angles = torch.stack([self._axis_angles(positions[..., a], d) for a in (0, 1)], dim=2).to(dtype)
         cos, sin = angles.cos(), angles.sin()  # [B, N, 2, q]
         cos = cos[:, None, :, :, None, :]
         sin = torch.stack((-sin, sin), dim=3)[:, None]
-        self._tables = [(positions, head_dim, dtype, cos, sin)] + self._tables[:3]
+        self._tables = [(positions, key, cos, sin)] + self._tables[:3]
         return cos, sin
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

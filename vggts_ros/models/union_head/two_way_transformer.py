@@ -5,6 +5,12 @@ flattened to tokens). Each block first runs a coarse self-attention over both vi
 view is patchified by a strided conv to ``sa_tokens x sa_tokens`` cells, attended jointly,
 and un-patchified by a transposed conv), then the SAM-style token self-attention,
 token->image and image->token cross-attentions.
+
+On the CPU in float32 (inference) the image side, ``g x 2g`` tokens and the bulk of the
+head's memory traffic, is processed a few coarse rows at a time (:func:`chunked_path`,
+``TwoWayBlock._forward_chunked``, :class:`TokenToImageAttention`): the same function, with
+every intermediate a few MB instead of ~70 MB per view. Float64, CUDA and training run the
+plain formulation.
 """
 
 from __future__ import annotations
