@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..cpu_linear import derived, linear, linear_add, takes_fast_path
@@ -215,11 +214,11 @@ class TwoWayBlock(nn.Module):
                          keys_owned: bool = False) -> Tuple[Tensor, Tensor]:
         """``forward`` on the CPU float32 path with the image side (``h x 2w`` tokens, the
         bulk of the head's memory traffic) processed a few coarse rows at a time, in place
-        in ``keys`` (a copy of it unless ``keys_owned``): un-patchify + norm and the token->image attention in one
-        sweep, then (after the tokens' MLP) the image->token attention + norm in a second.
+        in ``keys`` (a copy of it unless ``keys_owned``): un-patchify + norm and the
+        token->image attention in one sweep, then (after the tokens' MLP) the image->token attention + norm in a second.
         Every chunk's tensors stay a few MB, so they stay in cache and are never fresh
         pages from the system. The same function as ``forward`` (float32 rounding aside)."""
-        b, n_img, c = keys.shape
+        b, _, c = keys.shape
         h, w = grid_hw
         cells = self._coarse_cells(keys, sa_pe, grid_hw, src_down)
         _, s_h, s_w2, _ = cells.shape
@@ -228,29 +227,23 @@ class TwoWayBlock(nn.Module):
         if not keys_owned:
             keys = keys.clone()
         queries = self._token_attention(queries, query_pe)
-        weight, bias = _unpatch_matrix(self.upsampling)
         to_image = TokenToImageAttention(self.cross_attn_token_to_image, queries + query_pe)
-        chunks = row_chunks(s_h, b * row * c * keys.element_size())
+        chunks = row_chunks(s_h, b * row * c * keys.element_size())  # coarse rows
         for i0, i1 in chunks:
-            part = keys[:, i0 * row:i1 * row]
-            fine = linear(cells[:, i0:i1].reshape(-1, cells.shape[-1]), weight, bias)
-            fine = fine.view(b, i1 - i0, s_w2, r, r, c).permute(0, 1, 3, 2, 4, 5)
+            t0, t1 = i0 * row, i1 * row
+            part = keys[:, t0:t1]
+            fine = _unpatch_cells(self.upsampling, cells[:, i0:i1])
             x = self.norm_nf((part.view(b, i1 - i0, r, s_w2, r, c) + fine).view(b, -1, c))
             part.copy_(x)
-            to_image.add(x + ca_pe[:, i0 * row:i1 * row], x)
+            to_image.add(x + ca_pe[:, t0:t1], x)
         queries = self.norm2(to_image.result(queries))
         queries = self.norm3(self.token_mlp(queries, residual=queries))
 
-        a = self.cross_attn_image_to_token
         q = queries + query_pe
-        k = a._heads(linear(q, a.k_proj.weight, a.k_proj.bias))
-        v = a._heads(linear(queries, a.v_proj.weight, a.v_proj.bias))
-        for i0, i1 in chunks:
-            part = keys[:, i0 * row:i1 * row]
-            qi = a._heads(linear(part + ca_pe[:, i0 * row:i1 * row], a.q_proj.weight, a.q_proj.bias))
-            out = F.scaled_dot_product_attention(qi, k, v)
-            out = out.transpose(1, 2).reshape(b, -1, out.shape[1] * out.shape[-1])
-            part.copy_(self.norm4(linear_add(out, a.out_proj.weight, a.out_proj.bias, part)))
+        for i0, i1 in chunks:  # the image tokens are the queries here: each chunk on its own
+            t0, t1 = i0 * row, i1 * row
+            part = keys[:, t0:t1]
+            part.copy_(self.norm4(self.cross_attn_image_to_token(part + ca_pe[:, t0:t1], q, queries, residual=part)))
         return queries, keys
 
 
@@ -290,10 +283,9 @@ class TwoWayTransformer(nn.Module):
         q = queries + tokens
         if chunked_path(keys, self.final_attn_token_to_image.k_proj.weight):
             attn = TokenToImageAttention(self.final_attn_token_to_image, q)
-            step = max(1, CHUNK_BYTES // (b * c * keys.element_size()))
-            for i in range(0, keys.shape[1], step):
-                part = keys[:, i:i + step]
-                attn.add(part + ca_pe[:, i:i + step], part)
+            for t0, t1 in row_chunks(keys.shape[1], b * c * keys.element_size()):
+                part = keys[:, t0:t1]
+                attn.add(part + ca_pe[:, t0:t1], part)
             return self.norm_final_attn(attn.result(queries)), keys
         queries = self.norm_final_attn(self.final_attn_token_to_image(q, keys + ca_pe, keys, residual=queries))
         return queries, keys
